@@ -1,0 +1,104 @@
+//! What the iSCSI layer needs to know about the targets it serves, and what it reports back.
+//!
+//! A [`TargetRegistry`] is asked, at every login, which targets exist and who may use them; the
+//! answer may change between two logins (a client added or removed while `isboot serve` runs).
+
+use crate::scsi::TargetLus;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+/// CHAP secrets for one target. `mutual` is the (user, secret) the target answers with when the
+/// initiator asks it to authenticate itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChapConfig {
+    pub user: String,
+    pub secret: Vec<u8>,
+    pub mutual: Option<(String, Vec<u8>)>,
+}
+
+/// One target as the iSCSI layer serves it.
+pub struct TargetConfig {
+    /// Target name (IQN), compared case-insensitively as RFC 3722 normalises.
+    pub iqn: String,
+    /// The logical units behind it.
+    pub lus: Arc<TargetLus>,
+    /// Initiator names allowed to log in and to see this target in SendTargets; empty = any.
+    pub allowed_initiators: Vec<String>,
+    /// CHAP required when set.
+    pub chap: Option<ChapConfig>,
+    /// Counters and live sessions, for `isboot status`.
+    pub stats: Arc<TargetStats>,
+}
+
+impl TargetConfig {
+    /// May `initiator` use this target?
+    pub fn allows(&self, initiator: &str) -> bool {
+        self.allowed_initiators.is_empty()
+            || self.allowed_initiators.iter().any(|a| a.eq_ignore_ascii_case(initiator))
+    }
+}
+
+/// Where the iSCSI layer looks targets up. Implemented by `isboot export` (one fixed target)
+/// and by the state directory's client registry (`isboot serve`).
+pub trait TargetRegistry: Send + Sync + 'static {
+    /// The target named `iqn`, if it exists (whoever asks).
+    fn lookup(&self, iqn: &str) -> Option<Arc<TargetConfig>>;
+    /// Every target (SendTargets filters them with [`TargetConfig::allows`]).
+    fn all(&self) -> Vec<Arc<TargetConfig>>;
+}
+
+/// A registry holding a fixed list of targets.
+pub struct StaticRegistry(pub Vec<Arc<TargetConfig>>);
+
+impl TargetRegistry for StaticRegistry {
+    fn lookup(&self, iqn: &str) -> Option<Arc<TargetConfig>> {
+        self.0.iter().find(|t| t.iqn.eq_ignore_ascii_case(iqn)).cloned()
+    }
+    fn all(&self) -> Vec<Arc<TargetConfig>> {
+        self.0.clone()
+    }
+}
+
+/// One logged-in session, as shown by `isboot status`.
+#[derive(Clone, Debug)]
+pub struct SessionInfo {
+    pub id: u64,
+    pub initiator: String,
+    pub peer: SocketAddr,
+    pub isid: [u8; 6],
+    pub tsih: u16,
+    /// Set by [`TargetStats::drop_sessions`]; the session's connection closes when it sees it.
+    pub kill: Arc<AtomicBool>,
+}
+
+/// Live counters of one target.
+#[derive(Default)]
+pub struct TargetStats {
+    pub bytes_read: AtomicU64,
+    pub bytes_written: AtomicU64,
+    pub commands: AtomicU64,
+    sessions: Mutex<Vec<SessionInfo>>,
+    /// Woken when `drop_sessions` is called.
+    pub kick: tokio::sync::Notify,
+}
+
+impl TargetStats {
+    pub fn add_session(&self, s: SessionInfo) {
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner()).push(s);
+    }
+    pub fn remove_session(&self, id: u64) {
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner()).retain(|s| s.id != id);
+    }
+    pub fn sessions(&self) -> Vec<SessionInfo> {
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+    /// Ask every session of this target to close its connection (reset-client --force, remove).
+    pub fn drop_sessions(&self) {
+        for s in self.sessions() {
+            s.kill.store(true, Ordering::SeqCst);
+        }
+        self.kick.notify_waiters();
+    }
+}

@@ -1,0 +1,22 @@
+//! isboot: a diskless network-boot server.
+//!
+//! Layers (arrows point down only; see `../shared/design.md`):
+//!
+//! ```text
+//! cli ──> service ──> iscsi ──> wire
+//!                 │         └─> scsi ──> store
+//!                 ├─> dhcp, tftp
+//!                 └─> config
+//! ```
+//! `wire`, `iscsi`, `scsi`, `store`, `dhcp` and `tftp` do no socket I/O; `service` is the only
+//! layer that owns sockets and spawns tasks.
+
+pub mod cli;
+pub mod config;
+pub mod dhcp;
+pub mod iscsi;
+pub mod scsi;
+pub mod service;
+pub mod store;
+pub mod tftp;
+pub mod wire;

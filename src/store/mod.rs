@@ -1,0 +1,77 @@
+//! Block storage behind each logical unit.
+//!
+//! [`BlockDevice`] hides what backs a LUN: a raw image file ([`raw::RawFile`]), or a client's
+//! copy-on-write view of a shared base image. Knows nothing of SCSI or iSCSI.
+//!
+//! Reads hand out [`Bytes`] segments so that a device backed by a memory map can give the
+//! network layer slices of the map itself (no copy); writes take a slice.
+
+use bytes::Bytes;
+use std::io;
+
+pub mod raw;
+
+/// Logical block size every device in isboot exposes.
+pub const SECTOR: u64 = 512;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("I/O range {offset}+{len} is past the end of the device ({size} bytes)")]
+    OutOfRange { offset: u64, len: u64, size: u64 },
+    #[error("device is read-only")]
+    ReadOnly,
+    #[error("opening {path}: {source}")]
+    Opening { path: String, source: io::Error },
+    #[error("mapping {path}: {source}")]
+    Mapping { path: String, source: io::Error },
+    #[error("image {path} is {size} bytes, not a multiple of {SECTOR}")]
+    BadImageSize { path: String, size: u64 },
+    #[error("reading: {0}")]
+    Reading(io::Error),
+    #[error("writing: {0}")]
+    Writing(io::Error),
+    #[error("flushing: {0}")]
+    Flushing(io::Error),
+    #[error("discarding: {0}")]
+    Discarding(io::Error),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// A byte-addressed block device. Offsets and lengths passed in by the SCSI layer are always
+/// multiples of [`SECTOR`] and inside `size()`; implementations still check and return
+/// [`StoreError::OutOfRange`] rather than panic.
+pub trait BlockDevice: Send + Sync + 'static {
+    /// Size in bytes (a multiple of [`SECTOR`]).
+    fn size(&self) -> u64;
+    /// True when writes are refused.
+    fn read_only(&self) -> bool;
+    /// Append the bytes `[offset, offset + len)` to `out`, as one or more segments.
+    fn read(&self, offset: u64, len: usize, out: &mut Vec<Bytes>) -> Result<(), StoreError>;
+    /// Write `data` at `offset`. With `durable`, the data is on stable storage before this
+    /// returns (FUA, or write cache off); otherwise it is durable after the next [`flush`].
+    ///
+    /// [`flush`]: BlockDevice::flush
+    fn write(&self, offset: u64, data: &[u8], durable: bool) -> Result<(), StoreError>;
+    /// Make every write that returned before this call durable.
+    fn flush(&self) -> Result<(), StoreError>;
+    /// Deallocate `[offset, offset + len)`; afterwards it reads back as zeros.
+    fn discard(&self, offset: u64, len: u64) -> Result<(), StoreError>;
+    /// Check a range against `size()`.
+    fn check_range(&self, offset: u64, len: u64) -> Result<(), StoreError> {
+        let size = self.size();
+        match offset.checked_add(len) {
+            Some(end) if end <= size => Ok(()),
+            _ => Err(StoreError::OutOfRange { offset, len, size }),
+        }
+    }
+}
+
+/// Copy segments into one contiguous buffer (tests and small control reads).
+pub fn concat(segs: &[Bytes]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(segs.iter().map(|s| s.len()).sum());
+    for s in segs {
+        v.extend_from_slice(s);
+    }
+    v
+}
