@@ -91,3 +91,43 @@ pub struct LuIdentity {
     /// name; different targets must get different values.
     pub naa_id: u64,
 }
+
+/// One logical unit: a block device plus the SCSI state that goes with it (mode pages, unit
+/// attentions, reservations).
+pub struct LogicalUnit {
+    dev: Arc<dyn BlockDevice>,
+    ident: LuIdentity,
+}
+
+impl LogicalUnit {
+    pub fn new(dev: Arc<dyn BlockDevice>, ident: LuIdentity) -> LogicalUnit {
+        LogicalUnit { dev, ident }
+    }
+    pub fn device(&self) -> &Arc<dyn BlockDevice> {
+        &self.dev
+    }
+    pub fn identity(&self) -> &LuIdentity {
+        &self.ident
+    }
+}
+
+/// The logical units of one target, by LUN.
+pub struct TargetLus {
+    luns: Vec<(u64, Arc<LogicalUnit>)>,
+}
+
+impl TargetLus {
+    pub fn new(luns: Vec<(u64, Arc<LogicalUnit>)>) -> TargetLus {
+        TargetLus { luns }
+    }
+    /// One logical unit at LUN 0.
+    pub fn single(lu: Arc<LogicalUnit>) -> TargetLus {
+        TargetLus::new(vec![(0, lu)])
+    }
+    pub fn get(&self, lun: u64) -> Option<&Arc<LogicalUnit>> {
+        self.luns.iter().find(|(l, _)| *l == lun).map(|(_, lu)| lu)
+    }
+    pub fn luns(&self) -> impl Iterator<Item = u64> + '_ {
+        self.luns.iter().map(|(l, _)| *l)
+    }
+}
