@@ -207,7 +207,6 @@ pub struct Overlay {
     file: Arc<dyn OverlayFile>,
     base: Arc<BaseImage>,
     hdr: Header,
-    blocks: u64,
     bs: u64,
     /// Current map (what reads use).
     state: Box<[AtomicU64]>,
@@ -221,6 +220,26 @@ pub struct Overlay {
     data_map: Option<Bytes>,
     read_only: bool,
     failed: AtomicBool,
+}
+
+fn count_usage(hdr: &Header, words: &[AtomicU64]) -> OverlayUsage {
+    let mut u = OverlayUsage {
+        block_size: hdr.block_size,
+        blocks: hdr.blocks(),
+        ..OverlayUsage::default()
+    };
+    for (i, w) in words.iter().enumerate() {
+        let mut w = w.load(Ordering::Acquire);
+        let first = i as u64 * BLOCKS_PER_WORD;
+        if first + BLOCKS_PER_WORD > u.blocks {
+            w &= (1u64 << (2 * (u.blocks - first))) - 1;
+        }
+        let data = w & !(w >> 1) & 0x5555_5555_5555_5555;
+        let zero = (w >> 1) & !w & 0x5555_5555_5555_5555;
+        u.data_blocks += data.count_ones() as u64;
+        u.zero_blocks += zero.count_ones() as u64;
+    }
+    u
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -312,7 +331,6 @@ impl Overlay {
         let stripes = (0..STRIPES).map(|_| Mutex::new(())).collect();
         Ok(Overlay {
             bs: hdr.block_size as u64,
-            blocks,
             file,
             base,
             hdr,
@@ -401,6 +419,32 @@ impl Overlay {
         Header::decode(&hb)
     }
 
+    /// Block counts of the overlay file at `path`, from its header and map (no base needed).
+    pub fn usage_at(path: &Path) -> Result<OverlayUsage, StoreError> {
+        let shown = path.display().to_string();
+        let f = File::open(path).map_err(|source| StoreError::Opening {
+            path: shown,
+            source,
+        })?;
+        let f = RealFile(f);
+        let mut hb = vec![0u8; HEADER_LEN as usize];
+        f.read_at(&mut hb, 0).map_err(StoreError::Reading)?;
+        let hdr = Header::decode(&hb)?;
+        let mut raw = vec![0u8; hdr.words() * 8];
+        f.read_at(&mut raw, hdr.map_offset())
+            .map_err(StoreError::ReadingOverlayMap)?;
+        let words: Vec<AtomicU64> = raw
+            .chunks_exact(8)
+            .map(|c| AtomicU64::new(u64::from_le_bytes(c.try_into().unwrap_or([0; 8]))))
+            .collect();
+        Ok(count_usage(&hdr, &words))
+    }
+
+    /// True when map changes are waiting for a flush.
+    pub fn has_unflushed(&self) -> bool {
+        !lock(&self.dirty).is_empty()
+    }
+
     pub fn header(&self) -> &Header {
         &self.hdr
     }
@@ -410,19 +454,7 @@ impl Overlay {
     }
 
     pub fn usage(&self) -> OverlayUsage {
-        let mut u = OverlayUsage {
-            block_size: self.hdr.block_size,
-            blocks: self.blocks,
-            ..OverlayUsage::default()
-        };
-        for w in self.state.iter() {
-            let w = w.load(Ordering::Acquire);
-            let data = w & !(w >> 1) & 0x5555_5555_5555_5555;
-            let zero = (w >> 1) & !w & 0x5555_5555_5555_5555;
-            u.data_blocks += data.count_ones() as u64;
-            u.zero_blocks += zero.count_ones() as u64;
-        }
-        u
+        count_usage(&self.hdr, &self.state)
     }
 
     fn get(&self, k: u64) -> u64 {
