@@ -49,6 +49,7 @@ use super::{BlockDevice, SECTOR, StoreError};
 use bytes::Bytes;
 use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -364,11 +365,13 @@ impl Overlay {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
+        // Mode 0600: a client's disk is private to it.
         let f = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(true)
+            .mode(0o600)
             .open(&tmp)
             .map_err(err)?;
         let file: Arc<dyn OverlayFile> = Arc::new(RealFile(f));
