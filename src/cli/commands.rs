@@ -56,6 +56,11 @@ pub fn init(dir: &StateDir, a: InitArgs) -> R {
         }
     };
     let prefix: Iqn = parse(&a.iqn_prefix)?;
+    if !prefix.as_str().starts_with("iqn.") {
+        return Err(bad(format!(
+            "bad --iqn-prefix {prefix}: target names need the iqn. form (iqn.YYYY-MM.<reversed domain>)"
+        )));
+    }
     let listen: SocketAddr = a
         .listen
         .parse()

@@ -713,6 +713,9 @@ impl Locked {
         let dir = self.state.dir.path(&dir_rel);
         let fresh_dir = !dir.exists();
         std::fs::create_dir_all(&dir).map_err(io_write(&dir))?;
+        if let Some(parent) = dir.parent() {
+            sync_dir(parent).map_err(io_write(parent))?;
+        }
         let rel = format!("{dir_rel}/v1.raw");
         let dest = self.state.dir.path(&rel);
         let cleanup = |dest: &Path| {
