@@ -6,7 +6,7 @@
 //! flushes overlays whose sessions have all ended.
 
 use crate::config::{
-    ConfigError, ServerStatus, SessionStatus, StateDir, TargetKind, TargetSpec, TargetStatus,
+    ConfigError, ServerStatus, SessionStatus, State, StateDir, TargetKind, TargetSpec, TargetStatus,
 };
 use crate::config::{MacAddr, Mode, now_unix, write_atomic};
 use crate::iscsi::target::{ChapConfig, TargetConfig, TargetRegistry, TargetStats};
@@ -42,8 +42,9 @@ fn stamp(p: &Path) -> Stamp {
     ))
 }
 
-#[derive(Default)]
 struct Inner {
+    /// The state the targets were built from.
+    state: Arc<State>,
     targets: Vec<Live>,
     stamps: (Stamp, Stamp),
     bases: HashMap<PathBuf, Weak<BaseImage>>,
@@ -81,9 +82,15 @@ fn chap_config(c: &crate::config::Chap) -> ChapConfig {
 impl StateRegistry {
     /// Load the state directory and open every target's overlay.
     pub fn open(dir: StateDir) -> Result<StateRegistry, ConfigError> {
+        let state = Arc::new(dir.load()?);
         let r = StateRegistry {
             dir,
-            inner: RwLock::new(Inner::default()),
+            inner: RwLock::new(Inner {
+                state,
+                targets: Vec::new(),
+                stamps: (None, None),
+                bases: HashMap::new(),
+            }),
             reload_lock: Mutex::new(()),
             listen: Mutex::new(String::new()),
         };
@@ -93,6 +100,12 @@ impl StateRegistry {
 
     pub fn state_dir(&self) -> &StateDir {
         &self.dir
+    }
+
+    /// The state as last loaded (config with its `[dhcp]` section, clients, images): what the
+    /// DHCP service should answer from, e.g. `registry.current_state().boot_target(&mac)`.
+    pub fn current_state(&self) -> Arc<State> {
+        self.read().state.clone()
     }
 
     /// Record the address the server listens on (shown by `isboot status`).
@@ -205,6 +218,7 @@ impl StateRegistry {
         {
             let mut w = self.inner.write().unwrap_or_else(|e| e.into_inner());
             w.targets = next;
+            w.state = Arc::new(state);
             w.stamps = stamps;
             w.bases = bases;
         }
@@ -608,6 +622,40 @@ mod tests {
             n1.lus.get(0).unwrap().device()
         ));
         assert_eq!(read(&n1, 0, 4096), vec![3; 4096]);
+    }
+
+    #[test]
+    fn boot_targets_for_dhcp() {
+        let (_t, dir) = setup();
+        let reg = StateRegistry::open(dir.clone()).unwrap();
+        let mac1: MacAddr = "52:54:00:00:00:01".parse().unwrap();
+        let b = reg.current_state().boot_target(&mac1).unwrap();
+        assert_eq!(b.target.as_str(), "iqn.2026-11.org.isboot:pc1");
+        assert_eq!(b.initiator.as_str(), "iqn.2026-11.org.isboot:initiator:pc1");
+        assert_eq!(
+            b.root_path.as_deref(),
+            Some("iscsi:10.9.0.1::::iqn.2026-11.org.isboot:pc1")
+        );
+        assert!(
+            reg.current_state()
+                .boot_target(&"52:54:00:00:00:09".parse().unwrap())
+                .is_none()
+        );
+        // While an image is edited on pc1's machine, pc1 boots the maintenance target.
+        dir.lock()
+            .unwrap()
+            .image_edit(&"deb".parse().unwrap(), Some(mac1), vec![])
+            .unwrap();
+        reg.reload_if_changed().unwrap();
+        let b = reg.current_state().boot_target(&mac1).unwrap();
+        assert_eq!(b.target.as_str(), "iqn.2026-11.org.isboot:maint:deb");
+        assert_eq!(
+            b.initiator.as_str(),
+            "iqn.2026-11.org.isboot:initiator:maint:deb"
+        );
+        let t = reg.lookup("iqn.2026-11.org.isboot:maint:deb").unwrap();
+        assert!(t.allows("iqn.2026-11.org.isboot:initiator:maint:deb"));
+        assert!(!t.allows("iqn.2026-11.org.isboot:initiator:pc1"));
     }
 
     #[test]

@@ -24,10 +24,13 @@ fn sector_content(tag: u64, s: usize, base: &[u8]) -> Vec<u8> {
         BASE => base[s * SECTOR..(s + 1) * SECTOR].to_vec(),
         ZERO => vec![0; SECTOR],
         t => {
-            let mut r = TestRng(t.wrapping_mul(0x1000_0000_01B3) ^ s as u64);
-            let mut v = Vec::with_capacity(SECTOR);
-            while v.len() < SECTOR {
-                v.extend_from_slice(&r.next_u64().to_le_bytes());
+            // Unique per (write, sector); a repeated word keeps the long runs cheap.
+            let w = TestRng(t.wrapping_mul(0x1000_0000_01B3) ^ s as u64)
+                .next_u64()
+                .to_le_bytes();
+            let mut v = vec![0u8; SECTOR];
+            for c in v.chunks_exact_mut(8) {
+                c.copy_from_slice(&w);
             }
             v
         }
@@ -95,9 +98,10 @@ fn crash_point(seed: u64) -> Vec<String> {
                 let n = n.min(sectors);
                 let first = rng.below((sectors - n + 1) as u64) as usize;
                 let durable = rng.below(5) == 0;
-                let data: Vec<u8> = (first..first + n)
-                    .flat_map(|s| sector_content(tag, s, &base_bytes))
-                    .collect();
+                let mut data = Vec::with_capacity(n * SECTOR);
+                for s in first..first + n {
+                    data.extend_from_slice(&sector_content(tag, s, &base_bytes));
+                }
                 let r = ov.write((first * SECTOR) as u64, &data, durable);
                 match r {
                     Ok(()) if durable => model.durable(first, n, tag),
@@ -230,9 +234,10 @@ fn kill9_child() {
         match rng.below(20) {
             0..=15 => {
                 let durable = rng.below(4) == 0;
-                let data: Vec<u8> = (first..first + n)
-                    .flat_map(|s| sector_content(tag, s, &[]))
-                    .collect();
+                let mut data = Vec::with_capacity(n * SECTOR);
+                for s in first..first + n {
+                    data.extend_from_slice(&sector_content(tag, s, &[]));
+                }
                 writeln!(out, "W {tag} {first} {n}").unwrap();
                 out.flush().unwrap();
                 ov.write((first * SECTOR) as u64, &data, durable).unwrap();
