@@ -353,3 +353,115 @@ fn kill9_at_random_points_loses_no_durable_write() {
     );
     eprintln!("kill -9 test: {rounds} kills, {acked_durable} acknowledged durable writes checked");
 }
+
+/// As the crash test above, with four threads writing at once: thread t owns the sectors
+/// s with s % 4 == t, so every block is shared and copy-ups, in-place writes, flushes and
+/// map snapshots race. Each thread's model counts only its own acknowledgements.
+#[test]
+fn concurrent_writers_crash_at_random_points() {
+    const T: usize = 4;
+    let points: u64 = std::env::var("ISBOOT_CRASH_POINTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(150, |p: u64| (p / 8).max(1));
+    for seed in 1..=points {
+        let mut rng = TestRng(seed ^ 0xC0C0);
+        let size = 16 * 4096;
+        let sectors = size / SECTOR;
+        let base_bytes: Vec<u8> = (0..size).map(|_| rng.next_u64() as u8).collect();
+        let base = Arc::new(
+            BaseImage::from_bytes(Bytes::from(base_bytes.clone()), BaseId([4; 16]), 1).unwrap(),
+        );
+        let file = Arc::new(FaultyFile::new(seed));
+        let ov = Arc::new(Overlay::create(file.clone(), base.clone(), 4096).unwrap());
+        file.fail_after(20 + rng.below(300));
+        let model = Arc::new(std::sync::Mutex::new(Model::new(sectors)));
+        let threads: Vec<_> = (0..T)
+            .map(|t| {
+                let (ov, model) = (ov.clone(), model.clone());
+                let mut rng = TestRng(seed * 31 + t as u64);
+                std::thread::spawn(move || {
+                    for op in 0..200u64 {
+                        let tag = (seed << 24) | ((t as u64) << 16) | (op + 1);
+                        let s = (rng.below((sectors / T) as u64) as usize) * T + t;
+                        match rng.below(10) {
+                            0..=6 => {
+                                let durable = rng.below(4) == 0;
+                                let r = ov.write(
+                                    (s * SECTOR) as u64,
+                                    &sector_content(tag, s, &[]),
+                                    durable,
+                                );
+                                let mut m = model.lock().unwrap();
+                                match r {
+                                    Ok(()) if durable => m.durable(s, 1, tag),
+                                    _ => m.maybe(s, 1, tag),
+                                }
+                                if r.is_err() {
+                                    return;
+                                }
+                            }
+                            7 => {
+                                let r = ov.discard((s * SECTOR) as u64, SECTOR as u64);
+                                model.lock().unwrap().maybe(s, 1, ZERO);
+                                if r.is_err() {
+                                    return;
+                                }
+                            }
+                            _ => {
+                                // Writes this thread saw acknowledged before the flush began.
+                                let snapshot: Vec<(usize, u64)> = {
+                                    let m = model.lock().unwrap();
+                                    (t..sectors)
+                                        .step_by(T)
+                                        .filter_map(|s| m.maybe[s].last().map(|&v| (s, v)))
+                                        .collect()
+                                };
+                                if ov.flush().is_err() {
+                                    return;
+                                }
+                                let mut m = model.lock().unwrap();
+                                for (s, v) in snapshot {
+                                    // Durable now; anything written after stays "maybe".
+                                    if let Some(i) = m.maybe[s].iter().position(|&x| x == v) {
+                                        m.durable[s] = v;
+                                        m.maybe[s].drain(..=i);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        for th in threads {
+            th.join().unwrap();
+        }
+        drop(ov);
+        let mode = if rng.below(2) == 0 {
+            CrashMode::Kill
+        } else {
+            CrashMode::PowerCut
+        };
+        let ov2 = Overlay::open(
+            Arc::new(FaultyFile::from_image(file.crash(mode), seed)),
+            base,
+            false,
+        )
+        .unwrap_or_else(|e| panic!("seed {seed}: reopen after {mode:?}: {e}"));
+        let mut out = Vec::new();
+        ov2.read(0, size, &mut out).unwrap();
+        let got = concat(&out);
+        let m = model.lock().unwrap();
+        for s in 0..sectors {
+            let have = &got[s * SECTOR..(s + 1) * SECTOR];
+            let ok = std::iter::once(&m.durable[s])
+                .chain(m.maybe[s].iter())
+                .any(|&t| sector_content(t, s, &base_bytes) == have);
+            assert!(
+                ok,
+                "seed {seed} {mode:?}: sector {s} holds neither its durable content nor a later write"
+            );
+        }
+    }
+}
