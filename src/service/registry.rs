@@ -625,6 +625,47 @@ mod tests {
     }
 
     #[test]
+    fn two_clients_same_lbas_private_data_survives_a_restart_base_untouched() {
+        let (_t, dir) = setup();
+        let base_file = dir.path("images/deb/v1.raw");
+        let sum = |p: &Path| crc32c::crc32c(&std::fs::read(p).unwrap());
+        let before = sum(&base_file);
+        {
+            let reg = StateRegistry::open(dir.clone()).unwrap();
+            for (name, byte) in [("pc1", 0x11u8), ("pc2", 0x22u8)] {
+                let t = reg
+                    .lookup(&format!("iqn.2026-11.org.isboot:{name}"))
+                    .unwrap();
+                let dev = t.lus.get(0).unwrap().device().clone();
+                dev.write(8192, &[byte; 8192], false).unwrap();
+                dev.write(512, &[byte; 512], false).unwrap();
+            }
+            for (name, byte) in [("pc1", 0x11u8), ("pc2", 0x22u8)] {
+                let t = reg
+                    .lookup(&format!("iqn.2026-11.org.isboot:{name}"))
+                    .unwrap();
+                assert_eq!(read(&t, 8192, 8192), vec![byte; 8192]);
+                assert_eq!(read(&t, 0, 1024)[512..], [byte; 512]);
+                assert_eq!(read(&t, 0, 512), vec![0x5A; 512]);
+            }
+            // A clean stop flushes (as `isboot serve` does on shutdown).
+            reg.flush_all();
+        }
+        let reg = StateRegistry::open(dir.clone()).unwrap();
+        for (name, byte) in [("pc1", 0x11u8), ("pc2", 0x22u8)] {
+            let t = reg
+                .lookup(&format!("iqn.2026-11.org.isboot:{name}"))
+                .unwrap();
+            assert_eq!(
+                read(&t, 8192, 8192),
+                vec![byte; 8192],
+                "{name} after restart"
+            );
+        }
+        assert_eq!(sum(&base_file), before, "the base image changed");
+    }
+
+    #[test]
     fn boot_targets_for_dhcp() {
         let (_t, dir) = setup();
         let reg = StateRegistry::open(dir.clone()).unwrap();
