@@ -6,10 +6,19 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser, Debug)]
-#[command(name = "isboot", version, about = "Diskless network-boot server: DHCP, TFTP and an iSCSI target with copy-on-write client disks")]
+#[command(
+    name = "isboot",
+    version,
+    about = "Diskless network-boot server: DHCP, TFTP and an iSCSI target with copy-on-write client disks"
+)]
 pub struct Cli {
     /// State directory (config, clients, images, overlays, TFTP root).
-    #[arg(long, global = true, env = "ISBOOT_STATE_DIR", default_value = "/var/lib/isboot")]
+    #[arg(
+        long,
+        global = true,
+        env = "ISBOOT_STATE_DIR",
+        default_value = "/var/lib/isboot"
+    )]
     pub state_dir: PathBuf,
     #[command(subcommand)]
     pub command: Command,

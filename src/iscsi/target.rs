@@ -36,7 +36,10 @@ impl TargetConfig {
     /// May `initiator` use this target?
     pub fn allows(&self, initiator: &str) -> bool {
         self.allowed_initiators.is_empty()
-            || self.allowed_initiators.iter().any(|a| a.eq_ignore_ascii_case(initiator))
+            || self
+                .allowed_initiators
+                .iter()
+                .any(|a| a.eq_ignore_ascii_case(initiator))
     }
 }
 
@@ -54,7 +57,10 @@ pub struct StaticRegistry(pub Vec<Arc<TargetConfig>>);
 
 impl TargetRegistry for StaticRegistry {
     fn lookup(&self, iqn: &str) -> Option<Arc<TargetConfig>> {
-        self.0.iter().find(|t| t.iqn.eq_ignore_ascii_case(iqn)).cloned()
+        self.0
+            .iter()
+            .find(|t| t.iqn.eq_ignore_ascii_case(iqn))
+            .cloned()
     }
     fn all(&self) -> Vec<Arc<TargetConfig>> {
         self.0.clone()
@@ -86,13 +92,22 @@ pub struct TargetStats {
 
 impl TargetStats {
     pub fn add_session(&self, s: SessionInfo) {
-        self.sessions.lock().unwrap_or_else(|e| e.into_inner()).push(s);
+        self.sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(s);
     }
     pub fn remove_session(&self, id: u64) {
-        self.sessions.lock().unwrap_or_else(|e| e.into_inner()).retain(|s| s.id != id);
+        self.sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|s| s.id != id);
     }
     pub fn sessions(&self) -> Vec<SessionInfo> {
-        self.sessions.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
     /// Ask every session of this target to close its connection (reset-client --force, remove).
     pub fn drop_sessions(&self) {

@@ -46,10 +46,16 @@ impl RawFile {
             .read(true)
             .write(!read_only)
             .open(path)
-            .map_err(|source| StoreError::Opening { path: shown.clone(), source })?;
+            .map_err(|source| StoreError::Opening {
+                path: shown.clone(),
+                source,
+            })?;
         let size = file
             .metadata()
-            .map_err(|source| StoreError::Opening { path: shown.clone(), source })?
+            .map_err(|source| StoreError::Opening {
+                path: shown.clone(),
+                source,
+            })?
             .len();
         if size == 0 || size % SECTOR != 0 {
             return Err(StoreError::BadImageSize { path: shown, size });
@@ -57,9 +63,16 @@ impl RawFile {
         // SAFETY: the map is read-only. The file may be written through `file` (pwrite), which
         // the kernel's unified page cache makes visible through the map; nothing truncates it
         // while it is served (base images are immutable, exported files are the admin's).
-        let map = unsafe { Mmap::map(&file) }
-            .map_err(|source| StoreError::Mapping { path: shown, source })?;
-        Ok(RawFile { file, map: Arc::new(map), size, read_only })
+        let map = unsafe { Mmap::map(&file) }.map_err(|source| StoreError::Mapping {
+            path: shown,
+            source,
+        })?;
+        Ok(RawFile {
+            file,
+            map: Arc::new(map),
+            size,
+            read_only,
+        })
     }
 
     /// The shared read-only map of the whole file.
@@ -90,7 +103,9 @@ impl BlockDevice for RawFile {
             return Err(StoreError::ReadOnly);
         }
         self.check_range(offset, data.len() as u64)?;
-        self.file.write_all_at(data, offset).map_err(StoreError::Writing)?;
+        self.file
+            .write_all_at(data, offset)
+            .map_err(StoreError::Writing)?;
         if durable {
             self.file.sync_data().map_err(StoreError::Flushing)?;
         }
@@ -177,16 +192,31 @@ mod tests {
         let f = image(&[1u8; 1024]);
         let dev = RawFile::open(f.path(), true).unwrap();
         let mut out = Vec::new();
-        assert!(matches!(dev.read(512, 1024, &mut out), Err(StoreError::OutOfRange { .. })));
-        assert!(matches!(dev.read(u64::MAX, 1, &mut out), Err(StoreError::OutOfRange { .. })));
-        assert!(matches!(dev.write(0, &[0; 512], false), Err(StoreError::ReadOnly)));
+        assert!(matches!(
+            dev.read(512, 1024, &mut out),
+            Err(StoreError::OutOfRange { .. })
+        ));
+        assert!(matches!(
+            dev.read(u64::MAX, 1, &mut out),
+            Err(StoreError::OutOfRange { .. })
+        ));
+        assert!(matches!(
+            dev.write(0, &[0; 512], false),
+            Err(StoreError::ReadOnly)
+        ));
     }
 
     #[test]
     fn refuses_bad_sizes() {
         let f = image(&[1u8; 1000]);
-        assert!(matches!(RawFile::open(f.path(), true), Err(StoreError::BadImageSize { .. })));
+        assert!(matches!(
+            RawFile::open(f.path(), true),
+            Err(StoreError::BadImageSize { .. })
+        ));
         let f = image(&[]);
-        assert!(matches!(RawFile::open(f.path(), true), Err(StoreError::BadImageSize { .. })));
+        assert!(matches!(
+            RawFile::open(f.path(), true),
+            Err(StoreError::BadImageSize { .. })
+        ));
     }
 }
