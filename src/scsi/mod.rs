@@ -235,3 +235,6 @@ impl TargetLus {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
