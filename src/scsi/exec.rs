@@ -15,8 +15,8 @@ use std::sync::{MutexGuard, PoisonError};
 
 /// Unit attentions queued per nexus at most; older ones are dropped beyond this.
 const MAX_PENDING_UA: usize = 16;
-/// GET LBA STATUS examines at most this many blocks (4 MiB) per command.
-const LBA_STATUS_SCAN_BLOCKS: u64 = 8192;
+/// GET LBA STATUS examines at most this many blocks (1 MiB) per command.
+const LBA_STATUS_SCAN_BLOCKS: u64 = 2048;
 /// GET LBA STATUS returns at most this many descriptors.
 const LBA_STATUS_MAX_DESCRIPTORS: usize = 64;
 /// WRITE SAME writes its pattern in chunks of this many blocks (1 MiB).
@@ -588,13 +588,18 @@ impl LogicalUnit {
             Ok(s) => crate::store::concat(&s),
             Err(s) => return s.into(),
         };
+        // Descriptors that fit in the allocation length (at least one) are all that is built.
+        let fit = (alloc as usize)
+            .saturating_sub(8)
+            .div_ceil(16)
+            .clamp(1, LBA_STATUS_MAX_DESCRIPTORS);
         let mut descs: Vec<(u64, u32, u8)> = Vec::new();
         for (i, block) in all.chunks(SECTOR as usize).enumerate() {
             let state = if block.iter().all(|&b| b == 0) { 1 } else { 0 };
             match descs.last_mut() {
                 Some((_, n, s)) if *s == state => *n += 1,
                 _ => {
-                    if descs.len() == LBA_STATUS_MAX_DESCRIPTORS {
+                    if descs.len() == fit {
                         break;
                     }
                     descs.push((lba + i as u64, 1, state));

@@ -1036,3 +1036,104 @@ fn non_removable_stop_flushes_but_stays_ready() {
     good(&f.run(&n, &tur(), &[]));
     good(&f.run(&n, &rw10(op::READ10, 0, 1, 0), &[]));
 }
+
+#[test]
+fn fast_path_sees_new_reservations_and_unit_attentions() {
+    let f = fixture();
+    let a = f.ready(1, "a");
+    // Several commands from the same nexus: the lock-free path is in use.
+    for _ in 0..3 {
+        good(&f.run(&a, &rw10(op::READ10, 0, 1, 0), &[]));
+    }
+    let b = f.ready(2, "b");
+    good(&f.run(&b, &[op::RESERVE6, 0, 0, 0, 0, 0], &[]));
+    assert_eq!(
+        f.run(&a, &rw10(op::READ10, 0, 1, 0), &[]).status,
+        status::RESERVATION_CONFLICT
+    );
+    good(&f.run(&b, &[op::RELEASE6, 0, 0, 0, 0, 0], &[]));
+    good(&f.run(&a, &rw10(op::READ10, 0, 1, 0), &[]));
+    // A reset by B reaches A even though A was on the fast path.
+    assert!(f.t.task_mgmt(&b, 0, TaskMgmt::LogicalUnitReset));
+    good(&f.run(&b, &rw10(op::READ10, 0, 1, 0), &[]));
+    let o = f.run(&a, &rw10(op::READ10, 0, 1, 0), &[]);
+    assert_eq!(sense(&o), (key::UNIT_ATTENTION, asc::BUS_DEVICE_RESET));
+    good(&f.run(&a, &rw10(op::READ10, 0, 1, 0), &[]));
+}
+
+#[test]
+fn nexus_gone_drops_pending_unit_attentions() {
+    let f = fixture();
+    let a = f.ready(1, "a");
+    let b = f.ready(2, "b");
+    assert!(f.t.task_mgmt(&a, 0, TaskMgmt::LogicalUnitReset));
+    f.t.nexus_gone(&b);
+    // The same ids never come back, but a new nexus starts with only the power-on UA.
+    let c = nexus(3, "b");
+    assert_eq!(
+        sense(&f.run(&c, &tur(), &[])),
+        (key::UNIT_ATTENTION, asc::POWER_ON_RESET)
+    );
+    good(&f.run(&c, &tur(), &[]));
+    good(&f.run(&a, &tur(), &[]));
+}
+
+#[test]
+fn target_reset_reaches_every_logical_unit() {
+    let f = fixture();
+    let mut g = tempfile::NamedTempFile::new().unwrap();
+    g.write_all(&vec![0u8; 64 * 1024]).unwrap();
+    g.flush().unwrap();
+    let dev1: Arc<dyn BlockDevice> = Arc::new(RawFile::open(g.path(), false).unwrap());
+    let lu0 = f.t.get(0).unwrap().clone();
+    let lu1 = Arc::new(LogicalUnit::new(dev1, ident()));
+    let t = TargetLus::new(vec![(0, lu0), (1, lu1)]);
+    let a = nexus(1, "a");
+    let b = nexus(2, "b");
+    for lun in [0, 1] {
+        for n in [&a, &b] {
+            let _ = t.execute(n, lun, &tur(), &[]);
+            assert_eq!(t.execute(n, lun, &tur(), &[]).status, status::GOOD);
+        }
+    }
+    // Capacity is per unit.
+    let d = good(&t.execute(&a, 1, &rw10(op::READ_CAPACITY10, 0, 0, 0), &[]));
+    assert_eq!(&d[..4], &127u32.to_be_bytes());
+    assert!(
+        t.task_mgmt(&a, 7, TaskMgmt::TargetColdReset),
+        "target-wide, any LUN"
+    );
+    for lun in [0, 1] {
+        assert_eq!(
+            t.execute(&a, lun, &tur(), &[]).status,
+            status::GOOD,
+            "not the issuer"
+        );
+        assert_eq!(
+            sense(&t.execute(&b, lun, &tur(), &[])),
+            (key::UNIT_ATTENTION, asc::POWER_ON_RESET)
+        );
+    }
+}
+
+#[test]
+fn get_lba_status_respects_allocation_length() {
+    let f = fixture();
+    let n = f.ready(1, "a");
+    // Alternate written and unmapped blocks: many descriptors.
+    for lba in (0..16u64).step_by(2) {
+        let p = unmap_list(&[(lba, 1)]);
+        good(&f.run(&n, &unmap_cdb(p.len()), &p));
+    }
+    let mut c = rw16(op::SERVICE_ACTION_IN16, 0, 0, op::SA_GET_LBA_STATUS);
+    c[10..14].copy_from_slice(&(8u32 + 16 * 4).to_be_bytes());
+    let d = good(&f.run(&n, &c, &[]));
+    assert_eq!(d.len(), 8 + 16 * 4);
+    assert_eq!(&d[..4], &(4u32 + 16 * 4).to_be_bytes());
+    for i in 0..4 {
+        let desc = &d[8 + 16 * i..24 + 16 * i];
+        assert_eq!(u64::from_be_bytes(desc[..8].try_into().unwrap()), i as u64);
+        assert_eq!(&desc[8..12], &1u32.to_be_bytes());
+        assert_eq!(desc[12], if i % 2 == 0 { 1 } else { 0 });
+    }
+}
