@@ -7,7 +7,18 @@
 
 use crate::store::BlockDevice;
 use bytes::Bytes;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Arc, Mutex, RwLock};
+
+pub mod cdb;
+mod exec;
+pub mod inquiry;
+pub mod mode;
+pub mod pr;
+pub mod rsoc;
+pub mod sense;
+
+pub use sense::Sense;
 
 /// SCSI status codes (SAM-5).
 pub mod status {
@@ -94,14 +105,44 @@ pub struct LuIdentity {
 
 /// One logical unit: a block device plus the SCSI state that goes with it (mode pages, unit
 /// attentions, reservations).
+///
+/// Locking: per-nexus and reservation state sits behind one mutex that the common READ/WRITE
+/// path does not take: while no unit attention, reservation or ejected medium exists and the
+/// command comes from the nexus that last passed the full check, commands go straight to the
+/// device (`quiet` + `last_nexus`). Writes take `io` shared; COMPARE AND WRITE and ORWRITE take
+/// it exclusive, which makes them atomic against every other write.
 pub struct LogicalUnit {
     dev: Arc<dyn BlockDevice>,
     ident: LuIdentity,
+    removable: bool,
+    state: Mutex<exec::LuState>,
+    /// No unit attention pending for anyone, no reservation, medium present.
+    quiet: AtomicBool,
+    /// A nexus already registered with this unit (valid only together with `quiet`).
+    last_nexus: AtomicU64,
+    /// Write cache enabled (caching mode page); false makes every write durable.
+    wce: AtomicBool,
+    io: RwLock<()>,
 }
 
 impl LogicalUnit {
     pub fn new(dev: Arc<dyn BlockDevice>, ident: LuIdentity) -> LogicalUnit {
-        LogicalUnit { dev, ident }
+        LogicalUnit {
+            dev,
+            ident,
+            removable: false,
+            state: Mutex::new(exec::LuState::default()),
+            quiet: AtomicBool::new(false),
+            last_nexus: AtomicU64::new(0),
+            wce: AtomicBool::new(mode::ModeParams::default().wce),
+            io: RwLock::new(()),
+        }
+    }
+    /// Report removable medium (INQUIRY RMB=1): START STOP UNIT with LOEJ ejects and loads,
+    /// PREVENT ALLOW MEDIUM REMOVAL is honoured. Off by default (a boot disk is not removable).
+    pub fn with_removable(mut self, removable: bool) -> LogicalUnit {
+        self.removable = removable;
+        self
     }
     pub fn device(&self) -> &Arc<dyn BlockDevice> {
         &self.dev
@@ -109,9 +150,16 @@ impl LogicalUnit {
     pub fn identity(&self) -> &LuIdentity {
         &self.ident
     }
+    /// Capacity in logical blocks.
+    pub fn blocks(&self) -> u64 {
+        self.dev.size() / crate::store::SECTOR
+    }
 }
 
 /// The logical units of one target, by LUN.
+///
+/// LUNs are plain numbers (0..16383 are encoded with SAM peripheral/flat addressing in REPORT
+/// LUNS; larger values are reported as their 8-byte big-endian form).
 pub struct TargetLus {
     luns: Vec<(u64, Arc<LogicalUnit>)>,
 }
@@ -130,4 +178,63 @@ impl TargetLus {
     pub fn luns(&self) -> impl Iterator<Item = u64> + '_ {
         self.luns.iter().map(|(l, _)| *l)
     }
+
+    /// Direction and byte count the CDB asks for. Err(outcome) = CHECK CONDITION to return
+    /// before any data phase (invalid opcode, invalid field in CDB, LBA out of range, LUN not
+    /// supported, write protected, ...).
+    pub fn plan(&self, lun: u64, cdb: &[u8]) -> Result<Plan, Outcome> {
+        match self.get(lun) {
+            Some(lu) => lu.plan(cdb),
+            None => exec::plan_no_lun(cdb),
+        }
+    }
+
+    /// Run the command. Blocking (does file I/O).
+    ///
+    /// `data_out` is the Data-Out the transport collected. When it is shorter than
+    /// `plan.bytes` (the initiator's expected length was smaller): block-data commands (WRITE,
+    /// WRITE AND VERIFY, VERIFY with BYTCHK, ORWRITE) process the whole blocks that arrived and
+    /// return GOOD (the transport reports the overflow residual); WRITE SAME and COMPARE AND
+    /// WRITE need their complete data and fail with INVALID FIELD IN CDB; parameter lists
+    /// (MODE SELECT, UNMAP, PERSISTENT RESERVE OUT) are parsed as far as they go and a
+    /// truncated structure is PARAMETER LIST LENGTH ERROR. Bytes beyond `plan.bytes` are ignored.
+    /// Data-In is never longer than `plan.bytes`.
+    pub fn execute(&self, nexus: &Nexus, lun: u64, cdb: &[u8], data_out: &[u8]) -> Outcome {
+        if cdb.first() == Some(&cdb::op::REPORT_LUNS) {
+            return exec::report_luns(self, cdb);
+        }
+        match self.get(lun) {
+            Some(lu) => lu.execute(nexus, cdb, data_out),
+            None => exec::execute_no_lun(self, cdb),
+        }
+    }
+
+    /// Task management effects on SCSI state (unit attentions, reservations, ...). Returns
+    /// true if the function is supported for that LUN.
+    pub fn task_mgmt(&self, nexus: &Nexus, lun: u64, f: TaskMgmt) -> bool {
+        match f {
+            TaskMgmt::TargetWarmReset | TaskMgmt::TargetColdReset => {
+                for (_, lu) in &self.luns {
+                    lu.task_mgmt(nexus, f);
+                }
+                true
+            }
+            _ => match self.get(lun) {
+                Some(lu) => lu.task_mgmt(nexus, f),
+                None => false,
+            },
+        }
+    }
+
+    /// The nexus is gone (session closed): drop per-nexus state (pending unit attentions,
+    /// RESERVE(6) held by it, medium removal prevention) but not persistent reservation
+    /// registrations.
+    pub fn nexus_gone(&self, nexus: &Nexus) {
+        for (_, lu) in &self.luns {
+            lu.nexus_gone(nexus);
+        }
+    }
 }
+
+#[cfg(test)]
+mod tests;
