@@ -239,3 +239,240 @@ impl TextExchange {
         TextStep::Respond(resp, piece)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::iscsi::negotiate::TargetLimits;
+    use crate::iscsi::target::{StaticRegistry, TargetStats};
+    use crate::scsi::TargetLus;
+
+    const INIT: &str = "iqn.2010-04.org.ipxe:client";
+    const PORTAL: &str = "10.0.2.2:3260,1";
+
+    fn target(iqn: &str, allowed: &[&str]) -> Arc<TargetConfig> {
+        Arc::new(TargetConfig {
+            iqn: iqn.into(),
+            lus: Arc::new(TargetLus::new(Vec::new())),
+            allowed_initiators: allowed.iter().map(|s| s.to_string()).collect(),
+            chap: None,
+            stats: Arc::new(TargetStats::default()),
+        })
+    }
+
+    fn registry(extra: usize) -> Arc<dyn TargetRegistry> {
+        let mut v = vec![
+            target("iqn.2026-11.org.isboot:a", &[]),
+            target("iqn.2026-11.org.isboot:mine", &[INIT]),
+            target(
+                "iqn.2026-11.org.isboot:theirs",
+                &["iqn.1994-05.com.other:x"],
+            ),
+        ];
+        for n in 0..extra {
+            v.push(target(&format!("iqn.2026-11.org.isboot:bulk-{n:05}"), &[]));
+        }
+        Arc::new(StaticRegistry(v))
+    }
+
+    fn params(t: SessionType, target: Option<Arc<TargetConfig>>, xmit: u32) -> SessionParams {
+        let l = TargetLimits::default();
+        SessionParams {
+            session_type: t,
+            initiator_name: INIT.into(),
+            initiator_alias: None,
+            target,
+            isid: [0; 6],
+            tsih: 1,
+            cid: 0,
+            header_digest: false,
+            data_digest: false,
+            max_recv_dsl: l.max_recv_data_segment_length,
+            max_xmit_dsl: xmit,
+            max_burst_length: 262144,
+            first_burst_length: 65536,
+            initial_r2t: true,
+            immediate_data: true,
+            max_outstanding_r2t: 1,
+            data_pdu_in_order: true,
+            data_sequence_in_order: true,
+            default_time2wait: 2,
+            default_time2retain: 20,
+            error_recovery_level: 0,
+            max_connections: 1,
+            exp_cmd_sn: 1,
+            stat_sn: 1,
+        }
+    }
+
+    fn req(itt: u32, ttt: u32, final_: bool, cont: bool) -> TextRequest {
+        TextRequest {
+            immediate: true,
+            final_,
+            cont,
+            lun: 0,
+            itt,
+            ttt,
+            cmd_sn: 1,
+            exp_stat_sn: 1,
+        }
+    }
+
+    const SN: TextSn = TextSn {
+        stat_sn: 5,
+        exp_cmd_sn: 2,
+        max_cmd_sn: 130,
+    };
+
+    fn pairs(d: &[u8]) -> Vec<(String, String)> {
+        text::parse(d)
+            .unwrap()
+            .into_iter()
+            .map(|p| (p.key, p.value))
+            .collect()
+    }
+
+    #[test]
+    fn send_targets_filters_by_initiator() {
+        let r = registry(0);
+        let all = pairs(&send_targets(&*r, INIT, "All", PORTAL));
+        assert_eq!(
+            all,
+            vec![
+                ("TargetName".into(), "iqn.2026-11.org.isboot:a".into()),
+                ("TargetAddress".into(), PORTAL.into()),
+                ("TargetName".into(), "iqn.2026-11.org.isboot:mine".into()),
+                ("TargetAddress".into(), PORTAL.into()),
+            ]
+        );
+        let one = pairs(&send_targets(
+            &*r,
+            INIT,
+            "iqn.2026-11.org.isboot:MINE",
+            PORTAL,
+        ));
+        assert_eq!(one.len(), 2);
+        assert!(send_targets(&*r, INIT, "iqn.2026-11.org.isboot:theirs", PORTAL).is_empty());
+        assert!(send_targets(&*r, INIT, "iqn.2026-11.org.isboot:none", PORTAL).is_empty());
+        let other = pairs(&send_targets(&*r, "iqn.1994-05.com.other:x", "All", PORTAL));
+        assert_eq!(other.len(), 4);
+        assert!(other.iter().any(|p| p.1 == "iqn.2026-11.org.isboot:theirs"));
+    }
+
+    #[test]
+    fn discovery_send_targets_all_in_one_response() {
+        let r = registry(0);
+        let mut x = TextExchange::new(r, &params(SessionType::Discovery, None, 8192), PORTAL);
+        let step = x.handle(&req(9, RESERVED_TAG, true, false), b"SendTargets=All\0", SN);
+        let TextStep::Respond(resp, data) = step else {
+            panic!("{step:?}")
+        };
+        assert!(resp.final_ && !resp.cont);
+        assert_eq!(resp.ttt, RESERVED_TAG);
+        assert_eq!((resp.itt, resp.stat_sn, resp.max_cmd_sn), (9, 5, 130));
+        assert_eq!(pairs(&data).len(), 4);
+    }
+
+    #[test]
+    fn long_answer_is_split_by_max_xmit() {
+        let r = registry(100);
+        let mut x = TextExchange::new(r, &params(SessionType::Discovery, None, 512), PORTAL);
+        let mut step = x.handle(&req(3, RESERVED_TAG, true, false), b"SendTargets=All\0", SN);
+        let mut all = Vec::new();
+        let mut n = 0;
+        loop {
+            n += 1;
+            assert!(n < 1000);
+            let TextStep::Respond(resp, data) = step else {
+                panic!("{step:?}")
+            };
+            assert!(data.len() <= 512);
+            all.extend_from_slice(&data);
+            if resp.final_ {
+                assert!(!resp.cont);
+                assert_eq!(resp.ttt, RESERVED_TAG);
+                break;
+            }
+            assert!(resp.cont);
+            assert_ne!(resp.ttt, RESERVED_TAG);
+            step = x.handle(&req(3, resp.ttt, true, false), b"", SN);
+        }
+        assert!(n > 2);
+        assert_eq!(pairs(&all).len(), 2 * 102);
+        // The exchange is over: its TTT is no longer valid.
+        assert_eq!(
+            x.handle(&req(3, 1, true, false), b"", SN),
+            TextStep::Reject(reject_reason::INVALID_PDU_FIELD)
+        );
+    }
+
+    #[test]
+    fn continued_request_and_unknown_keys() {
+        let r = registry(0);
+        let t = r.lookup("iqn.2026-11.org.isboot:a");
+        let mut x = TextExchange::new(r, &params(SessionType::Normal, t, 8192), PORTAL);
+        let body = b"X-com.example=1\0SendTargets=\0";
+        let TextStep::Respond(resp, data) =
+            x.handle(&req(4, RESERVED_TAG, false, true), &body[..7], SN)
+        else {
+            panic!()
+        };
+        assert!(data.is_empty() && !resp.final_);
+        assert_ne!(resp.ttt, RESERVED_TAG);
+        let TextStep::Respond(resp, data) =
+            x.handle(&req(4, resp.ttt, true, false), &body[7..], SN)
+        else {
+            panic!()
+        };
+        assert!(resp.final_);
+        assert_eq!(
+            pairs(&data),
+            vec![
+                ("X-com.example".into(), "NotUnderstood".into()),
+                ("TargetName".into(), "iqn.2026-11.org.isboot:a".into()),
+                ("TargetAddress".into(), PORTAL.into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_requests_are_rejected() {
+        let r = registry(0);
+        let mut x = TextExchange::new(r, &params(SessionType::Discovery, None, 8192), PORTAL);
+        let rej = TextStep::Reject(reject_reason::PROTOCOL_ERROR);
+        assert_eq!(x.handle(&req(1, RESERVED_TAG, true, true), b"", SN), rej);
+        assert_eq!(
+            x.handle(&req(1, RESERVED_TAG, true, false), b"nokey\0", SN),
+            rej
+        );
+        assert_eq!(
+            x.handle(&req(1, RESERVED_TAG, true, false), b"A=1\0A=2\0", SN),
+            rej
+        );
+        assert_eq!(
+            x.handle(&req(1, 77, true, false), b"", SN),
+            TextStep::Reject(reject_reason::INVALID_PDU_FIELD)
+        );
+        // Text joined past the cap.
+        let mut step = x.handle(&req(2, RESERVED_TAG, false, true), &[b'a'; 8192], SN);
+        for _ in 0..MAX_TEXT_LEN / 8192 {
+            let TextStep::Respond(resp, _) = step else {
+                break;
+            };
+            step = x.handle(&req(2, resp.ttt, false, true), &[b'a'; 8192], SN);
+        }
+        assert_eq!(step, rej);
+    }
+
+    #[test]
+    fn empty_send_targets_in_discovery_gives_nothing() {
+        let r = registry(0);
+        let mut x = TextExchange::new(r, &params(SessionType::Discovery, None, 8192), PORTAL);
+        let TextStep::Respond(_, data) =
+            x.handle(&req(1, RESERVED_TAG, true, false), b"SendTargets=\0", SN)
+        else {
+            panic!()
+        };
+        assert!(data.is_empty());
+    }
+}
