@@ -527,7 +527,7 @@ impl Login {
         if first {
             self.leading(&pairs)?;
             self.check_skip_security(stage)?;
-            if self.session_type == SessionType::Normal && req.tsih == 0 {
+            if self.session_type == SessionType::Normal {
                 out.push((
                     "TargetPortalGroupTag".into(),
                     self.limits.target_portal_group_tag.to_string(),
@@ -665,7 +665,13 @@ impl Login {
                 outcome: LoginOutcome::Continue,
             });
         }
-        match p.decision {
+        // We may set T only in answer to a request with T set (the initiator's empty
+        // requests that fetched the pieces may have cleared it).
+        let decision = match p.decision {
+            Decision::Transit(n) if req.transit && req.nsg == n => p.decision,
+            _ => Decision::Stay,
+        };
+        match decision {
             Decision::Stay => {
                 let resp = self.response(req, LoginStatus::SUCCESS, false, false, 0);
                 Ok(LoginStep {
@@ -1675,6 +1681,12 @@ mod tests {
 
     #[test]
     fn thousands_of_tiny_unknown_keys_get_a_bounded_split_answer() {
+        split_answer(true);
+        split_answer(false);
+    }
+
+    /// 2,048 unknown keys; the pieces of our answer fetched with T set or clear.
+    fn split_answer(fetch_with_transit: bool) {
         let mut i = Ini::new(false);
         i.send(0, 1, true, &leading(IQN));
         let names: Vec<String> = (0..2048).map(|n| format!("k{n}")).collect();
@@ -1692,12 +1704,20 @@ mod tests {
                 assert!(!r.transit);
                 assert_eq!(d.len(), LOGIN_MAX_DATA as usize);
                 assert!(matches!(s.outcome, LoginOutcome::Continue));
-                s = i.send(1, 3, true, &[]);
+                s = i.send(1, 3, fetch_with_transit, &[]);
             } else {
                 break;
             }
         }
         assert!(pieces > 1);
+        if !fetch_with_transit {
+            // No T in the request that fetched the last piece: no T in the answer either;
+            // the initiator asks again to finish.
+            assert!(!s.responses[0].0.transit);
+            assert!(matches!(s.outcome, LoginOutcome::Continue));
+            s = i.send(1, 3, true, &[]);
+            assert!(s.responses[0].0.transit);
+        }
         let back = text::parse(&text_back).unwrap();
         assert_eq!(
             back.iter().filter(|p| p.value == "NotUnderstood").count(),
