@@ -241,16 +241,16 @@ impl TextExchange {
 }
 
 #[cfg(test)]
-mod tests {
+mod tests_support {
     use super::*;
     use crate::iscsi::negotiate::TargetLimits;
     use crate::iscsi::target::{StaticRegistry, TargetStats};
     use crate::scsi::TargetLus;
 
-    const INIT: &str = "iqn.2010-04.org.ipxe:client";
-    const PORTAL: &str = "10.0.2.2:3260,1";
+    pub const INIT: &str = "iqn.2010-04.org.ipxe:client";
+    pub const PORTAL: &str = "10.0.2.2:3260,1";
 
-    fn target(iqn: &str, allowed: &[&str]) -> Arc<TargetConfig> {
+    pub fn target(iqn: &str, allowed: &[&str]) -> Arc<TargetConfig> {
         Arc::new(TargetConfig {
             iqn: iqn.into(),
             lus: Arc::new(TargetLus::new(Vec::new())),
@@ -260,7 +260,7 @@ mod tests {
         })
     }
 
-    fn registry(extra: usize) -> Arc<dyn TargetRegistry> {
+    pub fn registry(extra: usize) -> Arc<dyn TargetRegistry> {
         let mut v = vec![
             target("iqn.2026-11.org.isboot:a", &[]),
             target("iqn.2026-11.org.isboot:mine", &[INIT]),
@@ -275,7 +275,7 @@ mod tests {
         Arc::new(StaticRegistry(v))
     }
 
-    fn params(t: SessionType, target: Option<Arc<TargetConfig>>, xmit: u32) -> SessionParams {
+    pub fn params(t: SessionType, target: Option<Arc<TargetConfig>>, xmit: u32) -> SessionParams {
         let l = TargetLimits::default();
         SessionParams {
             session_type: t,
@@ -305,7 +305,7 @@ mod tests {
         }
     }
 
-    fn req(itt: u32, ttt: u32, final_: bool, cont: bool) -> TextRequest {
+    pub fn req(itt: u32, ttt: u32, final_: bool, cont: bool) -> TextRequest {
         TextRequest {
             immediate: true,
             final_,
@@ -318,11 +318,17 @@ mod tests {
         }
     }
 
-    const SN: TextSn = TextSn {
+    pub const SN: TextSn = TextSn {
         stat_sn: 5,
         exp_cmd_sn: 2,
         max_cmd_sn: 130,
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tests_support::*;
+    use super::*;
 
     fn pairs(d: &[u8]) -> Vec<(String, String)> {
         text::parse(d)
@@ -474,5 +480,44 @@ mod tests {
             panic!()
         };
         assert!(data.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod hostile {
+    use super::tests_support::*;
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1000))]
+        #[test]
+        fn never_panics_and_answers_within_limits(
+            script in proptest::collection::vec(
+                (any::<bool>(), any::<bool>(), 0u32..4, prop_oneof![
+                    proptest::collection::vec(any::<u8>(), 0..200),
+                    Just(b"SendTargets=All\0".to_vec()),
+                    Just(b"SendTargets=iqn.2026-11.org.isboot:a\0X-y=1\0".to_vec()),
+                ]),
+                1..16,
+            ),
+            xmit in 512u32..2048,
+        ) {
+            let mut x = TextExchange::new(registry(40), &params(SessionType::Discovery, None, xmit), PORTAL);
+            for (final_, cont, ttt, data) in script {
+                let ttt = if ttt == 0 { RESERVED_TAG } else { ttt };
+                let req = TextRequest {
+                    immediate: true, final_, cont, lun: 0, itt: 1, ttt, cmd_sn: 1, exp_stat_sn: 1,
+                };
+                match x.handle(&req, &data, SN) {
+                    TextStep::Respond(r, d) => {
+                        prop_assert!(d.len() <= xmit as usize);
+                        prop_assert!(!(r.final_ && r.cont));
+                        prop_assert_eq!(r.final_, r.ttt == RESERVED_TAG);
+                    }
+                    TextStep::Reject(_) => {}
+                }
+            }
+        }
     }
 }

@@ -1786,3 +1786,186 @@ mod tests {
         assert!(!dbg.contains("105, 110, 105"), "secret bytes leaked: {dbg}");
     }
 }
+
+#[cfg(test)]
+mod hostile {
+    //! Scripted hostile initiators: random headers and random (partly plausible) text. The
+    //! machine must never panic and must keep its invariants.
+    use super::*;
+    use crate::iscsi::target::{ChapConfig, StaticRegistry, TargetStats};
+    use crate::scsi::TargetLus;
+    use proptest::prelude::*;
+
+    struct Table;
+    impl SessionTable for Table {
+        fn new_session(&self, _: &str, _: [u8; 6], _: Option<&str>) -> u16 {
+            7
+        }
+        fn exists(&self, tsih: u16) -> bool {
+            tsih == 0x222
+        }
+    }
+
+    const KEYS: &[&str] = &[
+        "InitiatorName",
+        "TargetName",
+        "SessionType",
+        "AuthMethod",
+        "CHAP_A",
+        "CHAP_N",
+        "CHAP_R",
+        "CHAP_I",
+        "CHAP_C",
+        "HeaderDigest",
+        "MaxRecvDataSegmentLength",
+        "FirstBurstLength",
+        "MaxBurstLength",
+        "InitialR2T",
+        "ErrorRecoveryLevel",
+        "X-vendor",
+        "TargetAddress",
+    ];
+    const VALUES: &[&str] = &[
+        "iqn.2010-04.org.ipxe:client",
+        "iqn.2026-11.org.isboot:disk",
+        "iqn.2026-11.org.isboot:chap",
+        "Normal",
+        "Discovery",
+        "None",
+        "CHAP,None",
+        "5",
+        "0x00ff",
+        "0b",
+        "0bAAAA",
+        "",
+        "4096",
+        "99999999999",
+        "Yes",
+        "CRC32C,None",
+        "0x0123456789abcdef0123456789abcdef",
+    ];
+
+    fn registry() -> Arc<dyn TargetRegistry> {
+        let t = |iqn: &str, chap: Option<ChapConfig>| {
+            Arc::new(TargetConfig {
+                iqn: iqn.into(),
+                lus: Arc::new(TargetLus::new(Vec::new())),
+                allowed_initiators: Vec::new(),
+                chap,
+                stats: Arc::new(TargetStats::default()),
+            })
+        };
+        Arc::new(StaticRegistry(vec![
+            t("iqn.2026-11.org.isboot:disk", None),
+            t(
+                "iqn.2026-11.org.isboot:chap",
+                Some(ChapConfig {
+                    user: "u".into(),
+                    secret: b"0123456789ab".to_vec(),
+                    mutual: None,
+                }),
+            ),
+        ]))
+    }
+
+    #[derive(Debug, Clone)]
+    struct Pdu {
+        transit: bool,
+        cont: bool,
+        csg: u8,
+        nsg: u8,
+        version_min: u8,
+        tsih: u16,
+        data: Vec<u8>,
+    }
+
+    fn data() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            prop::collection::vec(any::<u8>(), 0..300),
+            prop::collection::vec((0..KEYS.len(), 0..VALUES.len()), 0..10).prop_map(|kv| {
+                let mut out = Vec::new();
+                for (k, v) in kv {
+                    text::push(&mut out, KEYS[k], VALUES[v]);
+                }
+                out
+            }),
+        ]
+    }
+
+    fn pdu() -> impl Strategy<Value = Pdu> {
+        (
+            any::<bool>(),
+            prop::bool::weighted(0.1),
+            0u8..4,
+            0u8..4,
+            prop_oneof![9 => Just(0u8), 1 => any::<u8>()],
+            prop_oneof![9 => Just(0u16), 1 => Just(0x222u16), 1 => any::<u16>()],
+            data(),
+        )
+            .prop_map(|(transit, cont, csg, nsg, version_min, tsih, data)| Pdu {
+                transit,
+                cont,
+                csg,
+                nsg,
+                version_min,
+                tsih,
+                data,
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+        #[test]
+        fn never_panics_and_keeps_invariants(script in prop::collection::vec(pdu(), 1..12)) {
+            let mut login = Login::new(registry(), TargetLimits::default());
+            let mut next_stat_sn: Option<u32> = None;
+            let mut over = false;
+            for p in script {
+                let req = LoginRequest {
+                    transit: p.transit,
+                    cont: p.cont,
+                    csg: p.csg,
+                    nsg: p.nsg,
+                    version_max: 0,
+                    version_min: p.version_min,
+                    isid: [1, 2, 3, 4, 5, 6],
+                    tsih: p.tsih,
+                    itt: 9,
+                    cid: 0,
+                    cmd_sn: 100,
+                    exp_stat_sn: 50,
+                };
+                let step = login.handle(&req, &p.data, &Table);
+                prop_assert!(!step.responses.is_empty());
+                for (r, d) in &step.responses {
+                    prop_assert!(d.len() <= LOGIN_MAX_DATA as usize);
+                    prop_assert!(!(r.transit && r.cont));
+                    if let Some(n) = next_stat_sn {
+                        prop_assert_eq!(r.stat_sn, n);
+                    }
+                    next_stat_sn = Some(r.stat_sn.wrapping_add(1));
+                    if r.transit {
+                        prop_assert!(r.nsg == 1 || r.nsg == 3);
+                    }
+                }
+                match step.outcome {
+                    LoginOutcome::Failed => {
+                        let r = &step.responses[0].0;
+                        prop_assert!(r.status_class != 0);
+                        over = true;
+                    }
+                    LoginOutcome::Done(ref s) => {
+                        prop_assert!(!over);
+                        prop_assert!(s.first_burst_length <= s.max_burst_length);
+                        prop_assert!(s.max_recv_dsl >= 512 && s.max_xmit_dsl >= 512);
+                        if s.session_type == SessionType::Normal {
+                            prop_assert!(s.target.is_some());
+                        }
+                        over = true;
+                    }
+                    LoginOutcome::Continue => prop_assert!(!over),
+                }
+            }
+        }
+    }
+}
