@@ -79,7 +79,8 @@ pub fn decode_binary(v: &str, max: usize, what: &'static str) -> Result<Vec<u8>,
         if b.len() / 4 * 3 > max + 2 {
             return Err(ChapError::TooLong(what));
         }
-        let out = base64::engine::general_purpose::STANDARD
+        // Padding is optional on input (some initiators leave it out).
+        let out = base64::engine::general_purpose::STANDARD_PAD_INDIFFERENT
             .decode(b)
             .map_err(|_| ChapError::Malformed(what))?;
         if out.is_empty() {
@@ -309,6 +310,7 @@ mod tests {
         assert_eq!(decode_binary("0X102", 16, "x").unwrap(), vec![1, 2]);
         assert_eq!(decode_binary("0bAQI=", 16, "x").unwrap(), vec![1, 2]);
         assert_eq!(decode_binary("0BAQI=", 16, "x").unwrap(), vec![1, 2]);
+        assert_eq!(decode_binary("0bAQI", 16, "x").unwrap(), vec![1, 2]);
         assert!(decode_binary("0x", 16, "x").is_err());
         assert!(decode_binary("0xzz", 16, "x").is_err());
         assert!(decode_binary("0b!!", 16, "x").is_err());

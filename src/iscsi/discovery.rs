@@ -18,6 +18,7 @@ use super::target::{TargetConfig, TargetRegistry};
 use crate::wire::pdu::{RESERVED_TAG, TextRequest, TextResponse, reject_reason};
 use crate::wire::text::{self, MAX_TEXT_LEN};
 use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 /// Most text we answer to one request (SendTargets of a large registry stops here, on a
@@ -63,6 +64,19 @@ fn records<'a>(
         out.extend_from_slice(&rec);
     }
     out
+}
+
+/// The `TargetAddress` value for a portal: `address:port,tpgt`, IPv6 in brackets (RFC 7143
+/// §13.8). Pass the address the initiator connected to (the socket's local address).
+pub fn portal(addr: SocketAddr, target_portal_group_tag: u16) -> String {
+    let ip = match addr.ip() {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => format!("[{v6}]"),
+        },
+    };
+    format!("{ip}:{},{target_portal_group_tag}", addr.port())
 }
 
 /// Sequence numbers the session puts in a Text Response.
@@ -363,6 +377,22 @@ mod tests {
         let other = pairs(&send_targets(&*r, "iqn.1994-05.com.other:x", "All", PORTAL));
         assert_eq!(other.len(), 4);
         assert!(other.iter().any(|p| p.1 == "iqn.2026-11.org.isboot:theirs"));
+    }
+
+    #[test]
+    fn portal_strings() {
+        assert_eq!(
+            portal("10.0.2.2:3260".parse().unwrap(), 1),
+            "10.0.2.2:3260,1"
+        );
+        assert_eq!(
+            portal("[fe80::1]:3261".parse().unwrap(), 2),
+            "[fe80::1]:3261,2"
+        );
+        assert_eq!(
+            portal("[::ffff:192.168.1.5]:3260".parse().unwrap(), 1),
+            "192.168.1.5:3260,1"
+        );
     }
 
     #[test]

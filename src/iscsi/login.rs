@@ -1265,6 +1265,7 @@ mod tests {
         i.tsih = 0x222;
         let s = i.send(0, 3, true, &leading(IQN));
         assert_eq!(s.responses[0].0.tsih, 0x222);
+        assert_eq!(get(&s, "TargetPortalGroupTag").as_deref(), Some("1"));
         assert_eq!(done(s).tsih, 0x222);
         assert!(i.table.created.borrow().is_empty());
     }

@@ -219,7 +219,17 @@ pub struct Negotiator {
 }
 
 impl Negotiator {
-    pub fn new(limits: TargetLimits, session_type: SessionType) -> Negotiator {
+    pub fn new(mut limits: TargetLimits, session_type: SessionType) -> Negotiator {
+        // Keep configured limits inside what the RFC allows us to answer.
+        limits.max_burst_length = limits.max_burst_length.clamp(MIN_DATA_LEN, MAX_DATA_LEN);
+        limits.first_burst_length = limits
+            .first_burst_length
+            .clamp(MIN_DATA_LEN, limits.max_burst_length);
+        limits.max_outstanding_r2t = limits.max_outstanding_r2t.clamp(1, 65535);
+        limits.max_connections = limits.max_connections.clamp(1, 65535);
+        limits.error_recovery_level = limits.error_recovery_level.min(2);
+        limits.default_time2wait = limits.default_time2wait.min(3600);
+        limits.default_time2retain = limits.default_time2retain.min(3600);
         let mut params = Operational::default();
         // If the initiator never proposes them, the defaults apply on both sides except where
         // ours are stricter than the RFC defaults (then the initiator cannot exceed ours).
@@ -249,7 +259,10 @@ impl Negotiator {
 
     /// Record that we declared our MaxRecvDataSegmentLength (it then binds the initiator).
     pub fn announce_max_recv(&mut self) -> String {
-        self.params.max_recv_dsl = self.limits.max_recv_data_segment_length;
+        self.params.max_recv_dsl = self
+            .limits
+            .max_recv_data_segment_length
+            .clamp(MIN_DATA_LEN, MAX_DATA_LEN);
         self.params.max_recv_dsl.to_string()
     }
 
@@ -318,7 +331,7 @@ impl Negotiator {
                 }
                 match number_in(value, 1, 65535) {
                     Some(n) => {
-                        p.max_connections = (n as u32).min(l.max_connections.max(1));
+                        p.max_connections = (n as u32).min(l.max_connections);
                         Answer::Value(p.max_connections.to_string())
                     }
                     None => reject(),
@@ -380,7 +393,8 @@ impl Negotiator {
                 match number_in(value, MIN_DATA_LEN as u64, MAX_DATA_LEN as u64) {
                     Some(n) => {
                         self.offered_first_burst = Some(n as u32);
-                        p.first_burst_length = (n as u32).min(l.first_burst_length);
+                        p.first_burst_length =
+                            (n as u32).min(l.first_burst_length).min(p.max_burst_length);
                         Answer::Value(p.first_burst_length.to_string())
                     }
                     None => reject(),
@@ -406,7 +420,7 @@ impl Negotiator {
                 }
                 match number_in(value, 1, 65535) {
                     Some(n) => {
-                        p.max_outstanding_r2t = (n as u32).min(l.max_outstanding_r2t.max(1));
+                        p.max_outstanding_r2t = (n as u32).min(l.max_outstanding_r2t);
                         Answer::Value(p.max_outstanding_r2t.to_string())
                     }
                     None => reject(),
@@ -625,6 +639,30 @@ mod tests {
         n.negotiate("MaxBurstLength", "4096");
         assert!(!n.inconsistent_bursts());
         assert_eq!(n.params().first_burst_length, 4096);
+    }
+
+    #[test]
+    fn silly_limits_are_kept_inside_the_rfc_ranges() {
+        let lim = TargetLimits {
+            max_recv_data_segment_length: 1,
+            max_burst_length: 0,
+            first_burst_length: u32::MAX,
+            max_outstanding_r2t: 0,
+            max_connections: 0,
+            error_recovery_level: 9,
+            default_time2wait: 60000,
+            default_time2retain: 60000,
+            ..TargetLimits::default()
+        };
+        let mut n = Negotiator::new(lim, SessionType::Normal);
+        assert_eq!(n.announce_max_recv(), "512");
+        assert_eq!(val(n.negotiate("MaxBurstLength", "65536")), "512");
+        assert_eq!(val(n.negotiate("FirstBurstLength", "65536")), "512");
+        assert_eq!(val(n.negotiate("MaxOutstandingR2T", "4")), "1");
+        assert_eq!(val(n.negotiate("MaxConnections", "4")), "1");
+        assert_eq!(val(n.negotiate("ErrorRecoveryLevel", "2")), "2");
+        assert_eq!(val(n.negotiate("DefaultTime2Wait", "0")), "3600");
+        assert_eq!(val(n.negotiate("DefaultTime2Retain", "3600")), "3600");
     }
 
     #[test]
