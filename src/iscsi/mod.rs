@@ -5,4 +5,6 @@ pub mod chap;
 pub mod discovery;
 pub mod login;
 pub mod negotiate;
+pub mod serial;
+pub mod session;
 pub mod target;

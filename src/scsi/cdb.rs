@@ -60,7 +60,7 @@ pub mod op {
 /// Largest READ/WRITE/VERIFY transfer, in blocks (16 MiB). Reported as MAXIMUM TRANSFER
 /// LENGTH in the Block Limits VPD page; longer transfers are refused before any data phase so
 /// the transport never buffers more than this for one command.
-pub const MAX_TRANSFER_BLOCKS: u32 = 32768;
+pub const MAX_TRANSFER_BLOCKS: u32 = 65536;
 /// Largest WRITE SAME, in blocks (32 MiB), reported as MAXIMUM WRITE SAME LENGTH.
 pub const MAX_WRITE_SAME_BLOCKS: u64 = 65536;
 /// Largest COMPARE AND WRITE, in blocks, reported as MAXIMUM COMPARE AND WRITE LENGTH.

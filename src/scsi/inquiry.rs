@@ -272,7 +272,7 @@ mod tests {
         assert_eq!(&d[..4], &[0, 0xB0, 0, 0x3C]);
         assert_eq!(d[4], 0x01, "WSNZ");
         assert_eq!(d[5], 128, "max compare and write");
-        assert_eq!(&d[8..12], &32768u32.to_be_bytes());
+        assert_eq!(&d[8..12], &65536u32.to_be_bytes());
         assert_eq!(
             &d[20..24],
             &(1u32 << 20).to_be_bytes(),

@@ -1,1 +1,3 @@
-//! (under construction)
+//! The only layer with sockets, spawned tasks and signals.
+
+pub mod iscsi;
