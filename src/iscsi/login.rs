@@ -15,6 +15,23 @@
 //! ([`LOGIN_MAX_DATA`]) are sent in pieces with the C bit, each piece released by an empty
 //! request from the initiator.
 //!
+//! Driving it (what `service::iscsi` does per connection):
+//!
+//! ```text
+//!  let mut login = Login::new(registry, limits);        // FrameLimits::default() (8192) meanwhile
+//!  loop {
+//!      LoginRequest + data  ->  login.handle(&req, &data, &session_table)
+//!      send every (LoginResponse, data) in step.responses with Bhs::LoginResponse(..).emit(len)
+//!      match step.outcome {
+//!          Continue => read the next PDU (anything but a Login Request: close),
+//!          Failed   => close after sending,
+//!          Done(p)  => full feature phase: FrameLimits { max_data: p.max_recv_dsl, digests }
+//!                      for reading, p.max_xmit_dsl for sending, first StatSN p.stat_sn,
+//!                      ExpCmdSN p.exp_cmd_sn; text requests go to discovery::TextExchange,
+//!      }
+//!  }
+//! ```
+//!
 //! StatSN: the first response carries the initiator's ExpStatSN; every response after it
 //! carries the next number (the initiator expects previous + 1), and the session continues
 //! from there. ExpCmdSN is the request's CmdSN (login PDUs are immediate and do not advance
