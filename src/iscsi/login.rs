@@ -1287,6 +1287,150 @@ mod tests {
         assert!(i.table.created.borrow().is_empty());
     }
 
+    // ---- Transcripts captured from real initiators against this code -----------------------
+
+    /// Raw `key=value\0` text as captured.
+    fn raw(s: &str) -> Vec<u8> {
+        s.replace("\\0", "\0").into_bytes()
+    }
+
+    #[test]
+    fn libiscsi_iscsi_ls_discovery_transcript() {
+        // iscsi-ls (libiscsi 1.19) jumps straight to the operational stage, without AuthMethod.
+        let mut i = Ini::new(false);
+        let r = i.req(1, 3, true, false);
+        let s = i.send_req(
+            r,
+            &raw(
+                "InitiatorName=iqn.2007-10.com.github:sahlberg:libiscsi:iscsi-ls\\0\
+                 SessionType=Discovery\\0HeaderDigest=None\\0DataDigest=None\\0InitialR2T=No\\0\
+                 ImmediateData=Yes\\0MaxBurstLength=262144\\0FirstBurstLength=262144\\0\
+                 DefaultTime2Wait=2\\0DefaultTime2Retain=0\\0MaxOutstandingR2T=1\\0\
+                 ErrorRecoveryLevel=0\\0IFMarker=No\\0OFMarker=No\\0MaxConnections=1\\0\
+                 MaxRecvDataSegmentLength=262144\\0DataPDUInOrder=Yes\\0DataSequenceInOrder=Yes\\0",
+            ),
+        );
+        assert_eq!(
+            s.responses[0].1,
+            raw(
+                "HeaderDigest=None\\0DataDigest=None\\0InitialR2T=Irrelevant\\0\
+                 ImmediateData=Irrelevant\\0MaxBurstLength=Irrelevant\\0\
+                 FirstBurstLength=Irrelevant\\0DefaultTime2Wait=2\\0DefaultTime2Retain=0\\0\
+                 MaxOutstandingR2T=Irrelevant\\0ErrorRecoveryLevel=0\\0IFMarker=No\\0OFMarker=No\\0\
+                 MaxConnections=Irrelevant\\0DataPDUInOrder=Irrelevant\\0\
+                 DataSequenceInOrder=Irrelevant\\0MaxRecvDataSegmentLength=262144\\0"
+            )
+        );
+        let p = done(s);
+        assert_eq!(p.session_type, SessionType::Discovery);
+        assert_eq!(p.max_xmit_dsl, 262144);
+    }
+
+    #[test]
+    fn open_iscsi_discovery_profile() {
+        // iscsiadm -m discovery: security stage with AuthMethod=None, then the few keys
+        // relevant to discovery (open-iscsi fails on any key it did not ask about).
+        let mut i = Ini::new(false);
+        let s = i.send(
+            0,
+            1,
+            true,
+            &[
+                ("InitiatorName", "iqn.1993-08.org.debian:01:abcdef"),
+                ("InitiatorAlias", "host"),
+                ("SessionType", "Discovery"),
+                ("AuthMethod", "None"),
+            ],
+        );
+        assert_eq!(s.responses[0].1, raw("AuthMethod=None\\0"));
+        let s = i.send(
+            1,
+            3,
+            true,
+            &[
+                ("HeaderDigest", "None"),
+                ("DataDigest", "None"),
+                ("DefaultTime2Wait", "2"),
+                ("DefaultTime2Retain", "0"),
+                ("IFMarker", "No"),
+                ("OFMarker", "No"),
+                ("ErrorRecoveryLevel", "0"),
+                ("MaxRecvDataSegmentLength", "32768"),
+            ],
+        );
+        assert_eq!(
+            s.responses[0].1,
+            raw(
+                "HeaderDigest=None\\0DataDigest=None\\0DefaultTime2Wait=2\\0\
+                 DefaultTime2Retain=0\\0IFMarker=No\\0OFMarker=No\\0ErrorRecoveryLevel=0\\0\
+                 MaxRecvDataSegmentLength=262144\\0"
+            )
+        );
+        assert_eq!(done(s).max_xmit_dsl, 32768);
+    }
+
+    #[test]
+    fn ipxe_mutual_chap_transcript() {
+        // iPXE with username/password and reverse-username/reverse-password set: T is set on
+        // every request, CHAP_A is sent alone, the answer carries the mutual challenge.
+        let mut i = Ini::new(true);
+        let s = i.send(
+            0,
+            1,
+            true,
+            &[
+                (
+                    "InitiatorName",
+                    "iqn.2010-04.org.ipxe:00000000-0000-0000-0000-000000000000",
+                ),
+                ("TargetName", CHAP_IQN),
+                ("SessionType", "Normal"),
+                ("AuthMethod", "CHAP,None"),
+            ],
+        );
+        assert_eq!(
+            s.responses[0].1,
+            raw("TargetPortalGroupTag=1\\0AuthMethod=CHAP\\0")
+        );
+        assert!(!s.responses[0].0.transit);
+        let s = i.send(0, 1, true, &[("CHAP_A", "5")]);
+        assert!(!s.responses[0].0.transit);
+        let keys: Vec<String> = keys_of(&s).into_iter().map(|k| k.0).collect();
+        assert_eq!(keys, ["CHAP_A", "CHAP_I", "CHAP_C"]);
+        let (id, c) = chap_challenge(&s);
+        let r = format!(
+            "0x{}",
+            hex::encode(md5_response(id, b"initiator-secret", &c))
+        );
+        let s = i.send(
+            0,
+            1,
+            true,
+            &[
+                ("CHAP_N", "alice"),
+                ("CHAP_R", &r),
+                ("CHAP_I", "75"),
+                ("CHAP_C", "0xa12f18b1923ed9539754859305e50c01"),
+            ],
+        );
+        assert!(s.responses[0].0.transit);
+        let want = md5_response(
+            75,
+            b"the-target-secret",
+            &hex::decode("a12f18b1923ed9539754859305e50c01").unwrap(),
+        );
+        assert_eq!(
+            s.responses[0].1,
+            raw(&format!(
+                "CHAP_N=isboot\\0CHAP_R=0x{}\\0",
+                hex::encode(want)
+            ))
+        );
+        let s = i.send(1, 3, true, IPXE_OPERATIONAL);
+        let p = done(s);
+        assert_eq!(p.max_xmit_dsl, 8192);
+    }
+
     // ---- CHAP ------------------------------------------------------------------------------
 
     fn chap_challenge(s: &LoginStep) -> (u8, Vec<u8>) {
