@@ -43,6 +43,7 @@ use super::negotiate::{
     is_leading_key, is_security_key, valid_iscsi_name,
 };
 use super::target::{TargetConfig, TargetRegistry};
+use crate::wire::frame::FrameLimits;
 use crate::wire::pdu::{LoginRequest, LoginResponse};
 use crate::wire::text::{self, MAX_TEXT_LEN};
 use std::collections::HashSet;
@@ -133,6 +134,27 @@ pub struct SessionParams {
     pub exp_cmd_sn: u32,
     /// The next StatSN to use in full feature phase.
     pub stat_sn: u32,
+}
+
+impl SessionParams {
+    /// Framing limits for reading the initiator's PDUs in full feature phase.
+    pub fn recv_limits(&self) -> FrameLimits {
+        FrameLimits {
+            max_data: self.max_recv_dsl,
+            header_digest: self.header_digest,
+            data_digest: self.data_digest,
+        }
+    }
+
+    /// Framing limits for our PDUs: no data segment longer than the initiator's
+    /// MaxRecvDataSegmentLength.
+    pub fn send_limits(&self) -> FrameLimits {
+        FrameLimits {
+            max_data: self.max_xmit_dsl,
+            header_digest: self.header_digest,
+            data_digest: self.data_digest,
+        }
+    }
 }
 
 impl fmt::Debug for SessionParams {
@@ -1161,6 +1183,15 @@ mod tests {
         let p = done(s);
         assert!(p.header_digest && !p.data_digest);
         assert!(!p.initial_r2t && p.immediate_data);
+        assert_eq!(
+            p.recv_limits(),
+            FrameLimits {
+                max_data: 262144,
+                header_digest: true,
+                data_digest: false
+            }
+        );
+        assert_eq!(p.send_limits().max_data, 262144);
         assert_eq!(p.first_burst_length, 262144);
         assert_eq!(p.max_burst_length, 16776192);
         assert_eq!(p.max_xmit_dsl, 262144);
