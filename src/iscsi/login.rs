@@ -39,9 +39,11 @@
 
 use super::chap::{ChapAnswer, ChapError, ChapServer};
 use super::negotiate::{
-    Answer, LOGIN_MAX_DATA, MAX_SIMPLE_VALUE_LEN, Negotiator, SessionType, TargetLimits,
-    is_leading_key, is_security_key, valid_iscsi_name,
+    Answer, LOGIN_MAX_DATA, MAX_SIMPLE_VALUE_LEN, Negotiator, is_leading_key, is_security_key,
+    valid_iscsi_name,
 };
+/// Re-exported so the whole login API is reachable from `iscsi::login`.
+pub use super::negotiate::{SessionType, TargetLimits};
 use super::target::{TargetConfig, TargetRegistry};
 use crate::wire::frame::FrameLimits;
 use crate::wire::pdu::{LoginRequest, LoginResponse};
