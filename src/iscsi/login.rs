@@ -2108,6 +2108,70 @@ mod hostile {
             })
     }
 
+    /// Log in with `keys` sent at once, or cut at `cuts` into C-bit pieces.
+    fn login_cut(keys: &[u8], cuts: &[usize]) -> Option<String> {
+        let mut login = Login::new(registry(), TargetLimits::default());
+        let mut points: Vec<usize> = cuts.iter().map(|c| c % (keys.len() + 1)).collect();
+        points.sort_unstable();
+        points.dedup();
+        points.push(keys.len());
+        let mut from = 0;
+        let n = points.len();
+        for (i, to) in points.into_iter().enumerate() {
+            let last = i + 1 == n;
+            let req = LoginRequest {
+                transit: last,
+                cont: !last,
+                csg: 1,
+                nsg: 3,
+                version_max: 0,
+                version_min: 0,
+                isid: [1, 2, 3, 4, 5, 6],
+                tsih: 0,
+                itt: 9,
+                cid: 0,
+                cmd_sn: 100,
+                exp_stat_sn: 50,
+            };
+            let step = login.handle(&req, &keys[from..to], &Table);
+            from = to;
+            match step.outcome {
+                LoginOutcome::Done(p) => {
+                    // StatSN depends on the number of PDUs; everything else must not.
+                    let p = SessionParams { stat_sn: 0, ..p };
+                    return Some(format!("{p:?}"));
+                }
+                LoginOutcome::Failed => return None,
+                LoginOutcome::Continue => {}
+            }
+        }
+        None
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+        #[test]
+        fn cutting_the_text_into_pieces_changes_nothing(
+            cuts in prop::collection::vec(any::<usize>(), 0..6),
+            immediate in any::<bool>(),
+        ) {
+            let mut keys = Vec::new();
+            for (k, v) in [
+                ("InitiatorName", "iqn.2010-04.org.ipxe:client"),
+                ("TargetName", "iqn.2026-11.org.isboot:disk"),
+                ("ImmediateData", if immediate { "Yes" } else { "No" }),
+                ("MaxRecvDataSegmentLength", "65536"),
+                ("MaxBurstLength", "1048576"),
+                ("HeaderDigest", "CRC32C,None"),
+            ] {
+                text::push(&mut keys, k, v);
+            }
+            let whole = login_cut(&keys, &[]);
+            prop_assert!(whole.is_some());
+            prop_assert_eq!(login_cut(&keys, &cuts), whole);
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(2000))]
         #[test]
