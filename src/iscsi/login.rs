@@ -15,6 +15,23 @@
 //! ([`LOGIN_MAX_DATA`]) are sent in pieces with the C bit, each piece released by an empty
 //! request from the initiator.
 //!
+//! Driving it (what `service::iscsi` does per connection):
+//!
+//! ```text
+//!  let mut login = Login::new(registry, limits);        // FrameLimits::default() (8192) meanwhile
+//!  loop {
+//!      LoginRequest + data  ->  login.handle(&req, &data, &session_table)
+//!      send every (LoginResponse, data) in step.responses with Bhs::LoginResponse(..).emit(len)
+//!      match step.outcome {
+//!          Continue => read the next PDU (anything but a Login Request: close),
+//!          Failed   => close after sending,
+//!          Done(p)  => full feature phase: FrameLimits { max_data: p.max_recv_dsl, digests }
+//!                      for reading, p.max_xmit_dsl for sending, first StatSN p.stat_sn,
+//!                      ExpCmdSN p.exp_cmd_sn; text requests go to discovery::TextExchange,
+//!      }
+//!  }
+//! ```
+//!
 //! StatSN: the first response carries the initiator's ExpStatSN; every response after it
 //! carries the next number (the initiator expects previous + 1), and the session continues
 //! from there. ExpCmdSN is the request's CmdSN (login PDUs are immediate and do not advance
@@ -22,10 +39,13 @@
 
 use super::chap::{ChapAnswer, ChapError, ChapServer};
 use super::negotiate::{
-    Answer, LOGIN_MAX_DATA, MAX_SIMPLE_VALUE_LEN, Negotiator, SessionType, TargetLimits,
-    is_leading_key, is_security_key, valid_iscsi_name,
+    Answer, LOGIN_MAX_DATA, MAX_SIMPLE_VALUE_LEN, Negotiator, is_leading_key, is_security_key,
+    valid_iscsi_name,
 };
+/// Re-exported so the whole login API is reachable from `iscsi::login`.
+pub use super::negotiate::{SessionType, TargetLimits};
 use super::target::{TargetConfig, TargetRegistry};
+use crate::wire::frame::FrameLimits;
 use crate::wire::pdu::{LoginRequest, LoginResponse};
 use crate::wire::text::{self, MAX_TEXT_LEN};
 use std::collections::HashSet;
@@ -116,6 +136,27 @@ pub struct SessionParams {
     pub exp_cmd_sn: u32,
     /// The next StatSN to use in full feature phase.
     pub stat_sn: u32,
+}
+
+impl SessionParams {
+    /// Framing limits for reading the initiator's PDUs in full feature phase.
+    pub fn recv_limits(&self) -> FrameLimits {
+        FrameLimits {
+            max_data: self.max_recv_dsl,
+            header_digest: self.header_digest,
+            data_digest: self.data_digest,
+        }
+    }
+
+    /// Framing limits for our PDUs: no data segment longer than the initiator's
+    /// MaxRecvDataSegmentLength.
+    pub fn send_limits(&self) -> FrameLimits {
+        FrameLimits {
+            max_data: self.max_xmit_dsl,
+            header_digest: self.header_digest,
+            data_digest: self.data_digest,
+        }
+    }
 }
 
 impl fmt::Debug for SessionParams {
@@ -1144,6 +1185,15 @@ mod tests {
         let p = done(s);
         assert!(p.header_digest && !p.data_digest);
         assert!(!p.initial_r2t && p.immediate_data);
+        assert_eq!(
+            p.recv_limits(),
+            FrameLimits {
+                max_data: 262144,
+                header_digest: true,
+                data_digest: false
+            }
+        );
+        assert_eq!(p.send_limits().max_data, 262144);
         assert_eq!(p.first_burst_length, 262144);
         assert_eq!(p.max_burst_length, 16776192);
         assert_eq!(p.max_xmit_dsl, 262144);
@@ -1268,6 +1318,150 @@ mod tests {
         assert_eq!(get(&s, "TargetPortalGroupTag").as_deref(), Some("1"));
         assert_eq!(done(s).tsih, 0x222);
         assert!(i.table.created.borrow().is_empty());
+    }
+
+    // ---- Transcripts captured from real initiators against this code -----------------------
+
+    /// Raw `key=value\0` text as captured.
+    fn raw(s: &str) -> Vec<u8> {
+        s.replace("\\0", "\0").into_bytes()
+    }
+
+    #[test]
+    fn libiscsi_iscsi_ls_discovery_transcript() {
+        // iscsi-ls (libiscsi 1.19) jumps straight to the operational stage, without AuthMethod.
+        let mut i = Ini::new(false);
+        let r = i.req(1, 3, true, false);
+        let s = i.send_req(
+            r,
+            &raw(
+                "InitiatorName=iqn.2007-10.com.github:sahlberg:libiscsi:iscsi-ls\\0\
+                 SessionType=Discovery\\0HeaderDigest=None\\0DataDigest=None\\0InitialR2T=No\\0\
+                 ImmediateData=Yes\\0MaxBurstLength=262144\\0FirstBurstLength=262144\\0\
+                 DefaultTime2Wait=2\\0DefaultTime2Retain=0\\0MaxOutstandingR2T=1\\0\
+                 ErrorRecoveryLevel=0\\0IFMarker=No\\0OFMarker=No\\0MaxConnections=1\\0\
+                 MaxRecvDataSegmentLength=262144\\0DataPDUInOrder=Yes\\0DataSequenceInOrder=Yes\\0",
+            ),
+        );
+        assert_eq!(
+            s.responses[0].1,
+            raw(
+                "HeaderDigest=None\\0DataDigest=None\\0InitialR2T=Irrelevant\\0\
+                 ImmediateData=Irrelevant\\0MaxBurstLength=Irrelevant\\0\
+                 FirstBurstLength=Irrelevant\\0DefaultTime2Wait=2\\0DefaultTime2Retain=0\\0\
+                 MaxOutstandingR2T=Irrelevant\\0ErrorRecoveryLevel=0\\0IFMarker=No\\0OFMarker=No\\0\
+                 MaxConnections=Irrelevant\\0DataPDUInOrder=Irrelevant\\0\
+                 DataSequenceInOrder=Irrelevant\\0MaxRecvDataSegmentLength=262144\\0"
+            )
+        );
+        let p = done(s);
+        assert_eq!(p.session_type, SessionType::Discovery);
+        assert_eq!(p.max_xmit_dsl, 262144);
+    }
+
+    #[test]
+    fn open_iscsi_discovery_profile() {
+        // iscsiadm -m discovery: security stage with AuthMethod=None, then the few keys
+        // relevant to discovery (open-iscsi fails on any key it did not ask about).
+        let mut i = Ini::new(false);
+        let s = i.send(
+            0,
+            1,
+            true,
+            &[
+                ("InitiatorName", "iqn.1993-08.org.debian:01:abcdef"),
+                ("InitiatorAlias", "host"),
+                ("SessionType", "Discovery"),
+                ("AuthMethod", "None"),
+            ],
+        );
+        assert_eq!(s.responses[0].1, raw("AuthMethod=None\\0"));
+        let s = i.send(
+            1,
+            3,
+            true,
+            &[
+                ("HeaderDigest", "None"),
+                ("DataDigest", "None"),
+                ("DefaultTime2Wait", "2"),
+                ("DefaultTime2Retain", "0"),
+                ("IFMarker", "No"),
+                ("OFMarker", "No"),
+                ("ErrorRecoveryLevel", "0"),
+                ("MaxRecvDataSegmentLength", "32768"),
+            ],
+        );
+        assert_eq!(
+            s.responses[0].1,
+            raw(
+                "HeaderDigest=None\\0DataDigest=None\\0DefaultTime2Wait=2\\0\
+                 DefaultTime2Retain=0\\0IFMarker=No\\0OFMarker=No\\0ErrorRecoveryLevel=0\\0\
+                 MaxRecvDataSegmentLength=262144\\0"
+            )
+        );
+        assert_eq!(done(s).max_xmit_dsl, 32768);
+    }
+
+    #[test]
+    fn ipxe_mutual_chap_transcript() {
+        // iPXE with username/password and reverse-username/reverse-password set: T is set on
+        // every request, CHAP_A is sent alone, the answer carries the mutual challenge.
+        let mut i = Ini::new(true);
+        let s = i.send(
+            0,
+            1,
+            true,
+            &[
+                (
+                    "InitiatorName",
+                    "iqn.2010-04.org.ipxe:00000000-0000-0000-0000-000000000000",
+                ),
+                ("TargetName", CHAP_IQN),
+                ("SessionType", "Normal"),
+                ("AuthMethod", "CHAP,None"),
+            ],
+        );
+        assert_eq!(
+            s.responses[0].1,
+            raw("TargetPortalGroupTag=1\\0AuthMethod=CHAP\\0")
+        );
+        assert!(!s.responses[0].0.transit);
+        let s = i.send(0, 1, true, &[("CHAP_A", "5")]);
+        assert!(!s.responses[0].0.transit);
+        let keys: Vec<String> = keys_of(&s).into_iter().map(|k| k.0).collect();
+        assert_eq!(keys, ["CHAP_A", "CHAP_I", "CHAP_C"]);
+        let (id, c) = chap_challenge(&s);
+        let r = format!(
+            "0x{}",
+            hex::encode(md5_response(id, b"initiator-secret", &c))
+        );
+        let s = i.send(
+            0,
+            1,
+            true,
+            &[
+                ("CHAP_N", "alice"),
+                ("CHAP_R", &r),
+                ("CHAP_I", "75"),
+                ("CHAP_C", "0xa12f18b1923ed9539754859305e50c01"),
+            ],
+        );
+        assert!(s.responses[0].0.transit);
+        let want = md5_response(
+            75,
+            b"the-target-secret",
+            &hex::decode("a12f18b1923ed9539754859305e50c01").unwrap(),
+        );
+        assert_eq!(
+            s.responses[0].1,
+            raw(&format!(
+                "CHAP_N=isboot\\0CHAP_R=0x{}\\0",
+                hex::encode(want)
+            ))
+        );
+        let s = i.send(1, 3, true, IPXE_OPERATIONAL);
+        let p = done(s);
+        assert_eq!(p.max_xmit_dsl, 8192);
     }
 
     // ---- CHAP ------------------------------------------------------------------------------
@@ -1912,6 +2106,70 @@ mod hostile {
                 tsih,
                 data,
             })
+    }
+
+    /// Log in with `keys` sent at once, or cut at `cuts` into C-bit pieces.
+    fn login_cut(keys: &[u8], cuts: &[usize]) -> Option<String> {
+        let mut login = Login::new(registry(), TargetLimits::default());
+        let mut points: Vec<usize> = cuts.iter().map(|c| c % (keys.len() + 1)).collect();
+        points.sort_unstable();
+        points.dedup();
+        points.push(keys.len());
+        let mut from = 0;
+        let n = points.len();
+        for (i, to) in points.into_iter().enumerate() {
+            let last = i + 1 == n;
+            let req = LoginRequest {
+                transit: last,
+                cont: !last,
+                csg: 1,
+                nsg: 3,
+                version_max: 0,
+                version_min: 0,
+                isid: [1, 2, 3, 4, 5, 6],
+                tsih: 0,
+                itt: 9,
+                cid: 0,
+                cmd_sn: 100,
+                exp_stat_sn: 50,
+            };
+            let step = login.handle(&req, &keys[from..to], &Table);
+            from = to;
+            match step.outcome {
+                LoginOutcome::Done(p) => {
+                    // StatSN depends on the number of PDUs; everything else must not.
+                    let p = SessionParams { stat_sn: 0, ..p };
+                    return Some(format!("{p:?}"));
+                }
+                LoginOutcome::Failed => return None,
+                LoginOutcome::Continue => {}
+            }
+        }
+        None
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+        #[test]
+        fn cutting_the_text_into_pieces_changes_nothing(
+            cuts in prop::collection::vec(any::<usize>(), 0..6),
+            immediate in any::<bool>(),
+        ) {
+            let mut keys = Vec::new();
+            for (k, v) in [
+                ("InitiatorName", "iqn.2010-04.org.ipxe:client"),
+                ("TargetName", "iqn.2026-11.org.isboot:disk"),
+                ("ImmediateData", if immediate { "Yes" } else { "No" }),
+                ("MaxRecvDataSegmentLength", "65536"),
+                ("MaxBurstLength", "1048576"),
+                ("HeaderDigest", "CRC32C,None"),
+            ] {
+                text::push(&mut keys, k, v);
+            }
+            let whole = login_cut(&keys, &[]);
+            prop_assert!(whole.is_some());
+            prop_assert_eq!(login_cut(&keys, &cuts), whole);
+        }
     }
 
     proptest! {
