@@ -151,7 +151,8 @@ struct Kill {
 impl Kill {
     fn fire(&self) {
         self.flag.store(true, Ordering::SeqCst);
-        self.notify.notify_waiters();
+        // One waiter per connection: notify_one keeps a permit if it is not waiting right now.
+        self.notify.notify_one();
     }
     fn fired(&self) -> bool {
         self.flag.load(Ordering::SeqCst)
@@ -221,6 +222,37 @@ impl SessionTable for TableView<'_> {
 }
 
 impl Table {
+    /// Make `kill` the connection of session `tsih` (a login that continued an existing TSIH
+    /// replaces that session's connection: ErrorRecoveryLevel 0, one connection per session).
+    fn adopt(
+        &self,
+        tsih: u16,
+        initiator: &str,
+        isid: [u8; 6],
+        target: Option<&str>,
+        kill: &Arc<Kill>,
+    ) {
+        let mut t = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(old) = t.sessions.get(&tsih)
+            && !Arc::ptr_eq(&old.kill, kill)
+        {
+            info!(
+                initiator,
+                tsih, "connection reinstatement: closing the old connection"
+            );
+            old.kill.fire();
+        }
+        t.sessions.insert(
+            tsih,
+            TableEntry {
+                initiator: initiator.to_owned(),
+                isid,
+                target: target.map(str::to_owned),
+                kill: kill.clone(),
+            },
+        );
+    }
+
     fn remove(&self, tsih: u16, kill: &Arc<Kill>) {
         let mut t = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         if t.sessions
@@ -463,6 +495,13 @@ async fn connection(
         .await;
     let session_id = shared.next_session_id.fetch_add(1, Ordering::Relaxed);
     let target_name = params.target.as_ref().map(|t| t.iqn.clone());
+    shared.table.adopt(
+        params.tsih,
+        &params.initiator_name,
+        params.isid,
+        target_name.as_deref(),
+        &kill,
+    );
     let nexus = Nexus {
         id: session_id,
         initiator_port: initiator_port(&params.initiator_name, &params.isid),
@@ -525,6 +564,12 @@ async fn connection(
     let kick = stats.clone();
     let result: io::Result<&'static str> = async {
         loop {
+            if kill.fired() {
+                return Ok("session reinstated by a new login");
+            }
+            if info_kill.load(Ordering::SeqCst) {
+                return Ok("closed by the administrator");
+            }
             let idle_at = last_heard
                 + if pinged {
                     shared.cfg.ping_timeout
