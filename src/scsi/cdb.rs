@@ -61,8 +61,10 @@ pub mod op {
 /// LENGTH in the Block Limits VPD page; longer transfers are refused before any data phase so
 /// the transport never buffers more than this for one command.
 pub const MAX_TRANSFER_BLOCKS: u32 = 32768;
-/// Largest WRITE SAME, in blocks (32 MiB), reported as MAXIMUM WRITE SAME LENGTH.
-pub const MAX_WRITE_SAME_BLOCKS: u64 = 65536;
+/// Largest WRITE SAME, in blocks, reported as MAXIMUM WRITE SAME LENGTH. Not above
+/// [`MAX_TRANSFER_BLOCKS`]: initiators (and libiscsi's tests) read back a whole WRITE SAME range
+/// with one READ.
+pub const MAX_WRITE_SAME_BLOCKS: u64 = MAX_TRANSFER_BLOCKS as u64;
 /// Largest COMPARE AND WRITE, in blocks, reported as MAXIMUM COMPARE AND WRITE LENGTH.
 pub const MAX_COMPARE_AND_WRITE_BLOCKS: u8 = 128;
 /// Largest UNMAP parameter list accepted, in descriptors (MAXIMUM UNMAP BLOCK DESCRIPTOR
@@ -414,13 +416,16 @@ pub fn parse(cdb: &[u8], capacity: u64) -> Result<Command, Sense> {
                 (be64(cdb, 2), be32(cdb, 10) as u64, 10)
             };
             no_protect(cdb)?;
-            let ext = extent(lba, blocks, capacity)?;
+            let mut ext = extent(lba, blocks, capacity)?;
             // ANCHOR (bit 4): anchored blocks are not supported (ANC_SUP=0).
             if cdb[1] & 0x10 != 0 {
                 return Err(Sense::invalid_cdb(1, Some(4)));
             }
-            // WSNZ=1: a zero NUMBER OF LOGICAL BLOCKS is refused.
-            if blocks == 0 || blocks > MAX_WRITE_SAME_BLOCKS {
+            // WSNZ=0: a zero NUMBER OF LOGICAL BLOCKS means "through the last block".
+            if blocks == 0 {
+                ext.blocks = capacity - lba;
+            }
+            if ext.blocks > MAX_WRITE_SAME_BLOCKS {
                 return Err(Sense::invalid_cdb(len_at, None));
             }
             let unmap = cdb[1] & 0x08 != 0;
@@ -695,8 +700,25 @@ mod tests {
 
     #[test]
     fn write_same_zero_blocks_and_anchor_are_refused_after_range_check() {
+        // Zero blocks: through the end of the device, within MAXIMUM WRITE SAME LENGTH.
+        let cdb = [op::WRITE_SAME10, 0, 0, 0, 0x07, 0xF0, 0, 0, 0, 0];
+        assert_eq!(
+            parse(&cdb, CAP),
+            Ok(Command::WriteSame {
+                ext: Extent {
+                    lba: 2032,
+                    blocks: 16
+                },
+                unmap: false,
+                ndob: false
+            })
+        );
         let cdb = [op::WRITE_SAME10, 0, 0, 0, 0, 0, 0, 0, 0, 0];
-        assert_eq!(parse(&cdb, CAP).unwrap_err(), Sense::invalid_cdb(7, None));
+        assert!(parse(&cdb, CAP).is_ok());
+        assert_eq!(
+            parse(&cdb, 1 << 20).unwrap_err(),
+            Sense::invalid_cdb(7, None)
+        );
         // LBA past the end wins over the zero length.
         let cdb = [op::WRITE_SAME10, 0, 0, 0, 0x08, 0x01, 0, 0, 0, 0];
         assert_eq!(parse(&cdb, CAP).unwrap_err().code, asc::LBA_OUT_OF_RANGE);

@@ -788,11 +788,21 @@ fn write_same() {
     good(&f.run(&n, &rw16(op::WRITE_SAME16, 20, 2, 0x01), &[]));
     let d = good(&f.run(&n, &rw10(op::READ10, 20, 2, 0), &[]));
     assert!(d.iter().all(|&b| b == 0));
-    // Errors: zero blocks (WSNZ), anchor, out of range, short block.
-    assert_eq!(
-        sense(&f.t.plan(0, &rw10(op::WRITE_SAME10, 0, 0, 0)).unwrap_err()).1,
-        asc::INVALID_FIELD_IN_CDB
+    // Zero blocks: through the last block.
+    good(&f.run(
+        &n,
+        &rw10(op::WRITE_SAME10, BLOCKS as u32 - 4, 0, 0),
+        &block(0x66),
+    ));
+    let d = good(&f.run(&n, &rw10(op::READ10, BLOCKS as u32 - 5, 5, 0), &[]));
+    assert!(
+        d[..512].iter().all(|&b| b != 0x66),
+        "block before the range untouched"
     );
+    assert!(d[512..].iter().all(|&b| b == 0x66));
+    // The whole 4096-block device is within MAXIMUM WRITE SAME LENGTH.
+    assert!(f.t.plan(0, &rw16(op::WRITE_SAME16, 0, 0, 0)).is_ok());
+    // Errors: anchor, out of range, short block.
     assert_eq!(
         sense(
             &f.t.plan(0, &rw10(op::WRITE_SAME10, 0, 1, 0x18))
