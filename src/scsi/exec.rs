@@ -704,7 +704,8 @@ impl LogicalUnit {
         }
         if self.removable && loej {
             let mut st = self.lock();
-            if !start && !st.prevent.is_empty() {
+            // Medium removal prevention blocks loading as well as ejecting.
+            if !st.prevent.is_empty() {
                 return Sense::new(key::ILLEGAL_REQUEST, asc::MEDIUM_REMOVAL_PREVENTED).into();
             }
             st.loaded = start;

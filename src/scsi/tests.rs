@@ -1024,6 +1024,13 @@ fn removable_medium_eject_and_prevent() {
     let d = good(&f.run(&n, &[op::REQUEST_SENSE, 0, 0, 0, 18, 0], &[]));
     assert_eq!((d[2], d[12]), (key::NOT_READY, 0x3A));
     good(&f.run(&n, &inquiry(false, 0, 96), &[]));
+    good(&f.run(&n, &[op::PREVENT_ALLOW, 0, 0, 0, 1, 0], &[]));
+    let o = f.run(&n, &load, &[]);
+    assert_eq!(
+        sense(&o),
+        (key::ILLEGAL_REQUEST, asc::MEDIUM_REMOVAL_PREVENTED)
+    );
+    good(&f.run(&n, &[op::PREVENT_ALLOW, 0, 0, 0, 0, 0], &[]));
     good(&f.run(&n, &load, &[]));
     good(&f.run(&n, &tur(), &[]));
     // Power condition changes do nothing.
