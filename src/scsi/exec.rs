@@ -38,7 +38,12 @@ pub(super) struct LuState {
     prevent: HashSet<u64>,
     /// Medium present (removable units can eject it).
     loaded: bool,
+    /// The nexus that last passed the full admission checks.
+    last: Option<u64>,
 }
+
+/// `LogicalUnit::fast_nexus` value when no nexus may skip the state lock.
+pub(super) const NO_FAST_NEXUS: u64 = u64::MAX;
 
 impl Default for LuState {
     fn default() -> Self {
@@ -49,6 +54,7 @@ impl Default for LuState {
             mode: ModeParams::default(),
             prevent: HashSet::new(),
             loaded: true,
+            last: None,
         }
     }
 }
@@ -78,11 +84,14 @@ impl LuState {
             Self::post(&mut n.ua, code);
         }
     }
-    fn quiet(&self) -> bool {
-        self.loaded
-            && self.reserve6.is_none()
-            && !self.pr.reserved()
-            && self.nexuses.values().all(|n| n.ua.is_empty())
+    /// The nexus that may skip the state lock: the one most recently admitted, while no
+    /// reservation exists, the medium is present and it has no unit attention pending.
+    fn fast_nexus(&self) -> u64 {
+        let restricted = !self.loaded || self.reserve6.is_some() || self.pr.reserved();
+        match self.last {
+            Some(id) if !restricted && self.nexuses.get(&id).is_some_and(|n| n.ua.is_empty()) => id,
+            _ => NO_FAST_NEXUS,
+        }
     }
 }
 
@@ -242,8 +251,9 @@ impl LogicalUnit {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn set_quiet(&self, st: &LuState) {
-        self.quiet.store(st.quiet(), Ordering::Release);
+    /// Publish which nexus may take the lock-free path (call after every state change).
+    fn publish_fast_path(&self, st: &LuState) {
+        self.fast_nexus.store(st.fast_nexus(), Ordering::Release);
     }
 
     fn decode(&self, cdb: &[u8]) -> Result<Command, Sense> {
@@ -270,7 +280,7 @@ impl LogicalUnit {
             ua: VecDeque::from([asc::POWER_ON_RESET]),
         });
         if reports_ua && let Some(code) = ns.ua.pop_front() {
-            self.set_quiet(&st);
+            self.publish_fast_path(&st);
             return Err(Sense::unit_attention(code).into());
         }
         if !st.loaded && needs_medium(cmd) {
@@ -285,11 +295,8 @@ impl LogicalUnit {
         if st.pr.conflicts(&nexus.initiator_port, access(cmd)) {
             return Err(Outcome::reservation_conflict());
         }
-        let quiet = st.quiet();
-        self.quiet.store(quiet, Ordering::Release);
-        if st.nexuses.get(&nexus.id).is_some_and(|n| n.ua.is_empty()) {
-            self.last_nexus.store(nexus.id, Ordering::Release);
-        }
+        st.last = Some(nexus.id);
+        self.publish_fast_path(&st);
         Ok(())
     }
 
@@ -298,8 +305,7 @@ impl LogicalUnit {
             Ok(c) => c,
             Err(s) => return s.into(),
         };
-        let fast = self.quiet.load(Ordering::Acquire)
-            && self.last_nexus.load(Ordering::Acquire) == nexus.id;
+        let fast = nexus.id != NO_FAST_NEXUS && self.fast_nexus.load(Ordering::Acquire) == nexus.id;
         if !fast && let Err(o) = self.gate(nexus, &cmd) {
             return o;
         }
@@ -620,7 +626,7 @@ impl LogicalUnit {
     fn request_sense(&self, nexus: &Nexus, alloc: u32) -> Outcome {
         let mut st = self.lock();
         let ua = st.nexuses.get_mut(&nexus.id).and_then(|n| n.ua.pop_front());
-        self.set_quiet(&st);
+        self.publish_fast_path(&st);
         let sense = match ua {
             Some(code) => Sense::unit_attention(code),
             None if !st.loaded => Sense::new(key::NOT_READY, asc::MEDIUM_NOT_PRESENT),
@@ -686,7 +692,7 @@ impl LogicalUnit {
             st.mode = new;
             self.wce.store(new.wce, Ordering::Release);
             st.post_others(nexus.id, asc::MODE_PARAMETERS_CHANGED);
-            self.set_quiet(&st);
+            self.publish_fast_path(&st);
         }
         Outcome::good()
     }
@@ -709,7 +715,7 @@ impl LogicalUnit {
                 return Sense::new(key::ILLEGAL_REQUEST, asc::MEDIUM_REMOVAL_PREVENTED).into();
             }
             st.loaded = start;
-            self.set_quiet(&st);
+            self.publish_fast_path(&st);
         }
         Outcome::good()
     }
@@ -745,7 +751,7 @@ impl LogicalUnit {
         } else if st.reserve6 == Some(nexus.id) {
             st.reserve6 = None;
         }
-        self.set_quiet(&st);
+        self.publish_fast_path(&st);
         Outcome::good()
     }
 
@@ -768,7 +774,7 @@ impl LogicalUnit {
                 for (port, code) in uas {
                     st.post_port(&port, code);
                 }
-                self.set_quiet(&st);
+                self.publish_fast_path(&st);
                 Outcome::good()
             }
             Err(PrError::Conflict) => Outcome::reservation_conflict(),
@@ -789,7 +795,7 @@ impl LogicalUnit {
         st.mode = ModeParams::default();
         self.wce.store(st.mode.wce, Ordering::Release);
         st.post_others(nexus.id, code);
-        self.set_quiet(&st);
+        self.publish_fast_path(&st);
         true
     }
 
@@ -800,7 +806,10 @@ impl LogicalUnit {
             st.reserve6 = None;
         }
         st.prevent.remove(&nexus.id);
-        self.set_quiet(&st);
+        if st.last == Some(nexus.id) {
+            st.last = None;
+        }
+        self.publish_fast_path(&st);
     }
 }
 

@@ -107,19 +107,18 @@ pub struct LuIdentity {
 /// attentions, reservations).
 ///
 /// Locking: per-nexus and reservation state sits behind one mutex that the common READ/WRITE
-/// path does not take: while no unit attention, reservation or ejected medium exists and the
-/// command comes from the nexus that last passed the full check, commands go straight to the
-/// device (`quiet` + `last_nexus`). Writes take `io` shared; COMPARE AND WRITE and ORWRITE take
-/// it exclusive, which makes them atomic against every other write.
+/// path does not take: while no reservation exists, the medium is present, and the command
+/// comes from the nexus that last passed the full admission check and has no unit attention
+/// pending, commands go straight to the device (one atomic load of `fast_nexus`). Writes take
+/// `io` shared; COMPARE AND WRITE and ORWRITE take it exclusive, which makes them atomic
+/// against every other write.
 pub struct LogicalUnit {
     dev: Arc<dyn BlockDevice>,
     ident: LuIdentity,
     removable: bool,
     state: Mutex<exec::LuState>,
-    /// No unit attention pending for anyone, no reservation, medium present.
-    quiet: AtomicBool,
-    /// A nexus already registered with this unit (valid only together with `quiet`).
-    last_nexus: AtomicU64,
+    /// Id of the nexus allowed to skip the state lock, or `exec::NO_FAST_NEXUS`.
+    fast_nexus: AtomicU64,
     /// Write cache enabled (caching mode page); false makes every write durable.
     wce: AtomicBool,
     io: RwLock<()>,
@@ -132,8 +131,7 @@ impl LogicalUnit {
             ident,
             removable: false,
             state: Mutex::new(exec::LuState::default()),
-            quiet: AtomicBool::new(false),
-            last_nexus: AtomicU64::new(0),
+            fast_nexus: AtomicU64::new(exec::NO_FAST_NEXUS),
             wce: AtomicBool::new(mode::ModeParams::default().wce),
             io: RwLock::new(()),
         }

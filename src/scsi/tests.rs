@@ -8,6 +8,7 @@ use crate::store::raw::RawFile;
 use crate::store::{SECTOR, StoreError, concat};
 use std::io::Write;
 use std::sync::Mutex as StdMutex;
+use std::sync::atomic::Ordering;
 
 const BLOCKS: u64 = 4096;
 
@@ -1153,4 +1154,34 @@ fn get_lba_status_respects_allocation_length() {
         assert_eq!(&desc[8..12], &1u32.to_be_bytes());
         assert_eq!(desc[12], if i % 2 == 0 { 1 } else { 0 });
     }
+}
+
+#[test]
+fn lock_free_path_is_per_nexus() {
+    let f = fixture();
+    let lu = f.t.get(0).unwrap().clone();
+    let a = f.ready(1, "a");
+    good(&f.run(&a, &rw10(op::READ10, 0, 1, 0), &[]));
+    assert_eq!(lu.fast_nexus.load(Ordering::Acquire), a.id);
+    // An idle nexus with a pending unit attention does not slow `a` down.
+    let idle = nexus(2, "idle");
+    good(&f.run(&idle, &inquiry(false, 0, 36), &[]));
+    good(&f.run(&a, &rw10(op::READ10, 0, 1, 0), &[]));
+    assert_eq!(lu.fast_nexus.load(Ordering::Acquire), a.id);
+    // A reservation closes the lock-free path for everyone, including its holder.
+    good(&f.run(&a, &[op::RESERVE6, 0, 0, 0, 0, 0], &[]));
+    assert_eq!(lu.fast_nexus.load(Ordering::Acquire), exec::NO_FAST_NEXUS);
+    good(&f.run(&a, &[op::RELEASE6, 0, 0, 0, 0, 0], &[]));
+    assert_eq!(lu.fast_nexus.load(Ordering::Acquire), a.id);
+    // A unit attention for `a` closes it until reported.
+    assert!(f.t.task_mgmt(&idle, 0, TaskMgmt::LogicalUnitReset));
+    assert_eq!(lu.fast_nexus.load(Ordering::Acquire), exec::NO_FAST_NEXUS);
+    assert_eq!(
+        sense(&f.run(&a, &rw10(op::READ10, 0, 1, 0), &[])).0,
+        key::UNIT_ATTENTION
+    );
+    good(&f.run(&a, &rw10(op::READ10, 0, 1, 0), &[]));
+    assert_eq!(lu.fast_nexus.load(Ordering::Acquire), a.id);
+    f.t.nexus_gone(&a);
+    assert_eq!(lu.fast_nexus.load(Ordering::Acquire), exec::NO_FAST_NEXUS);
 }
