@@ -1185,3 +1185,62 @@ fn lock_free_path_is_per_nexus() {
     f.t.nexus_gone(&a);
     assert_eq!(lu.fast_nexus.load(Ordering::Acquire), exec::NO_FAST_NEXUS);
 }
+
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn cdb_strategy() -> impl Strategy<Value = Vec<u8>> {
+        let opcodes: Vec<u8> = rsoc::TABLE
+            .iter()
+            .map(|c| c.opcode)
+            .chain([0x00, 0xFF, 0x7F])
+            .collect();
+        (
+            proptest::sample::select(opcodes),
+            proptest::collection::vec(any::<u8>(), 0..20),
+        )
+            .prop_map(|(op, mut rest)| {
+                // Keep lengths small most of the time so commands reach execution.
+                for (i, b) in rest.iter_mut().enumerate() {
+                    if i >= 1 && i % 3 == 0 {
+                        *b &= 0x03;
+                    }
+                }
+                let mut c = vec![op];
+                c.append(&mut rest);
+                c
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 1000, .. ProptestConfig::default() })]
+        #[test]
+        fn any_cdb_and_data_out_is_answered_without_panic(
+            cdb in cdb_strategy(),
+            data in proptest::collection::vec(any::<u8>(), 0..3000),
+            nexus_id in 1u64..4,
+            lun in 0u64..2,
+        ) {
+            // One device for all cases: state (reservations, mode pages, unit attentions)
+            // carries over between commands as it would in a session.
+            static SHARED: std::sync::OnceLock<Fixture> = std::sync::OnceLock::new();
+            let f = SHARED.get_or_init(fixture);
+            let n = nexus(nexus_id, "fuzz");
+            let o = match f.t.plan(lun, &cdb) {
+                Err(o) => o,
+                Ok(p) => {
+                    let o = f.t.execute(&n, lun, &cdb, &data);
+                    let len: usize = o.data.iter().map(|b| b.len()).sum();
+                    prop_assert!(len as u64 <= p.bytes);
+                    o
+                }
+            };
+            prop_assert_eq!(o.sense.is_some(), o.status == status::CHECK_CONDITION);
+            if let Some(s) = &o.sense {
+                prop_assert_eq!(s.len(), 18);
+                prop_assert_eq!(s[0] & 0x7F, 0x70);
+            }
+        }
+    }
+}
