@@ -338,21 +338,7 @@ pub fn parse(cdb: &[u8], capacity: u64) -> Result<Command, Sense> {
             }
         }
         op::READ10 | op::WRITE10 | op::READ12 | op::WRITE12 | op::READ16 | op::WRITE16 => {
-            let (len, lba, blocks, len_at) = match opcode {
-                op::READ10 | op::WRITE10 => {
-                    need(cdb, 10)?;
-                    (10, be32(cdb, 2) as u64, be16(cdb, 7) as u64, 7)
-                }
-                op::READ12 | op::WRITE12 => {
-                    need(cdb, 12)?;
-                    (12, be32(cdb, 2) as u64, be32(cdb, 6) as u64, 6)
-                }
-                _ => {
-                    need(cdb, 16)?;
-                    (16, be64(cdb, 2), be32(cdb, 10) as u64, 10)
-                }
-            };
-            let _ = len;
+            let (lba, blocks, len_at) = rw_fields(cdb, opcode)?;
             no_protect(cdb)?;
             let ext = transfer(lba, blocks, capacity, len_at)?;
             let fua = cdb[1] & 0x08 != 0;
@@ -576,7 +562,8 @@ pub fn parse(cdb: &[u8], capacity: u64) -> Result<Command, Sense> {
 }
 
 /// LBA, transfer length and the byte holding the length, for the 10/12/16-byte
-/// READ/WRITE-shaped CDBs (WRITE AND VERIFY, VERIFY).
+/// READ/WRITE-shaped CDBs (READ, WRITE, WRITE AND VERIFY, VERIFY): the opcode's group
+/// (high bits) gives the CDB length.
 fn rw_fields(cdb: &[u8], opcode: u8) -> Result<(u64, u64, u16), Sense> {
     Ok(match opcode & 0xF0 {
         0x20 => {

@@ -357,9 +357,7 @@ impl LogicalUnit {
                     Err(s) => s.into(),
                 }
             }
-            C::ModeSelect { ten, sp, param_len } => {
-                self.mode_select(nexus, ten, sp, param_len, data_out)
-            }
+            C::ModeSelect { ten, sp, .. } => self.mode_select(nexus, ten, sp, data_out),
             C::StartStop {
                 start,
                 loej,
@@ -671,18 +669,11 @@ impl LogicalUnit {
         Outcome::with_data(d, alloc as usize)
     }
 
-    fn mode_select(
-        &self,
-        nexus: &Nexus,
-        ten: bool,
-        sp: bool,
-        param_len: u32,
-        data: &[u8],
-    ) -> Outcome {
+    /// MODE SELECT; `data` is the parameter list (already cut to PARAMETER LIST LENGTH).
+    fn mode_select(&self, nexus: &Nexus, ten: bool, sp: bool, data: &[u8]) -> Outcome {
         if sp {
             return Sense::invalid_cdb(1, Some(0)).into();
         }
-        let _ = param_len;
         let mut st = self.lock();
         let new = match mode::select(ten, data, &st.mode) {
             Ok(m) => m,
@@ -826,7 +817,7 @@ pub(super) fn plan_no_lun(cdb: &[u8]) -> Result<Plan, Outcome> {
 }
 
 /// INQUIRY / REQUEST SENSE / other commands to a LUN with no logical unit.
-pub(super) fn execute_no_lun(_t: &TargetLus, cdb: &[u8]) -> Outcome {
+pub(super) fn execute_no_lun(cdb: &[u8]) -> Outcome {
     match cdb::parse(cdb, 0) {
         Ok(Command::Inquiry {
             evpd: false, alloc, ..

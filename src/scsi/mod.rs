@@ -203,7 +203,7 @@ impl TargetLus {
         }
         match self.get(lun) {
             Some(lu) => lu.execute(nexus, cdb, data_out),
-            None => exec::execute_no_lun(self, cdb),
+            None => exec::execute_no_lun(cdb),
         }
     }
 

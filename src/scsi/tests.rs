@@ -447,8 +447,7 @@ fn fua_and_write_cache_control_durability() {
     // Other nexuses learn about the change.
     let m = nexus(2, "b");
     let _ = f.run(&m, &tur(), &[]); // power on
-    let n3 = f.ready(3, "c");
-    let _ = n3;
+    f.ready(3, "c");
     good(&f.run(&n, &sel, &list)); // no change: no unit attention
     list[6] = 0x04;
     good(&f.run(&n, &sel, &list));
