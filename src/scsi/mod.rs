@@ -4,6 +4,25 @@
 //! Flow for one command: the transport calls [`TargetLus::plan`] with the CDB to learn the data
 //! direction and how many bytes the CDB itself asks to move (so it can collect Data-Out or size
 //! Data-In), then [`TargetLus::execute`] with the Data-Out bytes (empty for reads).
+//!
+//! Residuals (for the transport): Data-In is already cut to the CDB's allocation/transfer
+//! length, so for reads compare the returned length with the expected length (MODE SENSE with
+//! allocation length 4 returns 4 bytes and no overflow); for writes compare `plan.bytes` with
+//! the expected length.
+//!
+//! Behaviour worth knowing:
+//! - Unit attentions are per nexus: a new nexus gets POWER ON, RESET OR BUS DEVICE RESET
+//!   OCCURRED (29h/00h) on its first command other than INQUIRY / REPORT LUNS / REQUEST SENSE
+//!   (as tgt does; libiscsi and Linux clear it with TEST UNIT READY at login, iPXE retries).
+//!   LOGICAL UNIT RESET reports 29h/03h and target resets 29h/00h to the other nexuses; MODE
+//!   SELECT changes report 2Ah/01h to the others; persistent reservation changes report
+//!   2Ah/03h, 2Ah/04h, 2Ah/05h per SPC-4 §5.13.
+//! - RESERVE(6)/RELEASE(6) are per nexus and dropped by resets and [`TargetLus::nexus_gone`];
+//!   persistent reservations are keyed by [`Nexus::initiator_port`] and survive both.
+//! - Sense data is always fixed format (D_SENSE=0), response code 70h.
+//! - Files: [`sense`] (sense data), [`cdb`] (decoding and range checks), [`inquiry`] (standard
+//!   and VPD pages), [`mode`] (mode pages), [`pr`] (persistent reservations), [`rsoc`]
+//!   (REPORT SUPPORTED OPERATION CODES), `exec` (per-unit state and command execution).
 
 use crate::store::BlockDevice;
 use bytes::Bytes;
