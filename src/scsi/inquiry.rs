@@ -144,7 +144,9 @@ pub fn vpd(page: u8, ctx: &VpdContext<'_>) -> Result<Vec<u8>, Sense> {
             if !ctx.read_only {
                 b[16..20].copy_from_slice(&MAX_UNMAP_BLOCKS.to_be_bytes());
                 b[20..24].copy_from_slice(&MAX_UNMAP_DESCRIPTORS.to_be_bytes());
-                b[24..28].copy_from_slice(&1u32.to_be_bytes()); // OPTIMAL UNMAP GRANULARITY
+                // OPTIMAL UNMAP GRANULARITY: 4 KiB, the overlay allocation unit (a hint;
+                // smaller discards work too and read back as zeros).
+                b[24..28].copy_from_slice(&8u32.to_be_bytes());
             }
             b[32..40].copy_from_slice(&MAX_WRITE_SAME_BLOCKS.to_be_bytes());
             vpd_header(0xB0, b)
@@ -279,6 +281,7 @@ mod tests {
             "max unmap LBA count"
         );
         assert_eq!(&d[24..28], &1024u32.to_be_bytes(), "max unmap descriptors");
+        assert_eq!(&d[28..32], &8u32.to_be_bytes(), "optimal unmap granularity");
         assert_eq!(&d[36..44], &32768u64.to_be_bytes(), "max write same length");
         let ro = vpd(0xB0, &ctx(&id, true)).unwrap();
         assert_eq!(&ro[20..28], &[0; 8], "no unmap on a read-only unit");
