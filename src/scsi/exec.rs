@@ -785,7 +785,16 @@ impl LogicalUnit {
         st.prevent.clear();
         st.mode = ModeParams::default();
         self.wce.store(st.mode.wce, Ordering::Release);
-        st.post_others(nexus.id, code);
+        if f == TaskMgmt::LogicalUnitReset {
+            // SAM-5: every I_T nexus, the issuer included, learns of a logical unit reset.
+            for n in st.nexuses.values_mut() {
+                LuState::post(&mut n.ua, code);
+            }
+        } else {
+            // Target resets keep iSCSI sessions (warm) or end them (cold, done by the
+            // transport); the issuing nexus is not told, so its next command is not refused.
+            st.post_others(nexus.id, code);
+        }
         self.publish_fast_path(&st);
         true
     }
