@@ -326,6 +326,7 @@ impl LogicalUnit {
             C::GetLbaStatus { lba, alloc } => self.get_lba_status(lba, alloc),
             C::RequestSense { alloc } => self.request_sense(nexus, alloc),
             C::Inquiry { evpd, page, alloc } => self.inquiry(nexus, evpd, page, alloc),
+            // Not reached: `TargetLus::execute` answers REPORT LUNS for the whole target.
             C::ReportLuns { .. } => Sense::invalid_opcode().into(),
             C::ReadCapacity10 => self.read_capacity10(),
             C::ReadCapacity16 { alloc } => self.read_capacity16(alloc),
