@@ -20,6 +20,7 @@ pub mod op {
     pub const MODE_SENSE6: u8 = 0x1A;
     pub const START_STOP_UNIT: u8 = 0x1B;
     pub const PREVENT_ALLOW: u8 = 0x1E;
+    pub const READ_DEFECT_DATA10: u8 = 0x37;
     pub const READ_CAPACITY10: u8 = 0x25;
     pub const READ10: u8 = 0x28;
     pub const WRITE10: u8 = 0x2A;
@@ -49,6 +50,7 @@ pub mod op {
     pub const WRITE12: u8 = 0xAA;
     pub const WRITE_VERIFY12: u8 = 0xAE;
     pub const VERIFY12: u8 = 0xAF;
+    pub const READ_DEFECT_DATA12: u8 = 0xB7;
 
     /// SERVICE ACTION IN(16) service actions.
     pub const SA_READ_CAPACITY16: u8 = 0x10;
@@ -187,6 +189,12 @@ pub enum Command {
         options: u8,
         opcode: u8,
         sa: u16,
+        alloc: u32,
+    },
+    /// READ DEFECT DATA: `flags` is the REQ_PLIST/REQ_GLIST/format byte.
+    ReadDefectData {
+        twelve: bool,
+        flags: u8,
         alloc: u32,
     },
 }
@@ -554,6 +562,22 @@ pub fn parse(cdb: &[u8], capacity: u64) -> Result<Command, Sense> {
                 options,
                 opcode: cdb[3],
                 sa: be16(cdb, 4),
+                alloc: be32(cdb, 6),
+            }
+        }
+        op::READ_DEFECT_DATA10 => {
+            need(cdb, 10)?;
+            C::ReadDefectData {
+                twelve: false,
+                flags: cdb[2] & 0x1F,
+                alloc: be16(cdb, 7) as u32,
+            }
+        }
+        op::READ_DEFECT_DATA12 => {
+            need(cdb, 12)?;
+            C::ReadDefectData {
+                twelve: true,
+                flags: cdb[1] & 0x1F,
                 alloc: be32(cdb, 6),
             }
         }

@@ -119,7 +119,8 @@ fn access(cmd: &Command) -> Access {
         | C::Verify { .. }
         | C::PreFetch { .. }
         | C::ModeSense { .. }
-        | C::GetLbaStatus { .. } => Access::Read,
+        | C::GetLbaStatus { .. }
+        | C::ReadDefectData { .. } => Access::Read,
         C::Write { .. }
         | C::WriteVerify { .. }
         | C::WriteSame { .. }
@@ -153,6 +154,7 @@ fn needs_medium(cmd: &Command) -> bool {
             | C::CompareAndWrite { .. }
             | C::OrWrite { .. }
             | C::GetLbaStatus { .. }
+            | C::ReadDefectData { .. }
     )
 }
 
@@ -191,7 +193,8 @@ fn plan_of(cmd: &Command) -> Plan {
         | C::GetLbaStatus { alloc, .. }
         | C::ModeSense { alloc, .. }
         | C::PrIn { alloc, .. }
-        | C::ReportSupportedOpcodes { alloc, .. } => (DataDir::Read, alloc as u64),
+        | C::ReportSupportedOpcodes { alloc, .. }
+        | C::ReadDefectData { alloc, .. } => (DataDir::Read, alloc as u64),
         C::ReadCapacity10 => (DataDir::Read, 8),
         _ => (DataDir::None, 0),
     };
@@ -326,6 +329,21 @@ impl LogicalUnit {
             C::GetLbaStatus { lba, alloc } => self.get_lba_status(lba, alloc),
             C::RequestSense { alloc } => self.request_sense(nexus, alloc),
             C::Inquiry { evpd, page, alloc } => self.inquiry(nexus, evpd, page, alloc),
+            C::ReadDefectData {
+                twelve,
+                flags,
+                alloc,
+            } => {
+                // A virtual disk has no defects: the list asked for, valid and empty.
+                let valid = flags & 0x18;
+                let format = flags & 0x07;
+                let d = if twelve {
+                    vec![0, valid | format, 0, 0, 0, 0, 0, 0]
+                } else {
+                    vec![0, valid | format, 0, 0]
+                };
+                Outcome::with_data(d, alloc as usize)
+            }
             // Not reached: `TargetLus::execute` answers REPORT LUNS for the whole target.
             C::ReportLuns { .. } => Sense::invalid_opcode().into(),
             C::ReadCapacity10 => self.read_capacity10(),

@@ -1257,3 +1257,21 @@ mod fuzz {
         }
     }
 }
+
+#[test]
+fn read_defect_data_is_an_empty_list() {
+    let f = fixture();
+    let n = f.ready(1, "a");
+    let d = good(&f.run(
+        &n,
+        &[op::READ_DEFECT_DATA10, 0, 0x1D, 0, 0, 0, 0, 0, 32, 0],
+        &[],
+    ));
+    assert_eq!(d, [0, 0x1D, 0, 0]);
+    let d = good(&f.run(
+        &n,
+        &[op::READ_DEFECT_DATA12, 0x08, 0, 0, 0, 0, 0, 0, 0, 32, 0, 0],
+        &[],
+    ));
+    assert_eq!(d, [0, 0x08, 0, 0, 0, 0, 0, 0]);
+}
