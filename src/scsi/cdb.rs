@@ -20,6 +20,7 @@ pub mod op {
     pub const MODE_SENSE6: u8 = 0x1A;
     pub const START_STOP_UNIT: u8 = 0x1B;
     pub const PREVENT_ALLOW: u8 = 0x1E;
+    pub const READ_DEFECT_DATA10: u8 = 0x37;
     pub const READ_CAPACITY10: u8 = 0x25;
     pub const READ10: u8 = 0x28;
     pub const WRITE10: u8 = 0x2A;
@@ -49,6 +50,7 @@ pub mod op {
     pub const WRITE12: u8 = 0xAA;
     pub const WRITE_VERIFY12: u8 = 0xAE;
     pub const VERIFY12: u8 = 0xAF;
+    pub const READ_DEFECT_DATA12: u8 = 0xB7;
 
     /// SERVICE ACTION IN(16) service actions.
     pub const SA_READ_CAPACITY16: u8 = 0x10;
@@ -60,9 +62,11 @@ pub mod op {
 /// Largest READ/WRITE/VERIFY transfer, in blocks (16 MiB). Reported as MAXIMUM TRANSFER
 /// LENGTH in the Block Limits VPD page; longer transfers are refused before any data phase so
 /// the transport never buffers more than this for one command.
-pub const MAX_TRANSFER_BLOCKS: u32 = 65536;
-/// Largest WRITE SAME, in blocks (32 MiB), reported as MAXIMUM WRITE SAME LENGTH.
-pub const MAX_WRITE_SAME_BLOCKS: u64 = 65536;
+pub const MAX_TRANSFER_BLOCKS: u32 = 32768;
+/// Largest WRITE SAME, in blocks, reported as MAXIMUM WRITE SAME LENGTH. Not above
+/// [`MAX_TRANSFER_BLOCKS`]: initiators (and libiscsi's tests) read back a whole WRITE SAME range
+/// with one READ.
+pub const MAX_WRITE_SAME_BLOCKS: u64 = MAX_TRANSFER_BLOCKS as u64;
 /// Largest COMPARE AND WRITE, in blocks, reported as MAXIMUM COMPARE AND WRITE LENGTH.
 pub const MAX_COMPARE_AND_WRITE_BLOCKS: u8 = 128;
 /// Largest UNMAP parameter list accepted, in descriptors (MAXIMUM UNMAP BLOCK DESCRIPTOR
@@ -185,6 +189,12 @@ pub enum Command {
         options: u8,
         opcode: u8,
         sa: u16,
+        alloc: u32,
+    },
+    /// READ DEFECT DATA: `flags` is the REQ_PLIST/REQ_GLIST/format byte.
+    ReadDefectData {
+        twelve: bool,
+        flags: u8,
         alloc: u32,
     },
 }
@@ -336,21 +346,7 @@ pub fn parse(cdb: &[u8], capacity: u64) -> Result<Command, Sense> {
             }
         }
         op::READ10 | op::WRITE10 | op::READ12 | op::WRITE12 | op::READ16 | op::WRITE16 => {
-            let (len, lba, blocks, len_at) = match opcode {
-                op::READ10 | op::WRITE10 => {
-                    need(cdb, 10)?;
-                    (10, be32(cdb, 2) as u64, be16(cdb, 7) as u64, 7)
-                }
-                op::READ12 | op::WRITE12 => {
-                    need(cdb, 12)?;
-                    (12, be32(cdb, 2) as u64, be32(cdb, 6) as u64, 6)
-                }
-                _ => {
-                    need(cdb, 16)?;
-                    (16, be64(cdb, 2), be32(cdb, 10) as u64, 10)
-                }
-            };
-            let _ = len;
+            let (lba, blocks, len_at) = rw_fields(cdb, opcode)?;
             no_protect(cdb)?;
             let ext = transfer(lba, blocks, capacity, len_at)?;
             let fua = cdb[1] & 0x08 != 0;
@@ -414,13 +410,16 @@ pub fn parse(cdb: &[u8], capacity: u64) -> Result<Command, Sense> {
                 (be64(cdb, 2), be32(cdb, 10) as u64, 10)
             };
             no_protect(cdb)?;
-            let ext = extent(lba, blocks, capacity)?;
+            let mut ext = extent(lba, blocks, capacity)?;
             // ANCHOR (bit 4): anchored blocks are not supported (ANC_SUP=0).
             if cdb[1] & 0x10 != 0 {
                 return Err(Sense::invalid_cdb(1, Some(4)));
             }
-            // WSNZ=1: a zero NUMBER OF LOGICAL BLOCKS is refused.
-            if blocks == 0 || blocks > MAX_WRITE_SAME_BLOCKS {
+            // WSNZ=0: a zero NUMBER OF LOGICAL BLOCKS means "through the last block".
+            if blocks == 0 {
+                ext.blocks = capacity - lba;
+            }
+            if ext.blocks > MAX_WRITE_SAME_BLOCKS {
                 return Err(Sense::invalid_cdb(len_at, None));
             }
             let unmap = cdb[1] & 0x08 != 0;
@@ -566,12 +565,29 @@ pub fn parse(cdb: &[u8], capacity: u64) -> Result<Command, Sense> {
                 alloc: be32(cdb, 6),
             }
         }
+        op::READ_DEFECT_DATA10 => {
+            need(cdb, 10)?;
+            C::ReadDefectData {
+                twelve: false,
+                flags: cdb[2] & 0x1F,
+                alloc: be16(cdb, 7) as u32,
+            }
+        }
+        op::READ_DEFECT_DATA12 => {
+            need(cdb, 12)?;
+            C::ReadDefectData {
+                twelve: true,
+                flags: cdb[1] & 0x1F,
+                alloc: be32(cdb, 6),
+            }
+        }
         _ => return Err(Sense::invalid_opcode()),
     })
 }
 
 /// LBA, transfer length and the byte holding the length, for the 10/12/16-byte
-/// READ/WRITE-shaped CDBs (WRITE AND VERIFY, VERIFY).
+/// READ/WRITE-shaped CDBs (READ, WRITE, WRITE AND VERIFY, VERIFY): the opcode's group
+/// (high bits) gives the CDB length.
 fn rw_fields(cdb: &[u8], opcode: u8) -> Result<(u64, u64, u16), Sense> {
     Ok(match opcode & 0xF0 {
         0x20 => {
@@ -695,8 +711,25 @@ mod tests {
 
     #[test]
     fn write_same_zero_blocks_and_anchor_are_refused_after_range_check() {
+        // Zero blocks: through the end of the device, within MAXIMUM WRITE SAME LENGTH.
+        let cdb = [op::WRITE_SAME10, 0, 0, 0, 0x07, 0xF0, 0, 0, 0, 0];
+        assert_eq!(
+            parse(&cdb, CAP),
+            Ok(Command::WriteSame {
+                ext: Extent {
+                    lba: 2032,
+                    blocks: 16
+                },
+                unmap: false,
+                ndob: false
+            })
+        );
         let cdb = [op::WRITE_SAME10, 0, 0, 0, 0, 0, 0, 0, 0, 0];
-        assert_eq!(parse(&cdb, CAP).unwrap_err(), Sense::invalid_cdb(7, None));
+        assert!(parse(&cdb, CAP).is_ok());
+        assert_eq!(
+            parse(&cdb, 1 << 20).unwrap_err(),
+            Sense::invalid_cdb(7, None)
+        );
         // LBA past the end wins over the zero length.
         let cdb = [op::WRITE_SAME10, 0, 0, 0, 0x08, 0x01, 0, 0, 0, 0];
         assert_eq!(parse(&cdb, CAP).unwrap_err().code, asc::LBA_OUT_OF_RANGE);

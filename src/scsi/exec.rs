@@ -38,7 +38,12 @@ pub(super) struct LuState {
     prevent: HashSet<u64>,
     /// Medium present (removable units can eject it).
     loaded: bool,
+    /// The nexus that last passed the full admission checks.
+    last: Option<u64>,
 }
+
+/// `LogicalUnit::fast_nexus` value when no nexus may skip the state lock.
+pub(super) const NO_FAST_NEXUS: u64 = u64::MAX;
 
 impl Default for LuState {
     fn default() -> Self {
@@ -49,6 +54,7 @@ impl Default for LuState {
             mode: ModeParams::default(),
             prevent: HashSet::new(),
             loaded: true,
+            last: None,
         }
     }
 }
@@ -78,11 +84,14 @@ impl LuState {
             Self::post(&mut n.ua, code);
         }
     }
-    fn quiet(&self) -> bool {
-        self.loaded
-            && self.reserve6.is_none()
-            && !self.pr.reserved()
-            && self.nexuses.values().all(|n| n.ua.is_empty())
+    /// The nexus that may skip the state lock: the one most recently admitted, while no
+    /// reservation exists, the medium is present and it has no unit attention pending.
+    fn fast_nexus(&self) -> u64 {
+        let restricted = !self.loaded || self.reserve6.is_some() || self.pr.reserved();
+        match self.last {
+            Some(id) if !restricted && self.nexuses.get(&id).is_some_and(|n| n.ua.is_empty()) => id,
+            _ => NO_FAST_NEXUS,
+        }
     }
 }
 
@@ -110,7 +119,8 @@ fn access(cmd: &Command) -> Access {
         | C::Verify { .. }
         | C::PreFetch { .. }
         | C::ModeSense { .. }
-        | C::GetLbaStatus { .. } => Access::Read,
+        | C::GetLbaStatus { .. }
+        | C::ReadDefectData { .. } => Access::Read,
         C::Write { .. }
         | C::WriteVerify { .. }
         | C::WriteSame { .. }
@@ -144,6 +154,7 @@ fn needs_medium(cmd: &Command) -> bool {
             | C::CompareAndWrite { .. }
             | C::OrWrite { .. }
             | C::GetLbaStatus { .. }
+            | C::ReadDefectData { .. }
     )
 }
 
@@ -182,7 +193,8 @@ fn plan_of(cmd: &Command) -> Plan {
         | C::GetLbaStatus { alloc, .. }
         | C::ModeSense { alloc, .. }
         | C::PrIn { alloc, .. }
-        | C::ReportSupportedOpcodes { alloc, .. } => (DataDir::Read, alloc as u64),
+        | C::ReportSupportedOpcodes { alloc, .. }
+        | C::ReadDefectData { alloc, .. } => (DataDir::Read, alloc as u64),
         C::ReadCapacity10 => (DataDir::Read, 8),
         _ => (DataDir::None, 0),
     };
@@ -242,8 +254,9 @@ impl LogicalUnit {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn set_quiet(&self, st: &LuState) {
-        self.quiet.store(st.quiet(), Ordering::Release);
+    /// Publish which nexus may take the lock-free path (call after every state change).
+    fn publish_fast_path(&self, st: &LuState) {
+        self.fast_nexus.store(st.fast_nexus(), Ordering::Release);
     }
 
     fn decode(&self, cdb: &[u8]) -> Result<Command, Sense> {
@@ -270,7 +283,7 @@ impl LogicalUnit {
             ua: VecDeque::from([asc::POWER_ON_RESET]),
         });
         if reports_ua && let Some(code) = ns.ua.pop_front() {
-            self.set_quiet(&st);
+            self.publish_fast_path(&st);
             return Err(Sense::unit_attention(code).into());
         }
         if !st.loaded && needs_medium(cmd) {
@@ -285,11 +298,8 @@ impl LogicalUnit {
         if st.pr.conflicts(&nexus.initiator_port, access(cmd)) {
             return Err(Outcome::reservation_conflict());
         }
-        let quiet = st.quiet();
-        self.quiet.store(quiet, Ordering::Release);
-        if st.nexuses.get(&nexus.id).is_some_and(|n| n.ua.is_empty()) {
-            self.last_nexus.store(nexus.id, Ordering::Release);
-        }
+        st.last = Some(nexus.id);
+        self.publish_fast_path(&st);
         Ok(())
     }
 
@@ -298,8 +308,7 @@ impl LogicalUnit {
             Ok(c) => c,
             Err(s) => return s.into(),
         };
-        let fast = self.quiet.load(Ordering::Acquire)
-            && self.last_nexus.load(Ordering::Acquire) == nexus.id;
+        let fast = nexus.id != NO_FAST_NEXUS && self.fast_nexus.load(Ordering::Acquire) == nexus.id;
         if !fast && let Err(o) = self.gate(nexus, &cmd) {
             return o;
         }
@@ -320,6 +329,22 @@ impl LogicalUnit {
             C::GetLbaStatus { lba, alloc } => self.get_lba_status(lba, alloc),
             C::RequestSense { alloc } => self.request_sense(nexus, alloc),
             C::Inquiry { evpd, page, alloc } => self.inquiry(nexus, evpd, page, alloc),
+            C::ReadDefectData {
+                twelve,
+                flags,
+                alloc,
+            } => {
+                // A virtual disk has no defects: the list asked for, valid and empty.
+                let valid = flags & 0x18;
+                let format = flags & 0x07;
+                let d = if twelve {
+                    vec![0, valid | format, 0, 0, 0, 0, 0, 0]
+                } else {
+                    vec![0, valid | format, 0, 0]
+                };
+                Outcome::with_data(d, alloc as usize)
+            }
+            // Not reached: `TargetLus::execute` answers REPORT LUNS for the whole target.
             C::ReportLuns { .. } => Sense::invalid_opcode().into(),
             C::ReadCapacity10 => self.read_capacity10(),
             C::ReadCapacity16 { alloc } => self.read_capacity16(alloc),
@@ -351,9 +376,7 @@ impl LogicalUnit {
                     Err(s) => s.into(),
                 }
             }
-            C::ModeSelect { ten, sp, param_len } => {
-                self.mode_select(nexus, ten, sp, param_len, data_out)
-            }
+            C::ModeSelect { ten, sp, .. } => self.mode_select(nexus, ten, sp, data_out),
             C::StartStop {
                 start,
                 loej,
@@ -620,7 +643,7 @@ impl LogicalUnit {
     fn request_sense(&self, nexus: &Nexus, alloc: u32) -> Outcome {
         let mut st = self.lock();
         let ua = st.nexuses.get_mut(&nexus.id).and_then(|n| n.ua.pop_front());
-        self.set_quiet(&st);
+        self.publish_fast_path(&st);
         let sense = match ua {
             Some(code) => Sense::unit_attention(code),
             None if !st.loaded => Sense::new(key::NOT_READY, asc::MEDIUM_NOT_PRESENT),
@@ -665,18 +688,11 @@ impl LogicalUnit {
         Outcome::with_data(d, alloc as usize)
     }
 
-    fn mode_select(
-        &self,
-        nexus: &Nexus,
-        ten: bool,
-        sp: bool,
-        param_len: u32,
-        data: &[u8],
-    ) -> Outcome {
+    /// MODE SELECT; `data` is the parameter list (already cut to PARAMETER LIST LENGTH).
+    fn mode_select(&self, nexus: &Nexus, ten: bool, sp: bool, data: &[u8]) -> Outcome {
         if sp {
             return Sense::invalid_cdb(1, Some(0)).into();
         }
-        let _ = param_len;
         let mut st = self.lock();
         let new = match mode::select(ten, data, &st.mode) {
             Ok(m) => m,
@@ -686,7 +702,7 @@ impl LogicalUnit {
             st.mode = new;
             self.wce.store(new.wce, Ordering::Release);
             st.post_others(nexus.id, asc::MODE_PARAMETERS_CHANGED);
-            self.set_quiet(&st);
+            self.publish_fast_path(&st);
         }
         Outcome::good()
     }
@@ -704,11 +720,12 @@ impl LogicalUnit {
         }
         if self.removable && loej {
             let mut st = self.lock();
-            if !start && !st.prevent.is_empty() {
+            // Medium removal prevention blocks loading as well as ejecting.
+            if !st.prevent.is_empty() {
                 return Sense::new(key::ILLEGAL_REQUEST, asc::MEDIUM_REMOVAL_PREVENTED).into();
             }
             st.loaded = start;
-            self.set_quiet(&st);
+            self.publish_fast_path(&st);
         }
         Outcome::good()
     }
@@ -744,7 +761,7 @@ impl LogicalUnit {
         } else if st.reserve6 == Some(nexus.id) {
             st.reserve6 = None;
         }
-        self.set_quiet(&st);
+        self.publish_fast_path(&st);
         Outcome::good()
     }
 
@@ -767,7 +784,7 @@ impl LogicalUnit {
                 for (port, code) in uas {
                     st.post_port(&port, code);
                 }
-                self.set_quiet(&st);
+                self.publish_fast_path(&st);
                 Outcome::good()
             }
             Err(PrError::Conflict) => Outcome::reservation_conflict(),
@@ -787,8 +804,17 @@ impl LogicalUnit {
         st.prevent.clear();
         st.mode = ModeParams::default();
         self.wce.store(st.mode.wce, Ordering::Release);
-        st.post_others(nexus.id, code);
-        self.set_quiet(&st);
+        if f == TaskMgmt::LogicalUnitReset {
+            // SAM-5: every I_T nexus, the issuer included, learns of a logical unit reset.
+            for n in st.nexuses.values_mut() {
+                LuState::post(&mut n.ua, code);
+            }
+        } else {
+            // Target resets keep iSCSI sessions (warm) or end them (cold, done by the
+            // transport); the issuing nexus is not told, so its next command is not refused.
+            st.post_others(nexus.id, code);
+        }
+        self.publish_fast_path(&st);
         true
     }
 
@@ -799,7 +825,10 @@ impl LogicalUnit {
             st.reserve6 = None;
         }
         st.prevent.remove(&nexus.id);
-        self.set_quiet(&st);
+        if st.last == Some(nexus.id) {
+            st.last = None;
+        }
+        self.publish_fast_path(&st);
     }
 }
 
@@ -816,7 +845,7 @@ pub(super) fn plan_no_lun(cdb: &[u8]) -> Result<Plan, Outcome> {
 }
 
 /// INQUIRY / REQUEST SENSE / other commands to a LUN with no logical unit.
-pub(super) fn execute_no_lun(_t: &TargetLus, cdb: &[u8]) -> Outcome {
+pub(super) fn execute_no_lun(cdb: &[u8]) -> Outcome {
     match cdb::parse(cdb, 0) {
         Ok(Command::Inquiry {
             evpd: false, alloc, ..

@@ -136,7 +136,7 @@ pub fn vpd(page: u8, ctx: &VpdContext<'_>) -> Result<Vec<u8>, Sense> {
         0xB0 => {
             // Block Limits (SBC-3 §6.6.3), page length 3Ch.
             let mut b = vec![0u8; 0x3C];
-            b[0] = 0x01; // WSNZ
+            b[0] = 0x00; // WSNZ=0: WRITE SAME with zero blocks runs to the last block
             b[1] = MAX_COMPARE_AND_WRITE_BLOCKS;
             b[2..4].copy_from_slice(&8u16.to_be_bytes()); // OPTIMAL TRANSFER LENGTH GRANULARITY
             b[4..8].copy_from_slice(&MAX_TRANSFER_BLOCKS.to_be_bytes());
@@ -144,7 +144,9 @@ pub fn vpd(page: u8, ctx: &VpdContext<'_>) -> Result<Vec<u8>, Sense> {
             if !ctx.read_only {
                 b[16..20].copy_from_slice(&MAX_UNMAP_BLOCKS.to_be_bytes());
                 b[20..24].copy_from_slice(&MAX_UNMAP_DESCRIPTORS.to_be_bytes());
-                b[24..28].copy_from_slice(&1u32.to_be_bytes()); // OPTIMAL UNMAP GRANULARITY
+                // OPTIMAL UNMAP GRANULARITY: 4 KiB, the overlay allocation unit (a hint;
+                // smaller discards work too and read back as zeros).
+                b[24..28].copy_from_slice(&8u32.to_be_bytes());
             }
             b[32..40].copy_from_slice(&MAX_WRITE_SAME_BLOCKS.to_be_bytes());
             vpd_header(0xB0, b)
@@ -270,16 +272,17 @@ mod tests {
         let d = vpd(0xB0, &ctx(&id, false)).unwrap();
         assert_eq!(d.len(), 64);
         assert_eq!(&d[..4], &[0, 0xB0, 0, 0x3C]);
-        assert_eq!(d[4], 0x01, "WSNZ");
+        assert_eq!(d[4], 0x00, "WSNZ");
         assert_eq!(d[5], 128, "max compare and write");
-        assert_eq!(&d[8..12], &65536u32.to_be_bytes());
+        assert_eq!(&d[8..12], &32768u32.to_be_bytes());
         assert_eq!(
             &d[20..24],
             &(1u32 << 20).to_be_bytes(),
             "max unmap LBA count"
         );
         assert_eq!(&d[24..28], &1024u32.to_be_bytes(), "max unmap descriptors");
-        assert_eq!(&d[36..44], &65536u64.to_be_bytes(), "max write same length");
+        assert_eq!(&d[28..32], &8u32.to_be_bytes(), "optimal unmap granularity");
+        assert_eq!(&d[36..44], &32768u64.to_be_bytes(), "max write same length");
         let ro = vpd(0xB0, &ctx(&id, true)).unwrap();
         assert_eq!(&ro[20..28], &[0; 8], "no unmap on a read-only unit");
     }

@@ -4,6 +4,26 @@
 //! Flow for one command: the transport calls [`TargetLus::plan`] with the CDB to learn the data
 //! direction and how many bytes the CDB itself asks to move (so it can collect Data-Out or size
 //! Data-In), then [`TargetLus::execute`] with the Data-Out bytes (empty for reads).
+//!
+//! Residuals (for the transport): Data-In is already cut to the CDB's allocation/transfer
+//! length, so for reads compare the returned length with the expected length (MODE SENSE with
+//! allocation length 4 returns 4 bytes and no overflow); for writes compare `plan.bytes` with
+//! the expected length.
+//!
+//! Behaviour worth knowing:
+//! - Unit attentions are per nexus: a new nexus gets POWER ON, RESET OR BUS DEVICE RESET
+//!   OCCURRED (29h/00h) on its first command other than INQUIRY / REPORT LUNS / REQUEST SENSE
+//!   (as tgt does; libiscsi and Linux clear it with TEST UNIT READY at login, iPXE retries).
+//!   LOGICAL UNIT RESET reports 29h/03h to every nexus (the issuer too, as SAM-5 and
+//!   libiscsi's MultipathIO.Reset expect), target resets 29h/00h to the other nexuses; MODE
+//!   SELECT changes report 2Ah/01h to the others; persistent reservation changes report
+//!   2Ah/03h, 2Ah/04h, 2Ah/05h per SPC-4 §5.13.
+//! - RESERVE(6)/RELEASE(6) are per nexus and dropped by resets and [`TargetLus::nexus_gone`];
+//!   persistent reservations are keyed by [`Nexus::initiator_port`] and survive both.
+//! - Sense data is always fixed format (D_SENSE=0), response code 70h.
+//! - Files: [`sense`] (sense data), [`cdb`] (decoding and range checks), [`inquiry`] (standard
+//!   and VPD pages), [`mode`] (mode pages), [`pr`] (persistent reservations), [`rsoc`]
+//!   (REPORT SUPPORTED OPERATION CODES), `exec` (per-unit state and command execution).
 
 use crate::store::BlockDevice;
 use bytes::Bytes;
@@ -107,19 +127,18 @@ pub struct LuIdentity {
 /// attentions, reservations).
 ///
 /// Locking: per-nexus and reservation state sits behind one mutex that the common READ/WRITE
-/// path does not take: while no unit attention, reservation or ejected medium exists and the
-/// command comes from the nexus that last passed the full check, commands go straight to the
-/// device (`quiet` + `last_nexus`). Writes take `io` shared; COMPARE AND WRITE and ORWRITE take
-/// it exclusive, which makes them atomic against every other write.
+/// path does not take: while no reservation exists, the medium is present, and the command
+/// comes from the nexus that last passed the full admission check and has no unit attention
+/// pending, commands go straight to the device (one atomic load of `fast_nexus`). Writes take
+/// `io` shared; COMPARE AND WRITE and ORWRITE take it exclusive, which makes them atomic
+/// against every other write.
 pub struct LogicalUnit {
     dev: Arc<dyn BlockDevice>,
     ident: LuIdentity,
     removable: bool,
     state: Mutex<exec::LuState>,
-    /// No unit attention pending for anyone, no reservation, medium present.
-    quiet: AtomicBool,
-    /// A nexus already registered with this unit (valid only together with `quiet`).
-    last_nexus: AtomicU64,
+    /// Id of the nexus allowed to skip the state lock, or `exec::NO_FAST_NEXUS`.
+    fast_nexus: AtomicU64,
     /// Write cache enabled (caching mode page); false makes every write durable.
     wce: AtomicBool,
     io: RwLock<()>,
@@ -132,8 +151,7 @@ impl LogicalUnit {
             ident,
             removable: false,
             state: Mutex::new(exec::LuState::default()),
-            quiet: AtomicBool::new(false),
-            last_nexus: AtomicU64::new(0),
+            fast_nexus: AtomicU64::new(exec::NO_FAST_NEXUS),
             wce: AtomicBool::new(mode::ModeParams::default().wce),
             io: RwLock::new(()),
         }
@@ -205,7 +223,7 @@ impl TargetLus {
         }
         match self.get(lun) {
             Some(lu) => lu.execute(nexus, cdb, data_out),
-            None => exec::execute_no_lun(self, cdb),
+            None => exec::execute_no_lun(cdb),
         }
     }
 

@@ -69,6 +69,10 @@ pub static TABLE: &[Supported] = &[
     ),
     s(op::PREVENT_ALLOW, &[op::PREVENT_ALLOW, 0, 0, 0, 0x03, 0]),
     s(
+        op::READ_DEFECT_DATA10,
+        &[op::READ_DEFECT_DATA10, 0, 0x1F, 0, 0, 0, 0, 0xFF, 0xFF, 0],
+    ),
+    s(
         op::READ_CAPACITY10,
         &[
             op::READ_CAPACITY10,
@@ -232,6 +236,23 @@ pub static TABLE: &[Supported] = &[
     s(op::WRITE12, cdb!(op::WRITE12, 0x18, RW12)),
     s(op::WRITE_VERIFY12, cdb!(op::WRITE_VERIFY12, 0x12, RW12)),
     s(op::VERIFY12, cdb!(op::VERIFY12, 0x16, RW12)),
+    s(
+        op::READ_DEFECT_DATA12,
+        &[
+            op::READ_DEFECT_DATA12,
+            0x1F,
+            0,
+            0,
+            0,
+            0,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0,
+            0,
+        ],
+    ),
 ];
 
 /// Opcodes whose commands are distinguished by a service action field.

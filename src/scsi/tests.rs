@@ -8,6 +8,7 @@ use crate::store::raw::RawFile;
 use crate::store::{SECTOR, StoreError, concat};
 use std::io::Write;
 use std::sync::Mutex as StdMutex;
+use std::sync::atomic::Ordering;
 
 const BLOCKS: u64 = 4096;
 
@@ -446,8 +447,7 @@ fn fua_and_write_cache_control_durability() {
     // Other nexuses learn about the change.
     let m = nexus(2, "b");
     let _ = f.run(&m, &tur(), &[]); // power on
-    let n3 = f.ready(3, "c");
-    let _ = n3;
+    f.ready(3, "c");
     good(&f.run(&n, &sel, &list)); // no change: no unit attention
     list[6] = 0x04;
     good(&f.run(&n, &sel, &list));
@@ -467,6 +467,12 @@ fn fua_and_write_cache_control_durability() {
     list[6] = 0;
     good(&f.run(&n, &sel, &list));
     assert!(f.t.task_mgmt(&n, 0, TaskMgmt::LogicalUnitReset));
+    let o = f.run(&n, &mode_sense6(0x08, 255), &[]);
+    assert_eq!(
+        sense(&o),
+        (key::UNIT_ATTENTION, asc::BUS_DEVICE_RESET),
+        "issuer too"
+    );
     let d = good(&f.run(&n, &mode_sense6(0x08, 255), &[]));
     assert_eq!(d[6], 0x04);
 }
@@ -788,11 +794,21 @@ fn write_same() {
     good(&f.run(&n, &rw16(op::WRITE_SAME16, 20, 2, 0x01), &[]));
     let d = good(&f.run(&n, &rw10(op::READ10, 20, 2, 0), &[]));
     assert!(d.iter().all(|&b| b == 0));
-    // Errors: zero blocks (WSNZ), anchor, out of range, short block.
-    assert_eq!(
-        sense(&f.t.plan(0, &rw10(op::WRITE_SAME10, 0, 0, 0)).unwrap_err()).1,
-        asc::INVALID_FIELD_IN_CDB
+    // Zero blocks: through the last block.
+    good(&f.run(
+        &n,
+        &rw10(op::WRITE_SAME10, BLOCKS as u32 - 4, 0, 0),
+        &block(0x66),
+    ));
+    let d = good(&f.run(&n, &rw10(op::READ10, BLOCKS as u32 - 5, 5, 0), &[]));
+    assert!(
+        d[..512].iter().all(|&b| b != 0x66),
+        "block before the range untouched"
     );
+    assert!(d[512..].iter().all(|&b| b == 0x66));
+    // The whole 4096-block device is within MAXIMUM WRITE SAME LENGTH.
+    assert!(f.t.plan(0, &rw16(op::WRITE_SAME16, 0, 0, 0)).is_ok());
+    // Errors: anchor, out of range, short block.
     assert_eq!(
         sense(
             &f.t.plan(0, &rw10(op::WRITE_SAME10, 0, 1, 0x18))
@@ -883,7 +899,7 @@ fn reserve6_across_two_initiators() {
         (key::UNIT_ATTENTION, asc::BUS_DEVICE_RESET)
     );
     good(&f.run(&c, &reserve, &[]));
-    good(&f.run(&a, &tur(), &[]).clone());
+    assert_eq!(sense(&f.run(&a, &tur(), &[])).0, key::UNIT_ATTENTION);
     assert_eq!(
         f.run(&a, &rw10(op::WRITE10, 0, 1, 0), &block(0)).status,
         status::RESERVATION_CONFLICT
@@ -1014,6 +1030,13 @@ fn removable_medium_eject_and_prevent() {
     let d = good(&f.run(&n, &[op::REQUEST_SENSE, 0, 0, 0, 18, 0], &[]));
     assert_eq!((d[2], d[12]), (key::NOT_READY, 0x3A));
     good(&f.run(&n, &inquiry(false, 0, 96), &[]));
+    good(&f.run(&n, &[op::PREVENT_ALLOW, 0, 0, 0, 1, 0], &[]));
+    let o = f.run(&n, &load, &[]);
+    assert_eq!(
+        sense(&o),
+        (key::ILLEGAL_REQUEST, asc::MEDIUM_REMOVAL_PREVENTED)
+    );
+    good(&f.run(&n, &[op::PREVENT_ALLOW, 0, 0, 0, 0, 0], &[]));
     good(&f.run(&n, &load, &[]));
     good(&f.run(&n, &tur(), &[]));
     // Power condition changes do nothing.
@@ -1055,6 +1078,10 @@ fn fast_path_sees_new_reservations_and_unit_attentions() {
     good(&f.run(&a, &rw10(op::READ10, 0, 1, 0), &[]));
     // A reset by B reaches A even though A was on the fast path.
     assert!(f.t.task_mgmt(&b, 0, TaskMgmt::LogicalUnitReset));
+    assert_eq!(
+        sense(&f.run(&b, &rw10(op::READ10, 0, 1, 0), &[])).0,
+        key::UNIT_ATTENTION
+    );
     good(&f.run(&b, &rw10(op::READ10, 0, 1, 0), &[]));
     let o = f.run(&a, &rw10(op::READ10, 0, 1, 0), &[]);
     assert_eq!(sense(&o), (key::UNIT_ATTENTION, asc::BUS_DEVICE_RESET));
@@ -1075,6 +1102,10 @@ fn nexus_gone_drops_pending_unit_attentions() {
         (key::UNIT_ATTENTION, asc::POWER_ON_RESET)
     );
     good(&f.run(&c, &tur(), &[]));
+    assert_eq!(
+        sense(&f.run(&a, &tur(), &[])),
+        (key::UNIT_ATTENTION, asc::BUS_DEVICE_RESET)
+    );
     good(&f.run(&a, &tur(), &[]));
 }
 
@@ -1136,4 +1167,111 @@ fn get_lba_status_respects_allocation_length() {
         assert_eq!(&desc[8..12], &1u32.to_be_bytes());
         assert_eq!(desc[12], if i % 2 == 0 { 1 } else { 0 });
     }
+}
+
+#[test]
+fn lock_free_path_is_per_nexus() {
+    let f = fixture();
+    let lu = f.t.get(0).unwrap().clone();
+    let a = f.ready(1, "a");
+    good(&f.run(&a, &rw10(op::READ10, 0, 1, 0), &[]));
+    assert_eq!(lu.fast_nexus.load(Ordering::Acquire), a.id);
+    // An idle nexus with a pending unit attention does not slow `a` down.
+    let idle = nexus(2, "idle");
+    good(&f.run(&idle, &inquiry(false, 0, 36), &[]));
+    good(&f.run(&a, &rw10(op::READ10, 0, 1, 0), &[]));
+    assert_eq!(lu.fast_nexus.load(Ordering::Acquire), a.id);
+    // A reservation closes the lock-free path for everyone, including its holder.
+    good(&f.run(&a, &[op::RESERVE6, 0, 0, 0, 0, 0], &[]));
+    assert_eq!(lu.fast_nexus.load(Ordering::Acquire), exec::NO_FAST_NEXUS);
+    good(&f.run(&a, &[op::RELEASE6, 0, 0, 0, 0, 0], &[]));
+    assert_eq!(lu.fast_nexus.load(Ordering::Acquire), a.id);
+    // A unit attention for `a` closes it until reported.
+    assert!(f.t.task_mgmt(&idle, 0, TaskMgmt::LogicalUnitReset));
+    assert_eq!(lu.fast_nexus.load(Ordering::Acquire), exec::NO_FAST_NEXUS);
+    assert_eq!(
+        sense(&f.run(&a, &rw10(op::READ10, 0, 1, 0), &[])).0,
+        key::UNIT_ATTENTION
+    );
+    good(&f.run(&a, &rw10(op::READ10, 0, 1, 0), &[]));
+    assert_eq!(lu.fast_nexus.load(Ordering::Acquire), a.id);
+    f.t.nexus_gone(&a);
+    assert_eq!(lu.fast_nexus.load(Ordering::Acquire), exec::NO_FAST_NEXUS);
+}
+
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn cdb_strategy() -> impl Strategy<Value = Vec<u8>> {
+        let opcodes: Vec<u8> = rsoc::TABLE
+            .iter()
+            .map(|c| c.opcode)
+            .chain([0x00, 0xFF, 0x7F])
+            .collect();
+        (
+            proptest::sample::select(opcodes),
+            proptest::collection::vec(any::<u8>(), 0..20),
+        )
+            .prop_map(|(op, mut rest)| {
+                // Keep lengths small most of the time so commands reach execution.
+                for (i, b) in rest.iter_mut().enumerate() {
+                    if i >= 1 && i % 3 == 0 {
+                        *b &= 0x03;
+                    }
+                }
+                let mut c = vec![op];
+                c.append(&mut rest);
+                c
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 1000, .. ProptestConfig::default() })]
+        #[test]
+        fn any_cdb_and_data_out_is_answered_without_panic(
+            cdb in cdb_strategy(),
+            data in proptest::collection::vec(any::<u8>(), 0..3000),
+            nexus_id in 1u64..4,
+            lun in 0u64..2,
+        ) {
+            // One device for all cases: state (reservations, mode pages, unit attentions)
+            // carries over between commands as it would in a session.
+            static SHARED: std::sync::OnceLock<Fixture> = std::sync::OnceLock::new();
+            let f = SHARED.get_or_init(fixture);
+            let n = nexus(nexus_id, "fuzz");
+            let o = match f.t.plan(lun, &cdb) {
+                Err(o) => o,
+                Ok(p) => {
+                    let o = f.t.execute(&n, lun, &cdb, &data);
+                    let len: usize = o.data.iter().map(|b| b.len()).sum();
+                    prop_assert!(len as u64 <= p.bytes);
+                    o
+                }
+            };
+            prop_assert_eq!(o.sense.is_some(), o.status == status::CHECK_CONDITION);
+            if let Some(s) = &o.sense {
+                prop_assert_eq!(s.len(), 18);
+                prop_assert_eq!(s[0] & 0x7F, 0x70);
+            }
+        }
+    }
+}
+
+#[test]
+fn read_defect_data_is_an_empty_list() {
+    let f = fixture();
+    let n = f.ready(1, "a");
+    let d = good(&f.run(
+        &n,
+        &[op::READ_DEFECT_DATA10, 0, 0x1D, 0, 0, 0, 0, 0, 32, 0],
+        &[],
+    ));
+    assert_eq!(d, [0, 0x1D, 0, 0]);
+    let d = good(&f.run(
+        &n,
+        &[op::READ_DEFECT_DATA12, 0x08, 0, 0, 0, 0, 0, 0, 0, 32, 0, 0],
+        &[],
+    ));
+    assert_eq!(d, [0, 0x08, 0, 0, 0, 0, 0, 0]);
 }
