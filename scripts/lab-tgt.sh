@@ -81,6 +81,8 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 nsx() { ip netns exec "$NS" "$@"; }
+# For background jobs: exec, so that $! is the PID of the program itself.
+nsx_exec() { exec ip netns exec "$NS" "$@"; }
 
 # ---- clients -------------------------------------------------------------------
 declare -A MAC=([alpha]=52:54:00:77:00:11 [beta]=52:54:00:77:00:12)
@@ -109,7 +111,7 @@ done
 
 # ---- tgtd -----------------------------------------------------------------------
 log "tgtd -C $CTL, portal $SERVER:3260"
-nsx tgtd -f -C "$CTL" --iscsi "portal=$SERVER:3260" > "$work/tgtd.log" 2>&1 &
+nsx_exec tgtd -f -C "$CTL" --iscsi "portal=$SERVER:3260" > "$work/tgtd.log" 2>&1 &
 PIDS+=($!)
 for _ in $(seq 50); do tgtadm -C "$CTL" --lld iscsi --mode target --op show > /dev/null 2>&1 && break; sleep 0.2; done
 for c in "${clients[@]}"; do
@@ -129,7 +131,7 @@ for c in "${clients[@]}"; do
     dargs+=(--dhcp-host="${MAC[$c]},set:$c,${IPADDR[$c]},$c"
         --dhcp-option="tag:$c,option:root-path,iscsi:$SERVER::3260:1:$IQN_PREFIX:$c")
 done
-nsx dnsmasq "${dargs[@]}" > "$work/dnsmasq.log" 2>&1 &
+nsx_exec dnsmasq "${dargs[@]}" > "$work/dnsmasq.log" 2>&1 &
 PIDS+=($!)
 
 # ---- QEMU ---------------------------------------------------------------------------
@@ -144,7 +146,7 @@ boot() { # NAME MODE(bios|uefi) RUN
         fw=(-drive "if=pflash,format=raw,readonly=on,file=$OVMF_CODE" -drive "if=pflash,format=raw,file=$work/$c.vars.fd")
     fi
     : > "$serial"
-    nsx qemu-system-x86_64 -name "isboot-lab-$c" "${accel[@]}" -m 1024 -smp 1 "${fw[@]}" \
+    nsx_exec qemu-system-x86_64 -name "isboot-lab-$c" "${accel[@]}" -m 1024 -smp 1 "${fw[@]}" \
         -vga none -display none -no-user-config -nodefaults \
         -chardev "socket,id=ser0,path=$work/$c.sock,server=on,wait=off,logfile=$serial" -serial chardev:ser0 \
         -monitor "unix:$work/$c.mon,server,nowait" \

@@ -257,7 +257,7 @@ MTOOLS_SKIP_CHECK=1 mcopy -i "${LOOPDEV}p2" "$rootdir/boot/grub/x86_64-efi/core.
 stage "grub: kernel command line and grub.cfg"
 "$HOOKS/isboot-rebuild-initrd" --root "$rootdir" --profile "$profile" --no-initrd 2>&1 | sed 's/^/    /'
 grep -q 'rd.iscsi.firmware=1' "$rootdir/boot/grub/grub.cfg" || die "grub.cfg lacks the isboot kernel command line"
-grep -q "$root_uuid" "$rootdir/boot/grub/grub.cfg" || die "grub.cfg does not name the root UUID $root_uuid"
+grep -q "root=UUID=$root_uuid" "$rootdir/boot/grub/grub.cfg" || die "grub.cfg does not boot root=UUID=$root_uuid"
 
 kernel=$(find "$rootdir/boot" -maxdepth 1 -name 'vmlinuz-*' -printf '%f\n' | sort -V | tail -n 1)
 initrd_size=$(stat -c %s "$rootdir/boot/initrd.img-${kernel#vmlinuz-}")
