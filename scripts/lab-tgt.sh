@@ -175,10 +175,16 @@ wait_for() { # NAME RUN REGEX TIMEOUT
 }
 send() { # NAME TEXT: type a line on the serial console
     "$PY" - "$work/$1.sock" "$2" << 'PYEOF'
-import socket, sys
+import socket, sys, time
+# QEMU reads the socket only as fast as the guest's 16-byte UART FIFO drains and
+# drops what is unread when the client hangs up: feed it slowly, then linger.
 s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
 s.connect(sys.argv[1])
-s.sendall(sys.argv[2].encode() + b"\r")
+data = sys.argv[2].encode() + b"\r"
+for i in range(0, len(data), 8):
+    s.sendall(data[i:i + 8])
+    time.sleep(0.05)
+time.sleep(2)
 s.close()
 PYEOF
 }
