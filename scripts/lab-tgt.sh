@@ -71,6 +71,8 @@ PIDS=()
 cleanup() {
     local rc=$? p
     set +e
+    # tgtd ignores SIGTERM while it has targets: ask it to exit first.
+    tgtadm -C "$CTL" --op delete --mode system > /dev/null 2>&1
     for p in "${PIDS[@]}"; do kill "$p" 2> /dev/null; done
     sleep 1
     for p in "${PIDS[@]}"; do kill -9 "$p" 2> /dev/null; done
@@ -244,6 +246,19 @@ if has restart && [[ $alpha_run -eq 1 ]] && kill -0 "${QPID[alpha]}" 2> /dev/nul
         send alpha "sleep 20; dd if=/dev/urandom of=/root/after-restart bs=1M count=8 status=none && sync && echo 3 > /proc/sys/vm/drop_caches && sha256sum /root/after-restart > /root/after-restart.sha && sha256sum -c /root/after-restart.sha && systemctl is-active iscsid && echo ISBOOT-STEP io-ok"
         if wait_for alpha 1 '^ISBOOT-STEP io-ok' 300; then
             pass "restart: root I/O works after an iscsid restart and a dropped connection"
+            # The boot NIC's address must not expire with the DHCP lease (dhclient
+            # is gone after switch-root), and the real root must use the session's
+            # initiator name.
+            send alpha "ip -o -4 addr show scope global | sed 's/^/ISBOOT-ADDR /'; sed 's/^/ISBOOT-INAME /' /etc/iscsi/initiatorname.iscsi /run/isboot/initiatorname.iscsi; echo ISBOOT-STEP state-shown"
+            if wait_for alpha 1 '^ISBOOT-STEP state-shown' 120; then
+                addr=$(tr -d '\r' < "$work/alpha.1.serial" | grep -a '^ISBOOT-ADDR ' | tail -n 1)
+                log "alpha: ${addr#ISBOOT-ADDR }"
+                if grep -q 'valid_lft forever' <<< "$addr"; then pass "address: boot NIC address is permanent (valid_lft forever)"; else fail "address: boot NIC address expires: $addr"; fi
+                inames=$(tr -d '\r' < "$work/alpha.1.serial" | grep -a '^ISBOOT-INAME InitiatorName=' | sort -u)
+                if [[ $(wc -l <<< "$inames") -eq 1 && -n $inames ]]; then pass "initiator: real root uses the session's name (${inames#ISBOOT-INAME })"; else fail "initiator: names differ: $inames"; fi
+            else
+                fail "state: no answer from alpha's console"
+            fi
         else
             fail "restart: root I/O failed after iscsid restart/connection drop"
             tail_serial alpha "$work/alpha.1.serial"
