@@ -252,8 +252,10 @@ LOADCFG
 inchroot "$rootdir" grub-mkimage -O x86_64-efi -o /boot/grub/x86_64-efi/core.efi \
     -c /boot/grub/x86_64-efi/load.cfg -p /boot/grub \
     part_gpt part_msdos ext2 fat search search_fs_uuid normal configfile linux echo test all_video efi_gop serial terminal
-MTOOLS_SKIP_CHECK=1 mmd -i "${LOOPDEV}p2" ::/EFI ::/EFI/BOOT
-MTOOLS_SKIP_CHECK=1 mcopy -i "${LOOPDEV}p2" "$rootdir/boot/grub/x86_64-efi/core.efi" ::/EFI/BOOT/BOOTX64.EFI
+# (mtools warns that a loop partition has no geometry; only a failure matters)
+mlog=$(MTOOLS_SKIP_CHECK=1 mmd -i "${LOOPDEV}p2" ::/EFI ::/EFI/BOOT 2>&1) || die "mmd failed: $mlog"
+mlog=$(MTOOLS_SKIP_CHECK=1 mcopy -i "${LOOPDEV}p2" "$rootdir/boot/grub/x86_64-efi/core.efi" ::/EFI/BOOT/BOOTX64.EFI 2>&1) ||
+    die "mcopy failed: $mlog"
 stage "grub: kernel command line and grub.cfg"
 "$HOOKS/isboot-rebuild-initrd" --root "$rootdir" --profile "$profile" --no-initrd 2>&1 | sed 's/^/    /'
 grep -q 'rd.iscsi.firmware=1' "$rootdir/boot/grub/grub.cfg" || die "grub.cfg lacks the isboot kernel command line"
