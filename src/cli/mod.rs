@@ -5,13 +5,27 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-pub mod export;
+mod commands;
+mod export;
+mod progress;
+mod serve;
 
 #[derive(Parser, Debug)]
 #[command(
     name = "isboot",
     version,
-    about = "Diskless network-boot server: DHCP, TFTP and an iSCSI target with copy-on-write client disks"
+    about = "Diskless network-boot server: DHCP, TFTP and an iSCSI target with copy-on-write client disks",
+    long_about = "Diskless network-boot server: DHCP, TFTP and an iSCSI target with copy-on-write client disks.\n\n\
+        Many machines boot one shared, read-only base image; each gets its own writable disk, a\n\
+        copy-on-write overlay kept in the state directory. Changes made with these commands take\n\
+        effect in a running `isboot serve` within a second, without a restart.",
+    after_help = "Getting started:\n  \
+        isboot init --server-ip 192.168.50.1/24\n  \
+        isboot image add debian debian.qcow2\n  \
+        isboot add-client --mac 52:54:00:12:34:56 --image debian --name pc1 --ip 192.168.50.21\n  \
+        isboot serve\n  \
+        isboot status\n\n\
+        Exit status: 0 success, 1 failure, 2 bad arguments."
 )]
 pub struct Cli {
     /// State directory (config, clients, images, overlays, TFTP root).
@@ -28,8 +42,191 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Create the state directory and its commented configuration file.
+    Init(InitArgs),
+    /// Manage base images: import, list, remove, and maintenance (edit, commit, abort, prune).
+    #[command(subcommand)]
+    Image(ImageCommand),
+    /// Register a diskless client and create its copy-on-write disk.
+    #[command(name = "add-client")]
+    AddClient(AddClientArgs),
+    /// List the registered clients.
+    #[command(name = "list-clients")]
+    ListClients(JsonArgs),
+    /// Show one client's settings, target and disk.
+    #[command(name = "show-client")]
+    ShowClient(ShowClientArgs),
+    /// Remove a client and (unless --keep-overlay) its disk.
+    #[command(name = "remove-client")]
+    RemoveClient(RemoveClientArgs),
+    /// Drop a client's writes: it gets a fresh disk on the newest version of its image.
+    #[command(name = "reset-client")]
+    ResetClient(ResetClientArgs),
+    /// Serve every client's iSCSI target, following changes to the state directory.
+    Serve(ServeArgs),
+    /// Show each client's session, traffic, disk usage and base version.
+    Status(JsonArgs),
     /// Serve one raw image file as LUN 0 of one iSCSI target, until Ctrl-C.
     Export(ExportArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct InitArgs {
+    /// This server's IPv4 address on the boot network, with its prefix length
+    /// (192.168.50.1/24; /24 when left out). Root-paths point at it; client IPs must be in
+    /// its subnet.
+    #[arg(long, value_name = "IP[/LEN]")]
+    pub server_ip: Option<String>,
+    /// Prefix of target names: a client's target is <prefix>:<client name>.
+    #[arg(long, value_name = "IQN", default_value = crate::config::file::DEFAULT_IQN_PREFIX)]
+    pub iqn_prefix: String,
+    /// Address and port the iSCSI target listens on.
+    #[arg(long, value_name = "ADDR:PORT", default_value = crate::config::file::DEFAULT_LISTEN)]
+    pub listen: String,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ImageCommand {
+    /// Import a disk image as a new image (version 1). Raw images are copied; qcow2, VMDK and
+    /// VHDX are converted with qemu-img.
+    Add(ImageAddArgs),
+    /// List images: versions, sizes, and the clients on each version.
+    List(JsonArgs),
+    /// Remove an image and all its versions (refused while any client uses it).
+    Remove(ImageNameArg),
+    /// Open maintenance: a writable maintenance target over the newest version, to boot one
+    /// machine on and install updates.
+    Edit(ImageEditArgs),
+    /// Publish the maintenance target's disk as the image's next version.
+    Commit(ImageForceArgs),
+    /// Close maintenance and drop its writes.
+    Abort(ImageForceArgs),
+    /// Delete old versions no client uses (an image's newest version is always kept).
+    Prune(ImagePruneArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ImageAddArgs {
+    /// Name for the image (letters, digits, '-', '.').
+    pub name: String,
+    /// Disk image file to import (raw, qcow2, vmdk or vhdx).
+    pub file: PathBuf,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ImageNameArg {
+    /// Image name.
+    pub name: String,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ImageEditArgs {
+    /// Image name.
+    pub name: String,
+    /// MAC of the machine that will boot the maintenance target (DHCP hands it the
+    /// maintenance root-path instead of its usual one).
+    #[arg(long, value_name = "MAC")]
+    pub mac: Option<String>,
+    /// Initiator allowed to log in (repeatable; default <prefix>:initiator:maint:<image>).
+    #[arg(long = "initiator", value_name = "IQN")]
+    pub initiators: Vec<String>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ImageForceArgs {
+    /// Image name.
+    pub name: String,
+    /// Go ahead even while a machine is logged in to the maintenance target (its session ends).
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ImagePruneArgs {
+    /// Only this image (default: every image).
+    pub name: Option<String>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct AddClientArgs {
+    /// The client's MAC address (52:54:00:12:34:56 or 52-54-00-12-34-56).
+    #[arg(long, value_name = "MAC")]
+    pub mac: String,
+    /// Image the client boots (it starts on the image's newest version).
+    #[arg(long, value_name = "NAME")]
+    pub image: String,
+    /// Client name (default: the MAC with dashes). Its target is <prefix>:<name>.
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// IPv4 address DHCP gives the client (inside the configured subnet).
+    #[arg(long, value_name = "IP")]
+    pub ip: Option<String>,
+    /// persistent: keep writes across reboots; reset: fresh disk at every power-on.
+    #[arg(long, value_enum, default_value_t = ModeArg::Persistent)]
+    pub mode: ModeArg,
+    /// Initiator allowed to log in (repeatable; default <prefix>:initiator:<name>, which DHCP
+    /// hands to iPXE).
+    #[arg(long = "initiator", value_name = "IQN")]
+    pub initiators: Vec<String>,
+    /// CHAP user the client must log in with.
+    #[arg(long, value_name = "USER", requires = "chap_secret")]
+    pub chap_user: Option<String>,
+    /// CHAP secret (12 to 255 bytes).
+    #[arg(long, value_name = "SECRET", requires = "chap_user")]
+    pub chap_secret: Option<String>,
+    /// User the target answers with when the client asks for mutual CHAP.
+    #[arg(long, value_name = "USER", requires_all = ["mutual_secret", "chap_user"])]
+    pub mutual_user: Option<String>,
+    /// Secret for mutual CHAP (12 to 255 bytes, different from the CHAP secret).
+    #[arg(long, value_name = "SECRET", requires_all = ["mutual_user", "chap_user"])]
+    pub mutual_secret: Option<String>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModeArg {
+    Persistent,
+    Reset,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct JsonArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ShowClientArgs {
+    /// Client name or MAC address.
+    pub client: String,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct RemoveClientArgs {
+    /// Client name or MAC address.
+    pub client: String,
+    /// Keep the client's overlay file (its path is printed).
+    #[arg(long)]
+    pub keep_overlay: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ResetClientArgs {
+    /// Client name or MAC address.
+    pub client: String,
+    /// Reset even while the client is logged in (its session ends first).
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ServeArgs {
+    /// Address and port to listen on (default: `listen` from the config file).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Option<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -50,6 +247,25 @@ pub struct ExportArgs {
     pub login_timeout: u64,
 }
 
+/// A failed command: its one-line message and whether the command line was at fault.
+#[derive(Debug)]
+pub enum CliError {
+    /// Bad arguments: exit code 2.
+    Bad(String),
+    /// Anything else: exit code 1.
+    Failed(String),
+}
+
+impl From<crate::config::ConfigError> for CliError {
+    fn from(e: crate::config::ConfigError) -> CliError {
+        if e.is_bad_argument() {
+            CliError::Bad(e.to_string())
+        } else {
+            CliError::Failed(e.to_string())
+        }
+    }
+}
+
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
@@ -59,9 +275,37 @@ pub fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    match &cli.command {
-        Command::Export(a) => export::run(a),
+    if let Command::Export(args) = &cli.command {
+        return export::run(args);
     }
+    let dir = crate::config::StateDir::new(cli.state_dir.clone());
+    let res = match cli.command {
+        Command::Init(a) => commands::init(&dir, a),
+        Command::Image(c) => commands::image(&dir, c),
+        Command::AddClient(a) => commands::add_client(&dir, a),
+        Command::ListClients(a) => commands::list_clients(&dir, a.json),
+        Command::ShowClient(a) => commands::show_client(&dir, &a.client, a.json),
+        Command::RemoveClient(a) => commands::remove_client(&dir, &a.client, a.keep_overlay),
+        Command::ResetClient(a) => commands::reset_client(&dir, &a.client, a.force),
+        Command::Serve(a) => serve::run(&dir, a.listen.as_deref()),
+        Command::Status(a) => commands::status(&dir, a.json),
+        Command::Export(_) => Ok(()),
+    };
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(CliError::Bad(m)) => {
+            eprintln!("isboot: {}", one_line(&m));
+            ExitCode::from(2)
+        }
+        Err(CliError::Failed(m)) => {
+            eprintln!("isboot: {}", one_line(&m));
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn one_line(m: &str) -> String {
+    m.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// Log to stderr; `RUST_LOG` overrides the default level (info).

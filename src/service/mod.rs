@@ -1,3 +1,4 @@
 //! The only layer with sockets, spawned tasks and signals.
 
 pub mod iscsi;
+pub mod registry;

@@ -9,6 +9,12 @@
 use bytes::Bytes;
 use std::io;
 
+pub mod base;
+#[cfg(test)]
+mod crash_test;
+pub mod fault;
+pub mod file;
+pub mod overlay;
 pub mod raw;
 
 /// Logical block size every device in isboot exposes.
@@ -34,6 +40,18 @@ pub enum StoreError {
     Flushing(io::Error),
     #[error("discarding: {0}")]
     Discarding(io::Error),
+    #[error("overlay header: {0}")]
+    BadOverlayHeader(String),
+    #[error("overlay was made on base {found}, not on {expected}")]
+    OverlayBaseMismatch { expected: String, found: String },
+    #[error("reading overlay map: {0}")]
+    ReadingOverlayMap(io::Error),
+    #[error("writing overlay map: {0}")]
+    WritingOverlayMap(io::Error),
+    #[error("creating overlay {path}: {source}")]
+    CreatingOverlay { path: String, source: io::Error },
+    #[error("overlay failed an earlier I/O and refuses writes until reopened")]
+    OverlayFailed,
     #[error("{0}")]
     Other(String),
 }

@@ -1334,7 +1334,11 @@ mod fuzz_regressions {
         for e in std::fs::read_dir(dir).unwrap() {
             let data = std::fs::read(e.unwrap().path()).unwrap();
             let (&mode, rest) = data.split_first().unwrap();
-            let lim = FrameLimits { max_data: 65536, header_digest: mode & 1 != 0, data_digest: mode & 2 != 0 };
+            let lim = FrameLimits {
+                max_data: 65536,
+                header_digest: mode & 1 != 0,
+                data_digest: mode & 2 != 0,
+            };
             let mut buf = BytesMut::from(rest);
             while let Ok(Some(pdu)) = frame::decode(&mut buf, &lim) {
                 if let Ok(bhs) = Bhs::parse(&pdu.bhs, &pdu.ahs) {

@@ -1,0 +1,540 @@
+//! The state-changing and reporting verbs.
+
+use super::progress::{Progress, human};
+use super::{AddClientArgs, CliError, ImageCommand, InitArgs, ModeArg};
+use crate::config::{
+    AddClient, Chap, Client, ClientName, ImageName, Iqn, MacAddr, Mode, ServerStatus, State,
+    StateDir,
+};
+use serde::Serialize;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::unix::fs::MetadataExt;
+
+type R = Result<(), CliError>;
+
+fn bad(m: impl Into<String>) -> CliError {
+    CliError::Bad(m.into())
+}
+
+fn parse<T: std::str::FromStr<Err = String>>(s: &str) -> Result<T, CliError> {
+    s.parse::<T>().map_err(CliError::Bad)
+}
+
+fn parse_iqns(v: &[String]) -> Result<Vec<Iqn>, CliError> {
+    v.iter().map(|s| parse::<Iqn>(s)).collect()
+}
+
+fn json<T: Serialize>(v: &T) -> R {
+    let s = serde_json::to_string_pretty(v).map_err(|e| CliError::Failed(e.to_string()))?;
+    println!("{s}");
+    Ok(())
+}
+
+pub fn init(dir: &StateDir, a: InitArgs) -> R {
+    let server = match &a.server_ip {
+        None => None,
+        Some(s) => {
+            let (ip, len) = match s.split_once('/') {
+                Some((ip, l)) => (
+                    ip,
+                    l.parse::<u8>()
+                        .map_err(|_| bad(format!("bad prefix length in --server-ip {s:?}")))?,
+                ),
+                None => (s.as_str(), 24),
+            };
+            let ip: Ipv4Addr = ip.parse().map_err(|_| {
+                bad(format!(
+                    "bad --server-ip {s:?} (expected an IPv4 address like 192.168.50.1/24)"
+                ))
+            })?;
+            if !(1..=30).contains(&len) {
+                return Err(bad(format!(
+                    "bad prefix length /{len} in --server-ip (1..=30)"
+                )));
+            }
+            Some((ip, len))
+        }
+    };
+    let prefix: Iqn = parse(&a.iqn_prefix)?;
+    let listen: SocketAddr = a
+        .listen
+        .parse()
+        .map_err(|_| bad(format!("bad --listen {:?} (expected ADDR:PORT)", a.listen)))?;
+    let c = dir.init(server, Some(prefix), Some(listen))?;
+    println!("initialised {}", dir.root().display());
+    println!("  config:     {}", dir.config_path().display());
+    println!("  iqn prefix: {}", c.iqn_prefix);
+    if let (Some(ip), Some(net)) = (c.server_ip, c.subnet) {
+        println!("  server ip:  {ip} (subnet {net})");
+    }
+    println!("  listen:     {}", c.listen);
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct VersionView {
+    version: u64,
+    size: u64,
+    created: u64,
+    file: String,
+    clients: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct ImageView {
+    name: String,
+    versions: Vec<VersionView>,
+    maintenance: Option<MaintView>,
+}
+
+#[derive(Serialize)]
+struct MaintView {
+    target: String,
+    from_version: u64,
+    initiators: Vec<String>,
+    mac: Option<String>,
+}
+
+pub fn image(dir: &StateDir, c: ImageCommand) -> R {
+    match c {
+        ImageCommand::Add(a) => {
+            let name: ImageName = parse(&a.name)?;
+            let mut l = dir.lock()?;
+            let mut p = Progress::new(format!("importing {name}"));
+            let v = l.image_add(&name, &a.file, &mut |d, t| p.update(d, t))?;
+            println!(
+                "image {name} version {}: {} ({})",
+                v.number,
+                human(v.size),
+                dir.path(&v.file).display()
+            );
+            Ok(())
+        }
+        ImageCommand::List(a) => {
+            let st = dir.load()?;
+            let views: Vec<ImageView> = st
+                .registry
+                .images
+                .iter()
+                .map(|i| ImageView {
+                    name: i.name.to_string(),
+                    versions: i
+                        .versions
+                        .iter()
+                        .map(|v| VersionView {
+                            version: v.number,
+                            size: v.size,
+                            created: v.created,
+                            file: v.file.clone(),
+                            clients: st.clients_using(&i.name, Some(v.number)),
+                        })
+                        .collect(),
+                    maintenance: i.maintenance.as_ref().map(|m| MaintView {
+                        target: st.maintenance_iqn(&i.name).to_string(),
+                        from_version: m.from_version,
+                        initiators: m.initiators.iter().map(|i| i.to_string()).collect(),
+                        mac: m.mac.map(|m| m.to_string()),
+                    }),
+                })
+                .collect();
+            if a.json {
+                return json(&views);
+            }
+            if views.is_empty() {
+                println!("no images (add one with `isboot image add NAME FILE`)");
+                return Ok(());
+            }
+            println!("{:<20} {:>7} {:>10}  CLIENTS", "IMAGE", "VERSION", "SIZE");
+            for i in &views {
+                for v in &i.versions {
+                    let clients = if v.clients.is_empty() {
+                        "-".to_string()
+                    } else {
+                        v.clients.join(",")
+                    };
+                    println!(
+                        "{:<20} {:>7} {:>10}  {}",
+                        i.name,
+                        v.version,
+                        human(v.size),
+                        clients
+                    );
+                }
+                if let Some(m) = &i.maintenance {
+                    println!(
+                        "{:<20} {:>7} {:>10}  (being edited on version {} as {})",
+                        i.name, "edit", "-", m.from_version, m.target
+                    );
+                }
+            }
+            Ok(())
+        }
+        ImageCommand::Remove(a) => {
+            let name: ImageName = parse(&a.name)?;
+            let img = dir.lock()?.image_remove(&name)?;
+            println!(
+                "removed image {name} ({} version{})",
+                img.versions.len(),
+                if img.versions.len() == 1 { "" } else { "s" }
+            );
+            Ok(())
+        }
+        ImageCommand::Edit(a) => {
+            let name: ImageName = parse(&a.name)?;
+            let mac = a.mac.as_deref().map(parse::<MacAddr>).transpose()?;
+            let initiators = parse_iqns(&a.initiators)?;
+            let mut l = dir.lock()?;
+            let m = l.image_edit(&name, mac, initiators)?;
+            let st = &l.state;
+            let target = st.maintenance_iqn(&name);
+            println!("editing {name} version {} (writable)", m.from_version);
+            println!("  target:    {target}");
+            for i in &m.initiators {
+                println!("  initiator: {i}");
+            }
+            if let Some(mac) = m.mac {
+                println!("  machine:   {mac}");
+            }
+            if let Some(rp) = st.config.root_path(&target) {
+                println!("  root-path: {rp}");
+            }
+            println!("when done: isboot image commit {name}   (or: isboot image abort {name})");
+            Ok(())
+        }
+        ImageCommand::Commit(a) => {
+            let name: ImageName = parse(&a.name)?;
+            let mut l = dir.lock()?;
+            let mut p = Progress::new(format!("publishing {name}"));
+            let v = l.image_commit(&name, a.force, &mut |d, t| p.update(d, t))?;
+            println!("published {name} version {}: {}", v.number, human(v.size));
+            Ok(())
+        }
+        ImageCommand::Abort(a) => {
+            let name: ImageName = parse(&a.name)?;
+            let m = dir.lock()?.image_abort(&name, a.force)?;
+            println!(
+                "dropped the maintenance view of {name} (on version {})",
+                m.from_version
+            );
+            Ok(())
+        }
+        ImageCommand::Prune(a) => {
+            let name = a.name.as_deref().map(parse::<ImageName>).transpose()?;
+            let gone = dir.lock()?.image_prune(name.as_ref())?;
+            if gone.is_empty() {
+                println!("nothing to prune");
+            }
+            for (i, v) in gone {
+                println!("removed {i} version {v}");
+            }
+            Ok(())
+        }
+    }
+}
+
+pub fn add_client(dir: &StateDir, a: AddClientArgs) -> R {
+    let mac: MacAddr = parse(&a.mac)?;
+    let image: ImageName = parse(&a.image)?;
+    let name = a.name.as_deref().map(parse::<ClientName>).transpose()?;
+    let ip =
+        a.ip.as_deref()
+            .map(|s| {
+                s.parse::<Ipv4Addr>().map_err(|_| {
+                    bad(format!(
+                        "bad IP address {s:?} (expected IPv4 like 192.168.50.21)"
+                    ))
+                })
+            })
+            .transpose()?;
+    let initiators = parse_iqns(&a.initiators)?;
+    let chap = match (a.chap_user, a.chap_secret) {
+        (Some(user), Some(secret)) => Some(Chap {
+            user,
+            secret,
+            mutual_user: a.mutual_user,
+            mutual_secret: a.mutual_secret,
+        }),
+        (None, None) => None,
+        _ => return Err(bad("--chap-user and --chap-secret go together")),
+    };
+    let mode = match a.mode {
+        ModeArg::Persistent => Mode::Persistent,
+        ModeArg::Reset => Mode::Reset,
+    };
+    let mut l = dir.lock()?;
+    let c = l.add_client(AddClient {
+        mac,
+        image,
+        name,
+        ip,
+        mode,
+        initiators,
+        chap,
+    })?;
+    let st = &l.state;
+    println!("added client {} ({})", c.name, c.mac);
+    println!("  target:    {}", st.target_iqn(&c.name));
+    for i in &c.initiators {
+        println!("  initiator: {i}");
+    }
+    println!(
+        "  ip:        {}",
+        c.ip.map(|i| i.to_string())
+            .unwrap_or_else(|| "(from the DHCP pool)".into())
+    );
+    println!(
+        "  image:     {} version {} ({} mode)",
+        c.image, c.version, c.mode
+    );
+    match st.client_root_path(&c) {
+        Some(rp) => println!("  root-path: {rp}"),
+        None => println!(
+            "  root-path: (set server_ip in {} to get one)",
+            dir.config_path().display()
+        ),
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct ClientView {
+    name: String,
+    mac: String,
+    ip: Option<String>,
+    image: String,
+    version: u64,
+    mode: String,
+    target: String,
+    initiators: Vec<String>,
+    root_path: Option<String>,
+    chap_user: Option<String>,
+    mutual_chap_user: Option<String>,
+    overlay: String,
+    overlay_bytes: u64,
+}
+
+fn view(st: &State, c: &Client) -> ClientView {
+    let path = st.dir.path(&c.overlay);
+    ClientView {
+        name: c.name.to_string(),
+        mac: c.mac.to_string(),
+        ip: c.ip.map(|i| i.to_string()),
+        image: c.image.to_string(),
+        version: c.version,
+        mode: c.mode.to_string(),
+        target: st.target_iqn(&c.name).to_string(),
+        initiators: c.initiators.iter().map(|i| i.to_string()).collect(),
+        root_path: st.client_root_path(c),
+        chap_user: c.chap.as_ref().map(|c| c.user.clone()),
+        mutual_chap_user: c.chap.as_ref().and_then(|c| c.mutual_user.clone()),
+        overlay: path.display().to_string(),
+        overlay_bytes: std::fs::metadata(&path)
+            .map(|m| m.blocks() * 512)
+            .unwrap_or(0),
+    }
+}
+
+pub fn list_clients(dir: &StateDir, as_json: bool) -> R {
+    let st = dir.load()?;
+    let views: Vec<ClientView> = st.registry.clients.iter().map(|c| view(&st, c)).collect();
+    if as_json {
+        return json(&views);
+    }
+    if views.is_empty() {
+        println!("no clients (add one with `isboot add-client`)");
+        return Ok(());
+    }
+    println!(
+        "{:<20} {:<17} {:<15} {:<16} {:<10} TARGET",
+        "NAME", "MAC", "IP", "IMAGE", "MODE"
+    );
+    for v in views {
+        println!(
+            "{:<20} {:<17} {:<15} {:<16} {:<10} {}",
+            v.name,
+            v.mac,
+            v.ip.unwrap_or_else(|| "-".into()),
+            format!("{}@{}", v.image, v.version),
+            v.mode,
+            v.target
+        );
+    }
+    Ok(())
+}
+
+pub fn show_client(dir: &StateDir, which: &str, as_json: bool) -> R {
+    let st = dir.load()?;
+    let c = st
+        .registry
+        .find_client(which)
+        .ok_or_else(|| bad(format!("unknown client {which}")))?;
+    let v = view(&st, c);
+    if as_json {
+        return json(&v);
+    }
+    println!("name:       {}", v.name);
+    println!("mac:        {}", v.mac);
+    println!(
+        "ip:         {}",
+        v.ip.as_deref().unwrap_or("(from the DHCP pool)")
+    );
+    println!("image:      {} version {}", v.image, v.version);
+    println!("mode:       {}", v.mode);
+    println!("target:     {}", v.target);
+    for i in &v.initiators {
+        println!("initiator:  {i}");
+    }
+    println!(
+        "root-path:  {}",
+        v.root_path
+            .as_deref()
+            .unwrap_or("(no server_ip configured)")
+    );
+    match (&v.chap_user, &v.mutual_chap_user) {
+        (Some(u), Some(m)) => println!("chap:       user {u}, mutual user {m}"),
+        (Some(u), None) => println!("chap:       user {u}"),
+        _ => println!("chap:       off"),
+    }
+    println!(
+        "overlay:    {} ({} on disk)",
+        v.overlay,
+        human(v.overlay_bytes)
+    );
+    let sessions = st.sessions_of(&st.target_iqn(&c.name));
+    if sessions.is_empty() {
+        println!("session:    not logged in");
+    }
+    for s in sessions {
+        println!("session:    {} from {}", s.initiator, s.peer);
+    }
+    Ok(())
+}
+
+pub fn remove_client(dir: &StateDir, which: &str, keep: bool) -> R {
+    let (c, kept) = dir.lock()?.remove_client(which, keep)?;
+    println!("removed client {} ({})", c.name, c.mac);
+    if let Some(p) = kept {
+        println!("kept its overlay: {}", p.display());
+    }
+    Ok(())
+}
+
+pub fn reset_client(dir: &StateDir, which: &str, force: bool) -> R {
+    let c = dir.lock()?.reset_client(which, force)?;
+    println!(
+        "reset client {}: fresh disk on {} version {}",
+        c.name, c.image, c.version
+    );
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct StatusRow {
+    name: String,
+    kind: String,
+    target: String,
+    logged_in: bool,
+    sessions: Vec<crate::config::SessionStatus>,
+    bytes_read: u64,
+    bytes_written: u64,
+    overlay_bytes: u64,
+    image: String,
+    base_version: u64,
+}
+
+#[derive(Serialize)]
+struct StatusView {
+    server_running: bool,
+    listen: Option<String>,
+    targets: Vec<StatusRow>,
+    total_sessions: usize,
+    total_bytes_read: u64,
+    total_bytes_written: u64,
+    total_overlay_bytes: u64,
+}
+
+pub fn status(dir: &StateDir, as_json: bool) -> R {
+    let st = dir.load()?;
+    let live = ServerStatus::load_live(&dir.status_path());
+    let mut rows = Vec::new();
+    for spec in st.targets() {
+        let t = live.as_ref().and_then(|s| s.target(spec.iqn.as_str()));
+        let (kind, name) = match &spec.kind {
+            crate::config::TargetKind::Client(n) => ("client", n.to_string()),
+            crate::config::TargetKind::Maintenance(i) => ("maintenance", i.to_string()),
+        };
+        rows.push(StatusRow {
+            name,
+            kind: kind.into(),
+            target: spec.iqn.to_string(),
+            logged_in: t.is_some_and(|t| !t.sessions.is_empty()),
+            sessions: t.map(|t| t.sessions.clone()).unwrap_or_default(),
+            bytes_read: t.map_or(0, |t| t.bytes_read),
+            bytes_written: t.map_or(0, |t| t.bytes_written),
+            overlay_bytes: std::fs::metadata(&spec.overlay_path)
+                .map(|m| m.blocks() * 512)
+                .unwrap_or(0),
+            image: spec.image.to_string(),
+            base_version: spec.version,
+        });
+    }
+    let v = StatusView {
+        server_running: live.is_some(),
+        listen: live.as_ref().map(|s| s.listen.clone()),
+        total_sessions: rows.iter().map(|r| r.sessions.len()).sum(),
+        total_bytes_read: rows.iter().map(|r| r.bytes_read).sum(),
+        total_bytes_written: rows.iter().map(|r| r.bytes_written).sum(),
+        total_overlay_bytes: rows.iter().map(|r| r.overlay_bytes).sum(),
+        targets: rows,
+    };
+    if as_json {
+        return json(&v);
+    }
+    match &v.listen {
+        Some(l) => println!("server: running, listening on {l}"),
+        None => println!("server: not running (traffic counters need `isboot serve`)"),
+    }
+    println!(
+        "{:<20} {:<28} {:>10} {:>10} {:>10}  BASE",
+        "CLIENT", "SESSION", "READ", "WRITTEN", "OVERLAY"
+    );
+    for r in &v.targets {
+        let who = if r.kind == "maintenance" {
+            format!("{} (edit)", r.name)
+        } else {
+            r.name.clone()
+        };
+        let session = if r.sessions.is_empty() {
+            "not logged in".to_string()
+        } else {
+            r.sessions
+                .iter()
+                .map(|s| s.peer.clone())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        println!(
+            "{:<20} {:<28} {:>10} {:>10} {:>10}  {}@{}",
+            who,
+            session,
+            human(r.bytes_read),
+            human(r.bytes_written),
+            human(r.overlay_bytes),
+            r.image,
+            r.base_version
+        );
+    }
+    println!(
+        "{:<20} {:<28} {:>10} {:>10} {:>10}",
+        "TOTAL",
+        format!(
+            "{} session{}",
+            v.total_sessions,
+            if v.total_sessions == 1 { "" } else { "s" }
+        ),
+        human(v.total_bytes_read),
+        human(v.total_bytes_written),
+        human(v.total_overlay_bytes)
+    );
+    Ok(())
+}

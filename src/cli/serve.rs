@@ -1,0 +1,69 @@
+//! `isboot serve`: the iSCSI targets of every client in the state directory, kept in step with
+//! it, with `run/status.json` published every second.
+
+use super::CliError;
+use crate::config::StateDir;
+use crate::iscsi::target::TargetRegistry;
+use crate::service::registry::{StateRegistry, maintain};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+pub fn run(dir: &StateDir, listen: Option<&str>) -> Result<(), CliError> {
+    super::init_tracing();
+    let state = dir.load()?;
+    let addr: SocketAddr = match listen {
+        Some(s) => s
+            .parse()
+            .map_err(|_| CliError::Bad(format!("bad --listen {s:?} (expected ADDR:PORT)")))?,
+        None => state.config.listen,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Failed(format!("starting the runtime: {e}")))?;
+    rt.block_on(async {
+        let d = dir.clone();
+        let registry = tokio::task::spawn_blocking(move || StateRegistry::open(d))
+            .await
+            .map_err(|e| CliError::Failed(e.to_string()))??;
+        let registry = Arc::new(registry);
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| CliError::Failed(format!("cannot listen on {addr}: {e}")))?;
+        let bound = listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|_| addr.to_string());
+        registry.set_listen(&bound);
+        tracing::info!(listen = %bound, targets = registry.all().len(), "serving");
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|v| *v).await;
+        };
+        let keeper = tokio::spawn(maintain(registry.clone(), stopped(rx.clone())));
+        tokio::spawn(async move {
+            super::shutdown_signal().await;
+            let _ = tx.send(true);
+        });
+        let res = serve_iscsi(listener, registry.clone(), stopped(rx)).await;
+        // Stop the maintenance task (flushes every overlay, removes the status file).
+        keeper.abort();
+        let r = registry.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            r.flush_all();
+            let _ = std::fs::remove_file(r.state_dir().status_path());
+        })
+        .await;
+        res.map_err(|e| CliError::Failed(e.to_string()))
+    })
+}
+
+/// The iSCSI service.
+async fn serve_iscsi(
+    listener: tokio::net::TcpListener,
+    registry: Arc<dyn TargetRegistry>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    crate::service::iscsi::serve(listener, registry, shutdown).await
+}

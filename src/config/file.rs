@@ -1,0 +1,193 @@
+//! `isboot.toml`: the server's configuration. Written commented by `isboot init`; the admin
+//! may edit it (a running server re-reads it). Sections and keys this version does not know
+//! (and the `[dhcp]` section, owned by the DHCP service) are kept as they are.
+
+use super::ConfigError;
+use super::names::{Iqn, Subnet};
+use serde::{Deserialize, Serialize};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
+
+pub const DEFAULT_IQN_PREFIX: &str = "iqn.2026-11.org.isboot";
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:3260";
+pub const ISCSI_PORT: u16 = 3260;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Config {
+    /// This server's address on the boot network (root-paths point at it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_ip: Option<Ipv4Addr>,
+    /// The boot network; client addresses must lie inside it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet: Option<Subnet>,
+    /// Prefix of every target name: `<prefix>:<client>`.
+    #[serde(default = "default_prefix")]
+    pub iqn_prefix: Iqn,
+    /// iSCSI listen address.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// DHCP settings (defined by the DHCP service).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dhcp: Option<toml::Value>,
+    /// Anything else found in the file, kept.
+    #[serde(flatten)]
+    pub extra: toml::Table,
+}
+
+fn default_prefix() -> Iqn {
+    DEFAULT_IQN_PREFIX
+        .parse()
+        .unwrap_or_else(|_| unreachable!("constant is valid"))
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], ISCSI_PORT))
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            server_ip: None,
+            subnet: None,
+            iqn_prefix: default_prefix(),
+            listen: default_listen(),
+            dhcp: None,
+            extra: toml::Table::new(),
+        }
+    }
+}
+
+impl Config {
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let c: Config = toml::from_str(text).map_err(|e| ConfigError::Parsing {
+            path: path.to_path_buf(),
+            message: e.to_string().trim().replace('\n', " "),
+        })?;
+        if let (Some(ip), Some(net)) = (c.server_ip, c.subnet) {
+            if !net.contains(ip) {
+                return Err(ConfigError::Parsing {
+                    path: path.to_path_buf(),
+                    message: format!("server_ip {ip} is outside subnet {net}"),
+                });
+            }
+        }
+        Ok(c)
+    }
+
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Reading {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// The file's text: every known key with a comment, then `[dhcp]` and unknown sections.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        s.push_str(
+            "# isboot configuration. Read by every isboot command; `isboot serve` re-reads it\n",
+        );
+        s.push_str("# when it changes. Keys left out take the default shown in their comment.\n\n");
+        s.push_str(
+            "# This server's IPv4 address on the boot network; root-paths handed to clients\n",
+        );
+        s.push_str("# point at it.\n");
+        match self.server_ip {
+            Some(ip) => s.push_str(&format!("server_ip = \"{ip}\"\n\n")),
+            None => s.push_str("# server_ip = \"192.168.50.1\"\n\n"),
+        }
+        s.push_str("# The boot network. `isboot add-client --ip` refuses addresses outside it.\n");
+        match self.subnet {
+            Some(n) => s.push_str(&format!("subnet = \"{n}\"\n\n")),
+            None => s.push_str("# subnet = \"192.168.50.0/24\"\n\n"),
+        }
+        s.push_str(
+            "# Prefix of every target name: a client's target is <iqn_prefix>:<client name>,\n",
+        );
+        s.push_str("# its initiator name <iqn_prefix>:initiator:<client name>. Default\n");
+        s.push_str(&format!("# \"{DEFAULT_IQN_PREFIX}\".\n"));
+        s.push_str(&format!("iqn_prefix = \"{}\"\n\n", self.iqn_prefix));
+        s.push_str(&format!(
+            "# Address and port the iSCSI target listens on. Default \"{DEFAULT_LISTEN}\".\n"
+        ));
+        s.push_str(&format!("listen = \"{}\"\n", self.listen));
+        let mut rest = self.extra.clone();
+        if let Some(d) = &self.dhcp {
+            rest.insert("dhcp".into(), d.clone());
+        }
+        // Plain keys first (TOML puts them before any table), then tables.
+        let (plain, tables): (toml::Table, toml::Table) = rest
+            .into_iter()
+            .partition(|(_, v)| !matches!(v, toml::Value::Table(_)));
+        if !plain.is_empty() {
+            s.push_str("\n# Other settings.\n");
+            s.push_str(&toml::to_string(&plain).unwrap_or_default());
+        }
+        if !tables.is_empty() {
+            s.push('\n');
+            s.push_str(&toml::to_string(&tables).unwrap_or_default());
+        }
+        s
+    }
+
+    /// `iscsi:<server>::<port>:0:<target>` as iPXE's `sanboot` takes it (port left out when
+    /// it is 3260). `None` without a `server_ip`.
+    pub fn root_path(&self, target: &Iqn) -> Option<String> {
+        let ip = self.server_ip?;
+        let port = self.listen.port();
+        Some(if port == ISCSI_PORT {
+            format!("iscsi:{ip}::::{target}")
+        } else {
+            format!("iscsi:{ip}::{port}::{target}")
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_render_and_parse_back() {
+        let c = Config::default();
+        let text = c.render();
+        assert!(text.contains("iqn_prefix = \"iqn.2026-11.org.isboot\""));
+        assert!(text.contains("# server_ip"));
+        assert_eq!(Config::parse(&text, Path::new("x")).unwrap(), c);
+    }
+
+    #[test]
+    fn unknown_keys_and_dhcp_section_round_trip() {
+        let text = "server_ip = \"10.0.0.1\"\nsubnet = \"10.0.0.0/24\"\nfuture_key = 3\n\n[dhcp]\nmode = \"proxy\"\nrange = [\"10.0.0.100\", \"10.0.0.200\"]\n\n[tftp]\nroot = \"x\"\n";
+        let c = Config::parse(text, Path::new("x")).unwrap();
+        assert_eq!(
+            c.dhcp
+                .as_ref()
+                .and_then(|d| d.get("mode"))
+                .and_then(|m| m.as_str()),
+            Some("proxy")
+        );
+        assert!(c.extra.contains_key("future_key") && c.extra.contains_key("tftp"));
+        let again = Config::parse(&c.render(), Path::new("x")).unwrap();
+        assert_eq!(again, c);
+        assert_eq!(
+            c.root_path(&"iqn.2026-11.org.isboot:pc1".parse().unwrap())
+                .unwrap(),
+            "iscsi:10.0.0.1::::iqn.2026-11.org.isboot:pc1"
+        );
+    }
+
+    #[test]
+    fn refuses_bad_values() {
+        assert!(Config::parse("iqn_prefix = \"nope\"", Path::new("x")).is_err());
+        assert!(Config::parse("listen = \"x\"", Path::new("x")).is_err());
+        assert!(
+            Config::parse(
+                "server_ip = \"10.0.1.1\"\nsubnet = \"10.0.0.0/24\"",
+                Path::new("x")
+            )
+            .is_err()
+        );
+    }
+}

@@ -1,0 +1,207 @@
+//! `registry.toml`: images with their versions, and clients. Machine-written (by the CLI and,
+//! for reset-mode power-ons, by `isboot serve`), mode 0600 because it holds CHAP secrets.
+
+use super::names::{ClientName, ImageName, Iqn, MacAddr};
+use serde::{Deserialize, Serialize};
+use std::net::Ipv4Addr;
+
+/// What happens to a client's writes when it powers on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Writes are kept across reboots; the client stays on the base version its overlay was
+    /// made on until it is reset.
+    #[default]
+    Persistent,
+    /// Writes are dropped at every power-on, and the client moves to the newest version.
+    Reset,
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Mode::Persistent => "persistent",
+            Mode::Reset => "reset",
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Registry {
+    /// Source of unique serial numbers for overlay file names.
+    #[serde(default)]
+    pub serial: u64,
+    #[serde(default, rename = "image")]
+    pub images: Vec<Image>,
+    #[serde(default, rename = "client")]
+    pub clients: Vec<Client>,
+}
+
+impl Default for Registry {
+    fn default() -> Registry {
+        Registry {
+            serial: 1,
+            images: Vec::new(),
+            clients: Vec::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Image {
+    pub name: ImageName,
+    /// Published versions, oldest first.
+    #[serde(default, rename = "version")]
+    pub versions: Vec<Version>,
+    /// Open maintenance session (`isboot image edit`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance: Option<Maintenance>,
+}
+
+impl Image {
+    pub fn newest(&self) -> Option<&Version> {
+        self.versions.iter().max_by_key(|v| v.number)
+    }
+    pub fn version(&self, n: u64) -> Option<&Version> {
+        self.versions.iter().find(|v| v.number == n)
+    }
+}
+
+/// One published, immutable version of an image.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Version {
+    pub number: u64,
+    /// Random id (hex) recorded in every overlay made on this version.
+    pub id: String,
+    /// Raw file, relative to the state directory.
+    pub file: String,
+    pub size: u64,
+    /// Unix seconds.
+    pub created: u64,
+}
+
+/// A writable view of an image's newest version being prepared as its next version.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Maintenance {
+    /// The version the overlay sits on.
+    pub from_version: u64,
+    /// Overlay file, relative to the state directory.
+    pub overlay: String,
+    /// Initiators allowed to log in to the maintenance target.
+    pub initiators: Vec<Iqn>,
+    /// The machine that boots the maintenance target (DHCP hands it the maintenance root-path).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<MacAddr>,
+    pub started: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Client {
+    pub name: ClientName,
+    pub mac: MacAddr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<Ipv4Addr>,
+    pub image: ImageName,
+    /// Base version the overlay was made on.
+    pub version: u64,
+    pub mode: Mode,
+    /// Initiator names allowed to log in to this client's target.
+    pub initiators: Vec<Iqn>,
+    /// Overlay file, relative to the state directory.
+    pub overlay: String,
+    pub created: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chap: Option<Chap>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Chap {
+    pub user: String,
+    pub secret: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mutual_user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mutual_secret: Option<String>,
+}
+
+impl Registry {
+    pub fn image(&self, name: &ImageName) -> Option<&Image> {
+        self.images.iter().find(|i| &i.name == name)
+    }
+    pub fn image_mut(&mut self, name: &ImageName) -> Option<&mut Image> {
+        self.images.iter_mut().find(|i| &i.name == name)
+    }
+    /// A client by name or MAC address (`which` as typed on the command line).
+    pub fn find_client(&self, which: &str) -> Option<&Client> {
+        if let Ok(mac) = which.parse::<MacAddr>() {
+            if let Some(c) = self.clients.iter().find(|c| c.mac == mac) {
+                return Some(c);
+            }
+        }
+        let l = which.to_ascii_lowercase();
+        self.clients.iter().find(|c| c.name.as_str() == l)
+    }
+    pub fn client_by_mac(&self, mac: &MacAddr) -> Option<&Client> {
+        self.clients.iter().find(|c| &c.mac == mac)
+    }
+    pub fn next_serial(&mut self) -> u64 {
+        self.serial += 1;
+        self.serial
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_through_toml() {
+        let r = Registry {
+            serial: 7,
+            images: vec![Image {
+                name: "debian".parse().unwrap(),
+                versions: vec![Version {
+                    number: 1,
+                    id: "00".repeat(16),
+                    file: "images/debian/v1.raw".into(),
+                    size: 4096,
+                    created: 5,
+                }],
+                maintenance: Some(Maintenance {
+                    from_version: 1,
+                    overlay: "maint/debian.3.ovl".into(),
+                    initiators: vec!["iqn.2026-11.org.isboot:initiator:maint".parse().unwrap()],
+                    mac: None,
+                    started: 6,
+                }),
+            }],
+            clients: vec![Client {
+                name: "pc1".parse().unwrap(),
+                mac: "52:54:00:00:00:01".parse().unwrap(),
+                ip: Some(Ipv4Addr::new(10, 0, 0, 5)),
+                image: "debian".parse().unwrap(),
+                version: 1,
+                mode: Mode::Reset,
+                initiators: vec!["iqn.2026-11.org.isboot:initiator:pc1".parse().unwrap()],
+                overlay: "overlays/pc1.2.ovl".into(),
+                created: 5,
+                chap: Some(Chap {
+                    user: "u".into(),
+                    secret: "s".repeat(12),
+                    mutual_user: None,
+                    mutual_secret: None,
+                }),
+            }],
+        };
+        let text = toml::to_string(&r).unwrap();
+        assert_eq!(toml::from_str::<Registry>(&text).unwrap(), r);
+        assert_eq!(r.find_client("PC1").unwrap().name.as_str(), "pc1");
+        assert_eq!(
+            r.find_client("52-54-00-00-00-01").unwrap().name.as_str(),
+            "pc1"
+        );
+        assert!(r.find_client("pc2").is_none());
+        // A hand-damaged file is refused, not half-read.
+        assert!(toml::from_str::<Registry>(&text.replace("52:54:00:00:00:01", "52:54")).is_err());
+    }
+}

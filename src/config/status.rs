@@ -1,0 +1,63 @@
+//! `run/status.json`: what a running `isboot serve` publishes every second (sessions and
+//! counters per target), read by `isboot status` and by commands that must know whether a
+//! client is logged in.
+
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// A status file older than this is from a server that is gone.
+pub const STALE_AFTER_SECS: u64 = 5;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerStatus {
+    pub pid: u32,
+    /// Unix seconds of the last update.
+    pub updated: u64,
+    pub listen: String,
+    pub targets: Vec<TargetStatus>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetStatus {
+    pub iqn: String,
+    /// "client" or "maintenance".
+    pub kind: String,
+    /// Client name, or image name for a maintenance target.
+    pub name: String,
+    pub image: String,
+    pub base_version: u64,
+    pub sessions: Vec<SessionStatus>,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+    /// Bytes the overlay file occupies on disk.
+    pub overlay_bytes: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionStatus {
+    pub initiator: String,
+    pub peer: String,
+}
+
+impl ServerStatus {
+    /// The status a running server published, if the file exists, parses and is fresh (its
+    /// writer is alive and wrote it recently).
+    pub fn load_live(path: &Path) -> Option<ServerStatus> {
+        let text = std::fs::read_to_string(path).ok()?;
+        let s: ServerStatus = serde_json::from_str(&text).ok()?;
+        s.is_live(super::now_unix()).then_some(s)
+    }
+
+    pub fn is_live(&self, now: u64) -> bool {
+        // SAFETY: kill(pid, 0) only checks that the process exists.
+        let alive = self.pid != 0
+            && i32::try_from(self.pid).is_ok_and(|p| unsafe { libc::kill(p, 0) } == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM));
+        alive && now.saturating_sub(self.updated) <= STALE_AFTER_SECS
+    }
+
+    pub fn target(&self, iqn: &str) -> Option<&TargetStatus> {
+        self.targets
+            .iter()
+            .find(|t| t.iqn.eq_ignore_ascii_case(iqn))
+    }
+}

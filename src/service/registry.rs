@@ -1,0 +1,555 @@
+//! The iSCSI target registry of `isboot serve`, built from the state directory and kept in step
+//! with it: [`maintain`] polls the config and registry files every second and reloads when
+//! they change, so a client added, changed, reset or removed takes effect without a restart
+//! (the sessions of a reset, changed or removed client's old target are ended with
+//! `drop_sessions`). It also publishes `run/status.json` every second for `isboot status`, and
+//! flushes overlays whose sessions have all ended.
+
+use crate::config::{
+    ConfigError, ServerStatus, SessionStatus, StateDir, TargetKind, TargetSpec, TargetStatus,
+};
+use crate::config::{MacAddr, now_unix, write_atomic};
+use crate::iscsi::target::{ChapConfig, TargetConfig, TargetRegistry, TargetStats};
+use crate::scsi::{LogicalUnit, LuIdentity, TargetLus};
+use crate::store::BlockDevice;
+use crate::store::base::BaseImage;
+use crate::store::overlay::Overlay;
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::Duration;
+
+/// How often [`maintain`] looks at the state files and publishes the status.
+pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+struct Live {
+    spec: TargetSpec,
+    target: Arc<TargetConfig>,
+    overlay: Arc<Overlay>,
+}
+
+/// Identity of a file's current content: (inode, size, mtime in ns).
+type Stamp = Option<(u64, u64, i128)>;
+
+fn stamp(p: &Path) -> Stamp {
+    let m = std::fs::metadata(p).ok()?;
+    Some((
+        m.ino(),
+        m.len(),
+        m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128,
+    ))
+}
+
+#[derive(Default)]
+struct Inner {
+    targets: Vec<Live>,
+    stamps: (Stamp, Stamp),
+    bases: HashMap<PathBuf, Weak<BaseImage>>,
+}
+
+/// Targets served from a state directory. Cheap to query from many tasks at once.
+pub struct StateRegistry {
+    dir: StateDir,
+    inner: RwLock<Inner>,
+    /// Serialises reloads (they open files; lookups keep using the old list meanwhile).
+    reload_lock: Mutex<()>,
+    listen: Mutex<String>,
+}
+
+fn fnv1a(s: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in s.to_ascii_lowercase().bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+fn chap_config(c: &crate::config::Chap) -> ChapConfig {
+    ChapConfig {
+        user: c.user.clone(),
+        secret: c.secret.as_bytes().to_vec(),
+        mutual: match (&c.mutual_user, &c.mutual_secret) {
+            (Some(u), Some(s)) => Some((u.clone(), s.as_bytes().to_vec())),
+            _ => None,
+        },
+    }
+}
+
+impl StateRegistry {
+    /// Load the state directory and open every target's overlay.
+    pub fn open(dir: StateDir) -> Result<StateRegistry, ConfigError> {
+        let r = StateRegistry {
+            dir,
+            inner: RwLock::new(Inner::default()),
+            reload_lock: Mutex::new(()),
+            listen: Mutex::new(String::new()),
+        };
+        r.reload()?;
+        Ok(r)
+    }
+
+    pub fn state_dir(&self) -> &StateDir {
+        &self.dir
+    }
+
+    /// Record the address the server listens on (shown by `isboot status`).
+    pub fn set_listen(&self, addr: &str) {
+        *self.listen.lock().unwrap_or_else(|e| e.into_inner()) = addr.to_string();
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
+        self.inner.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Reload when the config or registry file changed since the last load. Returns whether
+    /// it reloaded.
+    pub fn reload_if_changed(&self) -> Result<bool, ConfigError> {
+        let now = (
+            stamp(&self.dir.config_path()),
+            stamp(&self.dir.registry_path()),
+        );
+        if self.read().stamps == now {
+            return Ok(false);
+        }
+        self.reload()?;
+        Ok(true)
+    }
+
+    /// Re-read the state directory and bring the targets in line with it.
+    pub fn reload(&self) -> Result<(), ConfigError> {
+        let _g = self.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let stamps = (
+            stamp(&self.dir.config_path()),
+            stamp(&self.dir.registry_path()),
+        );
+        let state = self.dir.load()?;
+        let specs = state.targets();
+        let (old, mut bases) = {
+            let r = self.read();
+            let old: Vec<(TargetSpec, Arc<TargetConfig>, Arc<Overlay>)> = r
+                .targets
+                .iter()
+                .map(|l| (l.spec.clone(), l.target.clone(), l.overlay.clone()))
+                .collect();
+            (old, r.bases.clone())
+        };
+        let mut next = Vec::with_capacity(specs.len());
+        let mut ended: Vec<(Arc<TargetConfig>, Arc<Overlay>)> = Vec::new();
+        let mut kept = vec![false; old.len()];
+        for spec in specs {
+            let prev = old.iter().position(|(s, _, _)| s.iqn == spec.iqn);
+            if let Some(i) = prev {
+                let (ps, pt, po) = &old[i];
+                let same_disk = ps.overlay_path == spec.overlay_path && ps.base_id == spec.base_id;
+                if same_disk {
+                    kept[i] = true;
+                    if *ps == spec {
+                        next.push(Live {
+                            spec,
+                            target: pt.clone(),
+                            overlay: po.clone(),
+                        });
+                    } else {
+                        // Access rules changed: same disk, same counters, sessions re-login.
+                        pt.stats.drop_sessions();
+                        let target = Arc::new(TargetConfig {
+                            iqn: spec.iqn.to_string(),
+                            lus: pt.lus.clone(),
+                            allowed_initiators: spec
+                                .initiators
+                                .iter()
+                                .map(|i| i.to_string())
+                                .collect(),
+                            chap: spec.chap.as_ref().map(chap_config),
+                            stats: pt.stats.clone(),
+                        });
+                        next.push(Live {
+                            spec,
+                            target,
+                            overlay: po.clone(),
+                        });
+                    }
+                    continue;
+                }
+            }
+            match self.build(&spec, &mut bases) {
+                Ok((target, overlay)) => next.push(Live {
+                    spec,
+                    target,
+                    overlay,
+                }),
+                Err(e) => tracing::error!(target = %spec.iqn, "cannot serve target: {e}"),
+            }
+        }
+        for (i, (_, t, o)) in old.into_iter().enumerate() {
+            if !kept[i] {
+                ended.push((t, o));
+            }
+        }
+        bases.retain(|_, w| w.strong_count() > 0);
+        {
+            let mut w = self.inner.write().unwrap_or_else(|e| e.into_inner());
+            w.targets = next;
+            w.stamps = stamps;
+            w.bases = bases;
+        }
+        for (t, o) in ended {
+            tracing::info!(target = %t.iqn, "target replaced or removed; ending its sessions");
+            t.stats.drop_sessions();
+            if let Err(e) = o.flush() {
+                tracing::warn!(target = %t.iqn, "flushing old overlay: {e}");
+            }
+        }
+        Ok(())
+    }
+
+    fn build(
+        &self,
+        spec: &TargetSpec,
+        bases: &mut HashMap<PathBuf, Weak<BaseImage>>,
+    ) -> Result<(Arc<TargetConfig>, Arc<Overlay>), ConfigError> {
+        let base = match bases.get(&spec.base_path).and_then(Weak::upgrade) {
+            Some(b) if b.id() == spec.base_id => b,
+            _ => {
+                let b = Arc::new(BaseImage::open(
+                    &spec.base_path,
+                    spec.base_id,
+                    spec.version,
+                )?);
+                bases.insert(spec.base_path.clone(), Arc::downgrade(&b));
+                b
+            }
+        };
+        let overlay = Arc::new(Overlay::open_at(&spec.overlay_path, base, false)?);
+        let (product, serial) = match &spec.kind {
+            TargetKind::Client(n) => ("client disk", n.to_string()),
+            TargetKind::Maintenance(i) => ("maint disk", format!("maint-{i}")),
+        };
+        let ident = LuIdentity {
+            vendor: "ISBOOT".into(),
+            product: product.into(),
+            revision: "0001".into(),
+            serial,
+            naa_id: fnv1a(spec.iqn.as_str()),
+        };
+        let dev: Arc<dyn BlockDevice> = overlay.clone();
+        let lu = Arc::new(LogicalUnit::new(dev, ident));
+        let target = Arc::new(TargetConfig {
+            iqn: spec.iqn.to_string(),
+            lus: Arc::new(TargetLus::single(lu)),
+            allowed_initiators: spec.initiators.iter().map(|i| i.to_string()).collect(),
+            chap: spec.chap.as_ref().map(chap_config),
+            stats: Arc::new(TargetStats::default()),
+        });
+        Ok((target, overlay))
+    }
+
+    /// A reset-mode client powered on (the DHCP service saw its PXE ROM's request): drop its
+    /// overlay, move it to the newest version, and serve the fresh target at once (ending any
+    /// session on the old one). Blocking (file I/O and fsync): call it from `spawn_blocking`.
+    /// Returns whether the client was reset.
+    pub fn power_on(&self, mac: &MacAddr) -> Result<bool, ConfigError> {
+        let reset = self.dir.power_on(mac)?.is_some();
+        if reset {
+            self.reload()?;
+        }
+        Ok(reset)
+    }
+
+    /// Flush overlays of targets nobody is logged in to (so `image commit` and a crash see
+    /// every write of a session that ended without SYNCHRONIZE CACHE).
+    pub fn flush_idle(&self) {
+        let idle: Vec<(String, Arc<Overlay>)> = self
+            .read()
+            .targets
+            .iter()
+            .filter(|l| l.target.stats.sessions().is_empty() && l.overlay.has_unflushed())
+            .map(|l| (l.target.iqn.clone(), l.overlay.clone()))
+            .collect();
+        for (iqn, o) in idle {
+            if let Err(e) = o.flush() {
+                tracing::warn!(target = %iqn, "flushing idle overlay: {e}");
+            }
+        }
+    }
+
+    /// Flush every overlay (shutdown).
+    pub fn flush_all(&self) {
+        let all: Vec<Arc<Overlay>> = self
+            .read()
+            .targets
+            .iter()
+            .map(|l| l.overlay.clone())
+            .collect();
+        for o in all {
+            let _ = o.flush();
+        }
+    }
+
+    /// Sessions and counters of every target, as `isboot status` shows them.
+    pub fn status(&self) -> ServerStatus {
+        let targets = self
+            .read()
+            .targets
+            .iter()
+            .map(|l| {
+                let (kind, name) = match &l.spec.kind {
+                    TargetKind::Client(n) => ("client", n.to_string()),
+                    TargetKind::Maintenance(i) => ("maintenance", i.to_string()),
+                };
+                TargetStatus {
+                    iqn: l.target.iqn.clone(),
+                    kind: kind.into(),
+                    name,
+                    image: l.spec.image.to_string(),
+                    base_version: l.spec.version,
+                    sessions: l
+                        .target
+                        .stats
+                        .sessions()
+                        .into_iter()
+                        .map(|s| SessionStatus {
+                            initiator: s.initiator,
+                            peer: s.peer.to_string(),
+                        })
+                        .collect(),
+                    bytes_read: l.target.stats.bytes_read.load(Ordering::Relaxed),
+                    bytes_written: l.target.stats.bytes_written.load(Ordering::Relaxed),
+                    overlay_bytes: std::fs::metadata(&l.spec.overlay_path)
+                        .map(|m| m.blocks() * 512)
+                        .unwrap_or(0),
+                }
+            })
+            .collect();
+        ServerStatus {
+            pid: std::process::id(),
+            updated: now_unix(),
+            listen: self
+                .listen
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+            targets,
+        }
+    }
+
+    /// Write `run/status.json` atomically.
+    pub fn write_status(&self) -> Result<(), ConfigError> {
+        let path = self.dir.status_path();
+        if let Some(d) = path.parent() {
+            let _ = std::fs::create_dir_all(d);
+        }
+        let text = serde_json::to_vec_pretty(&self.status()).unwrap_or_default();
+        write_atomic(&path, &text, 0o644)
+    }
+
+    /// One tick of [`maintain`]: reload if changed, flush idle overlays, publish status.
+    pub fn tick(&self) {
+        if let Err(e) = self.reload_if_changed() {
+            tracing::warn!("reloading state: {e} (still serving the previous state)");
+        }
+        self.flush_idle();
+        if let Err(e) = self.write_status() {
+            tracing::warn!("publishing status: {e}");
+        }
+    }
+}
+
+impl TargetRegistry for StateRegistry {
+    fn lookup(&self, iqn: &str) -> Option<Arc<TargetConfig>> {
+        self.read()
+            .targets
+            .iter()
+            .find(|l| l.target.iqn.eq_ignore_ascii_case(iqn))
+            .map(|l| l.target.clone())
+    }
+    fn all(&self) -> Vec<Arc<TargetConfig>> {
+        self.read()
+            .targets
+            .iter()
+            .map(|l| l.target.clone())
+            .collect()
+    }
+}
+
+/// Keep `registry` in step with its state directory and publish status every
+/// [`POLL_INTERVAL`] until `shutdown` resolves; then flush every overlay and remove the status
+/// file.
+pub async fn maintain(
+    registry: Arc<StateRegistry>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    let mut every = tokio::time::interval(POLL_INTERVAL);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = every.tick() => {
+                let r = registry.clone();
+                let _ = tokio::task::spawn_blocking(move || r.tick()).await;
+            }
+        }
+    }
+    let r = registry.clone();
+    let _ = tokio::task::spawn_blocking(move || {
+        r.flush_all();
+        let _ = std::fs::remove_file(r.state_dir().status_path());
+    })
+    .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{AddClient, Mode};
+    use crate::iscsi::target::SessionInfo;
+    use crate::store::concat;
+    use std::sync::atomic::AtomicBool;
+
+    fn setup() -> (tempfile::TempDir, StateDir) {
+        let t = tempfile::tempdir().unwrap();
+        let dir = StateDir::new(t.path().join("state"));
+        dir.init(Some(("10.9.0.1".parse().unwrap(), 24)), None, None)
+            .unwrap();
+        let img = t.path().join("base.img");
+        std::fs::write(&img, vec![0x5Au8; 1 << 20]).unwrap();
+        let mut l = dir.lock().unwrap();
+        l.image_add(&"deb".parse().unwrap(), &img, &mut |_, _| {})
+            .unwrap();
+        for (i, mode) in [(1, Mode::Persistent), (2, Mode::Reset)] {
+            l.add_client(AddClient {
+                mac: format!("52:54:00:00:00:0{i}").parse().unwrap(),
+                image: "deb".parse().unwrap(),
+                name: Some(format!("pc{i}").parse().unwrap()),
+                ip: None,
+                mode,
+                initiators: vec![],
+                chap: None,
+            })
+            .unwrap();
+        }
+        drop(l);
+        (t, dir)
+    }
+
+    fn fake_session(t: &TargetConfig) -> Arc<AtomicBool> {
+        let kill = Arc::new(AtomicBool::new(false));
+        t.stats.add_session(SessionInfo {
+            id: 1,
+            initiator: "iqn.2026-11.org.isboot:initiator:pc1".into(),
+            peer: "127.0.0.1:5555".parse().unwrap(),
+            isid: [0; 6],
+            tsih: 1,
+            kill: kill.clone(),
+        });
+        kill
+    }
+
+    fn read(t: &TargetConfig, off: u64, len: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        t.lus
+            .get(0)
+            .unwrap()
+            .device()
+            .read(off, len, &mut out)
+            .unwrap();
+        concat(&out)
+    }
+
+    #[test]
+    fn serves_clients_and_follows_changes() {
+        let (_t, dir) = setup();
+        let reg = StateRegistry::open(dir.clone()).unwrap();
+        let p = "iqn.2026-11.org.isboot";
+        let t1 = reg.lookup(&format!("{p}:pc1")).unwrap();
+        assert!(reg.lookup(&format!("{p}:PC2")).is_some());
+        assert_eq!(reg.all().len(), 2);
+        assert!(t1.allows(&format!("{p}:initiator:pc1")));
+        assert!(!t1.allows(&format!("{p}:initiator:pc2")));
+        // Writes go to pc1's overlay only.
+        let dev = t1.lus.get(0).unwrap().device().clone();
+        dev.write(0, &[1u8; 4096], true).unwrap();
+        let t2 = reg.lookup(&format!("{p}:pc2")).unwrap();
+        assert_eq!(read(&t2, 0, 4096), vec![0x5A; 4096]);
+        assert_eq!(read(&t1, 0, 4096), vec![1; 4096]);
+        // Unchanged files: no reload; same target object.
+        assert!(!reg.reload_if_changed().unwrap());
+        // Reset pc1 from "another process": its old target's sessions are ended.
+        let kill = fake_session(&t1);
+        dir.lock().unwrap().reset_client("pc1", true).unwrap();
+        assert!(reg.reload_if_changed().unwrap());
+        assert!(kill.load(Ordering::SeqCst));
+        let t1b = reg.lookup(&format!("{p}:pc1")).unwrap();
+        assert!(!Arc::ptr_eq(&t1, &t1b));
+        assert_eq!(read(&t1b, 0, 4096), vec![0x5A; 4096]);
+        // pc2 untouched: same object.
+        assert!(Arc::ptr_eq(&t2, &reg.lookup(&format!("{p}:pc2")).unwrap()));
+        // Remove pc2.
+        let kill2 = fake_session(&t2);
+        dir.lock().unwrap().remove_client("pc2", false).unwrap();
+        reg.reload_if_changed().unwrap();
+        assert!(kill2.load(Ordering::SeqCst));
+        assert!(reg.lookup(&format!("{p}:pc2")).is_none());
+    }
+
+    #[test]
+    fn power_on_resets_only_reset_mode_clients_with_writes() {
+        let (_t, dir) = setup();
+        let reg = StateRegistry::open(dir.clone()).unwrap();
+        let p = "iqn.2026-11.org.isboot";
+        let mac1: MacAddr = "52:54:00:00:00:01".parse().unwrap();
+        let mac2: MacAddr = "52:54:00:00:00:02".parse().unwrap();
+        let t2 = reg.lookup(&format!("{p}:pc2")).unwrap();
+        // Nothing written yet: nothing to do.
+        assert!(!reg.power_on(&mac2).unwrap());
+        t2.lus
+            .get(0)
+            .unwrap()
+            .device()
+            .write(4096, &[9u8; 512], true)
+            .unwrap();
+        let t1 = reg.lookup(&format!("{p}:pc1")).unwrap();
+        t1.lus
+            .get(0)
+            .unwrap()
+            .device()
+            .write(4096, &[8u8; 512], true)
+            .unwrap();
+        assert!(
+            !reg.power_on(&mac1).unwrap(),
+            "persistent clients keep their writes"
+        );
+        assert!(!reg.power_on(&"52:54:00:00:00:09".parse().unwrap()).unwrap());
+        assert!(reg.power_on(&mac2).unwrap());
+        let t2b = reg.lookup(&format!("{p}:pc2")).unwrap();
+        assert_eq!(read(&t2b, 4096, 512), vec![0x5A; 512]);
+        assert_eq!(
+            read(&reg.lookup(&format!("{p}:pc1")).unwrap(), 4096, 512),
+            vec![8; 512]
+        );
+    }
+
+    #[test]
+    fn publishes_status() {
+        let (_t, dir) = setup();
+        let reg = StateRegistry::open(dir.clone()).unwrap();
+        reg.set_listen("127.0.0.1:3260");
+        let t1 = reg.lookup("iqn.2026-11.org.isboot:pc1").unwrap();
+        fake_session(&t1);
+        t1.stats.bytes_read.store(1234, Ordering::Relaxed);
+        reg.tick();
+        let s = ServerStatus::load_live(&dir.status_path()).unwrap();
+        assert_eq!(s.listen, "127.0.0.1:3260");
+        let ts = s.target("iqn.2026-11.org.isboot:pc1").unwrap();
+        assert_eq!(ts.bytes_read, 1234);
+        assert_eq!(ts.sessions[0].peer, "127.0.0.1:5555");
+        assert_eq!(ts.base_version, 1);
+        // A logged-in client's reset is refused without --force.
+        let e = dir.lock().unwrap().reset_client("pc1", false).unwrap_err();
+        assert!(matches!(e, ConfigError::LoggedIn { .. }), "{e}");
+    }
+}

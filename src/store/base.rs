@@ -1,0 +1,130 @@
+//! A published base image version: a raw file mapped read-only once and shared (one copy in
+//! page cache) by every client view built on it.
+
+use super::{BlockDevice, SECTOR, StoreError};
+use bytes::Bytes;
+use memmap2::Mmap;
+use std::fmt;
+use std::fs::File;
+use std::path::Path;
+use std::sync::Arc;
+
+/// Identifies one base image version; recorded in every overlay made on it, so an overlay is
+/// never opened over a different base.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct BaseId(pub [u8; 16]);
+
+impl BaseId {
+    /// A fresh random id (from the kernel's random source).
+    pub fn random() -> std::io::Result<BaseId> {
+        let mut b = [0u8; 16];
+        let mut f = File::open("/dev/urandom")?;
+        std::io::Read::read_exact(&mut f, &mut b)?;
+        Ok(BaseId(b))
+    }
+
+    pub fn parse(s: &str) -> Option<BaseId> {
+        let v = hex::decode(s).ok()?;
+        Some(BaseId(v.try_into().ok()?))
+    }
+}
+
+impl fmt::Display for BaseId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for BaseId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "BaseId({self})")
+    }
+}
+
+/// A read-only base image. Reads are zero-copy slices of the shared map.
+pub struct BaseImage {
+    bytes: Bytes,
+    id: BaseId,
+    version: u64,
+}
+
+impl BaseImage {
+    /// Map the raw file at `path` read-only.
+    pub fn open(path: &Path, id: BaseId, version: u64) -> Result<BaseImage, StoreError> {
+        let shown = path.display().to_string();
+        let file = File::open(path).map_err(|source| StoreError::Opening {
+            path: shown.clone(),
+            source,
+        })?;
+        let size = file
+            .metadata()
+            .map_err(|source| StoreError::Opening {
+                path: shown.clone(),
+                source,
+            })?
+            .len();
+        if size == 0 || size % SECTOR != 0 || usize::try_from(size).is_err() {
+            return Err(StoreError::BadImageSize { path: shown, size });
+        }
+        // SAFETY: read-only map of a published base version; isboot never writes, truncates or
+        // replaces a published version's file while it exists (a new version is a new file).
+        let map = unsafe { Mmap::map(&file) }.map_err(|source| StoreError::Mapping {
+            path: shown,
+            source,
+        })?;
+        let len = map.len();
+        let bytes = super::raw::map_bytes(&Arc::new(map), 0, len);
+        Ok(BaseImage { bytes, id, version })
+    }
+
+    /// A base held in memory (tests, benches).
+    pub fn from_bytes(bytes: Bytes, id: BaseId, version: u64) -> Result<BaseImage, StoreError> {
+        let size = bytes.len() as u64;
+        if size == 0 || size % SECTOR != 0 {
+            return Err(StoreError::BadImageSize {
+                path: "(memory)".into(),
+                size,
+            });
+        }
+        Ok(BaseImage { bytes, id, version })
+    }
+
+    pub fn id(&self) -> BaseId {
+        self.id
+    }
+
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// The whole image; slice it for zero-copy segments.
+    pub fn bytes(&self) -> &Bytes {
+        &self.bytes
+    }
+}
+
+impl BlockDevice for BaseImage {
+    fn size(&self) -> u64 {
+        self.bytes.len() as u64
+    }
+    fn read_only(&self) -> bool {
+        true
+    }
+    fn read(&self, offset: u64, len: usize, out: &mut Vec<Bytes>) -> Result<(), StoreError> {
+        self.check_range(offset, len as u64)?;
+        if len > 0 {
+            let o = offset as usize;
+            out.push(self.bytes.slice(o..o + len));
+        }
+        Ok(())
+    }
+    fn write(&self, _: u64, _: &[u8], _: bool) -> Result<(), StoreError> {
+        Err(StoreError::ReadOnly)
+    }
+    fn flush(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+    fn discard(&self, _: u64, _: u64) -> Result<(), StoreError> {
+        Err(StoreError::ReadOnly)
+    }
+}

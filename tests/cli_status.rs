@@ -1,0 +1,62 @@
+//! `isboot status`, from the state dir alone and from what a running server publishes.
+
+mod cli_common;
+use cli_common::*;
+
+#[test]
+fn status_without_a_server() {
+    let lab = Lab::with_image();
+    lab.add("52:54:00:00:00:01", "pc1", &[]);
+    let out = lab.run(&["status"]).ok().to_string();
+    assert!(out.contains("server: not running"), "{out}");
+    let row = out.lines().find(|l| l.starts_with("pc1")).unwrap();
+    assert!(
+        row.contains("not logged in") && row.contains("deb@1"),
+        "{row}"
+    );
+    assert!(out.lines().any(|l| l.starts_with("TOTAL")), "{out}");
+    let j: serde_json::Value = serde_json::from_str(lab.run(&["status", "--json"]).ok()).unwrap();
+    assert_eq!(j["server_running"], false);
+    assert_eq!(j["targets"][0]["logged_in"], false);
+    assert!(j["targets"][0]["overlay_bytes"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn status_shows_what_the_server_publishes() {
+    let lab = Lab::with_image();
+    lab.add("52:54:00:00:00:01", "pc1", &[]);
+    lab.add("52:54:00:00:00:02", "pc2", &[]);
+    lab.fake_session("iqn.2026-11.org.isboot:pc1", "10.7.0.21:40000");
+    let out = lab.run(&["status"]).ok().to_string();
+    assert!(
+        out.contains("server: running, listening on 127.0.0.1:3260"),
+        "{out}"
+    );
+    let row = out.lines().find(|l| l.starts_with("pc1")).unwrap();
+    assert!(
+        row.contains("10.7.0.21:40000") && row.contains("117.7 MiB") && row.contains("4.0 KiB"),
+        "{row}"
+    );
+    assert!(
+        out.lines()
+            .find(|l| l.starts_with("pc2"))
+            .unwrap()
+            .contains("not logged in")
+    );
+    let total = out.lines().find(|l| l.starts_with("TOTAL")).unwrap();
+    assert!(
+        total.contains("1 session") && total.contains("117.7 MiB"),
+        "{total}"
+    );
+    let j: serde_json::Value = serde_json::from_str(lab.run(&["status", "--json"]).ok()).unwrap();
+    assert_eq!(j["server_running"], true);
+    assert_eq!(j["total_sessions"], 1);
+    assert_eq!(j["total_bytes_read"], 123456789);
+    assert_eq!(j["targets"][0]["sessions"][0]["peer"], "10.7.0.21:40000");
+    // A status file from a dead server (pid 0 / old) is ignored.
+    let stale = std::fs::read_to_string(lab.dir.join("run/status.json"))
+        .unwrap()
+        .replace("\"updated\":", "\"updated\":1,\"x\":");
+    std::fs::write(lab.dir.join("run/status.json"), stale).unwrap();
+    assert!(lab.run(&["status"]).ok().contains("server: not running"));
+}
