@@ -781,6 +781,12 @@ impl LogicalUnit {
         let mut st = self.lock();
         match st.pr.out(&nexus.initiator_port, sa, scope, kind, &p) {
             Ok(uas) => {
+                tracing::debug!(
+                    initiator = %nexus.initiator_port,
+                    service_action = sa,
+                    reservation_type = kind,
+                    "persistent reservation changed"
+                );
                 for (port, code) in uas {
                     st.post_port(&port, code);
                 }
@@ -799,6 +805,7 @@ impl LogicalUnit {
             TaskMgmt::LogicalUnitReset => asc::BUS_DEVICE_RESET,
             TaskMgmt::TargetWarmReset | TaskMgmt::TargetColdReset => asc::POWER_ON_RESET,
         };
+        tracing::info!(nexus = nexus.id, initiator = %nexus.initiator_port, function = ?f, "reset");
         let mut st = self.lock();
         st.reserve6 = None;
         st.prevent.clear();
