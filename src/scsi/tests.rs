@@ -467,12 +467,6 @@ fn fua_and_write_cache_control_durability() {
     list[6] = 0;
     good(&f.run(&n, &sel, &list));
     assert!(f.t.task_mgmt(&n, 0, TaskMgmt::LogicalUnitReset));
-    let o = f.run(&n, &mode_sense6(0x08, 255), &[]);
-    assert_eq!(
-        sense(&o),
-        (key::UNIT_ATTENTION, asc::BUS_DEVICE_RESET),
-        "issuer too"
-    );
     let d = good(&f.run(&n, &mode_sense6(0x08, 255), &[]));
     assert_eq!(d[6], 0x04);
 }
@@ -899,7 +893,7 @@ fn reserve6_across_two_initiators() {
         (key::UNIT_ATTENTION, asc::BUS_DEVICE_RESET)
     );
     good(&f.run(&c, &reserve, &[]));
-    assert_eq!(sense(&f.run(&a, &tur(), &[])).0, key::UNIT_ATTENTION);
+    good(&f.run(&a, &tur(), &[]));
     assert_eq!(
         f.run(&a, &rw10(op::WRITE10, 0, 1, 0), &block(0)).status,
         status::RESERVATION_CONFLICT
@@ -1078,10 +1072,6 @@ fn fast_path_sees_new_reservations_and_unit_attentions() {
     good(&f.run(&a, &rw10(op::READ10, 0, 1, 0), &[]));
     // A reset by B reaches A even though A was on the fast path.
     assert!(f.t.task_mgmt(&b, 0, TaskMgmt::LogicalUnitReset));
-    assert_eq!(
-        sense(&f.run(&b, &rw10(op::READ10, 0, 1, 0), &[])).0,
-        key::UNIT_ATTENTION
-    );
     good(&f.run(&b, &rw10(op::READ10, 0, 1, 0), &[]));
     let o = f.run(&a, &rw10(op::READ10, 0, 1, 0), &[]);
     assert_eq!(sense(&o), (key::UNIT_ATTENTION, asc::BUS_DEVICE_RESET));
@@ -1102,10 +1092,7 @@ fn nexus_gone_drops_pending_unit_attentions() {
         (key::UNIT_ATTENTION, asc::POWER_ON_RESET)
     );
     good(&f.run(&c, &tur(), &[]));
-    assert_eq!(
-        sense(&f.run(&a, &tur(), &[])),
-        (key::UNIT_ATTENTION, asc::BUS_DEVICE_RESET)
-    );
+    // The issuer of the reset is not told.
     good(&f.run(&a, &tur(), &[]));
 }
 
