@@ -49,10 +49,12 @@ fn parse(out: &str) -> BTreeMap<String, Verdict> {
                 c.1 = true;
             }
         }
-        let r = rest.trim();
-        if r.ends_with("passed") && !r.contains('[') || r == "passed" {
+        // The verdict word starts the rest of the "Test:" line or a line of its own; text a
+        // test prints after its verdict (teardown) may follow it on the same line.
+        let r = rest.trim_start();
+        if r.starts_with("passed") {
             settle(&mut current, Verdict::Passed, &mut res);
-        } else if r == "FAILED" || r.ends_with("...FAILED") {
+        } else if r.starts_with("FAILED") {
             settle(&mut current, Verdict::Failed, &mut res);
         }
     }
@@ -61,13 +63,14 @@ fn parse(out: &str) -> BTreeMap<String, Verdict> {
 
 #[test]
 fn parser_reads_verdicts() {
-    let out = "Suite: A\n  Test: X ...passed\n  Test: Y ...    [SKIPPED] no\n    [SKIPPED] no\npassed\n  Test: Z ...    [FAILED] bad\nFAILED\n    1. f.c:1\nSuite: B\n  Test: X ...passed\n";
+    let out = "Suite: A\n  Test: W ...passed    [FAILED] printed in teardown\n  Test: X ...passed\n  Test: Y ...    [SKIPPED] no\n    [SKIPPED] no\npassed\n  Test: Z ...    [FAILED] bad\nFAILED\n    1. f.c:1\nSuite: B\n  Test: X ...passed\n";
     let r = parse(out);
+    assert_eq!(r["A.W"], Verdict::Passed);
     assert_eq!(r["A.X"], Verdict::Passed);
     assert_eq!(r["A.Y"], Verdict::Skipped);
     assert_eq!(r["A.Z"], Verdict::Failed);
     assert_eq!(r["B.X"], Verdict::Passed);
-    assert_eq!(r.len(), 4);
+    assert_eq!(r.len(), 5);
 }
 
 #[test]

@@ -382,6 +382,14 @@ impl Session {
         )]));
     }
 
+    /// A command counted as received without arriving (aborted before it came): when it is
+    /// the next expected one, move ExpCmdSN past it so later commands are not held forever.
+    fn ignore_cmd_sn(&mut self, cmd_sn: u32) {
+        if cmd_sn == self.exp_cmd_sn {
+            self.exp_cmd_sn = self.exp_cmd_sn.wrapping_add(1);
+        }
+    }
+
     fn remember_finished(&mut self, itt: u32) {
         if self.finished.len() >= FINISHED_MEMORY {
             self.finished.pop_front();
@@ -894,9 +902,16 @@ impl Session {
                         return;
                     }
                     None => {
-                        // RFC 7143 §11.5.1: a task never received whose RefCmdSN is older than
-                        // this request counts as received and aborted.
-                        let r = if serial::lt(t.ref_cmd_sn, t.cmd_sn) {
+                        // RFC 7143 §11.5.1: a task not received yet (its RefCmdSN inside the
+                        // window and older than this request) counts as received and aborted;
+                        // one already answered (RefCmdSN below ExpCmdSN) does not exist.
+                        let (exp, _) = self.window();
+                        let not_yet_received =
+                            serial::le(exp, t.ref_cmd_sn) && serial::lt(t.ref_cmd_sn, t.cmd_sn);
+                        if self.held.remove(&t.ref_cmd_sn).is_some() || not_yet_received {
+                            self.ignore_cmd_sn(t.ref_cmd_sn);
+                        }
+                        let r = if not_yet_received {
                             tmf_response::COMPLETE
                         } else {
                             tmf_response::TASK_DOES_NOT_EXIST
