@@ -1,1 +1,4 @@
 //! (under construction)
+
+pub mod dhcp;
+pub mod tftp;
