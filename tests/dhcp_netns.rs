@@ -887,3 +887,261 @@ fn proxy_mode_beside_dnsmasq_never_offers_an_address() {
         assert_eq!(fname(ack), "");
     });
 }
+
+// ------------------------------------------------------------------ QEMU: PXE chain to sanboot
+
+/// DHCP + TFTP (root with the iPXE binaries) on `ifname` in `ns`, and a TCP probe on
+/// 10.77.0.1:3260 that reports the text of the first iSCSI Login request it receives (proof
+/// that iPXE got the root-path and is sanbooting with option 203's initiator name).
+fn start_boot_server(
+    ns: &str,
+    cfg: DhcpConfig,
+    tftp_root: PathBuf,
+) -> (DhcpServerThread, std::sync::mpsc::Receiver<String>) {
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let (ttx, trx) = std::sync::mpsc::channel();
+    let (login_tx, login_rx) = std::sync::mpsc::channel();
+    let ns = ns.to_string();
+    let thread = std::thread::spawn(move || {
+        enter_netns(&ns);
+        // SAFETY: gettid has no preconditions.
+        ttx.send(unsafe { libc::gettid() }).expect("tid");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
+            let mut s1 = stop_tx.subscribe();
+            let mut s2 = stop_tx.subscribe();
+            let tftp_sock = isboot::service::tftp::bind_tftp(SocketAddr::from((SERVER_IP, 69)))
+                .await
+                .expect("tftp bind");
+            let tftp = isboot::service::tftp::run_tftp(
+                tftp_sock,
+                tftp_root,
+                Default::default(),
+                async move {
+                    let _ = s1.recv().await;
+                },
+            );
+            let dhcp = run_dhcp(cfg, None, registry(), DhcpHooks::default(), async move {
+                let _ = s2.recv().await;
+            });
+            let probe = async move {
+                let l = tokio::net::TcpListener::bind((SERVER_IP, 3260))
+                    .await
+                    .expect("probe bind");
+                loop {
+                    let Ok((mut conn, _)) = l.accept().await else {
+                        continue;
+                    };
+                    let tx = login_tx.clone();
+                    tokio::spawn(async move {
+                        use tokio::io::AsyncReadExt;
+                        let mut buf = Vec::new();
+                        let mut chunk = [0u8; 4096];
+                        // BHS (48 bytes) then the data segment of key=value\0 pairs.
+                        while buf.len() < 48 + 512 {
+                            match tokio::time::timeout(
+                                Duration::from_secs(5),
+                                conn.read(&mut chunk),
+                            )
+                            .await
+                            {
+                                Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                                _ => break,
+                            }
+                            if buf.len() >= 48 {
+                                let dlen = usize::from(buf[5]) << 16
+                                    | usize::from(buf[6]) << 8
+                                    | usize::from(buf[7]);
+                                if buf.len() >= 48 + dlen {
+                                    break;
+                                }
+                            }
+                        }
+                        if buf.len() > 48 && buf[0] & 0x3f == 0x03 {
+                            let text = String::from_utf8_lossy(&buf[48..]).replace('\0', "\n");
+                            let _ = tx.send(text);
+                        }
+                    });
+                }
+            };
+            let stop = async move {
+                let _ = rx.await;
+                let _ = stop_tx.send(());
+            };
+            tokio::select! {
+                _ = async { tokio::join!(tftp, dhcp, stop) } => {}
+                _ = probe => {}
+            }
+        });
+    });
+    let tid = trx.recv().expect("tid");
+    let net_udp = PathBuf::from(format!("/proc/{}/task/{tid}/net/udp", std::process::id()));
+    wait_listening(&net_udp, 67);
+    wait_listening(&net_udp, 69);
+    (
+        DhcpServerThread {
+            stop: Some(tx),
+            thread: Some(thread),
+        },
+        login_rx,
+    )
+}
+
+fn qemu_lab(lab: &mut Lab) -> Option<(String, String, PathBuf)> {
+    if Command::new("sh")
+        .args(["-c", "command -v qemu-system-x86_64"])
+        .output()
+        .map(|o| !o.status.success())
+        .unwrap_or(true)
+    {
+        println!("SKIPPED: qemu-system-x86_64 not installed");
+        return None;
+    }
+    let root = lab.path("tftp");
+    std::fs::create_dir_all(&root).expect("mkdir");
+    for f in ["undionly.kpxe", "ipxe.efi"] {
+        let src = Path::new("/usr/lib/ipxe").join(f);
+        if !src.exists() {
+            println!(
+                "SKIPPED: {} missing (apt-get install -y ipxe)",
+                src.display()
+            );
+            return None;
+        }
+        std::fs::copy(&src, root.join(f)).expect("copy");
+    }
+    let s = lab.ns("s");
+    let tap = lab.ifname("tp");
+    run(&["ip", "-n", &s, "tuntap", "add", "dev", &tap, "mode", "tap"]);
+    run(&["ip", "-n", &s, "link", "set", &tap, "up"]);
+    run(&["ip", "-n", &s, "addr", "add", "10.77.0.1/24", "dev", &tap]);
+    Some((s, tap, root))
+}
+
+fn qemu(lab: &mut Lab, ns: &str, args: &[String]) {
+    let log = std::fs::File::create(lab.path("qemu.log")).expect("log");
+    let child = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            ns,
+            "qemu-system-x86_64",
+            "-accel",
+            "tcg",
+            "-m",
+            "256",
+            "-display",
+            "none",
+            "-vga",
+            "none",
+            "-no-reboot",
+        ])
+        .args(args)
+        .stdout(Stdio::from(log.try_clone().expect("dup")))
+        .stderr(Stdio::from(log))
+        .spawn()
+        .expect("spawn qemu");
+    lab.children.push(child);
+}
+
+fn wait_login(lab: &mut Lab, rx: &std::sync::mpsc::Receiver<String>, secs: u64) -> String {
+    let until = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Ok(t) = rx.recv_timeout(Duration::from_millis(500)) {
+            return t;
+        }
+        let exited = lab
+            .children
+            .last_mut()
+            .and_then(|c| c.try_wait().ok().flatten());
+        if exited.is_some() || Instant::now() > until {
+            let log = std::fs::read_to_string(lab.path("qemu.log")).unwrap_or_default();
+            panic!("no iSCSI login from the VM (qemu exit {exited:?}); qemu log:\n{log}");
+        }
+    }
+}
+
+#[test]
+#[ignore = "slow: boots QEMU under TCG (run with --ignored)"]
+fn qemu_bios_ipxe_rom_reaches_sanboot() {
+    require_root!();
+    let mut lab = Lab::new();
+    let Some((s, tap, root)) = qemu_lab(&mut lab) else {
+        return;
+    };
+    let (_srv, logins) = start_boot_server(&s, full_config(&tap), root);
+    qemu(
+        &mut lab,
+        &s,
+        &[
+            "-machine".into(),
+            "pc".into(),
+            "-boot".into(),
+            "n".into(),
+            "-netdev".into(),
+            format!("tap,id=n0,ifname={tap},script=no,downscript=no"),
+            "-device".into(),
+            format!("e1000,netdev=n0,mac={}", mac_str(&WS1_MAC)),
+        ],
+    );
+    let text = wait_login(&mut lab, &logins, 240);
+    assert!(
+        text.contains("InitiatorName=iqn.2026-11.lab:initiator-ws1"),
+        "{text}"
+    );
+    assert!(text.contains("TargetName=iqn.2026-11.lab:ws1"), "{text}");
+}
+
+#[test]
+#[ignore = "slow: boots QEMU under TCG (run with --ignored)"]
+fn qemu_uefi_pxe_tftp_ipxe_reaches_sanboot() {
+    require_root!();
+    let code = Path::new("/usr/share/OVMF/OVMF_CODE.fd");
+    let vars = Path::new("/usr/share/OVMF/OVMF_VARS.fd");
+    if !code.exists() || !vars.exists() {
+        println!("SKIPPED: OVMF not installed (apt-get install -y ovmf)");
+        return;
+    }
+    let mut lab = Lab::new();
+    let Some((s, tap, root)) = qemu_lab(&mut lab) else {
+        return;
+    };
+    let my_vars = lab.path("vars.fd");
+    std::fs::copy(vars, &my_vars).expect("copy vars");
+    // The only iPXE this VM can run is the one served over TFTP under this name.
+    std::fs::create_dir_all(root.join("efi")).expect("mkdir");
+    std::fs::rename(root.join("ipxe.efi"), root.join("efi/isboot-ipxe.efi")).expect("rename");
+    let mut cfg = full_config(&tap);
+    cfg.bootfiles.uefi = "efi/isboot-ipxe.efi".into();
+    let (_srv, logins) = start_boot_server(&s, cfg, root);
+    qemu(
+        &mut lab,
+        &s,
+        &[
+            "-machine".into(),
+            "q35".into(),
+            "-drive".into(),
+            format!("if=pflash,format=raw,readonly=on,file={}", code.display()),
+            "-drive".into(),
+            format!("if=pflash,format=raw,file={}", my_vars.display()),
+            "-netdev".into(),
+            format!("tap,id=n0,ifname={tap},script=no,downscript=no"),
+            // romfile= empty: OVMF's own PXE (stage 1), so the path goes through TFTP.
+            "-device".into(),
+            format!(
+                "virtio-net-pci,netdev=n0,romfile=,mac={}",
+                mac_str(&WS1_MAC)
+            ),
+        ],
+    );
+    let text = wait_login(&mut lab, &logins, 400);
+    assert!(
+        text.contains("InitiatorName=iqn.2026-11.lab:initiator-ws1"),
+        "{text}"
+    );
+    assert!(text.contains("TargetName=iqn.2026-11.lab:ws1"), "{text}");
+}
