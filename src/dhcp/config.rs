@@ -264,6 +264,31 @@ impl DhcpConfig {
         }
     }
 
+    /// The `[dhcp]` section for `isboot init --interface IF --server-ip IP [--dhcp-range
+    /// FIRST-LAST] [--dhcp-mode full|proxy] [--router IP] [--dns IP]`. In full mode without a
+    /// range, a dynamic pool is suggested inside the server's /24 (see [`suggest_range`]).
+    /// The result is validated.
+    pub fn from_init_args(
+        interface: &str,
+        server_ip: Ipv4Addr,
+        range: Option<&str>,
+        mode: Option<&str>,
+        router: Option<Ipv4Addr>,
+        dns: Option<Ipv4Addr>,
+    ) -> Result<DhcpConfig, DhcpError> {
+        let mode = mode.map(str::parse).transpose()?.unwrap_or_default();
+        let mut c = DhcpConfig::new(interface, server_ip, mode);
+        c.router = router;
+        c.dns = dns.into_iter().collect();
+        c.range = match (range, mode) {
+            (Some(r), _) => Some(r.parse()?),
+            (None, DhcpMode::Full) => suggest_range(server_ip, c.netmask),
+            (None, DhcpMode::Proxy) => None,
+        };
+        c.validate()?;
+        Ok(c)
+    }
+
     /// Check the settings belong together. Called by the service before it starts, and by
     /// `isboot init` before it writes the config.
     pub fn validate(&self) -> Result<(), DhcpError> {
@@ -356,6 +381,23 @@ impl DhcpConfig {
     }
 }
 
+/// A default dynamic pool for a subnet: hosts .100-.199, else .200-.249, else .10-.99 of the
+/// subnet, the first that fits the netmask and does not hold `server_ip`.
+pub fn suggest_range(server_ip: Ipv4Addr, netmask: Ipv4Addr) -> Option<IpRange> {
+    let m = u32::from(netmask);
+    let net = u32::from(server_ip) & m;
+    let hosts = !m; // broadcast offset
+    [(100u32, 199u32), (200, 249), (10, 99)]
+        .into_iter()
+        .find_map(|(a, b)| {
+            if b >= hosts {
+                return None;
+            }
+            let r = IpRange::new(Ipv4Addr::from(net + a), Ipv4Addr::from(net + b)).ok()?;
+            (!r.contains(server_ip)).then_some(r)
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -417,6 +459,46 @@ router = "10.88.0.1"
         c.range = Some("10.0.0.10-10.0.0.20".parse().expect("range"));
         c.netmask = Ipv4Addr::new(255, 0, 255, 0);
         assert!(c.validate().is_err(), "bad netmask");
+    }
+
+    #[test]
+    fn init_args() {
+        let ip = Ipv4Addr::new(10, 77, 0, 1);
+        let c =
+            DhcpConfig::from_init_args("isbr0", ip, None, None, Some(ip), Some(ip)).expect("ok");
+        assert_eq!(c.mode, DhcpMode::Full);
+        assert_eq!(
+            c.range.map(|r| r.to_string()).as_deref(),
+            Some("10.77.0.100-10.77.0.199")
+        );
+        assert_eq!(c.dns, vec![ip]);
+        let c = DhcpConfig::from_init_args(
+            "isbr0",
+            Ipv4Addr::new(10, 77, 0, 150),
+            None,
+            Some("full"),
+            None,
+            None,
+        )
+        .expect("ok");
+        assert_eq!(
+            c.range.map(|r| r.to_string()).as_deref(),
+            Some("10.77.0.200-10.77.0.249")
+        );
+        let c =
+            DhcpConfig::from_init_args("eth1", ip, None, Some("proxy"), None, None).expect("ok");
+        assert!(c.range.is_none());
+        assert!(DhcpConfig::from_init_args("eth1", ip, None, Some("both"), None, None).is_err());
+        assert!(
+            DhcpConfig::from_init_args("eth1", ip, Some("10.77.1.5-10.77.1.9"), None, None, None)
+                .is_err()
+        );
+        assert!(DhcpConfig::from_init_args("", ip, None, None, None, None).is_err());
+        let c =
+            DhcpConfig::from_init_args("eth1", ip, Some("10.77.0.20-10.77.0.30"), None, None, None)
+                .expect("ok");
+        let text = toml::to_string(&c).expect("toml");
+        assert!(text.contains("range = \"10.77.0.20-10.77.0.30\""), "{text}");
     }
 
     #[test]

@@ -232,6 +232,12 @@ impl DhcpServer {
             }
             return None;
         };
+        if let ClientKind::PxeRom { arch } = kind
+            && self.bootfile_for(mac, arch).is_none()
+        {
+            // A PXE ROM we have nothing to boot with: no offer at all (logged once).
+            return None;
+        }
         let ours = wire::server_id(msg);
         match mtype {
             MessageType::Discover => {
@@ -446,16 +452,12 @@ impl DhcpServer {
     ) -> Option<Reply> {
         let mut m = reply_skeleton(req);
         let server_ip = self.cfg.server_ip;
-        // Stage-1 boot file first: an architecture we cannot boot gets no boot offer at all in
-        // proxy mode, and an address without a boot file in full mode.
+        // Stage-1 boot file first: a PXE ROM whose architecture we cannot boot gets no offer.
         let bootfile = match kind {
             ClientKind::PxeRom { arch } => self.bootfile_for(mac, arch),
             _ => None,
         };
-        if purpose == Purpose::Proxy
-            && matches!(kind, ClientKind::PxeRom { .. })
-            && bootfile.is_none()
-        {
+        if matches!(kind, ClientKind::PxeRom { .. }) && bootfile.is_none() {
             return None;
         }
         let opts_mut = m.opts_mut();
@@ -785,22 +787,18 @@ mod tests {
                 &req(KNOWN, MessageType::Discover, Who::Pxe(arch), vec![]),
                 67,
                 1000,
-            )
-            .expect("known client gets an offer");
+            );
+            let Some(f) = file else {
+                assert!(r.is_none(), "arch {arch}: no boot file, so no offer at all");
+                continue;
+            };
+            let r = r.expect("known client gets an offer");
             assert_eq!(r.msg.opts().msg_type(), Some(MessageType::Offer));
             assert_eq!(r.msg.yiaddr(), RESERVED);
-            match file {
-                Some(f) => {
-                    assert_eq!(fname(&r.msg), f, "arch {arch}");
-                    assert_eq!(r.msg.siaddr(), SERVER);
-                    assert_eq!(opt(&r.msg, 67), Some(f.as_bytes().to_vec()));
-                    assert_eq!(opt(&r.msg, 66), Some(b"10.77.0.1".to_vec()));
-                }
-                None => {
-                    assert_eq!(fname(&r.msg), "", "arch {arch}: no boot file");
-                    assert!(opt(&r.msg, 67).is_none());
-                }
-            }
+            assert_eq!(fname(&r.msg), f, "arch {arch}");
+            assert_eq!(r.msg.siaddr(), SERVER);
+            assert_eq!(opt(&r.msg, 67), Some(f.as_bytes().to_vec()));
+            assert_eq!(opt(&r.msg, 66), Some(b"10.77.0.1".to_vec()));
             assert!(opt(&r.msg, 17).is_none(), "no root-path in stage 1");
         }
     }
