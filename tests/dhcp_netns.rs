@@ -218,10 +218,23 @@ impl Drop for DhcpServerThread {
 }
 
 fn start_isboot(ns: &str, cfg: DhcpConfig, lease_file: Option<PathBuf>) -> DhcpServerThread {
+    let (keep, watch) = tokio::sync::watch::channel(cfg);
+    let t = start_isboot_watched(ns, watch, lease_file);
+    drop(keep); // no updates: the server keeps its configuration
+    t
+}
+
+fn start_isboot_watched(
+    ns: &str,
+    watch: tokio::sync::watch::Receiver<DhcpConfig>,
+    lease_file: Option<PathBuf>,
+) -> DhcpServerThread {
+    let cfg = watch.borrow().clone();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let (ttx, trx) = std::sync::mpsc::channel();
     let ns = ns.to_string();
     let mode = cfg.mode;
+    drop(cfg);
     let thread = std::thread::spawn(move || {
         enter_netns(&ns);
         // SAFETY: gettid has no preconditions.
@@ -231,9 +244,15 @@ fn start_isboot(ns: &str, cfg: DhcpConfig, lease_file: Option<PathBuf>) -> DhcpS
             .build()
             .expect("runtime");
         rt.block_on(async move {
-            run_dhcp(cfg, lease_file, registry(), DhcpHooks::default(), async {
-                let _ = rx.await;
-            })
+            isboot::service::dhcp::run_dhcp_watched(
+                watch,
+                lease_file,
+                registry(),
+                DhcpHooks::default(),
+                async {
+                    let _ = rx.await;
+                },
+            )
             .await
             .expect("run_dhcp");
         });
@@ -707,6 +726,62 @@ fn relay_requests_get_the_relay_pool() {
         d.set_giaddr(Ipv4Addr::new(10, 99, 0, 1));
         assert!(exchange(&sock, &d, to, Duration::from_secs(2), 1).is_empty());
     });
+}
+
+#[test]
+fn configuration_updates_apply_without_restart() {
+    require_root!();
+    let mut lab = Lab::new();
+    let (s, c, vs, vc) = two_namespaces(&mut lab, WS1_MAC);
+    let (tx, rx) = tokio::sync::watch::channel(full_config(&vs));
+    let _srv = start_isboot_watched(&s, rx, None);
+    let ask = move |xid: u32| {
+        let vc = vc.clone();
+        in_ns(&c, move || {
+            let sock = client_socket(&vc, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68));
+            let d = boot_msg(
+                WS1_MAC,
+                xid,
+                MessageType::Discover,
+                Firmware::Pxe(0),
+                vec![],
+            );
+            exchange(&sock, &d, BCAST67, Duration::from_secs(2), 1)
+                .into_iter()
+                .next()
+                .map(|(_, m)| m)
+        })
+    };
+    assert_eq!(fname(&ask(0xc001).expect("offer")), "undionly.kpxe");
+    // New BIOS boot file: applies to the next request.
+    let mut cfg = full_config(&vs);
+    cfg.bootfiles.bios = "undionly.kkpxe".into();
+    tx.send(cfg.clone()).expect("update");
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        // A request racing the rebind may be lost; clients retransmit, so does this one.
+        if ask(0xc002).is_some_and(|m| fname(&m) == "undionly.kkpxe") {
+            break;
+        }
+        assert!(Instant::now() < until, "update not applied");
+    }
+    // Switch to proxy mode: port 4011 gets bound, offers carry no address.
+    cfg.mode = DhcpMode::Proxy;
+    tx.send(cfg.clone()).expect("update");
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(m) = ask(0xc003)
+            && m.yiaddr() == Ipv4Addr::UNSPECIFIED
+        {
+            assert_eq!(fname(&m), "undionly.kkpxe");
+            break;
+        }
+        assert!(Instant::now() < until, "mode change not applied");
+    }
+    // An invalid update is ignored; the server keeps answering.
+    cfg.interface = String::new();
+    tx.send(cfg).expect("update");
+    assert!(ask(0xc004).is_some());
 }
 
 // ------------------------------------------------------------------ proxy beside dnsmasq

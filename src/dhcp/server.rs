@@ -93,6 +93,12 @@ impl DhcpServer {
         &self.cfg
     }
 
+    /// Apply a new configuration (already validated); leases are kept.
+    pub fn set_config(&mut self, cfg: DhcpConfig) {
+        self.cfg = cfg;
+        self.logged_once.clear();
+    }
+
     pub fn leases(&self) -> &Leases {
         &self.leases
     }
@@ -603,6 +609,15 @@ fn reply_skeleton(req: &Message) -> Message {
     m.set_opcode(Opcode::BootReply);
     m.set_htype(req.htype());
     m.set_flags(req.flags());
+    // RFC 6842: echo the client identifier; RFC 3046: echo the relay agent information.
+    for code in [
+        OptionCode::ClientIdentifier,
+        OptionCode::RelayAgentInformation,
+    ] {
+        if let Some(o) = req.opts().get(code) {
+            m.opts_mut().insert(o.clone());
+        }
+    }
     m
 }
 
@@ -1148,6 +1163,36 @@ mod tests {
         rel.set_ciaddr(off3.msg.yiaddr());
         assert!(send(&mut s2, &hooks, &rel, 67, 204).is_none());
         assert!(s2.leases().get(&DYN, 205).is_none());
+    }
+
+    #[test]
+    fn client_id_and_relay_info_are_echoed() {
+        let mut s = DhcpServer::new(cfg(DhcpMode::Full), Leases::new());
+        let mut info = dhcproto::v4::relay::RelayAgentInformation::default();
+        info.insert(dhcproto::v4::relay::RelayInfo::AgentCircuitId(
+            b"port7".to_vec(),
+        ));
+        let mut d = req(
+            KNOWN,
+            MessageType::Discover,
+            Who::Linux,
+            vec![
+                DhcpOption::ClientIdentifier(vec![1, 0x52, 0x54, 0, 0, 0, 1]),
+                DhcpOption::RelayAgentInformation(info),
+            ],
+        );
+        d.set_giaddr(Ipv4Addr::new(10, 77, 0, 254));
+        let r = send(&mut s, &DhcpHooks::default(), &d, 67, 1).expect("offer");
+        assert_eq!(opt(&r.msg, 61), Some(vec![1, 0x52, 0x54, 0, 0, 0, 1]));
+        assert_eq!(
+            opt(&r.msg, 82),
+            Some(vec![1, 5, b'p', b'o', b'r', b't', b'7'])
+        );
+        assert_eq!(
+            r.msg.yiaddr(),
+            RESERVED,
+            "relay on the local subnet: local pool"
+        );
     }
 
     #[test]

@@ -131,35 +131,80 @@ pub async fn run_dhcp(
     hooks: DhcpHooks,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DhcpServiceError> {
-    cfg.validate()?;
-    if !interface_exists(&cfg.interface) {
-        return Err(DhcpServiceError::NoSuchInterface(cfg.interface.clone()));
+    let (_keep, rx) = tokio::sync::watch::channel(cfg);
+    run_dhcp_watched(rx, lease_file, directory, hooks, shutdown).await
+}
+
+/// The sockets for one (interface, mode).
+struct Sockets {
+    interface: String,
+    mode: DhcpMode,
+    s67: UdpSocket,
+    s4011: Option<UdpSocket>,
+}
+
+impl Sockets {
+    fn open(cfg: &DhcpConfig) -> Result<Sockets, DhcpServiceError> {
+        cfg.validate()?;
+        if !interface_exists(&cfg.interface) {
+            return Err(DhcpServiceError::NoSuchInterface(cfg.interface.clone()));
+        }
+        let s67 = bind_interface_socket(&cfg.interface, SERVER_PORT)?;
+        let s4011 = match cfg.mode {
+            DhcpMode::Proxy => Some(bind_interface_socket(&cfg.interface, PXE_PORT)?),
+            DhcpMode::Full => None,
+        };
+        tracing::info!(interface = %cfg.interface, server_ip = %cfg.server_ip, mode = ?cfg.mode, "DHCP listening");
+        Ok(Sockets {
+            interface: cfg.interface.clone(),
+            mode: cfg.mode,
+            s67,
+            s4011,
+        })
     }
+}
+
+/// Like [`run_dhcp`], but follows configuration changes published on `config` (for example
+/// after `isboot` rewrites the config file): a new interface or mode rebinds the sockets,
+/// anything else (pools, boot files, lease time, auto_enroll) applies to the next request.
+/// An invalid update is logged and ignored; the running configuration stays.
+pub async fn run_dhcp_watched(
+    mut config: tokio::sync::watch::Receiver<DhcpConfig>,
+    lease_file: Option<PathBuf>,
+    directory: Arc<dyn ClientDirectory>,
+    hooks: DhcpHooks,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), DhcpServiceError> {
+    let cfg = config.borrow_and_update().clone();
+    let mut socks = Sockets::open(&cfg)?;
     let leases = match &lease_file {
         Some(p) => Leases::load(p)?,
         None => Leases::new(),
     };
-    let sock67 = bind_interface_socket(&cfg.interface, SERVER_PORT)?;
-    let sock4011 = match cfg.mode {
-        DhcpMode::Proxy => Some(bind_interface_socket(&cfg.interface, PXE_PORT)?),
-        DhcpMode::Full => None,
-    };
-    tracing::info!(interface = %cfg.interface, server_ip = %cfg.server_ip, mode = ?cfg.mode, "DHCP listening");
-    let interface = cfg.interface.clone();
     let mut server = DhcpServer::new(cfg, leases);
+    let mut updates_open = true;
     let mut buf67 = vec![0u8; RECV_BUF];
     let mut buf4011 = vec![0u8; RECV_BUF];
     tokio::pin!(shutdown);
     loop {
         let (n, src, port) = tokio::select! {
             _ = &mut shutdown => break,
-            r = sock67.recv_from(&mut buf67) => match r {
+            changed = config.changed(), if updates_open => {
+                if changed.is_err() {
+                    updates_open = false;
+                    continue;
+                }
+                let new = config.borrow_and_update().clone();
+                apply_update(&mut server, &mut socks, new);
+                continue;
+            }
+            r = socks.s67.recv_from(&mut buf67) => match r {
                 Ok((n, src)) => (n, src, SERVER_PORT),
-                Err(e) => { recv_error(&interface, e)?; continue; }
+                Err(e) => { recv_error(&socks.interface, e)?; continue; }
             },
-            r = async { match &sock4011 { Some(s) => s.recv_from(&mut buf4011).await, None => std::future::pending().await } } => match r {
+            r = async { match &socks.s4011 { Some(s) => s.recv_from(&mut buf4011).await, None => std::future::pending().await } } => match r {
                 Ok((n, src)) => (n, src, PXE_PORT),
-                Err(e) => { recv_error(&interface, e)?; continue; }
+                Err(e) => { recv_error(&socks.interface, e)?; continue; }
             },
         };
         let SocketAddr::V4(src) = src else { continue };
@@ -176,33 +221,7 @@ pub async fn run_dhcp(
             unix_now(),
         );
         if let Some(reply) = reply {
-            let out = match reply.encode() {
-                Ok(b) => b,
-                Err(e) => {
-                    tracing::warn!(error = %e, "could not encode DHCP reply");
-                    continue;
-                }
-            };
-            let sock = if port == PXE_PORT {
-                sock4011.as_ref().unwrap_or(&sock67)
-            } else {
-                &sock67
-            };
-            let to = match reply.dest {
-                Destination::Relay(a) | Destination::Unicast(a) => a,
-                Destination::Broadcast => SocketAddrV4::new(Ipv4Addr::BROADCAST, CLIENT_PORT),
-                Destination::Hardware { ip, mac } => match add_arp_entry(sock, &interface, ip, mac)
-                {
-                    Ok(()) => SocketAddrV4::new(ip, CLIENT_PORT),
-                    Err(e) => {
-                        tracing::debug!(mac = %mac_string(&mac), error = %e, "no ARP entry added; broadcasting the reply");
-                        SocketAddrV4::new(Ipv4Addr::BROADCAST, CLIENT_PORT)
-                    }
-                },
-            };
-            if let Err(e) = sock.send_to(&out, to).await {
-                tracing::warn!(%to, error = %e, "sending DHCP reply failed");
-            }
+            send_reply(&socks, port, &reply).await;
         }
         if server.take_leases_dirty()
             && let Some(path) = &lease_file
@@ -216,8 +235,61 @@ pub async fn run_dhcp(
             }
         }
     }
-    tracing::info!(interface = %interface, "DHCP stopped");
+    tracing::info!(interface = %socks.interface, "DHCP stopped");
     Ok(())
+}
+
+fn apply_update(server: &mut DhcpServer, socks: &mut Sockets, new: DhcpConfig) {
+    if let Err(e) = new.validate() {
+        tracing::error!(error = %e, "ignoring invalid DHCP configuration update");
+        return;
+    }
+    if new.interface != socks.interface || new.mode != socks.mode {
+        // Drop the old sockets first: the new ones bind the same ports.
+        let old = (socks.interface.clone(), socks.mode);
+        let placeholder = std::mem::replace(
+            socks,
+            match Sockets::open(&new) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, interface = %new.interface, "cannot move DHCP to the new interface/mode; keeping {} ({:?})", old.0, old.1);
+                    return;
+                }
+            },
+        );
+        drop(placeholder);
+    }
+    tracing::info!(interface = %new.interface, mode = ?new.mode, "DHCP configuration updated");
+    server.set_config(new);
+}
+
+async fn send_reply(socks: &Sockets, port: u16, reply: &crate::dhcp::Reply) {
+    let out = match reply.encode() {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not encode DHCP reply");
+            return;
+        }
+    };
+    let sock = if port == PXE_PORT {
+        socks.s4011.as_ref().unwrap_or(&socks.s67)
+    } else {
+        &socks.s67
+    };
+    let to = match reply.dest {
+        Destination::Relay(a) | Destination::Unicast(a) => a,
+        Destination::Broadcast => SocketAddrV4::new(Ipv4Addr::BROADCAST, CLIENT_PORT),
+        Destination::Hardware { ip, mac } => match add_arp_entry(sock, &socks.interface, ip, mac) {
+            Ok(()) => SocketAddrV4::new(ip, CLIENT_PORT),
+            Err(e) => {
+                tracing::debug!(mac = %mac_string(&mac), error = %e, "no ARP entry added; broadcasting the reply");
+                SocketAddrV4::new(Ipv4Addr::BROADCAST, CLIENT_PORT)
+            }
+        },
+    };
+    if let Err(e) = sock.send_to(&out, to).await {
+        tracing::warn!(%to, error = %e, "sending DHCP reply failed");
+    }
 }
 
 /// Transient receive errors (ICMP errors reported on the socket) are logged; others stop the
