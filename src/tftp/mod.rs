@@ -7,6 +7,7 @@
 //! and serving a root read-only with symlink containment would need a custom handler anyway.
 //! A sans-IO state machine is tested here with explicit time and scripted packets.
 
+pub mod ipxe;
 pub mod packet;
 pub mod path;
 pub mod transfer;
