@@ -387,3 +387,29 @@ fn traversal_and_writes_refused_with_error_packets() {
     let got = scripted_get(s.port, "undionly.kpxe", &[], 1).expect("still serving");
     assert!(got == std::fs::read(s.root.join("undionly.kpxe")).expect("read"));
 }
+
+#[test]
+fn many_transfers_at_once() {
+    let Some(s) = start_server() else { return };
+    let want = std::fs::read(s.root.join("ipxe.efi")).expect("read");
+    let port = s.port;
+    let threads: Vec<_> = (0..24)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let opts: Vec<(&str, &str)> = match i % 3 {
+                    0 => vec![],
+                    1 => vec![("blksize", "1468")],
+                    _ => vec![("blksize", "1024"), ("windowsize", "4")],
+                };
+                let window = if i % 3 == 2 { 4 } else { 1 };
+                scripted_get(port, "ipxe.efi", &opts, window).expect("download")
+            })
+        })
+        .collect();
+    for t in threads {
+        assert!(
+            t.join().expect("thread") == want,
+            "concurrent download identical"
+        );
+    }
+}

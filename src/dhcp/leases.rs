@@ -149,6 +149,23 @@ impl Leases {
             .any(|(m, l)| m != mac && l.ip == ip && l.expires > now)
     }
 
+    /// Addresses held by other MACs' valid leases/offers, or declined, at `now`.
+    pub fn taken_ips(&self, mac: &Mac, now: u64) -> std::collections::HashSet<Ipv4Addr> {
+        let mut set: std::collections::HashSet<Ipv4Addr> = self
+            .declined
+            .iter()
+            .filter(|(_, until)| **until > now)
+            .map(|(ip, _)| *ip)
+            .collect();
+        set.extend(
+            self.by_mac
+                .iter()
+                .filter(|(m, l)| *m != mac && l.expires > now)
+                .map(|(_, l)| l.ip),
+        );
+        set
+    }
+
     /// Record an offer held for [`OFFER_HOLD_SECS`] (does not shorten a longer bound lease on
     /// the same address).
     pub fn offer(&mut self, mac: Mac, ip: Ipv4Addr, client: Option<&str>, now: u64) {

@@ -389,7 +389,13 @@ impl DhcpServer {
                 return Some(ip);
             }
         }
-        let found = range.iter().find(|&ip| self.free_for(ip, mac, dir, now));
+        // One pass over the lease table, not one per candidate address.
+        let taken = self.leases.taken_ips(&mac, now);
+        let found = range.iter().find(|ip| {
+            *ip != self.cfg.server_ip
+                && !taken.contains(ip)
+                && dir.by_ip(*ip).is_none_or(|owner| owner == mac)
+        });
         if found.is_none() && self.log_once(mac, "exhausted") {
             tracing::warn!(mac = %mac_string(&mac), %range, "DHCP pool exhausted");
         }
