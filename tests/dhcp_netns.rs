@@ -416,6 +416,17 @@ fn dhclient_known_mac_gets_reserved_address_and_options() {
         env_value(&env, "new_filename").is_none(),
         "no boot file for the OS: {env}"
     );
+    // dhclient does not set the broadcast flag: the reply was unicast to the new address
+    // through an ARP entry the server added (RFC 2131 4.1).
+    let neigh = Command::new("ip")
+        .args(["-n", &s, "neigh", "show", "10.77.0.10"])
+        .output()
+        .expect("ip neigh");
+    let neigh = String::from_utf8_lossy(&neigh.stdout);
+    assert!(
+        neigh.contains("52:54:00:77:00:01"),
+        "ARP entry for the unicast reply: {neigh}"
+    );
     let saved = std::fs::read_to_string(&leases).expect("lease file written");
     assert!(
         saved.contains("52:54:00:77:00:01") && saved.contains("10.77.0.10"),
