@@ -676,6 +676,56 @@ fn scripted_pxe_stage1_and_ipxe_stage2() {
 }
 
 #[test]
+fn floods_and_junk_do_not_stall_the_server() {
+    require_root!();
+    let mut lab = Lab::new();
+    let (s, c, vs, vc) = two_namespaces(&mut lab, WS1_MAC);
+    let _srv = start_isboot(&s, full_config(&vs), None);
+    in_ns(&c, move || {
+        let sock = client_socket(&vc, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68));
+        let flood = boot_msg(
+            WS2_MAC,
+            0xf100,
+            MessageType::Discover,
+            Firmware::Pxe(0),
+            vec![],
+        )
+        .to_vec()
+        .expect("encode");
+        let mut truncated = flood.clone();
+        truncated.truncate(250);
+        let mut no_cookie = flood.clone();
+        no_cookie[236] = 0;
+        let mut huge55 = flood[..240].to_vec();
+        huge55.extend_from_slice(&[53, 1, 1]);
+        for _ in 0..5 {
+            huge55.extend_from_slice(&[55, 255]);
+            huge55.extend(std::iter::repeat_n(1u8, 255));
+        }
+        for i in 0..3000 {
+            let p: &[u8] = match i % 4 {
+                0 => &flood,
+                1 => &truncated,
+                2 => &no_cookie,
+                _ => &huge55,
+            };
+            let _ = sock.send_to(p, BCAST67);
+        }
+        // The flooding MAC is cut off; another client is still served promptly.
+        let d = boot_msg(
+            WS1_MAC,
+            0xf200,
+            MessageType::Discover,
+            Firmware::Pxe(0),
+            vec![],
+        );
+        let r = exchange(&sock, &d, BCAST67, Duration::from_secs(10), 1);
+        let (_, offer) = r.first().expect("served after the flood");
+        assert_eq!(offer.yiaddr(), WS1_IP);
+    });
+}
+
+#[test]
 fn relay_requests_get_the_relay_pool() {
     require_root!();
     let mut lab = Lab::new();
