@@ -14,6 +14,7 @@
 pub mod cli;
 pub mod config;
 pub mod dhcp;
+pub mod initiator;
 pub mod iscsi;
 pub mod scsi;
 pub mod service;

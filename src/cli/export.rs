@@ -1,4 +1,127 @@
-pub fn run(_args: &super::ExportArgs) -> std::process::ExitCode {
-    eprintln!("isboot export: not available in this build");
-    std::process::ExitCode::from(1)
+//! `isboot export IMAGE`: serve one raw image file as LUN 0 of one iSCSI target, in the
+//! foreground, until Ctrl-C or SIGTERM.
+
+use super::ExportArgs;
+use crate::iscsi::target::{StaticRegistry, TargetConfig, TargetStats};
+use crate::scsi::{LogicalUnit, LuIdentity, TargetLus};
+use crate::store::raw::RawFile;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+/// Default IQN prefix for exported images.
+pub const EXPORT_IQN_PREFIX: &str = "iqn.2026-11.org.isboot";
+
+/// A stable 64-bit id for a name (FNV-1a), used for NAA designators and serials.
+pub fn name_id(name: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.to_ascii_lowercase().bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// Turn a file stem into the last part of an IQN: lower case, [a-z0-9.-] only.
+pub fn iqn_suffix(stem: &str) -> String {
+    let s: String = stem
+        .chars()
+        .map(|c| {
+            let c = c.to_ascii_lowercase();
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    if s.is_empty() { "disk".to_owned() } else { s }
+}
+
+pub fn run(args: &ExportArgs) -> ExitCode {
+    super::init_tracing();
+    let dev = match RawFile::open(&args.image, args.read_only) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("isboot export: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let stem = args
+        .image
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let iqn = args
+        .iqn
+        .clone()
+        .unwrap_or_else(|| format!("{EXPORT_IQN_PREFIX}:{}", iqn_suffix(&stem)));
+    let id = name_id(&iqn);
+    let ident = LuIdentity {
+        vendor: "ISBOOT".into(),
+        product: "EXPORT".into(),
+        revision: env!("CARGO_PKG_VERSION")
+            .chars()
+            .filter(|c| *c != '.')
+            .take(4)
+            .collect(),
+        serial: format!("{id:016x}"),
+        naa_id: id,
+    };
+    let size = crate::store::BlockDevice::size(&dev);
+    let lu = Arc::new(LogicalUnit::new(Arc::new(dev), ident));
+    let target = Arc::new(TargetConfig {
+        iqn: iqn.clone(),
+        lus: Arc::new(TargetLus::single(lu)),
+        allowed_initiators: Vec::new(),
+        chap: None,
+        stats: Arc::new(TargetStats::default()),
+    });
+    let registry = Arc::new(StaticRegistry(vec![target]));
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("isboot export: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    rt.block_on(async move {
+        let listener = match tokio::net::TcpListener::bind(&args.listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("isboot export: cannot listen on {}: {e}", args.listen);
+                return ExitCode::from(1);
+            }
+        };
+        let addr = listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|_| args.listen.clone());
+        eprintln!(
+            "isboot export: serving {} ({} bytes{}) as {} LUN 0 on {} — Ctrl-C to stop",
+            args.image.display(),
+            size,
+            if args.read_only { ", read-only" } else { "" },
+            iqn,
+            addr
+        );
+        let cfg = crate::service::iscsi::ServerConfig {
+            login_timeout: std::time::Duration::from_secs(args.login_timeout.max(1)),
+            ..Default::default()
+        };
+        match crate::service::iscsi::serve_with(listener, registry, cfg, super::shutdown_signal())
+            .await
+        {
+            Ok(()) => {
+                eprintln!("isboot export: stopped");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("isboot export: {e}");
+                ExitCode::from(1)
+            }
+        }
+    })
 }

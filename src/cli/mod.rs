@@ -242,6 +242,9 @@ pub struct ExportArgs {
     /// Refuse writes.
     #[arg(long)]
     pub read_only: bool,
+    /// Seconds a new connection has to complete its login.
+    #[arg(long, default_value_t = 15, value_name = "SECS")]
+    pub login_timeout: u64,
 }
 
 /// A failed command: its one-line message and whether the command line was at fault.
@@ -303,4 +306,33 @@ pub fn main() -> ExitCode {
 
 fn one_line(m: &str) -> String {
     m.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Log to stderr; `RUST_LOG` overrides the default level (info).
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
 }

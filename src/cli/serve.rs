@@ -10,12 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 pub fn run(dir: &StateDir, listen: Option<&str>) -> Result<(), CliError> {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .try_init();
+    super::init_tracing();
     let state = dir.load()?;
     let addr: SocketAddr = match listen {
         Some(s) => s
@@ -49,7 +44,7 @@ pub fn run(dir: &StateDir, listen: Option<&str>) -> Result<(), CliError> {
         };
         let keeper = tokio::spawn(maintain(registry.clone(), stopped(rx.clone())));
         tokio::spawn(async move {
-            shutdown_signal().await;
+            super::shutdown_signal().await;
             let _ = tx.send(true);
         });
         let res = serve_iscsi(listener, registry.clone(), stopped(rx)).await;
@@ -65,32 +60,11 @@ pub fn run(dir: &StateDir, listen: Option<&str>) -> Result<(), CliError> {
     })
 }
 
-/// Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
-    }
-}
-
-/// The iSCSI service. LEAD: replace the body with
-/// `crate::service::iscsi::serve(listener, registry, shutdown).await` once `service::iscsi`
-/// is merged; nothing else in `serve` needs to change.
+/// The iSCSI service.
 async fn serve_iscsi(
     listener: tokio::net::TcpListener,
     registry: Arc<dyn TargetRegistry>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let _ = (listener, registry, shutdown);
-    Err(std::io::Error::other(
-        "iSCSI service not available in this build",
-    ))
+    crate::service::iscsi::serve(listener, registry, shutdown).await
 }

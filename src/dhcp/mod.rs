@@ -1,1 +1,136 @@
-//! (under construction)
+//! DHCP and proxyDHCP for network boot, sans-IO.
+//!
+//! [`DhcpServer::handle`] takes one received datagram (with the port it arrived on and its
+//! source), the client directory, the hooks and the current time, and returns at most one
+//! [`Reply`] with the destination the service must send it to. Nothing here touches a socket.
+//!
+//! Which client gets what (see `reference-lab.md`):
+//! - stage 1, a PXE ROM (vendor class `PXEClient`, no iPXE user class): a boot file by option 93
+//!   (0: BIOS, 6/7/9: UEFI, 11: ARM64), next-server/siaddr and options 66/67. This is the
+//!   client's power-on: [`PowerOnHook::power_on`] is called.
+//! - stage 2, iPXE (user class `iPXE` or option 175 present): root-path 17
+//!   `iscsi:<server>::::<target-iqn>`, initiator IQN 203, hostname 12, 175.176 = 1, and no boot
+//!   file at all.
+//! - anything else that is a known client (the initrd's dhclient): the reserved address and
+//!   the usual options, no boot file.
+//! - unknown MACs: nothing, unless `auto_enroll` is on and [`EnrollHook::enroll`] adds them.
+
+pub mod config;
+pub mod flood;
+pub mod leases;
+pub mod server;
+pub mod wire;
+
+pub use config::{BootFiles, DhcpConfig, DhcpMode, IpRange, RelayPool};
+pub use leases::{Lease, Leases};
+pub use server::{Arrival, Destination, DhcpServer, Reply};
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+/// A MAC address as it appears in chaddr.
+pub type Mac = [u8; 6];
+
+/// Format a MAC as `aa:bb:cc:dd:ee:ff`.
+pub fn mac_string(mac: &Mac) -> String {
+    let parts: Vec<String> = mac.iter().map(|b| format!("{b:02x}")).collect();
+    parts.join(":")
+}
+
+/// Everything DHCP needs to know about one registered client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DhcpClient {
+    /// Client name: option 12 hostname.
+    pub name: String,
+    /// Reserved address; `None` = a dynamic address from the pool (full mode).
+    pub ip: Option<Ipv4Addr>,
+    /// The client's iSCSI target, for the root-path.
+    pub target_iqn: String,
+    /// Initiator IQN for option 203 (iPXE puts it into the iBFT).
+    pub initiator_iqn: Option<String>,
+    /// Full root-path override (default `iscsi:<server_ip>::<port>:<lun>:<target_iqn>`).
+    pub root_path: Option<String>,
+    /// iPXE `san-filename` (option 175.188), for UEFI clients that need an explicit loader.
+    pub san_filename: Option<String>,
+}
+
+/// Client lookup, implemented by the registry (config/store) side.
+pub trait ClientDirectory: Send + Sync {
+    /// The registered client with this MAC, if any.
+    fn by_mac(&self, mac: Mac) -> Option<DhcpClient>;
+    /// The MAC of the client that has `ip` reserved, if any (dynamic allocation skips it).
+    fn by_ip(&self, ip: Ipv4Addr) -> Option<Mac>;
+}
+
+/// Called on a client's power-on (its boot firmware's first DHCPDISCOVER of a boot).
+pub trait PowerOnHook: Send + Sync {
+    fn power_on(&self, mac: Mac, client: &DhcpClient);
+}
+
+impl<F: Fn(Mac, &DhcpClient) + Send + Sync> PowerOnHook for F {
+    fn power_on(&self, mac: Mac, client: &DhcpClient) {
+        self(mac, client)
+    }
+}
+
+/// Called for an unknown MAC when `auto_enroll` is on; returns the new client, or None to
+/// ignore the MAC after all.
+pub trait EnrollHook: Send + Sync {
+    fn enroll(&self, mac: Mac) -> Option<DhcpClient>;
+}
+
+impl<F: Fn(Mac) -> Option<DhcpClient> + Send + Sync> EnrollHook for F {
+    fn enroll(&self, mac: Mac) -> Option<DhcpClient> {
+        self(mac)
+    }
+}
+
+/// The hooks the DHCP server calls into the rest of isboot.
+#[derive(Clone, Default)]
+pub struct DhcpHooks {
+    pub power_on: Option<Arc<dyn PowerOnHook>>,
+    pub enroll: Option<Arc<dyn EnrollHook>>,
+}
+
+/// What went wrong in the DHCP layer.
+#[derive(Debug, thiserror::Error)]
+pub enum DhcpError {
+    #[error(
+        "no DHCP interface configured: set `interface` in the [dhcp] section of the config (or run `isboot init --interface IF --server-ip IP`); isboot never answers DHCP on an interface nobody named"
+    )]
+    NoInterface,
+    #[error("bad DHCP range {0}")]
+    BadRange(String),
+    #[error("bad DHCP mode {0:?}: expected \"full\" or \"proxy\"")]
+    BadMode(String),
+    #[error("bad DHCP configuration: {0}")]
+    BadConfig(String),
+    #[error("DHCP packet of {0} bytes is shorter than the fixed header and magic cookie")]
+    PacketTooShort(usize),
+    #[error("DHCP packet of {0} bytes is longer than the limit")]
+    PacketTooLong(usize),
+    #[error("DHCP packet has no magic cookie")]
+    NoMagicCookie,
+    #[error("DHCP packet is not a BOOTREQUEST")]
+    NotARequest,
+    #[error("DHCP hardware type {htype} / length {hlen} is not Ethernet")]
+    NotEthernet { htype: u8, hlen: u8 },
+    #[error("DHCP option {code} at offset {offset} is truncated")]
+    TruncatedOption { code: u8, offset: usize },
+    #[error("DHCP option {code} has a bad length {len}")]
+    BadOptionLength { code: u8, len: usize },
+    #[error("DHCP parameter request list has {0} entries, more than the limit")]
+    ParameterListTooLong(usize),
+    #[error("DHCP packet has no message type")]
+    NoMessageType,
+    #[error("decoding DHCP packet: {0}")]
+    Decoding(String),
+    #[error("encoding DHCP reply: {0}")]
+    Encoding(String),
+    #[error("reading lease file {0}: {1}")]
+    ReadingLeases(std::path::PathBuf, std::io::Error),
+    #[error("parsing lease file {0}: {1}")]
+    ParsingLeases(std::path::PathBuf, String),
+    #[error("writing lease file {0}: {1}")]
+    WritingLeases(std::path::PathBuf, std::io::Error),
+}

@@ -1,4 +1,10 @@
 //! iSCSI (RFC 7143) target logic, sans-IO: login and negotiation, sessions, tasks, discovery.
 //! Sockets live in `service::iscsi`.
 
+pub mod chap;
+pub mod discovery;
+pub mod login;
+pub mod negotiate;
+pub mod serial;
+pub mod session;
 pub mod target;

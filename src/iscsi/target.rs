@@ -11,11 +11,22 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// CHAP secrets for one target. `mutual` is the (user, secret) the target answers with when the
 /// initiator asks it to authenticate itself.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct ChapConfig {
     pub user: String,
     pub secret: Vec<u8>,
     pub mutual: Option<(String, Vec<u8>)>,
+}
+
+/// Secrets never reach logs: Debug shows the user names only.
+impl std::fmt::Debug for ChapConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChapConfig")
+            .field("user", &self.user)
+            .field("secret", &"<hidden>")
+            .field("mutual_user", &self.mutual.as_ref().map(|m| &m.0))
+            .finish()
+    }
 }
 
 /// One target as the iSCSI layer serves it.
@@ -50,6 +61,23 @@ pub trait TargetRegistry: Send + Sync + 'static {
     fn lookup(&self, iqn: &str) -> Option<Arc<TargetConfig>>;
     /// Every target (SendTargets filters them with [`TargetConfig::allows`]).
     fn all(&self) -> Vec<Arc<TargetConfig>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chap_debug_hides_secrets() {
+        let c = ChapConfig {
+            user: "u".into(),
+            secret: b"topsecret123".to_vec(),
+            mutual: Some(("m".into(), b"othersecret45".to_vec())),
+        };
+        let d = format!("{c:?}");
+        assert!(!d.contains("topsecret") && !d.contains("othersecret") && !d.contains("116, 111"));
+        assert!(d.contains("\"u\"") && d.contains("\"m\""));
+    }
 }
 
 /// A registry holding a fixed list of targets.

@@ -4,10 +4,41 @@
 //! Flow for one command: the transport calls [`TargetLus::plan`] with the CDB to learn the data
 //! direction and how many bytes the CDB itself asks to move (so it can collect Data-Out or size
 //! Data-In), then [`TargetLus::execute`] with the Data-Out bytes (empty for reads).
+//!
+//! Residuals (for the transport): Data-In is already cut to the CDB's allocation/transfer
+//! length, so for reads compare the returned length with the expected length (MODE SENSE with
+//! allocation length 4 returns 4 bytes and no overflow); for writes compare `plan.bytes` with
+//! the expected length.
+//!
+//! Behaviour worth knowing:
+//! - Unit attentions are per nexus: a new nexus gets POWER ON, RESET OR BUS DEVICE RESET
+//!   OCCURRED (29h/00h) on its first command other than INQUIRY / REPORT LUNS / REQUEST SENSE
+//!   (as tgt does; libiscsi and Linux clear it with TEST UNIT READY at login, iPXE retries).
+//!   LOGICAL UNIT RESET reports 29h/03h and target resets 29h/00h to the nexuses other than
+//!   the issuer (libiscsi's Reserve6.LUNReset sends its next command on the issuer); MODE
+//!   SELECT changes report 2Ah/01h to the others; persistent reservation changes report
+//!   2Ah/03h, 2Ah/04h, 2Ah/05h per SPC-4 §5.13.
+//! - RESERVE(6)/RELEASE(6) are per nexus and dropped by resets and [`TargetLus::nexus_gone`];
+//!   persistent reservations are keyed by [`Nexus::initiator_port`] and survive both.
+//! - Sense data is always fixed format (D_SENSE=0), response code 70h.
+//! - Files: [`sense`] (sense data), [`cdb`] (decoding and range checks), [`inquiry`] (standard
+//!   and VPD pages), [`mode`] (mode pages), [`pr`] (persistent reservations), [`rsoc`]
+//!   (REPORT SUPPORTED OPERATION CODES), `exec` (per-unit state and command execution).
 
 use crate::store::BlockDevice;
 use bytes::Bytes;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Arc, Mutex, RwLock};
+
+pub mod cdb;
+mod exec;
+pub mod inquiry;
+pub mod mode;
+pub mod pr;
+pub mod rsoc;
+pub mod sense;
+
+pub use sense::Sense;
 
 /// SCSI status codes (SAM-5).
 pub mod status {
@@ -94,14 +125,42 @@ pub struct LuIdentity {
 
 /// One logical unit: a block device plus the SCSI state that goes with it (mode pages, unit
 /// attentions, reservations).
+///
+/// Locking: per-nexus and reservation state sits behind one mutex that the common READ/WRITE
+/// path does not take: while no reservation exists, the medium is present, and the command
+/// comes from the nexus that last passed the full admission check and has no unit attention
+/// pending, commands go straight to the device (one atomic load of `fast_nexus`). Writes take
+/// `io` shared; COMPARE AND WRITE and ORWRITE take it exclusive, which makes them atomic
+/// against every other write.
 pub struct LogicalUnit {
     dev: Arc<dyn BlockDevice>,
     ident: LuIdentity,
+    removable: bool,
+    state: Mutex<exec::LuState>,
+    /// Id of the nexus allowed to skip the state lock, or `exec::NO_FAST_NEXUS`.
+    fast_nexus: AtomicU64,
+    /// Write cache enabled (caching mode page); false makes every write durable.
+    wce: AtomicBool,
+    io: RwLock<()>,
 }
 
 impl LogicalUnit {
     pub fn new(dev: Arc<dyn BlockDevice>, ident: LuIdentity) -> LogicalUnit {
-        LogicalUnit { dev, ident }
+        LogicalUnit {
+            dev,
+            ident,
+            removable: false,
+            state: Mutex::new(exec::LuState::default()),
+            fast_nexus: AtomicU64::new(exec::NO_FAST_NEXUS),
+            wce: AtomicBool::new(mode::ModeParams::default().wce),
+            io: RwLock::new(()),
+        }
+    }
+    /// Report removable medium (INQUIRY RMB=1): START STOP UNIT with LOEJ ejects and loads,
+    /// PREVENT ALLOW MEDIUM REMOVAL is honoured. Off by default (a boot disk is not removable).
+    pub fn with_removable(mut self, removable: bool) -> LogicalUnit {
+        self.removable = removable;
+        self
     }
     pub fn device(&self) -> &Arc<dyn BlockDevice> {
         &self.dev
@@ -109,9 +168,16 @@ impl LogicalUnit {
     pub fn identity(&self) -> &LuIdentity {
         &self.ident
     }
+    /// Capacity in logical blocks.
+    pub fn blocks(&self) -> u64 {
+        self.dev.size() / crate::store::SECTOR
+    }
 }
 
 /// The logical units of one target, by LUN.
+///
+/// LUNs are plain numbers (0..16383 are encoded with SAM peripheral/flat addressing in REPORT
+/// LUNS; larger values are reported as their 8-byte big-endian form).
 pub struct TargetLus {
     luns: Vec<(u64, Arc<LogicalUnit>)>,
 }
@@ -130,4 +196,63 @@ impl TargetLus {
     pub fn luns(&self) -> impl Iterator<Item = u64> + '_ {
         self.luns.iter().map(|(l, _)| *l)
     }
+
+    /// Direction and byte count the CDB asks for. Err(outcome) = CHECK CONDITION to return
+    /// before any data phase (invalid opcode, invalid field in CDB, LBA out of range, LUN not
+    /// supported, write protected, ...).
+    pub fn plan(&self, lun: u64, cdb: &[u8]) -> Result<Plan, Outcome> {
+        match self.get(lun) {
+            Some(lu) => lu.plan(cdb),
+            None => exec::plan_no_lun(cdb),
+        }
+    }
+
+    /// Run the command. Blocking (does file I/O).
+    ///
+    /// `data_out` is the Data-Out the transport collected. When it is shorter than
+    /// `plan.bytes` (the initiator's expected length was smaller): block-data commands (WRITE,
+    /// WRITE AND VERIFY, VERIFY with BYTCHK, ORWRITE) process the whole blocks that arrived and
+    /// return GOOD (the transport reports the overflow residual); WRITE SAME and COMPARE AND
+    /// WRITE need their complete data and fail with INVALID FIELD IN CDB; parameter lists
+    /// (MODE SELECT, UNMAP, PERSISTENT RESERVE OUT) are parsed as far as they go and a
+    /// truncated structure is PARAMETER LIST LENGTH ERROR. Bytes beyond `plan.bytes` are ignored.
+    /// Data-In is never longer than `plan.bytes`.
+    pub fn execute(&self, nexus: &Nexus, lun: u64, cdb: &[u8], data_out: &[u8]) -> Outcome {
+        if cdb.first() == Some(&cdb::op::REPORT_LUNS) {
+            return exec::report_luns(self, cdb);
+        }
+        match self.get(lun) {
+            Some(lu) => lu.execute(nexus, cdb, data_out),
+            None => exec::execute_no_lun(cdb),
+        }
+    }
+
+    /// Task management effects on SCSI state (unit attentions, reservations, ...). Returns
+    /// true if the function is supported for that LUN.
+    pub fn task_mgmt(&self, nexus: &Nexus, lun: u64, f: TaskMgmt) -> bool {
+        match f {
+            TaskMgmt::TargetWarmReset | TaskMgmt::TargetColdReset => {
+                for (_, lu) in &self.luns {
+                    lu.task_mgmt(nexus, f);
+                }
+                true
+            }
+            _ => match self.get(lun) {
+                Some(lu) => lu.task_mgmt(nexus, f),
+                None => false,
+            },
+        }
+    }
+
+    /// The nexus is gone (session closed): drop per-nexus state (pending unit attentions,
+    /// RESERVE(6) held by it, medium removal prevention) but not persistent reservation
+    /// registrations.
+    pub fn nexus_gone(&self, nexus: &Nexus) {
+        for (_, lu) in &self.luns {
+            lu.nexus_gone(nexus);
+        }
+    }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,3 +1,6 @@
-//! (under construction)
+//! The only layer with sockets, spawned tasks and signals.
 
+pub mod dhcp;
+pub mod iscsi;
 pub mod registry;
+pub mod tftp;

@@ -1,0 +1,41 @@
+//! Any datagram into the DHCP server, in full and proxy mode, on both ports: never a panic,
+//! and every reply encodes.
+#![no_main]
+
+use isboot::dhcp::{
+    Arrival, ClientDirectory, DhcpClient, DhcpConfig, DhcpHooks, DhcpMode, DhcpServer, Leases, Mac,
+};
+use libfuzzer_sys::fuzz_target;
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+struct EveryoneKnown;
+impl ClientDirectory for EveryoneKnown {
+    fn by_mac(&self, mac: Mac) -> Option<DhcpClient> {
+        Some(DhcpClient {
+            name: format!("c{}", mac[5]),
+            ip: (mac[5] & 1 == 0).then(|| Ipv4Addr::new(10, 0, 0, 20 + (mac[5] >> 2))),
+            target_iqn: "iqn.2026-11.fuzz:t".into(),
+            initiator_iqn: Some("iqn.2026-11.fuzz:i".into()),
+            root_path: None,
+            san_filename: (mac[4] & 1 == 1).then(|| "\\EFI\\BOOT\\BOOTX64.EFI".to_string()),
+        })
+    }
+    fn by_ip(&self, _: Ipv4Addr) -> Option<Mac> {
+        None
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let _ = isboot::dhcp::wire::parse_request(data);
+    for mode in [DhcpMode::Full, DhcpMode::Proxy] {
+        let mut cfg = DhcpConfig::new("fuzz0", Ipv4Addr::new(10, 0, 0, 1), mode);
+        cfg.range = Some("10.0.0.100-10.0.0.110".parse().expect("range"));
+        let mut s = DhcpServer::new(cfg, Leases::new());
+        for port in [67, 4011] {
+            let arrival = Arrival { port, src: SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 5), 68) };
+            if let Some(r) = s.handle(&EveryoneKnown, &DhcpHooks::default(), data, arrival, 1_000) {
+                r.encode().expect("replies always encode");
+            }
+        }
+    }
+});

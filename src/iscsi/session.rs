@@ -1,0 +1,1085 @@
+//! The full-feature phase of one session (one connection, ErrorRecoveryLevel 0), sans-IO.
+//!
+//! [`Session::handle`] takes each PDU the initiator sends and returns [`Action`]s: PDUs to send,
+//! SCSI commands ready to execute (all their Data-Out collected), or "close the connection".
+//! The service executes commands wherever it likes (concurrently, out of order) and reports
+//! each result with [`Session::complete`], which builds Data-In / SCSI Response PDUs.
+//!
+//! Sequence numbers: the session owns ExpCmdSN and the command window; StatSN is stamped by
+//! the connection writer at send time (see [`Stamp`]), so it follows the order PDUs really
+//! leave in, whatever order commands complete in.
+
+use super::serial;
+use crate::scsi::{DataDir, Nexus, Outcome, TargetLus, TaskMgmt, status};
+use crate::wire::frame::RawPdu;
+use crate::wire::pdu::{
+    BHS_LEN, Bhs, DataIn, DataOut, LogoutRequest, LogoutResponse, MAX_CDB_LEN, NopIn, NopOut, R2t,
+    RESERVED_TAG, Reject, ScsiCommand, ScsiResponse, TaskMgmtRequest, TaskMgmtResponse,
+    TextRequest, TextResponse, reject_reason, tmf_function, tmf_response,
+};
+use bytes::{Bytes, BytesMut};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+/// Commands a session may have in flight (the CmdSN window).
+pub const QUEUE_DEPTH: u32 = 128;
+/// Largest data transfer of one command we accept (also advertised in the Block Limits VPD).
+pub const MAX_TRANSFER_BYTES: u64 = 32 << 20;
+/// How many recently finished task tags are remembered, so that Data-Out still in flight for
+/// a command that already failed is dropped quietly instead of rejected.
+const FINISHED_MEMORY: usize = 256;
+/// Commands held back because they arrived ahead of a CmdSN gap.
+const MAX_HELD: usize = QUEUE_DEPTH as usize;
+
+/// How the connection writer fills StatSN / ExpCmdSN / MaxCmdSN (bytes 24..36) of a PDU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stamp {
+    /// Leave the header alone (login responses carry their own numbers).
+    None,
+    /// Takes the next StatSN (responses, status-bearing Data-In, Reject, NOP-In answers).
+    Advance,
+    /// Carries the current StatSN without advancing it (R2T, NOP-In pings).
+    Current,
+    /// Only ExpCmdSN/MaxCmdSN (Data-In without status).
+    WindowOnly,
+}
+
+/// One PDU ready to be sent: header, how to stamp it, and its data segment as segments.
+#[derive(Clone, Debug)]
+pub struct OutPdu {
+    pub bhs: [u8; BHS_LEN],
+    pub stamp: Stamp,
+    pub data: Vec<Bytes>,
+}
+
+impl OutPdu {
+    pub fn new(bhs: &Bhs, stamp: Stamp, data: Vec<Bytes>) -> OutPdu {
+        let len: usize = data.iter().map(|d| d.len()).sum();
+        let (h, _ahs) = bhs.emit(len as u32);
+        OutPdu {
+            bhs: h,
+            stamp,
+            data,
+        }
+    }
+    pub fn data_len(&self) -> usize {
+        self.data.iter().map(|d| d.len()).sum()
+    }
+}
+
+/// A SCSI command whose data phase is complete, to execute.
+#[derive(Debug)]
+pub struct ExecJob {
+    pub itt: u32,
+    pub lun: u64,
+    pub cdb: Vec<u8>,
+    pub data_out: Bytes,
+    pub dir: DataDir,
+}
+
+#[derive(Debug)]
+pub enum Action {
+    /// Send these PDUs, in this order, back to back.
+    Send(Vec<OutPdu>),
+    /// Execute this command, then call [`Session::complete`].
+    Execute(ExecJob),
+    /// Close the connection (after sending what was queued before this action).
+    Close(&'static str),
+}
+
+/// Negotiated values the full-feature phase needs.
+#[derive(Clone, Debug)]
+pub struct SessionConfig {
+    /// Initiator's MaxRecvDataSegmentLength: the largest data segment we may send.
+    pub max_xmit_dsl: u32,
+    /// Our MaxRecvDataSegmentLength.
+    pub max_recv_dsl: u32,
+    pub max_burst: u32,
+    pub first_burst: u32,
+    pub initial_r2t: bool,
+    pub immediate_data: bool,
+    pub max_outstanding_r2t: u32,
+    pub cid: u16,
+    pub default_time2wait: u16,
+    pub default_time2retain: u16,
+}
+
+#[derive(Debug)]
+struct R2tState {
+    ttt: u32,
+    end: u32,
+    next: u32,
+    data_sn: u32,
+}
+
+#[derive(Debug)]
+enum Phase {
+    /// Collecting Data-Out.
+    Collecting,
+    /// Handed to the executor.
+    Executing,
+}
+
+#[derive(Debug)]
+struct Task {
+    lun: u64,
+    immediate: bool,
+    cmd_sn: u32,
+    phase: Phase,
+    aborted: bool,
+    dir: DataDir,
+    /// Expected Data Transfer Length from the command PDU.
+    edtl: u32,
+    /// Bytes the CDB asked for.
+    cdb_bytes: u64,
+    /// Write data buffer: min(edtl, cdb_bytes) bytes.
+    buf: BytesMut,
+    cdb: Vec<u8>,
+    unsolicited_open: bool,
+    unsol_end: u32,
+    unsol_data_sn: u32,
+    /// Next offset to ask for with an R2T.
+    next_r2t: u32,
+    r2t_sn: u32,
+    r2ts: Vec<R2tState>,
+}
+
+struct PendingTmf {
+    waiting: HashSet<u32>,
+    response: OutPdu,
+    close_after: bool,
+}
+
+struct PendingLogout {
+    response: OutPdu,
+}
+
+/// Answers Text Requests in the full-feature phase (SendTargets and friends).
+pub trait TextHandler: Send {
+    /// Returns response headers and data segments for one Text Request PDU.
+    fn text(&mut self, req: &TextRequest, data: &[u8]) -> Vec<(TextResponse, Vec<u8>)>;
+}
+
+/// The full-feature phase of one session.
+pub struct Session {
+    cfg: SessionConfig,
+    lus: Option<Arc<TargetLus>>,
+    nexus: Nexus,
+    exp_cmd_sn: u32,
+    in_flight: u32,
+    held: BTreeMap<u32, RawPdu>,
+    tasks: HashMap<u32, Task>,
+    finished: VecDeque<u32>,
+    next_ttt: u32,
+    pending_tmf: Vec<PendingTmf>,
+    logout: Option<PendingLogout>,
+    text: Box<dyn TextHandler>,
+}
+
+/// Fixed-format sense data (SPC-4 §4.5.3) for transport-level failures.
+pub fn fixed_sense(key: u8, asc: u8, ascq: u8) -> Vec<u8> {
+    let mut s = vec![0u8; 18];
+    s[0] = 0x70;
+    s[2] = key & 0x0f;
+    s[7] = 10;
+    s[12] = asc;
+    s[13] = ascq;
+    s
+}
+
+fn check_condition(key: u8, asc: u8, ascq: u8) -> Outcome {
+    Outcome {
+        status: status::CHECK_CONDITION,
+        sense: Some(fixed_sense(key, asc, ascq)),
+        data: Vec::new(),
+    }
+}
+
+impl Session {
+    /// `exp_cmd_sn` is the CmdSN the first full-feature command will carry.
+    pub fn new(
+        cfg: SessionConfig,
+        lus: Option<Arc<TargetLus>>,
+        nexus: Nexus,
+        exp_cmd_sn: u32,
+        text: Box<dyn TextHandler>,
+    ) -> Session {
+        Session {
+            cfg,
+            lus,
+            nexus,
+            exp_cmd_sn,
+            in_flight: 0,
+            held: BTreeMap::new(),
+            tasks: HashMap::new(),
+            finished: VecDeque::new(),
+            next_ttt: 1,
+            pending_tmf: Vec::new(),
+            logout: None,
+            text,
+        }
+    }
+
+    pub fn nexus(&self) -> &Nexus {
+        &self.nexus
+    }
+
+    /// Current (ExpCmdSN, MaxCmdSN) to advertise.
+    pub fn window(&self) -> (u32, u32) {
+        let free = QUEUE_DEPTH.saturating_sub(self.in_flight);
+        (
+            self.exp_cmd_sn,
+            self.exp_cmd_sn.wrapping_sub(1).wrapping_add(free),
+        )
+    }
+
+    /// Commands accepted and not yet answered.
+    pub fn in_flight(&self) -> usize {
+        self.tasks.len()
+    }
+
+    /// A NOP-In ping (ITT reserved, TTT set so the initiator must answer).
+    pub fn ping(&mut self) -> OutPdu {
+        let ttt = self.alloc_ttt();
+        OutPdu::new(
+            &Bhs::NopIn(NopIn {
+                lun: 0,
+                itt: RESERVED_TAG,
+                ttt,
+                stat_sn: 0,
+                exp_cmd_sn: 0,
+                max_cmd_sn: 0,
+            }),
+            Stamp::Current,
+            Vec::new(),
+        )
+    }
+
+    fn alloc_ttt(&mut self) -> u32 {
+        let t = self.next_ttt;
+        self.next_ttt = self.next_ttt.wrapping_add(1);
+        if self.next_ttt == RESERVED_TAG {
+            self.next_ttt = 1;
+        }
+        t
+    }
+
+    fn reject(&self, reason: u8, bhs: &[u8; BHS_LEN]) -> Action {
+        let r = Bhs::Reject(Reject {
+            reason,
+            stat_sn: 0,
+            exp_cmd_sn: 0,
+            max_cmd_sn: 0,
+            data_sn: 0,
+        });
+        Action::Send(vec![OutPdu::new(
+            &r,
+            Stamp::Advance,
+            vec![Bytes::copy_from_slice(bhs)],
+        )])
+    }
+
+    /// Handle one PDU from the initiator.
+    pub fn handle(&mut self, pdu: RawPdu) -> Vec<Action> {
+        let mut out = Vec::new();
+        self.dispatch(pdu, &mut out);
+        // Commands held behind a CmdSN gap may now be deliverable.
+        while let Some(first) = self.held.keys().next().copied() {
+            if first != self.exp_cmd_sn {
+                break;
+            }
+            let held = self.held.remove(&first).expect("key just seen");
+            self.dispatch(held, &mut out);
+        }
+        out
+    }
+
+    fn dispatch(&mut self, pdu: RawPdu, out: &mut Vec<Action>) {
+        let bhs = match Bhs::parse(&pdu.bhs, &pdu.ahs) {
+            Ok(b) => b,
+            Err(crate::wire::WireError::UnknownOpcode(_)) => {
+                out.push(self.reject(reject_reason::COMMAND_NOT_SUPPORTED, &pdu.bhs));
+                return;
+            }
+            Err(_) => {
+                out.push(self.reject(reject_reason::INVALID_PDU_FIELD, &pdu.bhs));
+                return;
+            }
+        };
+        // Numbered requests go through the CmdSN window first.
+        let numbered = match &bhs {
+            Bhs::NopOut(p) => Some((p.immediate, p.cmd_sn)),
+            Bhs::ScsiCommand(p) => Some((p.immediate, p.cmd_sn)),
+            Bhs::TaskMgmtRequest(p) => Some((p.immediate, p.cmd_sn)),
+            Bhs::TextRequest(p) => Some((p.immediate, p.cmd_sn)),
+            Bhs::LogoutRequest(p) => Some((p.immediate, p.cmd_sn)),
+            _ => None,
+        };
+        if let Some((immediate, cmd_sn)) = numbered {
+            // A NOP-Out answering our ping (ITT reserved) carries no command.
+            let is_ping_reply = matches!(&bhs, Bhs::NopOut(n) if n.itt == RESERVED_TAG);
+            if !immediate && !is_ping_reply {
+                let (exp, max) = self.window();
+                if cmd_sn != exp {
+                    if serial::in_window(cmd_sn, exp, max) && self.held.len() < MAX_HELD {
+                        self.held.insert(cmd_sn, pdu);
+                    }
+                    // Outside the window: silently ignored (RFC 7143 §4.2.2.1).
+                    return;
+                }
+                self.exp_cmd_sn = self.exp_cmd_sn.wrapping_add(1);
+            }
+        }
+        if self.logout.is_some() {
+            // After a Logout request, nothing new is started.
+            if !matches!(bhs, Bhs::DataOut(_)) {
+                out.push(self.reject(reject_reason::WAITING_FOR_LOGOUT, &pdu.bhs));
+                return;
+            }
+        }
+        match bhs {
+            Bhs::NopOut(n) => self.nop_out(n, pdu.data, out),
+            Bhs::ScsiCommand(c) => self.scsi_command(c, &pdu.bhs, pdu.data, out),
+            Bhs::DataOut(d) => self.data_out(d, &pdu.bhs, pdu.data, out),
+            Bhs::TaskMgmtRequest(t) => self.task_mgmt(t, out),
+            Bhs::TextRequest(t) => {
+                let resps = self.text.text(&t, &pdu.data);
+                let pdus = resps
+                    .into_iter()
+                    .map(|(h, d)| {
+                        OutPdu::new(&Bhs::TextResponse(h), Stamp::Advance, vec![Bytes::from(d)])
+                    })
+                    .collect();
+                out.push(Action::Send(pdus));
+            }
+            Bhs::LogoutRequest(l) => self.logout(l, out),
+            Bhs::Snack(_) => out.push(self.reject(reject_reason::SNACK_REJECT, &pdu.bhs)),
+            // A login in full-feature phase, or a target-only opcode.
+            _ => out.push(self.reject(reject_reason::PROTOCOL_ERROR, &pdu.bhs)),
+        }
+    }
+
+    fn nop_out(&mut self, n: NopOut, data: Bytes, out: &mut Vec<Action>) {
+        if n.itt == RESERVED_TAG {
+            // Answer to our ping (or an unsolicited NOP-Out needing no reply).
+            return;
+        }
+        let reply = Bhs::NopIn(NopIn {
+            lun: n.lun,
+            itt: n.itt,
+            ttt: RESERVED_TAG,
+            stat_sn: 0,
+            exp_cmd_sn: 0,
+            max_cmd_sn: 0,
+        });
+        // Echo the ping data, within what the initiator can receive.
+        let mut data = data;
+        data.truncate(self.cfg.max_xmit_dsl as usize);
+        out.push(Action::Send(vec![OutPdu::new(
+            &reply,
+            Stamp::Advance,
+            vec![data],
+        )]));
+    }
+
+    /// A command counted as received without arriving (aborted before it came): when it is
+    /// the next expected one, move ExpCmdSN past it so later commands are not held forever.
+    fn ignore_cmd_sn(&mut self, cmd_sn: u32) {
+        if cmd_sn == self.exp_cmd_sn {
+            self.exp_cmd_sn = self.exp_cmd_sn.wrapping_add(1);
+        }
+    }
+
+    fn remember_finished(&mut self, itt: u32) {
+        if self.finished.len() >= FINISHED_MEMORY {
+            self.finished.pop_front();
+        }
+        self.finished.push_back(itt);
+    }
+
+    fn scsi_command(
+        &mut self,
+        c: ScsiCommand,
+        raw: &[u8; BHS_LEN],
+        imm: Bytes,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(lus) = self.lus.clone() else {
+            // Discovery sessions carry no SCSI commands.
+            out.push(self.reject(reject_reason::PROTOCOL_ERROR, raw));
+            return;
+        };
+        if self.tasks.contains_key(&c.itt) {
+            out.push(self.reject(reject_reason::TASK_IN_PROGRESS, raw));
+            return;
+        }
+        if !imm.is_empty()
+            && (!c.write
+                || !self.cfg.immediate_data
+                || imm.len() as u64 > c.expected_len as u64
+                || imm.len() as u32 > self.cfg.first_burst)
+        {
+            out.push(self.reject(reject_reason::PROTOCOL_ERROR, raw));
+            return;
+        }
+        if !c.immediate {
+            self.in_flight += 1;
+        }
+        let mut cdb_buf = [0u8; MAX_CDB_LEN];
+        let cdb = c.full_cdb(&mut cdb_buf).to_vec();
+        let mut task = Task {
+            lun: c.lun,
+            immediate: c.immediate,
+            cmd_sn: c.cmd_sn,
+            phase: Phase::Collecting,
+            aborted: false,
+            dir: DataDir::None,
+            edtl: c.expected_len,
+            cdb_bytes: 0,
+            buf: BytesMut::new(),
+            cdb,
+            unsolicited_open: c.write && !c.final_,
+            unsol_end: imm.len() as u32,
+            unsol_data_sn: 0,
+            next_r2t: 0,
+            r2t_sn: 0,
+            r2ts: Vec::new(),
+        };
+        let plan = match lus.plan(c.lun, &task.cdb) {
+            Ok(p) => p,
+            Err(outcome) => {
+                self.tasks.insert(c.itt, task);
+                out.extend(self.respond(c.itt, outcome));
+                return;
+            }
+        };
+        task.dir = plan.dir;
+        task.cdb_bytes = plan.bytes;
+        if plan.bytes > MAX_TRANSFER_BYTES {
+            self.tasks.insert(c.itt, task);
+            out.extend(self.respond(c.itt, check_condition(0x05, 0x24, 0x00)));
+            return;
+        }
+        match plan.dir {
+            DataDir::Write => {
+                let want = if c.write {
+                    (c.expected_len as u64).min(plan.bytes) as usize
+                } else {
+                    0
+                };
+                task.buf = BytesMut::zeroed(want);
+                let n = imm.len().min(want);
+                task.buf[..n].copy_from_slice(&imm[..n]);
+                self.tasks.insert(c.itt, task);
+                self.advance_write(c.itt, out);
+            }
+            DataDir::Read | DataDir::None => {
+                task.phase = Phase::Executing;
+                let job = ExecJob {
+                    itt: c.itt,
+                    lun: c.lun,
+                    cdb: task.cdb.clone(),
+                    data_out: Bytes::new(),
+                    dir: plan.dir,
+                };
+                self.tasks.insert(c.itt, task);
+                out.push(Action::Execute(job));
+            }
+        }
+    }
+
+    /// Issue R2Ts while allowed, or hand the command to the executor once all data is in.
+    fn advance_write(&mut self, itt: u32, out: &mut Vec<Action>) {
+        let (max_burst, max_out) = (self.cfg.max_burst, self.cfg.max_outstanding_r2t.max(1));
+        let mut new_ttts = Vec::new();
+        {
+            let Some(t) = self.tasks.get(&itt) else {
+                return;
+            };
+            if t.unsolicited_open || !matches!(t.phase, Phase::Collecting) {
+                return;
+            }
+        }
+        // Allocate TTTs first (borrow rules), then fill in the task.
+        let need = {
+            let t = &self.tasks[&itt];
+            let want = t.buf.len() as u32;
+            let start = t.next_r2t.max(t.unsol_end.min(want));
+            let mut n = 0;
+            let mut off = start;
+            while (t.r2ts.len() + n) < max_out as usize && off < want {
+                off = off.saturating_add(max_burst.min(want - off));
+                n += 1;
+            }
+            n
+        };
+        for _ in 0..need {
+            new_ttts.push(self.alloc_ttt());
+        }
+        let lun;
+        let mut pdus = Vec::new();
+        {
+            let t = self.tasks.get_mut(&itt).expect("checked above");
+            lun = t.lun;
+            let want = t.buf.len() as u32;
+            if t.next_r2t < t.unsol_end.min(want) {
+                t.next_r2t = t.unsol_end.min(want);
+            }
+            for ttt in new_ttts {
+                let off = t.next_r2t;
+                let len = max_burst.min(want - off);
+                t.r2ts.push(R2tState {
+                    ttt,
+                    end: off + len,
+                    next: off,
+                    data_sn: 0,
+                });
+                pdus.push(OutPdu::new(
+                    &Bhs::R2t(R2t {
+                        lun,
+                        itt,
+                        ttt,
+                        stat_sn: 0,
+                        exp_cmd_sn: 0,
+                        max_cmd_sn: 0,
+                        r2t_sn: t.r2t_sn,
+                        buffer_offset: off,
+                        desired_len: len,
+                    }),
+                    Stamp::Current,
+                    Vec::new(),
+                ));
+                t.r2t_sn = t.r2t_sn.wrapping_add(1);
+                t.next_r2t = off + len;
+            }
+            let done = t.r2ts.is_empty() && t.next_r2t >= want;
+            if !pdus.is_empty() {
+                out.push(Action::Send(pdus));
+            }
+            if done {
+                t.phase = Phase::Executing;
+                let data = std::mem::take(&mut t.buf).freeze();
+                out.push(Action::Execute(ExecJob {
+                    itt,
+                    lun,
+                    cdb: t.cdb.clone(),
+                    data_out: data,
+                    dir: DataDir::Write,
+                }));
+            }
+        }
+    }
+
+    fn data_out(&mut self, d: DataOut, raw: &[u8; BHS_LEN], data: Bytes, out: &mut Vec<Action>) {
+        let first_burst = self.cfg.first_burst;
+        let Some(t) = self.tasks.get_mut(&d.itt) else {
+            if !self.finished.contains(&d.itt) {
+                out.push(self.reject(reject_reason::INVALID_PDU_FIELD, raw));
+            }
+            return;
+        };
+        if !matches!(t.phase, Phase::Collecting) || t.dir != DataDir::Write {
+            out.push(self.reject(reject_reason::PROTOCOL_ERROR, raw));
+            return;
+        }
+        let len = data.len() as u32;
+        let want = t.buf.len() as u32;
+        let end = d.buffer_offset.checked_add(len);
+        if d.ttt == RESERVED_TAG {
+            let limit = first_burst.min(t.edtl);
+            if !t.unsolicited_open
+                || d.buffer_offset != t.unsol_end
+                || end.is_none_or(|e| e > limit)
+            {
+                out.push(self.reject(reject_reason::PROTOCOL_ERROR, raw));
+                return;
+            }
+            if d.data_sn != t.unsol_data_sn {
+                return self.data_sn_error(d.itt, raw, out);
+            }
+            let end = end.expect("checked");
+            copy_in(&mut t.buf, d.buffer_offset, &data, want);
+            t.unsol_end = end;
+            t.unsol_data_sn = t.unsol_data_sn.wrapping_add(1);
+            if d.final_ || end == limit {
+                t.unsolicited_open = false;
+            }
+        } else {
+            let Some(i) = t.r2ts.iter().position(|r| r.ttt == d.ttt) else {
+                out.push(self.reject(reject_reason::INVALID_PDU_FIELD, raw));
+                return;
+            };
+            let r = &mut t.r2ts[i];
+            if d.buffer_offset != r.next || end.is_none_or(|e| e > r.end) {
+                out.push(self.reject(reject_reason::PROTOCOL_ERROR, raw));
+                return;
+            }
+            if d.data_sn != r.data_sn {
+                return self.data_sn_error(d.itt, raw, out);
+            }
+            r.next = end.expect("checked");
+            r.data_sn = r.data_sn.wrapping_add(1);
+            let complete = r.next == r.end;
+            copy_in(&mut t.buf, d.buffer_offset, &data, want);
+            if complete {
+                t.r2ts.remove(i);
+            }
+        }
+        self.advance_write(d.itt, out);
+    }
+
+    /// A Data-Out out of DataSN order: ERL 0 cannot recover it. Reject the PDU and end the
+    /// command with ABORTED COMMAND / DATA PHASE ERROR.
+    fn data_sn_error(&mut self, itt: u32, raw: &[u8; BHS_LEN], out: &mut Vec<Action>) {
+        out.push(self.reject(reject_reason::PROTOCOL_ERROR, raw));
+        out.extend(self.respond(itt, check_condition(0x0b, 0x4b, 0x00)));
+    }
+
+    /// The executor finished a command.
+    pub fn complete(&mut self, itt: u32, outcome: Outcome) -> Vec<Action> {
+        let mut out = Vec::new();
+        let aborted = self.tasks.get(&itt).is_some_and(|t| t.aborted);
+        if aborted {
+            self.finish(itt);
+        } else {
+            out.extend(self.respond(itt, outcome));
+        }
+        self.settle_waiters(itt, &mut out);
+        out
+    }
+
+    /// Remove a task and release its window slot.
+    fn finish(&mut self, itt: u32) -> Option<Task> {
+        let t = self.tasks.remove(&itt)?;
+        if !t.immediate {
+            self.in_flight = self.in_flight.saturating_sub(1);
+        }
+        self.remember_finished(itt);
+        Some(t)
+    }
+
+    fn settle_waiters(&mut self, itt: u32, out: &mut Vec<Action>) {
+        let mut i = 0;
+        while i < self.pending_tmf.len() {
+            self.pending_tmf[i].waiting.remove(&itt);
+            if self.pending_tmf[i].waiting.is_empty() {
+                let p = self.pending_tmf.remove(i);
+                out.push(Action::Send(vec![p.response]));
+                if p.close_after {
+                    out.push(Action::Close("target cold reset"));
+                }
+            } else {
+                i += 1;
+            }
+        }
+        if self.tasks.is_empty()
+            && let Some(l) = self.logout.take()
+        {
+            out.push(Action::Send(vec![l.response]));
+            out.push(Action::Close("logout"));
+        }
+    }
+
+    /// Build the PDUs that answer a command, and retire it.
+    fn respond(&mut self, itt: u32, o: Outcome) -> Vec<Action> {
+        let Some(t) = self.finish(itt) else {
+            return Vec::new();
+        };
+        let mut pdus = Vec::new();
+        let good = o.status == status::GOOD && o.sense.is_none();
+        let (mut overflow, mut underflow, mut residual) = (false, false, 0u32);
+        let mut data_sn = 0u32;
+        match t.dir {
+            DataDir::Read => {
+                let produced: u64 = o.data.iter().map(|d| d.len() as u64).sum();
+                let edtl = t.edtl as u64;
+                if produced > edtl {
+                    overflow = true;
+                    residual = (produced - edtl).min(u32::MAX as u64) as u32;
+                } else if produced < edtl {
+                    underflow = true;
+                    residual = (edtl - produced) as u32;
+                }
+                let send = produced.min(edtl) as usize;
+                data_sn = self.data_in(
+                    itt,
+                    t.lun,
+                    &o,
+                    send,
+                    good,
+                    (overflow, underflow, residual),
+                    &mut pdus,
+                );
+                if good && send > 0 {
+                    return vec![Action::Send(pdus)];
+                }
+            }
+            DataDir::Write => {
+                let edtl = t.edtl as u64;
+                if t.cdb_bytes > edtl {
+                    overflow = true;
+                    residual = (t.cdb_bytes - edtl).min(u32::MAX as u64) as u32;
+                } else if t.cdb_bytes < edtl {
+                    underflow = true;
+                    residual = (edtl - t.cdb_bytes) as u32;
+                }
+            }
+            DataDir::None => {
+                if t.edtl > 0 {
+                    underflow = true;
+                    residual = t.edtl;
+                }
+            }
+        }
+        let mut sense_data = Vec::new();
+        if let Some(s) = &o.sense {
+            sense_data.extend_from_slice(&(s.len() as u16).to_be_bytes());
+            sense_data.extend_from_slice(s);
+        }
+        pdus.push(OutPdu::new(
+            &Bhs::ScsiResponse(ScsiResponse {
+                bidi_overflow: false,
+                bidi_underflow: false,
+                overflow,
+                underflow,
+                response: 0,
+                status: o.status,
+                itt,
+                snack_tag: 0,
+                stat_sn: 0,
+                exp_cmd_sn: 0,
+                max_cmd_sn: 0,
+                exp_data_sn: data_sn,
+                bidi_residual: 0,
+                residual,
+            }),
+            Stamp::Advance,
+            if sense_data.is_empty() {
+                Vec::new()
+            } else {
+                vec![Bytes::from(sense_data)]
+            },
+        ));
+        vec![Action::Send(pdus)]
+    }
+
+    /// Split `send` bytes of `o.data` into Data-In PDUs. With `good`, the last one carries the
+    /// status (phase collapse). Returns the number of Data-In PDUs built.
+    #[allow(clippy::too_many_arguments)]
+    fn data_in(
+        &self,
+        itt: u32,
+        lun: u64,
+        o: &Outcome,
+        send: usize,
+        good: bool,
+        (overflow, underflow, residual): (bool, bool, u32),
+        pdus: &mut Vec<OutPdu>,
+    ) -> u32 {
+        let mdsl = self.cfg.max_xmit_dsl.max(512) as usize;
+        let burst = self.cfg.max_burst.max(512) as usize;
+        let mut segs = o.data.iter();
+        let mut cur: Option<Bytes> = None;
+        let mut offset = 0usize;
+        let mut data_sn = 0u32;
+        let mut in_burst = 0usize;
+        while offset < send {
+            let room = mdsl.min(send - offset).min(burst - in_burst);
+            let mut chunk = Vec::new();
+            let mut got = 0;
+            while got < room {
+                let seg = match cur.take() {
+                    Some(s) => s,
+                    None => match segs.next() {
+                        Some(s) => s.clone(),
+                        None => break,
+                    },
+                };
+                if seg.is_empty() {
+                    continue;
+                }
+                let take = (room - got).min(seg.len());
+                chunk.push(seg.slice(..take));
+                if take < seg.len() {
+                    cur = Some(seg.slice(take..));
+                }
+                got += take;
+            }
+            if got == 0 {
+                break;
+            }
+            in_burst += got;
+            let last = offset + got >= send;
+            let end_of_burst = last || in_burst >= burst;
+            if in_burst >= burst {
+                in_burst = 0;
+            }
+            let with_status = last && good;
+            pdus.push(OutPdu::new(
+                &Bhs::DataIn(DataIn {
+                    final_: end_of_burst,
+                    ack: false,
+                    overflow: with_status && overflow,
+                    underflow: with_status && underflow,
+                    status_present: with_status,
+                    status: if with_status { o.status } else { 0 },
+                    lun,
+                    itt,
+                    ttt: RESERVED_TAG,
+                    stat_sn: 0,
+                    exp_cmd_sn: 0,
+                    max_cmd_sn: 0,
+                    data_sn,
+                    buffer_offset: offset as u32,
+                    residual: if with_status { residual } else { 0 },
+                }),
+                if with_status {
+                    Stamp::Advance
+                } else {
+                    Stamp::WindowOnly
+                },
+                chunk,
+            ));
+            data_sn += 1;
+            offset += got;
+        }
+        data_sn
+    }
+
+    fn task_mgmt(&mut self, t: TaskMgmtRequest, out: &mut Vec<Action>) {
+        let respond = |response: u8| {
+            OutPdu::new(
+                &Bhs::TaskMgmtResponse(TaskMgmtResponse {
+                    response,
+                    itt: t.itt,
+                    stat_sn: 0,
+                    exp_cmd_sn: 0,
+                    max_cmd_sn: 0,
+                }),
+                Stamp::Advance,
+                Vec::new(),
+            )
+        };
+        let Some(lus) = self.lus.clone() else {
+            out.push(Action::Send(vec![respond(tmf_response::NOT_SUPPORTED)]));
+            return;
+        };
+        let lun_exists = lus.get(t.lun).is_some();
+        let (kind, scope_all_luns) = match t.function {
+            tmf_function::ABORT_TASK => (TaskMgmt::AbortTask, false),
+            tmf_function::ABORT_TASK_SET => (TaskMgmt::AbortTaskSet, false),
+            tmf_function::CLEAR_ACA => (TaskMgmt::ClearAca, false),
+            tmf_function::CLEAR_TASK_SET => (TaskMgmt::ClearTaskSet, false),
+            tmf_function::LOGICAL_UNIT_RESET => (TaskMgmt::LogicalUnitReset, false),
+            tmf_function::TARGET_WARM_RESET => (TaskMgmt::TargetWarmReset, true),
+            tmf_function::TARGET_COLD_RESET => (TaskMgmt::TargetColdReset, true),
+            tmf_function::TASK_REASSIGN => {
+                out.push(Action::Send(vec![respond(
+                    tmf_response::REASSIGNMENT_NOT_SUPPORTED,
+                )]));
+                return;
+            }
+            _ => {
+                out.push(Action::Send(vec![respond(tmf_response::REJECTED)]));
+                return;
+            }
+        };
+        if !scope_all_luns && !lun_exists {
+            out.push(Action::Send(vec![respond(
+                tmf_response::LUN_DOES_NOT_EXIST,
+            )]));
+            return;
+        }
+        // Which of our tasks does this function abort?
+        let victims: Vec<u32> = match kind {
+            TaskMgmt::AbortTask => {
+                match self.tasks.get(&t.referenced_tt) {
+                    Some(task) if task.lun == t.lun => vec![t.referenced_tt],
+                    Some(_) => {
+                        out.push(Action::Send(vec![respond(
+                            tmf_response::TASK_DOES_NOT_EXIST,
+                        )]));
+                        return;
+                    }
+                    None => {
+                        // RFC 7143 §11.5.1: a task not received yet (its RefCmdSN inside the
+                        // window and older than this request) counts as received and aborted;
+                        // one already answered (RefCmdSN below ExpCmdSN) does not exist.
+                        let (exp, _) = self.window();
+                        let not_yet_received =
+                            serial::le(exp, t.ref_cmd_sn) && serial::lt(t.ref_cmd_sn, t.cmd_sn);
+                        if self.held.remove(&t.ref_cmd_sn).is_some() || not_yet_received {
+                            self.ignore_cmd_sn(t.ref_cmd_sn);
+                        }
+                        let r = if not_yet_received {
+                            tmf_response::COMPLETE
+                        } else {
+                            tmf_response::TASK_DOES_NOT_EXIST
+                        };
+                        out.push(Action::Send(vec![respond(r)]));
+                        return;
+                    }
+                }
+            }
+            TaskMgmt::ClearAca => Vec::new(),
+            _ if scope_all_luns => self.tasks.keys().copied().collect(),
+            _ => self
+                .tasks
+                .iter()
+                .filter(|(_, task)| task.lun == t.lun)
+                .map(|(k, _)| *k)
+                .collect(),
+        };
+        let mut waiting = HashSet::new();
+        for itt in victims {
+            if itt == t.itt {
+                continue;
+            }
+            let executing = match self.tasks.get_mut(&itt) {
+                Some(task) => {
+                    task.aborted = true;
+                    matches!(task.phase, Phase::Executing)
+                }
+                None => false,
+            };
+            if executing {
+                waiting.insert(itt);
+            } else {
+                self.finish(itt);
+            }
+        }
+        let supported = if scope_all_luns {
+            let luns: Vec<u64> = lus.luns().collect();
+            luns.iter()
+                .map(|l| lus.task_mgmt(&self.nexus, *l, kind))
+                .collect::<Vec<bool>>()
+                .iter()
+                .all(|ok| *ok)
+        } else {
+            lus.task_mgmt(&self.nexus, t.lun, kind)
+        };
+        let response = respond(if supported {
+            tmf_response::COMPLETE
+        } else {
+            tmf_response::NOT_SUPPORTED
+        });
+        let close_after = kind == TaskMgmt::TargetColdReset;
+        if waiting.is_empty() {
+            out.push(Action::Send(vec![response]));
+            if close_after {
+                out.push(Action::Close("target cold reset"));
+            }
+        } else {
+            self.pending_tmf.push(PendingTmf {
+                waiting,
+                response,
+                close_after,
+            });
+        }
+        // Aborting may have released logout waiters.
+        if self.tasks.is_empty()
+            && let Some(l) = self.logout.take()
+        {
+            out.push(Action::Send(vec![l.response]));
+            out.push(Action::Close("logout"));
+        }
+    }
+
+    fn logout(&mut self, l: LogoutRequest, out: &mut Vec<Action>) {
+        let mk = |response: u8, t2w: u16, t2r: u16| {
+            OutPdu::new(
+                &Bhs::LogoutResponse(LogoutResponse {
+                    response,
+                    itt: l.itt,
+                    stat_sn: 0,
+                    exp_cmd_sn: 0,
+                    max_cmd_sn: 0,
+                    time2wait: t2w,
+                    time2retain: t2r,
+                }),
+                Stamp::Advance,
+                Vec::new(),
+            )
+        };
+        match l.reason {
+            // Close the session, or close this connection.
+            0 | 1 => {
+                if l.reason == 1 && l.cid != self.cfg.cid {
+                    out.push(Action::Send(vec![mk(1, 0, 0)]));
+                    return;
+                }
+                // Tasks still collecting data will never get it: drop them.
+                let collecting: Vec<u32> = self
+                    .tasks
+                    .iter()
+                    .filter(|(_, t)| matches!(t.phase, Phase::Collecting))
+                    .map(|(k, _)| *k)
+                    .collect();
+                for itt in collecting {
+                    self.finish(itt);
+                }
+                let response = mk(0, 0, 0);
+                if self.tasks.is_empty() {
+                    out.push(Action::Send(vec![response]));
+                    out.push(Action::Close("logout"));
+                } else {
+                    self.logout = Some(PendingLogout { response });
+                }
+            }
+            // Remove the connection for recovery: needs ErrorRecoveryLevel 2.
+            2 => out.push(Action::Send(vec![mk(2, 0, 0)])),
+            _ => out.push(self.reject(reject_reason::PROTOCOL_ERROR, &l_raw(&l))),
+        }
+    }
+
+    /// Tasks whose commands have CmdSN, for diagnostics.
+    pub fn pending_cmd_sns(&self) -> Vec<u32> {
+        let mut v: Vec<u32> = self.tasks.values().map(|t| t.cmd_sn).collect();
+        v.sort_unstable();
+        v
+    }
+}
+
+fn l_raw(l: &LogoutRequest) -> [u8; BHS_LEN] {
+    Bhs::LogoutRequest(*l).emit(0).0
+}
+
+fn copy_in(buf: &mut BytesMut, offset: u32, data: &[u8], want: u32) {
+    let start = offset as usize;
+    if start >= want as usize {
+        return;
+    }
+    let n = data.len().min(want as usize - start);
+    buf[start..start + n].copy_from_slice(&data[..n]);
+}
+
+/// A text handler for Normal sessions: every key is answered NotUnderstood, except
+/// SendTargets, which the service's discovery handler answers when it is plugged in.
+pub struct NotUnderstood {
+    pub max_xmit_dsl: u32,
+}
+
+impl TextHandler for NotUnderstood {
+    fn text(&mut self, req: &TextRequest, data: &[u8]) -> Vec<(TextResponse, Vec<u8>)> {
+        let mut resp = Vec::new();
+        if let Ok(pairs) = crate::wire::text::parse(data) {
+            for p in pairs {
+                crate::wire::text::push(&mut resp, &p.key, "NotUnderstood");
+            }
+        }
+        resp.truncate(self.max_xmit_dsl as usize);
+        vec![(
+            TextResponse {
+                final_: true,
+                cont: false,
+                lun: req.lun,
+                itt: req.itt,
+                ttt: RESERVED_TAG,
+                stat_sn: 0,
+                exp_cmd_sn: 0,
+                max_cmd_sn: 0,
+            },
+            resp,
+        )]
+    }
+}

@@ -1,0 +1,204 @@
+//! The TFTP service: one listening socket, one task and one ephemeral socket per transfer.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::net::UdpSocket;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::tftp::TftpError;
+use crate::tftp::packet::{self, ErrorCode, Packet};
+use crate::tftp::transfer::{self, Transfer, TransferLimits};
+
+/// Default TFTP port.
+pub const TFTP_PORT: u16 = 69;
+/// Transfers served at once; more requests get "server busy".
+pub const MAX_TRANSFERS: usize = 512;
+/// Receive buffer for requests (RFC 2347: requests are at most 512 bytes; bigger ones are
+/// seen whole and refused) and for ACK/ERROR packets in a transfer.
+const RECV_BUF: usize = 2048;
+
+/// What stops the TFTP service.
+#[derive(Debug, thiserror::Error)]
+pub enum TftpServiceError {
+    #[error("binding TFTP socket {addr}: {source}")]
+    Binding {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("TFTP root {0}: {1}")]
+    Root(PathBuf, std::io::Error),
+    #[error("receiving TFTP requests: {0}")]
+    Receiving(std::io::Error),
+}
+
+/// Bind the TFTP listening socket (e.g. `0.0.0.0:69`, or `127.0.0.1:0` in tests).
+pub async fn bind_tftp(addr: SocketAddr) -> Result<UdpSocket, TftpServiceError> {
+    UdpSocket::bind(addr)
+        .await
+        .map_err(|source| TftpServiceError::Binding { addr, source })
+}
+
+/// Serve `root` read-only on `socket` until `shutdown` completes; running transfers are then
+/// aborted.
+pub async fn run_tftp(
+    socket: UdpSocket,
+    root: PathBuf,
+    limits: TransferLimits,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), TftpServiceError> {
+    let meta = std::fs::metadata(&root).map_err(|e| TftpServiceError::Root(root.clone(), e))?;
+    if !meta.is_dir() {
+        return Err(TftpServiceError::Root(
+            root.clone(),
+            std::io::Error::new(std::io::ErrorKind::NotADirectory, "not a directory"),
+        ));
+    }
+    let local_ip = socket
+        .local_addr()
+        .map_err(TftpServiceError::Receiving)?
+        .ip();
+    tracing::info!(addr = ?socket.local_addr().ok(), root = %root.display(), "TFTP listening");
+    let root = Arc::new(root);
+    let slots = Arc::new(Semaphore::new(MAX_TRANSFERS));
+    let mut transfers = JoinSet::new();
+    let mut buf = vec![0u8; RECV_BUF];
+    tokio::pin!(shutdown);
+    loop {
+        let (n, peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            Some(_) = transfers.join_next(), if !transfers.is_empty() => continue,
+            r = socket.recv_from(&mut buf) => match r {
+                Ok(x) => x,
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::Interrupted) => continue,
+                Err(e) => return Err(TftpServiceError::Receiving(e)),
+            },
+        };
+        let reply_err = |e: TftpError| {
+            tracing::info!(%peer, error = %e, "TFTP request refused");
+            e.to_packet()
+        };
+        let req = match Packet::parse(&buf[..n]) {
+            Ok(Packet::Rrq(r)) => r,
+            Ok(Packet::Wrq(_)) => {
+                let _ = socket
+                    .send_to(&reply_err(TftpError::WriteRefused), peer)
+                    .await;
+                continue;
+            }
+            Ok(Packet::Error { .. }) => continue, // never answer an error
+            Ok(_) => {
+                let p = packet::error(ErrorCode::IllegalOperation, "expected a read request");
+                let _ = socket.send_to(&p, peer).await;
+                continue;
+            }
+            Err(e) => {
+                let _ = socket.send_to(&reply_err(e), peer).await;
+                continue;
+            }
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            let p = packet::error(ErrorCode::NotDefined, "server busy, try again");
+            let _ = socket.send_to(&p, peer).await;
+            continue;
+        };
+        let root = root.clone();
+        transfers.spawn(async move {
+            let _permit = permit;
+            serve_one(req, peer, local_ip, &root, limits).await;
+        });
+    }
+    transfers.shutdown().await;
+    tracing::info!("TFTP stopped");
+    Ok(())
+}
+
+/// One transfer on its own socket (the server's new transfer ID).
+async fn serve_one(
+    req: crate::tftp::Request,
+    peer: SocketAddr,
+    local_ip: std::net::IpAddr,
+    root: &std::path::Path,
+    limits: TransferLimits,
+) {
+    let sock = match UdpSocket::bind(SocketAddr::new(local_ip, 0)).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "no socket for a TFTP transfer");
+            return;
+        }
+    };
+    if let Err(e) = sock.connect(peer).await {
+        tracing::warn!(%peer, error = %e, "cannot reach TFTP client");
+        return;
+    }
+    let filename = req.filename.clone();
+    let root_owned = root.to_path_buf();
+    let prepared =
+        tokio::task::spawn_blocking(move || transfer::prepare(&req, &root_owned, &limits)).await;
+    let prepared = match prepared {
+        Ok(Ok(p)) => p,
+        Ok(Err(e)) => {
+            tracing::info!(%peer, file = %filename, error = %e, "TFTP request refused");
+            let _ = sock.send(&e.to_packet()).await;
+            return;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "TFTP open task failed");
+            return;
+        }
+    };
+    let len = prepared.len;
+    let (mut t, first) = Transfer::start(prepared, &limits, std::time::Instant::now());
+    tracing::info!(%peer, file = %filename, bytes = len, blksize = t.negotiated().blksize, windowsize = t.negotiated().windowsize, "TFTP transfer started");
+    send_all(&sock, &first).await;
+    let mut buf = vec![0u8; RECV_BUF];
+    while !t.is_finished() {
+        let deadline = tokio::time::Instant::from_std(t.deadline());
+        let input = tokio::select! {
+            r = sock.recv(&mut buf) => match r {
+                Ok(n) => Some(buf[..n].to_vec()),
+                Err(e) => {
+                    tracing::info!(%peer, error = %e, "TFTP client went away");
+                    return;
+                }
+            },
+            _ = tokio::time::sleep_until(deadline) => None,
+        };
+        // Reading file blocks may touch the disk: do it off the executor.
+        let step = tokio::task::spawn_blocking(move || {
+            let now = std::time::Instant::now();
+            let out = match input {
+                Some(d) => t.on_datagram(&d, now),
+                None => t.on_timeout(now),
+            };
+            (t, out)
+        })
+        .await;
+        let out;
+        (t, out) = match step {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "TFTP transfer step failed");
+                return;
+            }
+        };
+        send_all(&sock, &out).await;
+    }
+    match t.status() {
+        transfer::Status::Done => {
+            tracing::info!(%peer, file = %filename, bytes = len, "TFTP transfer done")
+        }
+        other => tracing::info!(%peer, file = %filename, status = ?other, "TFTP transfer ended"),
+    }
+}
+
+async fn send_all(sock: &UdpSocket, pkts: &[Vec<u8>]) {
+    for p in pkts {
+        if let Err(e) = sock.send(p).await {
+            tracing::debug!(error = %e, "TFTP send failed");
+        }
+    }
+}

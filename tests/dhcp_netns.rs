@@ -1,0 +1,1283 @@
+//! DHCP in network namespaces the tests create: dhclient, scripted PXE/iPXE clients, a relay,
+//! and proxy mode beside dnsmasq. Needs root (CI runs as root); otherwise prints SKIPPED.
+//!
+//! Each test builds its own namespaces and veth pairs with unique names and deletes them in
+//! `Drop`, so a failing assertion still cleans up. The isboot DHCP server runs in-process on a
+//! thread that has `setns`'d into the server namespace.
+
+use dhcproto::v4::{
+    Architecture, DhcpOption, Flags, Message, MessageType, OptionCode, UnknownOption,
+};
+use dhcproto::{Decodable, Encodable};
+use isboot::dhcp::{ClientDirectory, DhcpClient, DhcpConfig, DhcpHooks, DhcpMode, Mac, RelayPool};
+use isboot::service::dhcp::run_dhcp;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+const SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
+const WS1_MAC: Mac = [0x52, 0x54, 0x00, 0x77, 0x00, 0x01];
+const WS1_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 10);
+const WS2_MAC: Mac = [0x52, 0x54, 0x00, 0x77, 0x00, 0x02];
+const UNKNOWN_MAC: Mac = [0x52, 0x54, 0x00, 0x77, 0x00, 0x99];
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+macro_rules! require_root {
+    () => {
+        if !is_root() {
+            println!("SKIPPED: needs root to create network namespaces (CI runs as root)");
+            return;
+        }
+    };
+}
+
+fn run(args: &[&str]) {
+    let o = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .expect("spawn");
+    assert!(
+        o.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+fn mac_str(m: &Mac) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// Namespaces, links and processes of one test; all removed on drop.
+struct Lab {
+    id: String,
+    namespaces: Vec<String>,
+    children: Vec<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl Lab {
+    fn new() -> Lab {
+        let id = format!(
+            "{}{}",
+            std::process::id() % 100_000,
+            SEQ.fetch_add(1, Ordering::SeqCst)
+        );
+        Lab {
+            id,
+            namespaces: Vec::new(),
+            children: Vec::new(),
+            dir: tempfile::tempdir().expect("tmp"),
+        }
+    }
+    fn ns(&mut self, role: &str) -> String {
+        let name = format!("isbt-{}-{role}", self.id);
+        run(&["ip", "netns", "add", &name]);
+        self.namespaces.push(name.clone());
+        run(&["ip", "-n", &name, "link", "set", "lo", "up"]);
+        name
+    }
+    /// A veth pair `<a_if>` in `a`, `<b_if>` in `b`, both up.
+    fn veth(&self, a: &str, a_if: &str, b: &str, b_if: &str) {
+        run(&[
+            "ip", "link", "add", a_if, "netns", a, "type", "veth", "peer", "name", b_if, "netns", b,
+        ]);
+        run(&["ip", "-n", a, "link", "set", a_if, "up"]);
+        run(&["ip", "-n", b, "link", "set", b_if, "up"]);
+    }
+    fn ifname(&self, tag: &str) -> String {
+        format!("{tag}{}", self.id) // <= 15 chars
+    }
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for ns in &self.namespaces {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+fn enter_netns(ns: &str) {
+    let f = std::fs::File::open(format!("/var/run/netns/{ns}")).expect("netns file");
+    // SAFETY: setns on a valid namespace fd; affects only the calling thread.
+    let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "setns {ns}: {}", std::io::Error::last_os_error());
+}
+
+/// Run `f` on a thread inside `ns`.
+fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let ns = ns.to_string();
+    std::thread::spawn(move || {
+        enter_netns(&ns);
+        f()
+    })
+    .join()
+    .expect("thread in netns")
+}
+
+/// Is something listening on UDP `port` in the netns of /proc/<pid>/task/<tid>?
+fn udp_listening(proc_net_udp: &Path, port: u16) -> bool {
+    let want = format!(":{port:04X} ");
+    std::fs::read_to_string(proc_net_udp)
+        .map(|t| {
+            t.lines().skip(1).any(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .is_some_and(|a| format!("{a} ").contains(&want))
+            })
+        })
+        .unwrap_or(false)
+}
+
+fn wait_listening(proc_net_udp: &Path, port: u16) {
+    let until = Instant::now() + Duration::from_secs(10);
+    while !udp_listening(proc_net_udp, port) {
+        assert!(Instant::now() < until, "nothing listening on UDP {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+struct Registry(Vec<(Mac, DhcpClient)>);
+impl ClientDirectory for Registry {
+    fn by_mac(&self, mac: Mac) -> Option<DhcpClient> {
+        self.0
+            .iter()
+            .find(|(m, _)| *m == mac)
+            .map(|(_, c)| c.clone())
+    }
+    fn by_ip(&self, ip: Ipv4Addr) -> Option<Mac> {
+        self.0
+            .iter()
+            .find(|(_, c)| c.ip == Some(ip))
+            .map(|(m, _)| *m)
+    }
+}
+
+fn registry() -> Arc<Registry> {
+    Arc::new(Registry(vec![
+        (
+            WS1_MAC,
+            DhcpClient {
+                name: "ws1".into(),
+                ip: Some(WS1_IP),
+                target_iqn: "iqn.2026-11.lab:ws1".into(),
+                initiator_iqn: Some("iqn.2026-11.lab:initiator-ws1".into()),
+                root_path: None,
+                san_filename: None,
+            },
+        ),
+        (
+            WS2_MAC,
+            DhcpClient {
+                name: "ws2".into(),
+                ip: None,
+                target_iqn: "iqn.2026-11.lab:ws2".into(),
+                initiator_iqn: None,
+                root_path: None,
+                san_filename: None,
+            },
+        ),
+    ]))
+}
+
+/// The isboot DHCP server running in a namespace; stopped (and joined) on drop.
+struct DhcpServerThread {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for DhcpServerThread {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn start_isboot(ns: &str, cfg: DhcpConfig, lease_file: Option<PathBuf>) -> DhcpServerThread {
+    let (keep, watch) = tokio::sync::watch::channel(cfg);
+    let t = start_isboot_watched(ns, watch, lease_file);
+    drop(keep); // no updates: the server keeps its configuration
+    t
+}
+
+fn start_isboot_watched(
+    ns: &str,
+    watch: tokio::sync::watch::Receiver<DhcpConfig>,
+    lease_file: Option<PathBuf>,
+) -> DhcpServerThread {
+    let cfg = watch.borrow().clone();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let (ttx, trx) = std::sync::mpsc::channel();
+    let ns = ns.to_string();
+    let mode = cfg.mode;
+    drop(cfg);
+    let thread = std::thread::spawn(move || {
+        enter_netns(&ns);
+        // SAFETY: gettid has no preconditions.
+        ttx.send(unsafe { libc::gettid() }).expect("tid");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            isboot::service::dhcp::run_dhcp_watched(
+                watch,
+                lease_file,
+                registry(),
+                DhcpHooks::default(),
+                async {
+                    let _ = rx.await;
+                },
+            )
+            .await
+            .expect("run_dhcp");
+        });
+    });
+    let tid = trx.recv().expect("tid");
+    let net_udp = PathBuf::from(format!("/proc/{}/task/{tid}/net/udp", std::process::id()));
+    wait_listening(&net_udp, 67);
+    if mode == DhcpMode::Proxy {
+        wait_listening(&net_udp, 4011);
+    }
+    DhcpServerThread {
+        stop: Some(tx),
+        thread: Some(thread),
+    }
+}
+
+fn full_config(ifname: &str) -> DhcpConfig {
+    let mut c = DhcpConfig::new(ifname, SERVER_IP, DhcpMode::Full);
+    c.range = Some("10.77.0.100-10.77.0.120".parse().expect("range"));
+    c.router = Some(SERVER_IP);
+    c.dns = vec![SERVER_IP];
+    c.lease_time = 600;
+    c.relay_pools.push(RelayPool {
+        range: "10.88.0.100-10.88.0.120".parse().expect("range"),
+        netmask: Ipv4Addr::new(255, 255, 255, 0),
+        router: Some(Ipv4Addr::new(10, 88, 0, 1)),
+        dns: vec![],
+    });
+    c
+}
+
+/// Server namespace `s` with `vs<id>` = 10.77.0.1/24, client namespace `c` with `vc<id>`
+/// (no address, MAC as given).
+fn two_namespaces(lab: &mut Lab, client_mac: Mac) -> (String, String, String, String) {
+    let s = lab.ns("s");
+    let c = lab.ns("c");
+    let (vs, vc) = (lab.ifname("vs"), lab.ifname("vc"));
+    lab.veth(&s, &vs, &c, &vc);
+    run(&["ip", "-n", &s, "addr", "add", "10.77.0.1/24", "dev", &vs]);
+    run(&[
+        "ip",
+        "-n",
+        &c,
+        "link",
+        "set",
+        &vc,
+        "address",
+        &mac_str(&client_mac),
+    ]);
+    (s, c, vs, vc)
+}
+
+// ------------------------------------------------------------------ dhclient
+
+/// Run dhclient once in `ns` on `ifname`; returns the environment of its BOUND hook, or None
+/// when it gave up.
+fn dhclient(lab: &mut Lab, ns: &str, ifname: &str, timeout_s: u32) -> Option<String> {
+    let tag = lab.children.len();
+    let dump = lab.path(&format!("dhclient{tag}.env"));
+    let script = lab.path(&format!("dhclient{tag}.sh"));
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho \"reason=$reason\" >> {d}\nenv | grep '^new_' >> {d}\nexit 0\n",
+            d = dump.display()
+        ),
+    )
+    .expect("script");
+    run(&["chmod", "+x", script.to_str().expect("utf8")]);
+    let conf = lab.path(&format!("dhclient{tag}.conf"));
+    std::fs::write(
+        &conf,
+        format!("timeout {timeout_s};\nretry 1;\ninitial-interval 1;\nrequest subnet-mask, routers, domain-name-servers, host-name, root-path;\n"),
+    )
+    .expect("conf");
+    let child = Command::new("ip")
+        .args(["netns", "exec", ns, "dhclient", "-d", "-1", "-v"])
+        .arg("-cf")
+        .arg(&conf)
+        .arg("-lf")
+        .arg(lab.path(&format!("dhclient{tag}.leases")))
+        .arg("-pf")
+        .arg(lab.path(&format!("dhclient{tag}.pid")))
+        .arg("-sf")
+        .arg(&script)
+        .arg(ifname)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn dhclient");
+    lab.children.push(child);
+    let until = Instant::now() + Duration::from_secs(u64::from(timeout_s) + 15);
+    loop {
+        let text = std::fs::read_to_string(&dump).unwrap_or_default();
+        if text.contains("reason=BOUND") {
+            return Some(text);
+        }
+        let exited = lab
+            .children
+            .last_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+            .is_some();
+        if exited || Instant::now() > until {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn env_value(env: &str, key: &str) -> Option<String> {
+    env.lines().find_map(|l| {
+        l.strip_prefix(&format!("{key}="))
+            .map(|v| v.trim_matches('\'').to_string())
+    })
+}
+
+#[test]
+fn dhclient_known_mac_gets_reserved_address_and_options() {
+    require_root!();
+    let mut lab = Lab::new();
+    let (s, c, vs, vc) = two_namespaces(&mut lab, WS1_MAC);
+    let leases = lab.path("leases.json");
+    let _srv = start_isboot(&s, full_config(&vs), Some(leases.clone()));
+    let env = dhclient(&mut lab, &c, &vc, 20).expect("dhclient got a lease");
+    assert_eq!(
+        env_value(&env, "new_ip_address").as_deref(),
+        Some("10.77.0.10"),
+        "{env}"
+    );
+    assert_eq!(
+        env_value(&env, "new_subnet_mask").as_deref(),
+        Some("255.255.255.0"),
+        "{env}"
+    );
+    assert_eq!(
+        env_value(&env, "new_routers").as_deref(),
+        Some("10.77.0.1"),
+        "{env}"
+    );
+    assert_eq!(
+        env_value(&env, "new_domain_name_servers").as_deref(),
+        Some("10.77.0.1"),
+        "{env}"
+    );
+    assert_eq!(
+        env_value(&env, "new_host_name").as_deref(),
+        Some("ws1"),
+        "{env}"
+    );
+    assert_eq!(
+        env_value(&env, "new_root_path").as_deref(),
+        Some("iscsi:10.77.0.1::::iqn.2026-11.lab:ws1"),
+        "{env}"
+    );
+    assert_eq!(
+        env_value(&env, "new_dhcp_server_identifier").as_deref(),
+        Some("10.77.0.1"),
+        "{env}"
+    );
+    assert!(
+        env_value(&env, "new_filename").is_none(),
+        "no boot file for the OS: {env}"
+    );
+    // dhclient does not set the broadcast flag: the reply was unicast to the new address
+    // through an ARP entry the server added (RFC 2131 4.1).
+    let neigh = Command::new("ip")
+        .args(["-n", &s, "neigh", "show", "10.77.0.10"])
+        .output()
+        .expect("ip neigh");
+    let neigh = String::from_utf8_lossy(&neigh.stdout);
+    assert!(
+        neigh.contains("52:54:00:77:00:01"),
+        "ARP entry for the unicast reply: {neigh}"
+    );
+    let saved = std::fs::read_to_string(&leases).expect("lease file written");
+    assert!(
+        saved.contains("52:54:00:77:00:01") && saved.contains("10.77.0.10"),
+        "{saved}"
+    );
+}
+
+#[test]
+fn dhclient_dynamic_client_gets_a_pool_address() {
+    require_root!();
+    let mut lab = Lab::new();
+    let (s, c, vs, vc) = two_namespaces(&mut lab, WS2_MAC);
+    let _srv = start_isboot(&s, full_config(&vs), None);
+    let env = dhclient(&mut lab, &c, &vc, 20).expect("dhclient got a lease");
+    assert_eq!(
+        env_value(&env, "new_ip_address").as_deref(),
+        Some("10.77.0.100"),
+        "{env}"
+    );
+}
+
+#[test]
+fn dhclient_unknown_mac_gets_nothing() {
+    require_root!();
+    let mut lab = Lab::new();
+    let (s, c, vs, vc) = two_namespaces(&mut lab, UNKNOWN_MAC);
+    let _srv = start_isboot(&s, full_config(&vs), None);
+    assert!(
+        dhclient(&mut lab, &c, &vc, 5).is_none(),
+        "an unknown MAC must not get a lease"
+    );
+}
+
+// ------------------------------------------------------------------ scripted clients
+
+/// A UDP socket in the current netns bound to `bind`, on `ifname`, broadcast allowed.
+fn client_socket(ifname: &str, bind: SocketAddrV4) -> UdpSocket {
+    let s = socket2::Socket::new(
+        socket2::Domain::IPV4,
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )
+    .expect("socket");
+    s.set_reuse_address(true).expect("reuse");
+    s.set_broadcast(true).expect("broadcast");
+    s.bind_device(Some(ifname.as_bytes())).expect("bind_device");
+    s.bind(&SocketAddr::V4(bind).into()).expect("bind");
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    s.into()
+}
+
+#[derive(Clone, Copy)]
+enum Firmware {
+    Pxe(u16),
+    Ipxe(u16),
+}
+
+fn boot_msg(mac: Mac, xid: u32, t: MessageType, fw: Firmware, extra: Vec<DhcpOption>) -> Message {
+    let mut m = Message::new_with_id(
+        xid,
+        Ipv4Addr::UNSPECIFIED,
+        Ipv4Addr::UNSPECIFIED,
+        Ipv4Addr::UNSPECIFIED,
+        Ipv4Addr::UNSPECIFIED,
+        &mac,
+    );
+    m.set_flags(Flags::default().set_broadcast());
+    let o = m.opts_mut();
+    o.insert(DhcpOption::MessageType(t));
+    let arch = match fw {
+        Firmware::Pxe(a) | Firmware::Ipxe(a) => a,
+    };
+    o.insert(DhcpOption::ClassIdentifier(
+        format!("PXEClient:Arch:{arch:05}:UNDI:003010").into_bytes(),
+    ));
+    o.insert(DhcpOption::ClientSystemArchitecture(Architecture(arch)));
+    o.insert(DhcpOption::ClientMachineIdentifier(
+        [vec![0u8], vec![0x11; 16]].concat(),
+    ));
+    o.insert(DhcpOption::ParameterRequestList(vec![
+        OptionCode::SubnetMask,
+        OptionCode::Router,
+        OptionCode::Hostname,
+        OptionCode::RootPath,
+        OptionCode::ClassIdentifier,
+        OptionCode::VendorExtensions,
+        OptionCode::TFTPServerName,
+        OptionCode::BootfileName,
+        OptionCode::Unknown(175),
+        OptionCode::Unknown(203),
+    ]));
+    if let Firmware::Ipxe(_) = fw {
+        o.insert(DhcpOption::UserClass(b"iPXE".to_vec()));
+        o.insert(DhcpOption::Unknown(UnknownOption::new(
+            OptionCode::Unknown(175),
+            vec![177, 5, 1, 0x1a, 0xf4, 0x10, 0x00, 19, 1, 1],
+        )));
+    }
+    for x in extra {
+        o.insert(x);
+    }
+    m
+}
+
+/// Send `msg` to `to` and collect replies with its xid for `wait` (or until `enough` replies).
+fn exchange(
+    sock: &UdpSocket,
+    msg: &Message,
+    to: SocketAddrV4,
+    wait: Duration,
+    enough: usize,
+) -> Vec<(SocketAddr, Message)> {
+    sock.send_to(&msg.to_vec().expect("encode"), to)
+        .expect("send");
+    let mut got = Vec::new();
+    let until = Instant::now() + wait;
+    let mut buf = [0u8; 1600];
+    while Instant::now() < until && got.len() < enough {
+        if let Ok((n, from)) = sock.recv_from(&mut buf)
+            && let Ok(m) = Message::from_bytes(&buf[..n])
+            && m.xid() == msg.xid()
+            && m.opcode() == dhcproto::v4::Opcode::BootReply
+        {
+            got.push((from, m));
+        }
+    }
+    got
+}
+
+fn opt_bytes(m: &Message, code: u8) -> Option<Vec<u8>> {
+    let o = m.opts().get(OptionCode::from(code))?;
+    let mut v = Vec::new();
+    o.encode(&mut dhcproto::Encoder::new(&mut v))
+        .expect("encode");
+    Some(v[2..].to_vec())
+}
+
+fn fname(m: &Message) -> String {
+    m.fname()
+        .map(|f| {
+            String::from_utf8_lossy(f)
+                .trim_end_matches('\0')
+                .to_string()
+        })
+        .unwrap_or_default()
+}
+
+const BCAST67: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::BROADCAST, 67);
+
+#[test]
+fn scripted_pxe_stage1_and_ipxe_stage2() {
+    require_root!();
+    let mut lab = Lab::new();
+    let (s, c, vs, vc) = two_namespaces(&mut lab, WS1_MAC);
+    let _srv = start_isboot(&s, full_config(&vs), None);
+    in_ns(&c, move || {
+        let sock = client_socket(&vc, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68));
+        // Malformed datagrams first: the server must shrug them off and keep answering.
+        let junk: [&[u8]; 3] = [b"\x01\x01\x06", &[0u8; 300], &[0xffu8; 1400]];
+        for j in junk {
+            sock.send_to(j, BCAST67).expect("send junk");
+        }
+        for (arch, file) in [(0u16, "undionly.kpxe"), (7, "ipxe.efi")] {
+            let xid = 0x5000 + u32::from(arch);
+            let d = boot_msg(
+                WS1_MAC,
+                xid,
+                MessageType::Discover,
+                Firmware::Pxe(arch),
+                vec![],
+            );
+            let r = exchange(&sock, &d, BCAST67, Duration::from_secs(5), 1);
+            let (_, offer) = r.first().unwrap_or_else(|| panic!("arch {arch}: no OFFER"));
+            assert_eq!(offer.opts().msg_type(), Some(MessageType::Offer));
+            assert_eq!(offer.yiaddr(), WS1_IP);
+            assert_eq!(offer.siaddr(), SERVER_IP, "next-server");
+            assert_eq!(fname(offer), file, "arch {arch}");
+            assert_eq!(opt_bytes(offer, 67), Some(file.as_bytes().to_vec()));
+            assert_eq!(opt_bytes(offer, 66), Some(b"10.77.0.1".to_vec()));
+            let req = boot_msg(
+                WS1_MAC,
+                xid,
+                MessageType::Request,
+                Firmware::Pxe(arch),
+                vec![
+                    DhcpOption::ServerIdentifier(SERVER_IP),
+                    DhcpOption::RequestedIpAddress(WS1_IP),
+                ],
+            );
+            let r = exchange(&sock, &req, BCAST67, Duration::from_secs(5), 1);
+            let (_, ack) = r.first().unwrap_or_else(|| panic!("arch {arch}: no ACK"));
+            assert_eq!(ack.opts().msg_type(), Some(MessageType::Ack));
+            assert_eq!(ack.yiaddr(), WS1_IP);
+            assert_eq!(fname(ack), file);
+        }
+        // Stage 2: iPXE.
+        for arch in [0u16, 7] {
+            let xid = 0x6000 + u32::from(arch);
+            let d = boot_msg(
+                WS1_MAC,
+                xid,
+                MessageType::Discover,
+                Firmware::Ipxe(arch),
+                vec![],
+            );
+            let r = exchange(&sock, &d, BCAST67, Duration::from_secs(5), 1);
+            let (_, offer) = r.first().expect("iPXE OFFER");
+            let req = boot_msg(
+                WS1_MAC,
+                xid,
+                MessageType::Request,
+                Firmware::Ipxe(arch),
+                vec![
+                    DhcpOption::ServerIdentifier(SERVER_IP),
+                    DhcpOption::RequestedIpAddress(WS1_IP),
+                ],
+            );
+            let r = exchange(&sock, &req, BCAST67, Duration::from_secs(5), 1);
+            let (_, ack) = r.first().expect("iPXE ACK");
+            for m in [offer, ack] {
+                assert_eq!(m.yiaddr(), WS1_IP);
+                assert_eq!(
+                    opt_bytes(m, 17),
+                    Some(b"iscsi:10.77.0.1::::iqn.2026-11.lab:ws1".to_vec())
+                );
+                assert_eq!(
+                    opt_bytes(m, 203),
+                    Some(b"iqn.2026-11.lab:initiator-ws1".to_vec())
+                );
+                assert_eq!(opt_bytes(m, 12), Some(b"ws1".to_vec()));
+                assert_eq!(opt_bytes(m, 175), Some(vec![176, 1, 1]));
+                assert_eq!(fname(m), "", "no boot file for iPXE");
+                assert!(opt_bytes(m, 67).is_none());
+            }
+        }
+        // An unknown MAC's PXE ROM gets nothing.
+        let d = boot_msg(
+            UNKNOWN_MAC,
+            0x7000,
+            MessageType::Discover,
+            Firmware::Pxe(7),
+            vec![],
+        );
+        assert!(exchange(&sock, &d, BCAST67, Duration::from_secs(2), 1).is_empty());
+    });
+}
+
+#[test]
+fn floods_and_junk_do_not_stall_the_server() {
+    require_root!();
+    let mut lab = Lab::new();
+    let (s, c, vs, vc) = two_namespaces(&mut lab, WS1_MAC);
+    let _srv = start_isboot(&s, full_config(&vs), None);
+    in_ns(&c, move || {
+        let sock = client_socket(&vc, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68));
+        let flood = boot_msg(
+            WS2_MAC,
+            0xf100,
+            MessageType::Discover,
+            Firmware::Pxe(0),
+            vec![],
+        )
+        .to_vec()
+        .expect("encode");
+        let mut truncated = flood.clone();
+        truncated.truncate(250);
+        let mut no_cookie = flood.clone();
+        no_cookie[236] = 0;
+        let mut huge55 = flood[..240].to_vec();
+        huge55.extend_from_slice(&[53, 1, 1]);
+        for _ in 0..5 {
+            huge55.extend_from_slice(&[55, 255]);
+            huge55.extend(std::iter::repeat_n(1u8, 255));
+        }
+        for i in 0..3000 {
+            let p: &[u8] = match i % 4 {
+                0 => &flood,
+                1 => &truncated,
+                2 => &no_cookie,
+                _ => &huge55,
+            };
+            let _ = sock.send_to(p, BCAST67);
+        }
+        // The flooding MAC is cut off; another client is still served promptly.
+        let d = boot_msg(
+            WS1_MAC,
+            0xf200,
+            MessageType::Discover,
+            Firmware::Pxe(0),
+            vec![],
+        );
+        let r = exchange(&sock, &d, BCAST67, Duration::from_secs(10), 1);
+        let (_, offer) = r.first().expect("served after the flood");
+        assert_eq!(offer.yiaddr(), WS1_IP);
+    });
+}
+
+#[test]
+fn relay_requests_get_the_relay_pool() {
+    require_root!();
+    let mut lab = Lab::new();
+    let (s, c, vs, vc) = two_namespaces(&mut lab, [0x52, 0x54, 0, 0x88, 0, 1]);
+    // The client namespace plays the relay agent on 10.88.0.1; the server reaches it on-link.
+    run(&["ip", "-n", &c, "addr", "add", "10.88.0.1/24", "dev", &vc]);
+    run(&["ip", "-n", &c, "addr", "add", "10.77.0.2/24", "dev", &vc]);
+    run(&["ip", "-n", &s, "route", "add", "10.88.0.0/24", "dev", &vs]);
+    let _srv = start_isboot(&s, full_config(&vs), None);
+    in_ns(&c, move || {
+        let sock = client_socket(&vc, SocketAddrV4::new(Ipv4Addr::new(10, 88, 0, 1), 67));
+        let to = SocketAddrV4::new(SERVER_IP, 67);
+        for (mac, expect_ip) in [
+            (WS2_MAC, Ipv4Addr::new(10, 88, 0, 100)),
+            (WS1_MAC, Ipv4Addr::new(10, 88, 0, 101)),
+        ] {
+            let xid = 0x8800 + u32::from(mac[5]);
+            let mut d = boot_msg(mac, xid, MessageType::Discover, Firmware::Pxe(0), vec![]);
+            d.set_giaddr(Ipv4Addr::new(10, 88, 0, 1))
+                .set_hops(1)
+                .set_flags(Flags::default());
+            let r = exchange(&sock, &d, to, Duration::from_secs(5), 1);
+            let (from, offer) = r.first().expect("OFFER relayed back to the relay");
+            assert_eq!(*from, SocketAddr::V4(SocketAddrV4::new(SERVER_IP, 67)));
+            assert_eq!(offer.yiaddr(), expect_ip, "address from the relay's pool");
+            assert_eq!(offer.giaddr(), Ipv4Addr::new(10, 88, 0, 1));
+            assert_eq!(
+                opt_bytes(offer, 3),
+                Some(vec![10, 88, 0, 1]),
+                "relay pool's router"
+            );
+            assert_eq!(opt_bytes(offer, 1), Some(vec![255, 255, 255, 0]));
+            let mut req = boot_msg(
+                mac,
+                xid,
+                MessageType::Request,
+                Firmware::Pxe(0),
+                vec![
+                    DhcpOption::ServerIdentifier(SERVER_IP),
+                    DhcpOption::RequestedIpAddress(expect_ip),
+                ],
+            );
+            req.set_giaddr(Ipv4Addr::new(10, 88, 0, 1))
+                .set_hops(1)
+                .set_flags(Flags::default());
+            let r = exchange(&sock, &req, to, Duration::from_secs(5), 1);
+            let (_, ack) = r.first().expect("ACK via relay");
+            assert_eq!(ack.opts().msg_type(), Some(MessageType::Ack));
+            assert_eq!(ack.yiaddr(), expect_ip);
+        }
+        // A relay on a network without a pool: nothing.
+        let mut d = boot_msg(
+            WS1_MAC,
+            0x8900,
+            MessageType::Discover,
+            Firmware::Pxe(0),
+            vec![],
+        );
+        d.set_giaddr(Ipv4Addr::new(10, 99, 0, 1));
+        assert!(exchange(&sock, &d, to, Duration::from_secs(2), 1).is_empty());
+    });
+}
+
+#[test]
+fn configuration_updates_apply_without_restart() {
+    require_root!();
+    let mut lab = Lab::new();
+    let (s, c, vs, vc) = two_namespaces(&mut lab, WS1_MAC);
+    let (tx, rx) = tokio::sync::watch::channel(full_config(&vs));
+    let _srv = start_isboot_watched(&s, rx, None);
+    let ask = move |xid: u32| {
+        let vc = vc.clone();
+        in_ns(&c, move || {
+            let sock = client_socket(&vc, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68));
+            let d = boot_msg(
+                WS1_MAC,
+                xid,
+                MessageType::Discover,
+                Firmware::Pxe(0),
+                vec![],
+            );
+            exchange(&sock, &d, BCAST67, Duration::from_secs(2), 1)
+                .into_iter()
+                .next()
+                .map(|(_, m)| m)
+        })
+    };
+    assert_eq!(fname(&ask(0xc001).expect("offer")), "undionly.kpxe");
+    // New BIOS boot file: applies to the next request.
+    let mut cfg = full_config(&vs);
+    cfg.bootfiles.bios = "undionly.kkpxe".into();
+    tx.send(cfg.clone()).expect("update");
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        // A request racing the rebind may be lost; clients retransmit, so does this one.
+        if ask(0xc002).is_some_and(|m| fname(&m) == "undionly.kkpxe") {
+            break;
+        }
+        assert!(Instant::now() < until, "update not applied");
+    }
+    // Switch to proxy mode: port 4011 gets bound, offers carry no address.
+    cfg.mode = DhcpMode::Proxy;
+    tx.send(cfg.clone()).expect("update");
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(m) = ask(0xc003)
+            && m.yiaddr() == Ipv4Addr::UNSPECIFIED
+        {
+            assert_eq!(fname(&m), "undionly.kkpxe");
+            break;
+        }
+        assert!(Instant::now() < until, "mode change not applied");
+    }
+    // An invalid update is ignored; the server keeps answering.
+    cfg.interface = String::new();
+    tx.send(cfg).expect("update");
+    assert!(ask(0xc004).is_some());
+}
+
+// ------------------------------------------------------------------ proxy beside dnsmasq
+
+#[test]
+fn proxy_mode_beside_dnsmasq_never_offers_an_address() {
+    require_root!();
+    if Command::new("sh")
+        .args(["-c", "command -v dnsmasq"])
+        .output()
+        .map(|o| !o.status.success())
+        .unwrap_or(true)
+    {
+        println!("SKIPPED: dnsmasq not installed (apt-get install -y dnsmasq-base)");
+        return;
+    }
+    let mut lab = Lab::new();
+    // A switch namespace with a bridge; isboot, dnsmasq and the client each on a port.
+    let sw = lab.ns("w");
+    let s = lab.ns("s");
+    let d = lab.ns("d");
+    let c = lab.ns("c");
+    run(&["ip", "-n", &sw, "link", "add", "br0", "type", "bridge"]);
+    run(&["ip", "-n", &sw, "link", "set", "br0", "up"]);
+    let mut ends = Vec::new();
+    for (tag, ns) in [("ps", &s), ("pd", &d), ("pc", &c)] {
+        let inner = lab.ifname(tag);
+        let outer = lab.ifname(&format!("b{tag}"));
+        lab.veth(ns, &inner, &sw, &outer);
+        run(&["ip", "-n", &sw, "link", "set", &outer, "master", "br0"]);
+        ends.push(inner);
+    }
+    let (ps, pd, pc) = (ends[0].clone(), ends[1].clone(), ends[2].clone());
+    run(&["ip", "-n", &s, "addr", "add", "10.77.0.1/24", "dev", &ps]);
+    run(&["ip", "-n", &d, "addr", "add", "10.77.0.2/24", "dev", &pd]);
+    run(&[
+        "ip",
+        "-n",
+        &c,
+        "link",
+        "set",
+        &pc,
+        "address",
+        &mac_str(&WS1_MAC),
+    ]);
+    let dnsmasq = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &d,
+            "dnsmasq",
+            "--no-daemon",
+            "--conf-file=/dev/null",
+            "--port=0",
+            "--bind-interfaces",
+        ])
+        .arg(format!("--interface={pd}"))
+        .arg("--dhcp-range=10.77.0.150,10.77.0.160,255.255.255.0,10m")
+        .arg(format!(
+            "--dhcp-leasefile={}",
+            lab.path("dnsmasq.leases").display()
+        ))
+        .arg(format!("--pid-file={}", lab.path("dnsmasq.pid").display()))
+        .arg("--dhcp-authoritative")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn dnsmasq");
+    let dnsmasq_pid = dnsmasq.id();
+    lab.children.push(dnsmasq);
+    wait_listening(Path::new(&format!("/proc/{dnsmasq_pid}/net/udp")), 67);
+    let mut cfg = DhcpConfig::new(&ps, SERVER_IP, DhcpMode::Proxy);
+    cfg.bootfiles.uefi = "snponly.efi".into();
+    let _srv = start_isboot(&s, cfg, None);
+    let pc2 = pc.clone();
+    let leased = in_ns(&c, move || {
+        let sock = client_socket(&pc2, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68));
+        // Stage 1, UEFI PXE ROM: an address offer from dnsmasq, a boot offer from isboot.
+        let disc = boot_msg(
+            WS1_MAC,
+            0x9001,
+            MessageType::Discover,
+            Firmware::Pxe(7),
+            vec![],
+        );
+        let r = exchange(&sock, &disc, BCAST67, Duration::from_secs(6), 2);
+        let from = |ip: Ipv4Addr| {
+            r.iter()
+                .find(|(f, _)| f.ip() == std::net::IpAddr::V4(ip))
+                .map(|(_, m)| m.clone())
+        };
+        let addr_offer = from(Ipv4Addr::new(10, 77, 0, 2)).expect("dnsmasq offers an address");
+        let boot_offer = from(SERVER_IP).expect("isboot sends a proxy offer");
+        let yiaddr = addr_offer.yiaddr();
+        assert!(
+            (150..=160).contains(&yiaddr.octets()[3]),
+            "dnsmasq pool: {yiaddr}"
+        );
+        assert_eq!(boot_offer.opts().msg_type(), Some(MessageType::Offer));
+        assert_eq!(
+            boot_offer.yiaddr(),
+            Ipv4Addr::UNSPECIFIED,
+            "proxy never offers an address"
+        );
+        assert!(opt_bytes(&boot_offer, 51).is_none() && opt_bytes(&boot_offer, 1).is_none());
+        assert_eq!(opt_bytes(&boot_offer, 60), Some(b"PXEClient".to_vec()));
+        assert_eq!(fname(&boot_offer), "snponly.efi");
+        assert_eq!(boot_offer.siaddr(), SERVER_IP);
+        // Take dnsmasq's address; isboot stays silent on the REQUEST.
+        let req = boot_msg(
+            WS1_MAC,
+            0x9001,
+            MessageType::Request,
+            Firmware::Pxe(7),
+            vec![
+                DhcpOption::ServerIdentifier(Ipv4Addr::new(10, 77, 0, 2)),
+                DhcpOption::RequestedIpAddress(yiaddr),
+            ],
+        );
+        let r = exchange(&sock, &req, BCAST67, Duration::from_secs(3), 3);
+        assert!(
+            r.iter()
+                .all(|(f, _)| f.ip() != std::net::IpAddr::V4(SERVER_IP)),
+            "isboot answered a REQUEST for dnsmasq"
+        );
+        let (_, ack) = r.first().expect("dnsmasq ACK");
+        assert_eq!(ack.opts().msg_type(), Some(MessageType::Ack));
+        yiaddr
+    });
+    // The client configures its address and asks the proxy on port 4011, as PXE/iPXE do.
+    run(&[
+        "ip",
+        "-n",
+        &c,
+        "addr",
+        "add",
+        &format!("{leased}/24"),
+        "dev",
+        &pc,
+    ]);
+    in_ns(&c, move || {
+        let sock = client_socket(&pc, SocketAddrV4::new(leased, 68));
+        let to4011 = SocketAddrV4::new(SERVER_IP, 4011);
+        let mut r4011 = boot_msg(
+            WS1_MAC,
+            0x9002,
+            MessageType::Request,
+            Firmware::Pxe(7),
+            vec![],
+        );
+        r4011.set_ciaddr(leased).set_flags(Flags::default());
+        let r = exchange(&sock, &r4011, to4011, Duration::from_secs(5), 1);
+        let (from, ack) = r.first().expect("proxy ACK from port 4011");
+        assert_eq!(*from, SocketAddr::V4(to4011));
+        assert_eq!(ack.opts().msg_type(), Some(MessageType::Ack));
+        assert_eq!(ack.yiaddr(), Ipv4Addr::UNSPECIFIED);
+        assert_eq!(fname(ack), "snponly.efi");
+        // Stage 2: iPXE's proxy request gets the SAN boot information, still no address.
+        let mut ipxe = boot_msg(
+            WS1_MAC,
+            0x9003,
+            MessageType::Request,
+            Firmware::Ipxe(7),
+            vec![],
+        );
+        ipxe.set_ciaddr(leased).set_flags(Flags::default());
+        let r = exchange(&sock, &ipxe, to4011, Duration::from_secs(5), 1);
+        let (_, ack) = r.first().expect("iPXE proxy ACK");
+        assert_eq!(ack.yiaddr(), Ipv4Addr::UNSPECIFIED);
+        assert_eq!(
+            opt_bytes(ack, 17),
+            Some(b"iscsi:10.77.0.1::::iqn.2026-11.lab:ws1".to_vec())
+        );
+        assert_eq!(
+            opt_bytes(ack, 203),
+            Some(b"iqn.2026-11.lab:initiator-ws1".to_vec())
+        );
+        assert_eq!(fname(ack), "");
+    });
+}
+
+// ------------------------------------------------------------------ QEMU: PXE chain to sanboot
+
+/// DHCP + TFTP (root with the iPXE binaries) on `ifname` in `ns`, and a TCP probe on
+/// 10.77.0.1:3260 that reports the text of the first iSCSI Login request it receives (proof
+/// that iPXE got the root-path and is sanbooting with option 203's initiator name).
+fn start_boot_server(
+    ns: &str,
+    cfg: DhcpConfig,
+    tftp_root: PathBuf,
+) -> (DhcpServerThread, std::sync::mpsc::Receiver<String>) {
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let (ttx, trx) = std::sync::mpsc::channel();
+    let (login_tx, login_rx) = std::sync::mpsc::channel();
+    let ns = ns.to_string();
+    let thread = std::thread::spawn(move || {
+        enter_netns(&ns);
+        // SAFETY: gettid has no preconditions.
+        ttx.send(unsafe { libc::gettid() }).expect("tid");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
+            let mut s1 = stop_tx.subscribe();
+            let mut s2 = stop_tx.subscribe();
+            let tftp_sock = isboot::service::tftp::bind_tftp(SocketAddr::from((SERVER_IP, 69)))
+                .await
+                .expect("tftp bind");
+            let tftp = isboot::service::tftp::run_tftp(
+                tftp_sock,
+                tftp_root,
+                Default::default(),
+                async move {
+                    let _ = s1.recv().await;
+                },
+            );
+            let dhcp = run_dhcp(cfg, None, registry(), DhcpHooks::default(), async move {
+                let _ = s2.recv().await;
+            });
+            let probe = async move {
+                let l = tokio::net::TcpListener::bind((SERVER_IP, 3260))
+                    .await
+                    .expect("probe bind");
+                loop {
+                    let Ok((mut conn, _)) = l.accept().await else {
+                        continue;
+                    };
+                    let tx = login_tx.clone();
+                    tokio::spawn(async move {
+                        use tokio::io::AsyncReadExt;
+                        let mut buf = Vec::new();
+                        let mut chunk = [0u8; 4096];
+                        // BHS (48 bytes) then the data segment of key=value\0 pairs.
+                        while buf.len() < 48 + 512 {
+                            match tokio::time::timeout(
+                                Duration::from_secs(5),
+                                conn.read(&mut chunk),
+                            )
+                            .await
+                            {
+                                Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                                _ => break,
+                            }
+                            if buf.len() >= 48 {
+                                let dlen = usize::from(buf[5]) << 16
+                                    | usize::from(buf[6]) << 8
+                                    | usize::from(buf[7]);
+                                if buf.len() >= 48 + dlen {
+                                    break;
+                                }
+                            }
+                        }
+                        if buf.len() > 48 && buf[0] & 0x3f == 0x03 {
+                            let text = String::from_utf8_lossy(&buf[48..]).replace('\0', "\n");
+                            let _ = tx.send(text);
+                        }
+                    });
+                }
+            };
+            let stop = async move {
+                let _ = rx.await;
+                let _ = stop_tx.send(());
+            };
+            tokio::select! {
+                _ = async { tokio::join!(tftp, dhcp, stop) } => {}
+                _ = probe => {}
+            }
+        });
+    });
+    let tid = trx.recv().expect("tid");
+    let net_udp = PathBuf::from(format!("/proc/{}/task/{tid}/net/udp", std::process::id()));
+    wait_listening(&net_udp, 67);
+    wait_listening(&net_udp, 69);
+    (
+        DhcpServerThread {
+            stop: Some(tx),
+            thread: Some(thread),
+        },
+        login_rx,
+    )
+}
+
+fn qemu_lab(lab: &mut Lab) -> Option<(String, String, PathBuf)> {
+    if Command::new("sh")
+        .args(["-c", "command -v qemu-system-x86_64"])
+        .output()
+        .map(|o| !o.status.success())
+        .unwrap_or(true)
+    {
+        println!("SKIPPED: qemu-system-x86_64 not installed");
+        return None;
+    }
+    let root = lab.path("tftp");
+    std::fs::create_dir_all(&root).expect("mkdir");
+    for f in ["undionly.kpxe", "ipxe.efi"] {
+        let src = Path::new("/usr/lib/ipxe").join(f);
+        if !src.exists() {
+            println!(
+                "SKIPPED: {} missing (apt-get install -y ipxe)",
+                src.display()
+            );
+            return None;
+        }
+        std::fs::copy(&src, root.join(f)).expect("copy");
+    }
+    let s = lab.ns("s");
+    let tap = lab.ifname("tp");
+    run(&["ip", "-n", &s, "tuntap", "add", "dev", &tap, "mode", "tap"]);
+    run(&["ip", "-n", &s, "link", "set", &tap, "up"]);
+    run(&["ip", "-n", &s, "addr", "add", "10.77.0.1/24", "dev", &tap]);
+    Some((s, tap, root))
+}
+
+fn qemu(lab: &mut Lab, ns: &str, args: &[String]) {
+    let log = std::fs::File::create(lab.path("qemu.log")).expect("log");
+    let child = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            ns,
+            "qemu-system-x86_64",
+            "-accel",
+            "tcg",
+            "-m",
+            "256",
+            "-display",
+            "none",
+            "-vga",
+            "none",
+            "-no-reboot",
+        ])
+        .args(args)
+        .stdout(Stdio::from(log.try_clone().expect("dup")))
+        .stderr(Stdio::from(log))
+        .spawn()
+        .expect("spawn qemu");
+    lab.children.push(child);
+}
+
+fn wait_login(lab: &mut Lab, rx: &std::sync::mpsc::Receiver<String>, secs: u64) -> String {
+    let until = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Ok(t) = rx.recv_timeout(Duration::from_millis(500)) {
+            return t;
+        }
+        let exited = lab
+            .children
+            .last_mut()
+            .and_then(|c| c.try_wait().ok().flatten());
+        if exited.is_some() || Instant::now() > until {
+            let log = std::fs::read_to_string(lab.path("qemu.log")).unwrap_or_default();
+            panic!("no iSCSI login from the VM (qemu exit {exited:?}); qemu log:\n{log}");
+        }
+    }
+}
+
+#[test]
+#[ignore = "slow: boots QEMU under TCG (run with --ignored)"]
+fn qemu_bios_ipxe_rom_reaches_sanboot() {
+    require_root!();
+    let mut lab = Lab::new();
+    let Some((s, tap, root)) = qemu_lab(&mut lab) else {
+        return;
+    };
+    let (_srv, logins) = start_boot_server(&s, full_config(&tap), root);
+    qemu(
+        &mut lab,
+        &s,
+        &[
+            "-machine".into(),
+            "pc".into(),
+            "-boot".into(),
+            "n".into(),
+            "-netdev".into(),
+            format!("tap,id=n0,ifname={tap},script=no,downscript=no"),
+            "-device".into(),
+            format!("e1000,netdev=n0,mac={}", mac_str(&WS1_MAC)),
+        ],
+    );
+    let text = wait_login(&mut lab, &logins, 240);
+    assert!(
+        text.contains("InitiatorName=iqn.2026-11.lab:initiator-ws1"),
+        "{text}"
+    );
+    assert!(text.contains("TargetName=iqn.2026-11.lab:ws1"), "{text}");
+}
+
+#[test]
+#[ignore = "slow: boots QEMU under TCG (run with --ignored)"]
+fn qemu_uefi_pxe_tftp_ipxe_reaches_sanboot() {
+    require_root!();
+    let code = Path::new("/usr/share/OVMF/OVMF_CODE.fd");
+    let vars = Path::new("/usr/share/OVMF/OVMF_VARS.fd");
+    if !code.exists() || !vars.exists() {
+        println!("SKIPPED: OVMF not installed (apt-get install -y ovmf)");
+        return;
+    }
+    let mut lab = Lab::new();
+    let Some((s, tap, root)) = qemu_lab(&mut lab) else {
+        return;
+    };
+    let my_vars = lab.path("vars.fd");
+    std::fs::copy(vars, &my_vars).expect("copy vars");
+    // The only iPXE this VM can run is the one served over TFTP under this name.
+    std::fs::create_dir_all(root.join("efi")).expect("mkdir");
+    std::fs::rename(root.join("ipxe.efi"), root.join("efi/isboot-ipxe.efi")).expect("rename");
+    let mut cfg = full_config(&tap);
+    cfg.bootfiles.uefi = "efi/isboot-ipxe.efi".into();
+    let (_srv, logins) = start_boot_server(&s, cfg, root);
+    qemu(
+        &mut lab,
+        &s,
+        &[
+            "-machine".into(),
+            "q35".into(),
+            "-drive".into(),
+            format!("if=pflash,format=raw,readonly=on,file={}", code.display()),
+            "-drive".into(),
+            format!("if=pflash,format=raw,file={}", my_vars.display()),
+            "-netdev".into(),
+            format!("tap,id=n0,ifname={tap},script=no,downscript=no"),
+            // romfile= empty: OVMF's own PXE (stage 1), so the path goes through TFTP.
+            "-device".into(),
+            format!(
+                "virtio-net-pci,netdev=n0,romfile=,mac={}",
+                mac_str(&WS1_MAC)
+            ),
+        ],
+    );
+    let text = wait_login(&mut lab, &logins, 400);
+    assert!(
+        text.contains("InitiatorName=iqn.2026-11.lab:initiator-ws1"),
+        "{text}"
+    );
+    assert!(text.contains("TargetName=iqn.2026-11.lab:ws1"), "{text}");
+}
