@@ -823,20 +823,32 @@ impl Locked {
                     from: from.join(", "),
                 });
             }
-            // A session that just ended may have left map changes in the server's memory; it
-            // flushes idle overlays within a second.
+            // A session that just ended may have left map changes in the server's memory
+            // (it flushes overlays nobody uses every second): wait for a status the server
+            // wrote after this point that shows the maintenance disk idle and flushed.
             let iqn = self.state.maintenance_iqn(name);
-            let unflushed = || {
-                ServerStatus::load_live(&self.state.dir.status_path())
-                    .and_then(|s| s.target(iqn.as_str()).map(|t| t.unflushed))
-                    .unwrap_or(false)
-            };
+            let path = self.state.dir.status_path();
+            let t0 = super::now_unix_ms();
             let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
-            while unflushed() {
+            while let Some(s) = ServerStatus::load_live(&path) {
+                if s.updated_ms > t0 {
+                    match s.target(iqn.as_str()) {
+                        Some(t) if !t.sessions.is_empty() => {
+                            let from: Vec<String> =
+                                t.sessions.iter().map(|s| s.peer.clone()).collect();
+                            return Err(ConfigError::LoggedIn {
+                                what: format!("maintenance target of {name}"),
+                                from: from.join(", "),
+                            });
+                        }
+                        Some(t) if t.unflushed => {}
+                        _ => break,
+                    }
+                }
                 if std::time::Instant::now() > until {
                     return Err(ConfigError::Unflushed(name.to_string()));
                 }
-                std::thread::sleep(std::time::Duration::from_millis(200));
+                std::thread::sleep(std::time::Duration::from_millis(100));
             }
         }
         Ok(m)

@@ -13,6 +13,10 @@ pub struct ServerStatus {
     pub pid: u32,
     /// Unix seconds of the last update.
     pub updated: u64,
+    /// Unix milliseconds taken before the targets were looked at (a status with
+    /// `updated_ms > t` describes the server after time `t`).
+    #[serde(default)]
+    pub updated_ms: u64,
     pub listen: String,
     pub targets: Vec<TargetStatus>,
 }

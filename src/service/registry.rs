@@ -319,6 +319,7 @@ impl StateRegistry {
 
     /// Sessions and counters of every target, as `isboot status` shows them.
     pub fn status(&self) -> ServerStatus {
+        let updated_ms = crate::config::now_unix_ms();
         let targets = self
             .read()
             .targets
@@ -356,6 +357,7 @@ impl StateRegistry {
         ServerStatus {
             pid: std::process::id(),
             updated: now_unix(),
+            updated_ms,
             listen: self
                 .listen
                 .lock()

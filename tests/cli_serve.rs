@@ -1,0 +1,397 @@
+//! `isboot serve` end to end on loopback: clients' private copy-on-write disks over iSCSI, the
+//! base image untouched, changes made with the CLI while it runs, `isboot status`, restarts,
+//! maintenance, and a real `kill -9` under a durable-write load.
+
+mod cli_common;
+use cli_common::*;
+use isboot::initiator::{Initiator, LoginOptions, write16_cdb};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const P: &str = "iqn.2026-11.org.isboot";
+
+/// A running `isboot serve` (killed by PID when dropped).
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Server {
+    fn start(lab: &Lab) -> Server {
+        let _ = std::fs::remove_file(lab.dir.join("run/status.json"));
+        let child = Command::new(env!("CARGO_BIN_EXE_isboot"))
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .env("ISBOOT_STATE_DIR", &lab.dir)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // Killed by Drop if it never comes up.
+        let mut srv = Server {
+            child,
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+        };
+        // The bound address is published in run/status.json.
+        let until = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(t) = std::fs::read_to_string(lab.dir.join("run/status.json")) {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&t) {
+                    if v["pid"] == srv.child.id() {
+                        srv.addr = v["listen"].as_str().unwrap().parse().unwrap();
+                        return srv;
+                    }
+                }
+            }
+            assert!(Instant::now() < until, "isboot serve did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn stop(mut self) {
+        // SAFETY: signalling our own child by its PID.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn login(addr: SocketAddr, initiator: &str, target: &str) -> Initiator {
+    let o = LoginOptions::new(initiator, Some(target)).linux_profile();
+    let mut i = Initiator::connect(addr, &o).expect("login");
+    i.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    i.clear_unit_attention(0).expect("unit attention clears");
+    i
+}
+
+fn client(addr: SocketAddr, name: &str) -> Initiator {
+    login(
+        addr,
+        &format!("{P}:initiator:{name}"),
+        &format!("{P}:{name}"),
+    )
+}
+
+fn read(i: &mut Initiator, lba: u64, blocks: u32) -> Vec<u8> {
+    let c = i.read16(0, lba, blocks).unwrap();
+    assert_eq!(c.status, 0, "{c:?}");
+    c.data.to_vec()
+}
+
+fn write(i: &mut Initiator, lba: u64, data: &[u8], fua: bool) {
+    let c = i
+        .command(
+            0,
+            &write16_cdb(lba, (data.len() / 512) as u32, fua),
+            data,
+            0,
+        )
+        .unwrap();
+    assert_eq!(c.status, 0, "{c:?}");
+}
+
+/// Wait until `f` holds (the server polls the state dir every second).
+fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let until = Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(Instant::now() < until, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn crc(p: &std::path::Path) -> u32 {
+    crc32c::crc32c(&std::fs::read(p).unwrap())
+}
+
+#[test]
+fn private_disks_over_iscsi_follow_the_cli_and_survive_restarts() {
+    let lab = Lab::with_image();
+    let base = pattern(4 << 20, 1);
+    let base_file = lab.dir.join("images/deb/v1.raw");
+    let base_sum = crc(&base_file);
+    lab.add("52:54:00:00:00:01", "pc1", &[]);
+    lab.add("52:54:00:00:00:02", "pc2", &["--mode", "reset"]);
+    let srv = Server::start(&lab);
+
+    // Two clients write different data to the same LBAs; each reads its own back.
+    let mut a = client(srv.addr, "pc1");
+    let mut b = client(srv.addr, "pc2");
+    write(&mut a, 16, &[0xA1; 8192], false);
+    write(&mut b, 16, &[0xB2; 8192], true);
+    write(&mut a, 3, &[0xA1; 512], true); // partial block: copy-up
+    assert_eq!(read(&mut a, 16, 16), vec![0xA1; 8192]);
+    assert_eq!(read(&mut b, 16, 16), vec![0xB2; 8192]);
+    let a0 = read(&mut a, 0, 8);
+    assert_eq!(&a0[..1536], &base[..1536]);
+    assert_eq!(&a0[1536..2048], &[0xA1; 512]);
+    assert_eq!(&a0[2048..], &base[2048..4096]);
+    assert_eq!(read(&mut b, 0, 8), &base[..4096]);
+    let sync = a
+        .command(0, &[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[], 0)
+        .unwrap();
+    assert_eq!(sync.status, 0);
+
+    // A client cannot log in to another's target, nor see it in discovery.
+    let stolen = LoginOptions::new(&format!("{P}:initiator:pc1"), Some(&format!("{P}:pc2")));
+    assert!(
+        Initiator::connect(srv.addr, &stolen).is_err(),
+        "pc1 logged in to pc2's target"
+    );
+    let mut d = Initiator::connect(
+        srv.addr,
+        &LoginOptions::new(&format!("{P}:initiator:pc1"), None),
+    )
+    .unwrap();
+    let seen: Vec<String> = d
+        .send_targets("All")
+        .unwrap()
+        .into_iter()
+        .filter(|(k, _)| k == "TargetName")
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(seen, vec![format!("{P}:pc1")]);
+
+    // status shows both sessions, their traffic and disks.
+    eventually("status shows both sessions", || {
+        let j: serde_json::Value =
+            serde_json::from_str(lab.run(&["status", "--json"]).ok()).unwrap();
+        j["total_sessions"] == 2
+    });
+    let out = lab.run(&["status"]).ok().to_string();
+    let row = out.lines().find(|l| l.starts_with("pc1")).unwrap();
+    assert!(row.contains("127.0.0.1:") && row.contains("deb@1"), "{out}");
+    let j: serde_json::Value = serde_json::from_str(lab.run(&["status", "--json"]).ok()).unwrap();
+    assert!(
+        j["targets"][0]["bytes_written"].as_u64().unwrap() >= 8192 + 512,
+        "{j}"
+    );
+    assert!(
+        j["targets"][0]["bytes_read"].as_u64().unwrap() >= 8192,
+        "{j}"
+    );
+    assert!(
+        j["targets"][1]["overlay_bytes"].as_u64().unwrap() >= 8192,
+        "{j}"
+    );
+
+    // Reset of a logged-in client: refused, then forced (its session ends), then pristine.
+    lab.run(&["reset-client", "pc2"])
+        .fails(1, "logged in from 127.0.0.1:");
+    let out = lab
+        .run(&["reset-client", "pc2", "--force"])
+        .ok()
+        .to_string();
+    assert!(out.contains("its session was ended"), "{out}");
+    assert!(
+        b.read16(0, 16, 16).is_err(),
+        "the reset client's old session still works"
+    );
+    let mut b = client(srv.addr, "pc2");
+    assert_eq!(read(&mut b, 16, 16), &base[16 * 512..32 * 512]);
+    write(&mut b, 40, &[0xB3; 4096], true);
+
+    // A client added while serving is served within a second or two; a removed one goes.
+    lab.add("52:54:00:00:00:03", "pc3", &[]);
+    eventually("pc3 is served", || {
+        Initiator::connect(
+            srv.addr,
+            &LoginOptions::new(&format!("{P}:initiator:pc3"), Some(&format!("{P}:pc3"))),
+        )
+        .is_ok()
+    });
+    let mut c = client(srv.addr, "pc3");
+    lab.run(&["remove-client", "pc3"]).ok();
+    eventually("pc3's session ends", || c.read16(0, 0, 1).is_err());
+
+    // Restart: persistent data persists; the base never changed.
+    drop((a, b, d));
+    srv.stop();
+    assert!(
+        !lab.dir.join("run/status.json").exists(),
+        "a stopped server leaves its status"
+    );
+    assert!(lab.run(&["status"]).ok().contains("server: not running"));
+    let srv = Server::start(&lab);
+    let mut a = client(srv.addr, "pc1");
+    let mut b = client(srv.addr, "pc2");
+    assert_eq!(read(&mut a, 16, 16), vec![0xA1; 8192]);
+    assert_eq!(read(&mut b, 40, 8), vec![0xB3; 4096]);
+    assert_eq!(crc(&base_file), base_sum, "the base image changed");
+}
+
+#[test]
+fn maintenance_publishes_a_version_fresh_clients_boot_and_old_ones_keep_working() {
+    let lab = Lab::with_image();
+    let base = pattern(4 << 20, 1);
+    lab.add("52:54:00:00:00:01", "old", &[]);
+    let srv = Server::start(&lab);
+    let mut old = client(srv.addr, "old");
+    write(&mut old, 100, &[0x0D; 4096], true);
+
+    lab.run(&["image", "edit", "deb"]).ok();
+    let maint = format!("{P}:maint:deb");
+    eventually("the maintenance target is served", || {
+        Initiator::connect(
+            srv.addr,
+            &LoginOptions::new(&format!("{P}:initiator:maint:deb"), Some(&maint)),
+        )
+        .is_ok()
+    });
+    // Only the maintenance initiator gets in.
+    assert!(
+        Initiator::connect(
+            srv.addr,
+            &LoginOptions::new(&format!("{P}:initiator:old"), Some(&maint))
+        )
+        .is_err()
+    );
+    let mut m = login(srv.addr, &format!("{P}:initiator:maint:deb"), &maint);
+    write(&mut m, 8, &[0x77; 4096], false);
+    write(&mut m, 2000, &[0x78; 1024], false);
+    m.logout().unwrap();
+    drop(m);
+    // commit waits for the server to flush the maintenance disk, then publishes version 2.
+    let out = lab.run(&["image", "commit", "deb"]).ok().to_string();
+    assert!(out.contains("published deb version 2"), "{out}");
+
+    // A fresh reset-mode client boots version 2.
+    lab.add("52:54:00:00:00:02", "fresh", &["--mode", "reset"]);
+    eventually("fresh is served", || {
+        Initiator::connect(
+            srv.addr,
+            &LoginOptions::new(&format!("{P}:initiator:fresh"), Some(&format!("{P}:fresh"))),
+        )
+        .is_ok()
+    });
+    let mut f = client(srv.addr, "fresh");
+    assert_eq!(read(&mut f, 8, 8), vec![0x77; 4096]);
+    assert_eq!(read(&mut f, 2000, 2), vec![0x78; 1024]);
+    assert_eq!(read(&mut f, 100, 8), &base[100 * 512..108 * 512]);
+    // The persistent client stays on version 1 with its data, in the same session.
+    assert_eq!(read(&mut old, 100, 8), vec![0x0D; 4096]);
+    assert_eq!(read(&mut old, 8, 8), &base[8 * 512..16 * 512]);
+    write(&mut old, 101, &[0x0E; 512], true);
+    assert_eq!(read(&mut old, 101, 1), vec![0x0E; 512]);
+}
+
+/// Per 512-byte block: content that must have survived, and content that may have.
+struct Model {
+    durable: Vec<Option<u8>>,
+    maybe: Vec<Vec<u8>>,
+}
+
+#[test]
+fn kill9_of_serve_under_load_loses_no_acknowledged_durable_write() {
+    let rounds: u64 = std::env::var("ISBOOT_SERVE_KILL_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4);
+    let lab = Lab::with_image();
+    let base = pattern(4 << 20, 1);
+    lab.add("52:54:00:00:00:01", "pc1", &[]);
+    const BLOCKS: u64 = 256; // the region written
+    let mut model = Model {
+        durable: vec![None; BLOCKS as usize],
+        maybe: vec![Vec::new(); BLOCKS as usize],
+    };
+    let mut acked = 0u64;
+    let mut seed = 0x1234_5678u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let mut tag = 0u8;
+    for round in 0..rounds {
+        let srv = Server::start(&lab);
+        let addr = srv.addr;
+        let pid = srv.child.id();
+        // Kill it while the writer is busy.
+        let killer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300 + (round * 137) % 400));
+            // SAFETY: signalling our own child by its PID.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        });
+        let mut i = client(addr, "pc1");
+        loop {
+            tag = tag.wrapping_add(1).max(1);
+            let lba = next() % (BLOCKS - 8);
+            let n = 1 + next() % 8;
+            let kind = next() % 4; // 0: FUA write, 1-2: plain write, 3: SYNCHRONIZE CACHE
+            if kind == 3 {
+                match i.command(0, &[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[], 0) {
+                    Ok(c) if c.status == 0 => {
+                        for b in 0..BLOCKS as usize {
+                            if let Some(&t) = model.maybe[b].last() {
+                                model.durable[b] = Some(t);
+                                model.maybe[b].clear();
+                            }
+                        }
+                    }
+                    _ => break,
+                }
+                continue;
+            }
+            let data = vec![tag; n as usize * 512];
+            for b in lba..lba + n {
+                model.maybe[b as usize].push(tag);
+            }
+            match i.command(0, &write16_cdb(lba, n as u32, kind == 0), &data, 0) {
+                Ok(c) if c.status == 0 => {
+                    if kind == 0 {
+                        acked += 1;
+                        for b in lba..lba + n {
+                            model.durable[b as usize] = Some(tag);
+                            model.maybe[b as usize].clear();
+                        }
+                    }
+                }
+                _ => break,
+            }
+        }
+        killer.join().unwrap();
+        srv.kill9();
+        // Restart and check every block of the region.
+        let srv = Server::start(&lab);
+        let mut i = client(srv.addr, "pc1");
+        let got = read(&mut i, 0, BLOCKS as u32);
+        for b in 0..BLOCKS as usize {
+            let have = &got[b * 512..(b + 1) * 512];
+            let base_b = &base[b * 512..(b + 1) * 512];
+            let matches = |t: Option<u8>| match t {
+                None => have == base_b,
+                Some(t) => have.iter().all(|&x| x == t),
+            };
+            let found = std::iter::once(model.durable[b])
+                .chain(model.maybe[b].iter().map(|&t| Some(t)))
+                .find(|&t| matches(t));
+            match found {
+                Some(t) => {
+                    model.durable[b] = t;
+                    model.maybe[b].clear();
+                }
+                None => panic!(
+                    "round {round}: block {b} holds neither its durable content nor a later write"
+                ),
+            }
+        }
+        srv.kill9();
+    }
+    assert!(acked > 0, "no FUA write was acknowledged");
+    eprintln!(
+        "kill -9 of isboot serve: {rounds} kills, {acked} acknowledged FUA writes, 0 mismatches"
+    );
+}
