@@ -80,7 +80,7 @@ pub struct TargetSpec {
 /// What DHCP hands a machine that powers on (see [`State::boot_target`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BootTarget {
-    /// Client name, or `maint:<image>` for a maintenance machine.
+    /// Client name, or `maint-<image>` for a maintenance machine (a valid host name).
     pub name: String,
     pub target: Iqn,
     /// Initiator name for iPXE (DHCP option 203).
@@ -322,7 +322,7 @@ impl State {
                 if m.mac.as_ref() == Some(mac) {
                     let target = self.maintenance_iqn(&img.name);
                     return Some(BootTarget {
-                        name: format!("maint:{}", img.name),
+                        name: format!("maint-{}", img.name),
                         initiator: m.initiators.first().cloned().unwrap_or_else(|| {
                             self.default_initiator(&format!("maint:{}", img.name))
                         }),
