@@ -127,7 +127,11 @@ impl StateRegistry {
         if self.read().stamps == now {
             return Ok(false);
         }
-        self.reload()?;
+        if let Err(e) = self.reload() {
+            // Report a broken file once, not every second; its next change is tried again.
+            self.inner.write().unwrap_or_else(|e| e.into_inner()).stamps = now;
+            return Err(e);
+        }
         Ok(true)
     }
 
@@ -794,6 +798,23 @@ mod tests {
         let t2 = reg.lookup("iqn.2026-11.org.isboot:pc3").unwrap();
         assert!(!Arc::ptr_eq(&t, &t2));
         assert_eq!(read(&t2, 0, 512), vec![0x5A; 512]);
+    }
+
+    #[test]
+    fn a_broken_registry_file_keeps_the_old_targets_until_fixed() {
+        let (_t, dir) = setup();
+        let reg = StateRegistry::open(dir.clone()).unwrap();
+        let good = std::fs::read(dir.registry_path()).unwrap();
+        write_atomic(&dir.registry_path(), b"client = [ nonsense", 0o600).unwrap();
+        assert!(reg.reload_if_changed().is_err());
+        assert!(
+            !reg.reload_if_changed().unwrap(),
+            "the same broken file is reported once"
+        );
+        assert_eq!(reg.all().len(), 2, "still serving the last good state");
+        write_atomic(&dir.registry_path(), &good, 0o600).unwrap();
+        assert!(reg.reload_if_changed().unwrap());
+        assert_eq!(reg.all().len(), 2);
     }
 
     #[test]
