@@ -433,6 +433,13 @@ impl Overlay {
         let mut hb = vec![0u8; HEADER_LEN as usize];
         f.read_at(&mut hb, 0).map_err(StoreError::Reading)?;
         let hdr = Header::decode(&hb)?;
+        let flen = f.file_len().map_err(StoreError::Reading)?;
+        if flen < hdr.file_len() {
+            return Err(StoreError::BadOverlayHeader(format!(
+                "file is {flen} bytes, the header needs {}",
+                hdr.file_len()
+            )));
+        }
         let mut raw = vec![0u8; hdr.words() * 8];
         f.read_at(&mut raw, hdr.map_offset())
             .map_err(StoreError::ReadingOverlayMap)?;
