@@ -1012,4 +1012,49 @@ mod tests {
             }
         }
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+        /// Random writes, discards, flushes and reopens on a real (mapped) file, any offset and
+        /// length in sectors: every read matches a plain byte-array model.
+        #[test]
+        fn behaves_like_a_byte_array(
+            ops in proptest::collection::vec((0u8..10, 0u64..200, 1u64..40, proptest::prelude::any::<u8>()), 1..60),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let size = 50 * 4096 + 1536;
+            let base = mem_base(size);
+            let path = dir.path().join("p.ovl");
+            let mut ov = Overlay::create_at(&path, base.clone(), 4096).unwrap();
+            let mut model = base_bytes(size);
+            let sectors = size as u64 / 512;
+            for (kind, at, n, byte) in ops {
+                let at = at.min(sectors - 1);
+                let n = n.min(sectors - at);
+                let (o, l) = ((at * 512) as usize, (n * 512) as usize);
+                match kind {
+                    0..=4 => {
+                        ov.write(o as u64, &vec![byte; l], byte % 3 == 0).unwrap();
+                        model[o..o + l].fill(byte);
+                    }
+                    5 => {
+                        ov.discard(o as u64, l as u64).unwrap();
+                        model[o..o + l].fill(0);
+                    }
+                    6 => ov.flush().unwrap(),
+                    7 => {
+                        ov.flush().unwrap();
+                        drop(ov);
+                        ov = Overlay::open_at(&path, base.clone(), false).unwrap();
+                    }
+                    _ => {
+                        let mut out = Vec::new();
+                        ov.read(o as u64, l, &mut out).unwrap();
+                        proptest::prop_assert_eq!(concat(&out), &model[o..o + l]);
+                    }
+                }
+            }
+            proptest::prop_assert_eq!(read_all(&ov), model);
+        }
+    }
 }
