@@ -421,58 +421,6 @@ fn target_for(
     })
 }
 
-/// The DHCP service looks clients up here: the target, initiator name and reserved address
-/// of the machine with a MAC (its image's maintenance target while an `image edit --mac`
-/// names it).
-impl crate::dhcp::ClientDirectory for StateRegistry {
-    fn by_mac(&self, mac: crate::dhcp::Mac) -> Option<crate::dhcp::DhcpClient> {
-        let b = self.current_state().boot_target(&MacAddr(mac))?;
-        Some(crate::dhcp::DhcpClient {
-            name: b.name,
-            ip: b.ip,
-            target_iqn: b.target.to_string(),
-            initiator_iqn: Some(b.initiator.to_string()),
-            // Built by the DHCP service from its server_ip, iscsi_port and lun.
-            root_path: None,
-            san_filename: None,
-        })
-    }
-
-    fn by_ip(&self, ip: std::net::Ipv4Addr) -> Option<crate::dhcp::Mac> {
-        let st = self.current_state();
-        st.registry
-            .clients
-            .iter()
-            .find(|c| c.ip == Some(ip))
-            .map(|c| c.mac.0)
-    }
-}
-
-impl StateRegistry {
-    /// The hook the DHCP service calls at a client's power-on (its boot firmware's first
-    /// DHCPDISCOVER): [`StateRegistry::power_on`], run on tokio's blocking pool when called
-    /// from a runtime (it writes and fsyncs files), inline otherwise.
-    pub fn power_on_hook(self: &Arc<Self>) -> Arc<dyn crate::dhcp::PowerOnHook> {
-        let reg = self.clone();
-        Arc::new(
-            move |mac: crate::dhcp::Mac, _client: &crate::dhcp::DhcpClient| {
-                let reg = reg.clone();
-                let run = move || match reg.power_on(&MacAddr(mac)) {
-                    Ok(true) => {
-                        tracing::info!(mac = %MacAddr(mac), "power-on: reset-mode client gets a fresh disk")
-                    }
-                    Ok(false) => {}
-                    Err(e) => tracing::warn!(mac = %MacAddr(mac), "power-on reset failed: {e}"),
-                };
-                match tokio::runtime::Handle::try_current() {
-                    Ok(h) => drop(h.spawn_blocking(run)),
-                    Err(_) => run(),
-                }
-            },
-        )
-    }
-}
-
 impl TargetRegistry for StateRegistry {
     fn lookup(&self, iqn: &str) -> Option<Arc<TargetConfig>> {
         self.read()
@@ -755,66 +703,6 @@ mod tests {
         let t = reg.lookup("iqn.2026-11.org.isboot:maint:deb").unwrap();
         assert!(t.allows("iqn.2026-11.org.isboot:initiator:maint:deb"));
         assert!(!t.allows("iqn.2026-11.org.isboot:initiator:pc1"));
-    }
-
-    #[test]
-    fn dhcp_directory_and_power_on_hook() {
-        use crate::dhcp::ClientDirectory;
-        let (_t, dir) = setup();
-        let mut l = dir.lock().unwrap();
-        l.add_client(AddClient {
-            mac: "52:54:00:00:00:03".parse().unwrap(),
-            image: "deb".parse().unwrap(),
-            name: Some("pc3".parse().unwrap()),
-            ip: Some("10.9.0.33".parse().unwrap()),
-            mode: Mode::Reset,
-            initiators: vec![],
-            chap: None,
-        })
-        .unwrap();
-        drop(l);
-        let reg = Arc::new(StateRegistry::open(dir.clone()).unwrap());
-        let mac3 = [0x52, 0x54, 0, 0, 0, 3];
-        let c = reg.by_mac(mac3).unwrap();
-        assert_eq!(c.name, "pc3");
-        assert_eq!(c.ip, Some("10.9.0.33".parse().unwrap()));
-        assert_eq!(c.target_iqn, "iqn.2026-11.org.isboot:pc3");
-        assert_eq!(
-            c.initiator_iqn.as_deref(),
-            Some("iqn.2026-11.org.isboot:initiator:pc3")
-        );
-        assert!(reg.by_mac([0x52, 0x54, 0, 0, 0, 9]).is_none());
-        assert_eq!(reg.by_ip("10.9.0.33".parse().unwrap()), Some(mac3));
-        assert_eq!(reg.by_ip("10.9.0.34".parse().unwrap()), None);
-        // The hook resets a reset-mode client that has written.
-        let t = reg.lookup("iqn.2026-11.org.isboot:pc3").unwrap();
-        t.lus
-            .get(0)
-            .unwrap()
-            .device()
-            .write(0, &[1u8; 512], false)
-            .unwrap();
-        reg.power_on_hook().power_on(mac3, &c);
-        let t2 = reg.lookup("iqn.2026-11.org.isboot:pc3").unwrap();
-        assert!(!Arc::ptr_eq(&t, &t2));
-        assert_eq!(read(&t2, 0, 512), vec![0x5A; 512]);
-    }
-
-    #[test]
-    fn a_broken_registry_file_keeps_the_old_targets_until_fixed() {
-        let (_t, dir) = setup();
-        let reg = StateRegistry::open(dir.clone()).unwrap();
-        let good = std::fs::read(dir.registry_path()).unwrap();
-        write_atomic(&dir.registry_path(), b"client = [ nonsense", 0o600).unwrap();
-        assert!(reg.reload_if_changed().is_err());
-        assert!(
-            !reg.reload_if_changed().unwrap(),
-            "the same broken file is reported once"
-        );
-        assert_eq!(reg.all().len(), 2, "still serving the last good state");
-        write_atomic(&dir.registry_path(), &good, 0o600).unwrap();
-        assert!(reg.reload_if_changed().unwrap());
-        assert_eq!(reg.all().len(), 2);
     }
 
     #[test]
