@@ -340,6 +340,24 @@ fn reset_client_drops_writes_and_respects_sessions() {
         1,
         "client pc1 is logged in from 10.7.0.21:40000; use --force",
     );
+    // The "server" ends the session half a second after the registry changes.
+    let status = lab.dir.join("run/status.json");
+    let reg_path = lab.dir.join("registry.toml");
+    let before = std::fs::read(&reg_path).unwrap();
+    let server = std::thread::spawn(move || {
+        for _ in 0..100 {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            if std::fs::read(&reg_path).unwrap() != before {
+                std::thread::sleep(std::time::Duration::from_millis(500));
+                let s = std::fs::read_to_string(&status).unwrap();
+                let mut v: serde_json::Value = serde_json::from_str(&s).unwrap();
+                v["targets"][0]["sessions"] = serde_json::json!([]);
+                std::fs::write(&status, v.to_string()).unwrap();
+                return true;
+            }
+        }
+        false
+    });
     let out = lab
         .run(&["reset-client", "pc1", "--force"])
         .ok()
@@ -348,6 +366,8 @@ fn reset_client_drops_writes_and_respects_sessions() {
         out.contains("reset client pc1: fresh disk on deb version 1"),
         "{out}"
     );
+    assert!(server.join().unwrap());
+    assert!(out.contains("its session was ended"), "{out}");
     assert!(!ovl.exists(), "old overlay kept");
     let j2: serde_json::Value =
         serde_json::from_str(lab.run(&["show-client", "pc1", "--json"]).ok()).unwrap();

@@ -54,6 +54,10 @@ fn init_options_and_bad_arguments() {
         (vec!["init", "--server-ip", "300.1.1.1"], "bad --server-ip"),
         (vec!["init", "--server-ip", "10.0.0.1/40"], "prefix length"),
         (vec!["init", "--iqn-prefix", "nope"], "bad iSCSI name"),
+        (
+            vec!["init", "--iqn-prefix", "eui.02004567A425678D"],
+            "iqn. form",
+        ),
         (vec!["init", "--listen", "localhost"], "bad --listen"),
     ] {
         let fresh = Lab::new();

@@ -56,6 +56,11 @@ pub fn init(dir: &StateDir, a: InitArgs) -> R {
         }
     };
     let prefix: Iqn = parse(&a.iqn_prefix)?;
+    if !prefix.as_str().starts_with("iqn.") {
+        return Err(bad(format!(
+            "bad --iqn-prefix {prefix}: target names need the iqn. form (iqn.YYYY-MM.<reversed domain>)"
+        )));
+    }
     let listen: SocketAddr = a
         .listen
         .parse()
@@ -420,11 +425,33 @@ pub fn remove_client(dir: &StateDir, which: &str, keep: bool) -> R {
 }
 
 pub fn reset_client(dir: &StateDir, which: &str, force: bool) -> R {
-    let c = dir.lock()?.reset_client(which, force)?;
+    let mut l = dir.lock()?;
+    let before = l
+        .state
+        .registry
+        .find_client(which)
+        .map(|c| l.state.sessions_of(&l.state.target_iqn(&c.name)));
+    let c = l.reset_client(which, force)?;
+    drop(l);
     println!(
         "reset client {}: fresh disk on {} version {}",
         c.name, c.image, c.version
     );
+    // --force on a logged-in client: wait (a few seconds at most) for the running server to
+    // pick the change up and end the session.
+    if before.is_some_and(|s| !s.is_empty()) {
+        let st = dir.load()?;
+        let iqn = st.target_iqn(&c.name);
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !st.sessions_of(&iqn).is_empty() && std::time::Instant::now() < until {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        if st.sessions_of(&iqn).is_empty() {
+            println!("its session was ended");
+        } else {
+            println!("its session is still open; isboot serve ends it when it sees the change");
+        }
+    }
     Ok(())
 }
 

@@ -18,6 +18,7 @@ pub fn run(dir: &StateDir, listen: Option<&str>) -> Result<(), CliError> {
             .map_err(|_| CliError::Bad(format!("bad --listen {s:?} (expected ADDR:PORT)")))?,
         None => state.config.listen,
     };
+    let _server_lock = dir.lock_server()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -63,6 +63,12 @@ impl Config {
             path: path.to_path_buf(),
             message: e.to_string().trim().replace('\n', " "),
         })?;
+        if !c.iqn_prefix.as_str().starts_with("iqn.") {
+            return Err(ConfigError::Parsing {
+                path: path.to_path_buf(),
+                message: format!("iqn_prefix {} must be an iqn. name", c.iqn_prefix),
+            });
+        }
         if let (Some(ip), Some(net)) = (c.server_ip, c.subnet) {
             if !net.contains(ip) {
                 return Err(ConfigError::Parsing {
@@ -181,6 +187,7 @@ mod tests {
     #[test]
     fn refuses_bad_values() {
         assert!(Config::parse("iqn_prefix = \"nope\"", Path::new("x")).is_err());
+        assert!(Config::parse("iqn_prefix = \"eui.02004567A425678D\"", Path::new("x")).is_err());
         assert!(Config::parse("listen = \"x\"", Path::new("x")).is_err());
         assert!(
             Config::parse(

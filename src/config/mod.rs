@@ -72,6 +72,10 @@ pub enum ConfigError {
     MaintenanceOpen(String),
     #[error("image {0} is not being edited (run `isboot image edit {0}` first)")]
     NoMaintenance(String),
+    #[error("another isboot serve (pid {0}) is running on this state directory")]
+    ServerRunning(String),
+    #[error("isboot serve has not flushed the maintenance disk of {0} yet; try again")]
+    Unflushed(String),
     #[error("reading {path}: {source}")]
     Reading { path: PathBuf, source: io::Error },
     #[error("parsing {path}: {message}")]

@@ -239,6 +239,37 @@ impl StateDir {
         })
     }
 
+    /// Claim the state directory for one `isboot serve` (two servers would open the same
+    /// overlays twice). Held until the returned file is dropped.
+    pub fn lock_server(&self) -> Result<File, ConfigError> {
+        let run = self.root.join("run");
+        std::fs::create_dir_all(&run).map_err(io_write(&run))?;
+        let p = run.join("serve.pid");
+        let mut f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&p)
+            .map_err(io_write(&p))?;
+        // SAFETY: plain syscall on an fd we own.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let pid = std::fs::read_to_string(&p)
+                .unwrap_or_default()
+                .trim()
+                .to_string();
+            return Err(ConfigError::ServerRunning(if pid.is_empty() {
+                "?".into()
+            } else {
+                pid
+            }));
+        }
+        use std::io::Write;
+        f.set_len(0).map_err(io_write(&p))?;
+        writeln!(f, "{}", std::process::id()).map_err(io_write(&p))?;
+        Ok(f)
+    }
+
     /// A reset-mode client powered on (its PXE ROM sent DHCP): drop its overlay and move it to
     /// its image's newest version. Does nothing (returns `Ok(None)`) for persistent clients,
     /// unknown MACs, and overlays that are still empty on the newest version. Returns the
@@ -371,6 +402,14 @@ impl State {
             });
         }
         out
+    }
+
+    /// The newest published version number of `image`.
+    pub fn newest_version(&self, image: &ImageName) -> Option<u64> {
+        self.registry
+            .image(image)
+            .and_then(|i| i.newest())
+            .map(|v| v.number)
     }
 
     /// Names of clients on `image` (any version when `version` is `None`).
@@ -674,6 +713,9 @@ impl Locked {
         let dir = self.state.dir.path(&dir_rel);
         let fresh_dir = !dir.exists();
         std::fs::create_dir_all(&dir).map_err(io_write(&dir))?;
+        if let Some(parent) = dir.parent() {
+            sync_dir(parent).map_err(io_write(parent))?;
+        }
         let rel = format!("{dir_rel}/v1.raw");
         let dest = self.state.dir.path(&rel);
         let cleanup = |dest: &Path| {
@@ -780,6 +822,21 @@ impl Locked {
                     what: format!("maintenance target of {name}"),
                     from: from.join(", "),
                 });
+            }
+            // A session that just ended may have left map changes in the server's memory; it
+            // flushes idle overlays within a second.
+            let iqn = self.state.maintenance_iqn(name);
+            let unflushed = || {
+                ServerStatus::load_live(&self.state.dir.status_path())
+                    .and_then(|s| s.target(iqn.as_str()).map(|t| t.unflushed))
+                    .unwrap_or(false)
+            };
+            let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while unflushed() {
+                if std::time::Instant::now() > until {
+                    return Err(ConfigError::Unflushed(name.to_string()));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(200));
             }
         }
         Ok(m)

@@ -31,6 +31,9 @@ pub struct TargetStatus {
     pub bytes_written: u64,
     /// Bytes the overlay file occupies on disk.
     pub overlay_bytes: u64,
+    /// The server holds map changes for this overlay not yet flushed to its file.
+    #[serde(default)]
+    pub unflushed: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

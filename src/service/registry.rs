@@ -6,9 +6,9 @@
 //! flushes overlays whose sessions have all ended.
 
 use crate::config::{
-    ConfigError, ServerStatus, SessionStatus, StateDir, TargetKind, TargetSpec, TargetStatus,
+    ConfigError, ServerStatus, SessionStatus, State, StateDir, TargetKind, TargetSpec, TargetStatus,
 };
-use crate::config::{MacAddr, now_unix, write_atomic};
+use crate::config::{MacAddr, Mode, now_unix, write_atomic};
 use crate::iscsi::target::{ChapConfig, TargetConfig, TargetRegistry, TargetStats};
 use crate::scsi::{LogicalUnit, LuIdentity, TargetLus};
 use crate::store::BlockDevice;
@@ -42,8 +42,9 @@ fn stamp(p: &Path) -> Stamp {
     ))
 }
 
-#[derive(Default)]
 struct Inner {
+    /// The state the targets were built from.
+    state: Arc<State>,
     targets: Vec<Live>,
     stamps: (Stamp, Stamp),
     bases: HashMap<PathBuf, Weak<BaseImage>>,
@@ -81,9 +82,15 @@ fn chap_config(c: &crate::config::Chap) -> ChapConfig {
 impl StateRegistry {
     /// Load the state directory and open every target's overlay.
     pub fn open(dir: StateDir) -> Result<StateRegistry, ConfigError> {
+        let state = Arc::new(dir.load()?);
         let r = StateRegistry {
             dir,
-            inner: RwLock::new(Inner::default()),
+            inner: RwLock::new(Inner {
+                state,
+                targets: Vec::new(),
+                stamps: (None, None),
+                bases: HashMap::new(),
+            }),
             reload_lock: Mutex::new(()),
             listen: Mutex::new(String::new()),
         };
@@ -93,6 +100,12 @@ impl StateRegistry {
 
     pub fn state_dir(&self) -> &StateDir {
         &self.dir
+    }
+
+    /// The state as last loaded (config with its `[dhcp]` section, clients, images): what the
+    /// DHCP service should answer from, e.g. `registry.current_state().boot_target(&mac)`.
+    pub fn current_state(&self) -> Arc<State> {
+        self.read().state.clone()
     }
 
     /// Record the address the server listens on (shown by `isboot status`).
@@ -137,80 +150,95 @@ impl StateRegistry {
             (old, r.bases.clone())
         };
         let mut next = Vec::with_capacity(specs.len());
-        let mut ended: Vec<(Arc<TargetConfig>, Arc<Overlay>)> = Vec::new();
+        // Old targets that go on unchanged (their sessions live on).
         let mut kept = vec![false; old.len()];
+        // Old overlays still in use by a new target (never open one file twice).
+        let mut reused = vec![false; old.len()];
         for spec in specs {
-            let prev = old.iter().position(|(s, _, _)| s.iqn == spec.iqn);
-            if let Some(i) = prev {
+            let same_disk =
+                |s: &TargetSpec| s.overlay_path == spec.overlay_path && s.base_id == spec.base_id;
+            if let Some(i) = old
+                .iter()
+                .position(|(s, _, _)| s.iqn == spec.iqn && same_disk(s))
+            {
                 let (ps, pt, po) = &old[i];
-                let same_disk = ps.overlay_path == spec.overlay_path && ps.base_id == spec.base_id;
-                if same_disk {
+                reused[i] = true;
+                if *ps == spec {
                     kept[i] = true;
-                    if *ps == spec {
-                        next.push(Live {
-                            spec,
-                            target: pt.clone(),
-                            overlay: po.clone(),
-                        });
-                    } else {
-                        // Access rules changed: same disk, same counters, sessions re-login.
-                        pt.stats.drop_sessions();
-                        let target = Arc::new(TargetConfig {
-                            iqn: spec.iqn.to_string(),
-                            lus: pt.lus.clone(),
-                            allowed_initiators: spec
-                                .initiators
-                                .iter()
-                                .map(|i| i.to_string())
-                                .collect(),
-                            chap: spec.chap.as_ref().map(chap_config),
-                            stats: pt.stats.clone(),
-                        });
-                        next.push(Live {
-                            spec,
-                            target,
-                            overlay: po.clone(),
-                        });
-                    }
-                    continue;
+                    next.push(Live {
+                        spec,
+                        target: pt.clone(),
+                        overlay: po.clone(),
+                    });
+                } else {
+                    // Access rules changed: same disk, same counters; sessions log in again.
+                    let target = Arc::new(TargetConfig {
+                        iqn: spec.iqn.to_string(),
+                        lus: pt.lus.clone(),
+                        allowed_initiators: spec.initiators.iter().map(|i| i.to_string()).collect(),
+                        chap: spec.chap.as_ref().map(chap_config),
+                        stats: pt.stats.clone(),
+                    });
+                    next.push(Live {
+                        spec,
+                        target,
+                        overlay: po.clone(),
+                    });
                 }
+                continue;
             }
-            match self.build(&spec, &mut bases) {
-                Ok((target, overlay)) => next.push(Live {
-                    spec,
-                    target,
-                    overlay,
-                }),
+            // Same overlay file under a new name (the IQN prefix changed): reuse the open view.
+            let overlay = match old.iter().position(|(s, _, _)| same_disk(s)) {
+                Some(i) => {
+                    reused[i] = true;
+                    Ok(old[i].2.clone())
+                }
+                None => self.open_overlay(&spec, &mut bases),
+            };
+            match overlay {
+                Ok(overlay) => {
+                    let target =
+                        target_for(&spec, overlay.clone(), Arc::new(TargetStats::default()));
+                    next.push(Live {
+                        spec,
+                        target,
+                        overlay,
+                    });
+                }
                 Err(e) => tracing::error!(target = %spec.iqn, "cannot serve target: {e}"),
             }
         }
+        let mut ended: Vec<(Arc<TargetConfig>, Option<Arc<Overlay>>)> = Vec::new();
         for (i, (_, t, o)) in old.into_iter().enumerate() {
             if !kept[i] {
-                ended.push((t, o));
+                ended.push((t, (!reused[i]).then_some(o)));
             }
         }
         bases.retain(|_, w| w.strong_count() > 0);
         {
             let mut w = self.inner.write().unwrap_or_else(|e| e.into_inner());
             w.targets = next;
+            w.state = Arc::new(state);
             w.stamps = stamps;
             w.bases = bases;
         }
         for (t, o) in ended {
-            tracing::info!(target = %t.iqn, "target replaced or removed; ending its sessions");
+            tracing::info!(target = %t.iqn, "target changed, reset or removed; ending its sessions");
             t.stats.drop_sessions();
-            if let Err(e) = o.flush() {
-                tracing::warn!(target = %t.iqn, "flushing old overlay: {e}");
+            if let Some(o) = o {
+                if let Err(e) = o.flush() {
+                    tracing::warn!(target = %t.iqn, "flushing old overlay: {e}");
+                }
             }
         }
         Ok(())
     }
 
-    fn build(
+    fn open_overlay(
         &self,
         spec: &TargetSpec,
         bases: &mut HashMap<PathBuf, Weak<BaseImage>>,
-    ) -> Result<(Arc<TargetConfig>, Arc<Overlay>), ConfigError> {
+    ) -> Result<Arc<Overlay>, ConfigError> {
         let base = match bases.get(&spec.base_path).and_then(Weak::upgrade) {
             Some(b) if b.id() == spec.base_id => b,
             _ => {
@@ -223,28 +251,7 @@ impl StateRegistry {
                 b
             }
         };
-        let overlay = Arc::new(Overlay::open_at(&spec.overlay_path, base, false)?);
-        let (product, serial) = match &spec.kind {
-            TargetKind::Client(n) => ("client disk", n.to_string()),
-            TargetKind::Maintenance(i) => ("maint disk", format!("maint-{i}")),
-        };
-        let ident = LuIdentity {
-            vendor: "ISBOOT".into(),
-            product: product.into(),
-            revision: "0001".into(),
-            serial,
-            naa_id: fnv1a(spec.iqn.as_str()),
-        };
-        let dev: Arc<dyn BlockDevice> = overlay.clone();
-        let lu = Arc::new(LogicalUnit::new(dev, ident));
-        let target = Arc::new(TargetConfig {
-            iqn: spec.iqn.to_string(),
-            lus: Arc::new(TargetLus::single(lu)),
-            allowed_initiators: spec.initiators.iter().map(|i| i.to_string()).collect(),
-            chap: spec.chap.as_ref().map(chap_config),
-            stats: Arc::new(TargetStats::default()),
-        });
-        Ok((target, overlay))
+        Ok(Arc::new(Overlay::open_at(&spec.overlay_path, base, false)?))
     }
 
     /// A reset-mode client powered on (the DHCP service saw its PXE ROM's request): drop its
@@ -252,11 +259,32 @@ impl StateRegistry {
     /// session on the old one). Blocking (file I/O and fsync): call it from `spawn_blocking`.
     /// Returns whether the client was reset.
     pub fn power_on(&self, mac: &MacAddr) -> Result<bool, ConfigError> {
-        let reset = self.dir.power_on(mac)?.is_some();
-        if reset {
-            self.reload()?;
+        let st = self.dir.load()?;
+        let Some(c) = st.registry.client_by_mac(mac) else {
+            return Ok(false);
+        };
+        if c.mode != Mode::Reset {
+            return Ok(false);
         }
-        Ok(reset)
+        let iqn = st.target_iqn(&c.name);
+        // Ask the live view (its map may hold writes not flushed yet), not the file.
+        let written = self
+            .read()
+            .targets
+            .iter()
+            .find(|l| l.spec.iqn == iqn)
+            .map(|l| {
+                let u = l.overlay.usage();
+                u.data_blocks + u.zero_blocks > 0
+            })
+            .unwrap_or(true);
+        if !written && st.newest_version(&c.image) == Some(c.version) {
+            return Ok(false);
+        }
+        let name = c.name.to_string();
+        self.dir.lock()?.reset_client(&name, true)?;
+        self.reload()?;
+        Ok(true)
     }
 
     /// Flush overlays of targets nobody is logged in to (so `image commit` and a crash see
@@ -318,6 +346,7 @@ impl StateRegistry {
                         .collect(),
                     bytes_read: l.target.stats.bytes_read.load(Ordering::Relaxed),
                     bytes_written: l.target.stats.bytes_written.load(Ordering::Relaxed),
+                    unflushed: l.overlay.has_unflushed(),
                     overlay_bytes: std::fs::metadata(&l.spec.overlay_path)
                         .map(|m| m.blocks() * 512)
                         .unwrap_or(0),
@@ -356,6 +385,34 @@ impl StateRegistry {
             tracing::warn!("publishing status: {e}");
         }
     }
+}
+
+/// A target serving `overlay` as LUN 0.
+fn target_for(
+    spec: &TargetSpec,
+    overlay: Arc<Overlay>,
+    stats: Arc<TargetStats>,
+) -> Arc<TargetConfig> {
+    let (product, serial) = match &spec.kind {
+        TargetKind::Client(n) => ("client disk", n.to_string()),
+        TargetKind::Maintenance(i) => ("maint disk", format!("maint-{i}")),
+    };
+    let ident = LuIdentity {
+        vendor: "ISBOOT".into(),
+        product: product.into(),
+        revision: "0001".into(),
+        serial,
+        naa_id: fnv1a(spec.iqn.as_str()),
+    };
+    let dev: Arc<dyn BlockDevice> = overlay;
+    let lu = Arc::new(LogicalUnit::new(dev, ident));
+    Arc::new(TargetConfig {
+        iqn: spec.iqn.to_string(),
+        lus: Arc::new(TargetLus::single(lu)),
+        allowed_initiators: spec.initiators.iter().map(|i| i.to_string()).collect(),
+        chap: spec.chap.as_ref().map(chap_config),
+        stats,
+    })
 }
 
 impl TargetRegistry for StateRegistry {
@@ -531,6 +588,128 @@ mod tests {
             read(&reg.lookup(&format!("{p}:pc1")).unwrap(), 4096, 512),
             vec![8; 512]
         );
+    }
+
+    #[test]
+    fn a_new_iqn_prefix_renames_targets_without_reopening_overlays() {
+        let (_t, dir) = setup();
+        let reg = StateRegistry::open(dir.clone()).unwrap();
+        let t1 = reg.lookup("iqn.2026-11.org.isboot:pc1").unwrap();
+        let kill = fake_session(&t1);
+        // Unflushed: only the open view knows about it.
+        t1.lus
+            .get(0)
+            .unwrap()
+            .device()
+            .write(0, &[3u8; 4096], false)
+            .unwrap();
+        let cfg = std::fs::read_to_string(dir.config_path()).unwrap();
+        let cfg = cfg.replace(
+            "iqn_prefix = \"iqn.2026-11.org.isboot\"",
+            "iqn_prefix = \"iqn.2030-01.org.lab\"",
+        );
+        write_atomic(&dir.config_path(), cfg.as_bytes(), 0o644).unwrap();
+        assert!(reg.reload_if_changed().unwrap());
+        assert!(kill.load(Ordering::SeqCst), "sessions on the old name end");
+        assert!(reg.lookup("iqn.2026-11.org.isboot:pc1").is_none());
+        let n1 = reg.lookup("iqn.2030-01.org.lab:pc1").unwrap();
+        assert!(
+            n1.allows("iqn.2026-11.org.isboot:initiator:pc1"),
+            "stored initiators are kept"
+        );
+        assert!(Arc::ptr_eq(
+            t1.lus.get(0).unwrap().device(),
+            n1.lus.get(0).unwrap().device()
+        ));
+        assert_eq!(read(&n1, 0, 4096), vec![3; 4096]);
+    }
+
+    #[test]
+    fn two_clients_same_lbas_private_data_survives_a_restart_base_untouched() {
+        let (_t, dir) = setup();
+        let base_file = dir.path("images/deb/v1.raw");
+        let sum = |p: &Path| crc32c::crc32c(&std::fs::read(p).unwrap());
+        let before = sum(&base_file);
+        {
+            let reg = StateRegistry::open(dir.clone()).unwrap();
+            for (name, byte) in [("pc1", 0x11u8), ("pc2", 0x22u8)] {
+                let t = reg
+                    .lookup(&format!("iqn.2026-11.org.isboot:{name}"))
+                    .unwrap();
+                let dev = t.lus.get(0).unwrap().device().clone();
+                dev.write(8192, &[byte; 8192], false).unwrap();
+                dev.write(512, &[byte; 512], false).unwrap();
+            }
+            for (name, byte) in [("pc1", 0x11u8), ("pc2", 0x22u8)] {
+                let t = reg
+                    .lookup(&format!("iqn.2026-11.org.isboot:{name}"))
+                    .unwrap();
+                assert_eq!(read(&t, 8192, 8192), vec![byte; 8192]);
+                assert_eq!(read(&t, 0, 1024)[512..], [byte; 512]);
+                assert_eq!(read(&t, 0, 512), vec![0x5A; 512]);
+            }
+            // A clean stop flushes (as `isboot serve` does on shutdown).
+            reg.flush_all();
+        }
+        let reg = StateRegistry::open(dir.clone()).unwrap();
+        for (name, byte) in [("pc1", 0x11u8), ("pc2", 0x22u8)] {
+            let t = reg
+                .lookup(&format!("iqn.2026-11.org.isboot:{name}"))
+                .unwrap();
+            assert_eq!(
+                read(&t, 8192, 8192),
+                vec![byte; 8192],
+                "{name} after restart"
+            );
+        }
+        assert_eq!(sum(&base_file), before, "the base image changed");
+    }
+
+    #[test]
+    fn boot_targets_for_dhcp() {
+        let (_t, dir) = setup();
+        let reg = StateRegistry::open(dir.clone()).unwrap();
+        let mac1: MacAddr = "52:54:00:00:00:01".parse().unwrap();
+        let b = reg.current_state().boot_target(&mac1).unwrap();
+        assert_eq!(b.target.as_str(), "iqn.2026-11.org.isboot:pc1");
+        assert_eq!(b.initiator.as_str(), "iqn.2026-11.org.isboot:initiator:pc1");
+        assert_eq!(
+            b.root_path.as_deref(),
+            Some("iscsi:10.9.0.1::::iqn.2026-11.org.isboot:pc1")
+        );
+        assert!(
+            reg.current_state()
+                .boot_target(&"52:54:00:00:00:09".parse().unwrap())
+                .is_none()
+        );
+        // While an image is edited on pc1's machine, pc1 boots the maintenance target.
+        dir.lock()
+            .unwrap()
+            .image_edit(&"deb".parse().unwrap(), Some(mac1), vec![])
+            .unwrap();
+        reg.reload_if_changed().unwrap();
+        let b = reg.current_state().boot_target(&mac1).unwrap();
+        assert_eq!(b.target.as_str(), "iqn.2026-11.org.isboot:maint:deb");
+        assert_eq!(
+            b.initiator.as_str(),
+            "iqn.2026-11.org.isboot:initiator:maint:deb"
+        );
+        let t = reg.lookup("iqn.2026-11.org.isboot:maint:deb").unwrap();
+        assert!(t.allows("iqn.2026-11.org.isboot:initiator:maint:deb"));
+        assert!(!t.allows("iqn.2026-11.org.isboot:initiator:pc1"));
+    }
+
+    #[test]
+    fn one_server_per_state_dir() {
+        let (_t, dir) = setup();
+        let held = dir.lock_server().unwrap();
+        let e = dir.lock_server().unwrap_err();
+        assert!(
+            e.to_string().contains(&std::process::id().to_string()),
+            "{e}"
+        );
+        drop(held);
+        dir.lock_server().unwrap();
     }
 
     #[test]

@@ -198,8 +198,14 @@ impl OverlayFile for FaultyFile {
         let mut g = self.lock();
         g.tick()?;
         let len = usize::try_from(len).map_err(|_| eio())?;
-        g.cache.resize(len, 0);
-        g.durable.resize(len, 0);
+        let g = &mut *g;
+        for buf in [&mut g.cache, &mut g.durable] {
+            // vec![0; n] gets zeroed pages from the allocator; resize() writes every byte.
+            let mut v = vec![0u8; len];
+            let keep = buf.len().min(len);
+            v[..keep].copy_from_slice(&buf[..keep]);
+            *buf = v;
+        }
         g.pending.retain(|s, _| s * SECTOR < len);
         Ok(())
     }
