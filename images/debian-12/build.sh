@@ -271,6 +271,11 @@ umnt_all
 stage "fsck"
 fsck_rc=0
 e2fsck -fy "${LOOPDEV}p3" > "$cache/fsck.log" 2>&1 || fsck_rc=$?
+if [[ $fsck_rc -eq 8 ]]; then # operational error (device briefly busy): once more
+    sleep 3
+    fsck_rc=0
+    e2fsck -fy "${LOOPDEV}p3" > "$cache/fsck.log" 2>&1 || fsck_rc=$?
+fi
 if [[ $fsck_rc -gt 1 ]]; then
     tail -n 20 "$cache/fsck.log" >&2
     die "e2fsck exit $fsck_rc on the new root (see $cache/fsck.log)"
