@@ -82,6 +82,7 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+trap 'echo "$PROG: unexpected failure at line $LINENO" >&2' ERR
 nsx() { ip netns exec "$NS" "$@"; }
 # For background jobs: exec, so that $! is the PID of the program itself.
 nsx_exec() { exec ip netns exec "$NS" "$@"; }
@@ -160,13 +161,16 @@ boot() { # NAME MODE(bios|uefi) RUN
     echo "$SECONDS" > "$work/$c.$run.start"
     log "boot $c ($mode, run $run): qemu pid ${QPID[$c]}, serial $serial"
 }
-tail_serial() { echo "---- last 40 serial lines of $1 ----"; tail -n 40 "$2" | tr -d '\r'; echo "----"; }
+# The serial log without CRs and terminal escapes (bash's bracketed-paste
+# toggles precede command output on the same line).
+clean() { tr -d '\r' < "$1" | sed 's/\x1b\[[0-9;?]*[A-Za-z]//g'; }
+tail_serial() { echo "---- last 40 serial lines of $1 ----"; clean "$2" | tail -n 40; echo "----"; }
 wait_for() { # NAME RUN REGEX TIMEOUT
     local c=$1 run=$2 re=$3 t=$4 start=$SECONDS
     while ((SECONDS - start < t)); do
-        if tr -d '\r' < "$work/$c.$run.serial" | grep -aEq "$re"; then return 0; fi
+        if clean "$work/$c.$run.serial" | grep -aEq "$re"; then return 0; fi
         if ! kill -0 "${QPID[$c]}" 2> /dev/null; then
-            tr -d '\r' < "$work/$c.$run.serial" | grep -aEq "$re" && return 0
+            clean "$work/$c.$run.serial" | grep -aEq "$re" && return 0
             echo "$PROG: qemu for $c exited while waiting for /$re/" >&2
             return 1
         fi
@@ -190,7 +194,7 @@ time.sleep(2)
 s.close()
 PYEOF
 }
-marker() { tr -d '\r' < "$work/$1.$2.serial" | grep -aE '^ISBOOT-MARKER' | tail -n 1; }
+marker() { clean "$work/$1.$2.serial" | grep -aE '^ISBOOT-MARKER' | tail -n 1 || true; }
 field() { sed -n "s/.* $2=\\([^ ]*\\).*/\\1/p" <<< "$1"; }
 wait_exit() { # NAME TIMEOUT
     local start=$SECONDS
@@ -251,10 +255,10 @@ if has restart && [[ $alpha_run -eq 1 ]] && kill -0 "${QPID[alpha]}" 2> /dev/nul
             # initiator name.
             send alpha "ip -o -4 addr show scope global | sed 's/^/ISBOOT-ADDR /'; sed 's/^/ISBOOT-INAME /' /etc/iscsi/initiatorname.iscsi /run/isboot/initiatorname.iscsi; echo ISBOOT-STEP state-shown"
             if wait_for alpha 1 '^ISBOOT-STEP state-shown' 120; then
-                addr=$(tr -d '\r' < "$work/alpha.1.serial" | grep -a '^ISBOOT-ADDR ' | tail -n 1)
+                addr=$(clean "$work/alpha.1.serial" | grep -a '^ISBOOT-ADDR ' | tail -n 1 || true)
                 log "alpha: ${addr#ISBOOT-ADDR }"
                 if grep -q 'valid_lft forever' <<< "$addr"; then pass "address: boot NIC address is permanent (valid_lft forever)"; else fail "address: boot NIC address expires: $addr"; fi
-                inames=$(tr -d '\r' < "$work/alpha.1.serial" | grep -a '^ISBOOT-INAME InitiatorName=' | sort -u)
+                inames=$(clean "$work/alpha.1.serial" | grep -a '^ISBOOT-INAME InitiatorName=' | sort -u || true)
                 if [[ $(wc -l <<< "$inames") -eq 1 && -n $inames ]]; then pass "initiator: real root uses the session's name (${inames#ISBOOT-INAME })"; else fail "initiator: names differ: $inames"; fi
             else
                 fail "state: no answer from alpha's console"
@@ -272,8 +276,8 @@ fi
 if has poweroff && [[ $alpha_run -eq 1 ]] && kill -0 "${QPID[alpha]}" 2> /dev/null; then
     send alpha "systemctl poweroff"
     if wait_exit alpha 300; then
-        if tr -d '\r' < "$work/alpha.1.serial" | grep -aq 'reboot: Power down'; then
-            log "alpha powered off: $(tr -d '\r' < "$work/alpha.1.serial" | grep -a 'reboot: Power down' | tail -n 1)"
+        if clean "$work/alpha.1.serial" | grep -aq 'reboot: Power down'; then
+            log "alpha powered off: $(clean "$work/alpha.1.serial" | grep -a 'reboot: Power down' | tail -n 1)"
         fi
         if out=$(fsck_clone alpha); then
             pass "poweroff: clean poweroff, e2fsck -fn on alpha's root: $out"
@@ -298,7 +302,7 @@ if has uefi; then
         if boot_to_marker alpha bios 2; then
             m=$(marker alpha 2)
             if [[ $(field "$m" boots) == 2 ]]; then pass "persistence: alpha's second boot shows boots=2"; else fail "persistence: alpha's second boot: $m"; fi
-            if tr -d '\r' < "$work/alpha.2.serial" | grep -aqiE 'recovering journal|recovery complete|orphan'; then
+            if clean "$work/alpha.2.serial" | grep -aqiE 'recovering journal|recovery complete|orphan'; then
                 fail "fsck: alpha's second boot recovered the journal (unclean shutdown)"
             else
                 pass "fsck: alpha's second boot mounted a clean root (no journal recovery)"

@@ -140,3 +140,48 @@ fn iscsi_test_cu_all() {
         exp.log_text()
     );
 }
+
+/// Run one iscsi-test-cu selection against `urls` and return its verdicts.
+fn run_selection(selection: &str, urls: &[String]) -> BTreeMap<String, Verdict> {
+    let out = Command::new("timeout")
+        .args(["300", "iscsi-test-cu", "-v", "-d", "-t", selection])
+        .args(urls)
+        .output()
+        .expect("run iscsi-test-cu");
+    parse(
+        &(String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr)),
+    )
+}
+
+/// The suites the ALL run skips for want of a second path or a write-protected unit.
+#[test]
+fn iscsi_test_cu_multipath_and_read_only() {
+    if !have("iscsi-test-cu") {
+        return skip("iscsi-test-cu (libiscsi-bin) is not installed");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("mp.raw");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    let exp = Export::start(&img, &[]);
+    // Two sessions to the same LUN: libiscsi's multipath tests.
+    let mp = run_selection("ALL.MultipathIO", &[exp.url(0), exp.url(0)]);
+    for t in [
+        "MultipathIO.Simple",
+        "MultipathIO.CompareAndWrite",
+        "MultipathIO.CompareAndWriteAsync",
+    ] {
+        assert_eq!(mp.get(t), Some(&Verdict::Passed), "{t}: {mp:?}");
+    }
+    drop(exp);
+    let ro = Export::start(&img, &["--read-only"]);
+    let r = run_selection("SCSI.ReadOnly", &[ro.url(0)]);
+    assert_eq!(
+        r.get("ReadOnly.ReadOnlySBC"),
+        Some(&Verdict::Passed),
+        "{r:?}"
+    );
+}

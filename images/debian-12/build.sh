@@ -229,6 +229,10 @@ mkdir -p "$rootdir/etc/systemd/system/multi-user.target.wants"
 install -m 755 "$HERE/isboot-marker" "$rootdir/usr/local/sbin/isboot-marker"
 install -m 644 "$HERE/isboot-marker.service" "$rootdir/etc/systemd/system/isboot-marker.service"
 ln -sf ../isboot-marker.service "$rootdir/etc/systemd/system/multi-user.target.wants/isboot-marker.service"
+# A diskless client must not run apt's daily download/upgrade jobs.
+for t in apt-daily.timer apt-daily-upgrade.timer; do
+    ln -sf /dev/null "$rootdir/etc/systemd/system/$t"
+done
 ln -sf /lib/systemd/system/serial-getty@.service "$rootdir/etc/systemd/system/getty.target.wants/serial-getty@ttyS0.service" 2> /dev/null || true
 echo "isboot Debian 12 diskless client image (built $(date -u +%Y-%m-%dT%H:%MZ))" > "$rootdir/etc/isboot-image"
 
@@ -265,7 +269,17 @@ kernel=$(find "$rootdir/boot" -maxdepth 1 -name 'vmlinuz-*' -printf '%f\n' | sor
 initrd_size=$(stat -c %s "$rootdir/boot/initrd.img-${kernel#vmlinuz-}")
 umnt_all
 stage "fsck"
-e2fsck -fy "${LOOPDEV}p3" > /dev/null 2>&1 || [[ $? -le 1 ]] || die "e2fsck found errors on the new root"
+fsck_rc=0
+e2fsck -fy "${LOOPDEV}p3" > "$cache/fsck.log" 2>&1 || fsck_rc=$?
+if [[ $fsck_rc -eq 8 ]]; then # operational error (device briefly busy): once more
+    sleep 3
+    fsck_rc=0
+    e2fsck -fy "${LOOPDEV}p3" > "$cache/fsck.log" 2>&1 || fsck_rc=$?
+fi
+if [[ $fsck_rc -gt 1 ]]; then
+    tail -n 20 "$cache/fsck.log" >&2
+    die "e2fsck exit $fsck_rc on the new root (see $cache/fsck.log)"
+fi
 partx -d "$LOOPDEV" 2> /dev/null || true
 losetup -d "$LOOPDEV"
 LOOPDEV=

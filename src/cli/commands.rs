@@ -65,7 +65,62 @@ pub fn init(dir: &StateDir, a: InitArgs) -> R {
         .listen
         .parse()
         .map_err(|_| bad(format!("bad --listen {:?} (expected ADDR:PORT)", a.listen)))?;
-    let c = dir.init(server, Some(prefix), Some(listen))?;
+    // DHCP settings are checked before anything is written: a refused init changes nothing.
+    let dhcp = match &a.interface {
+        None => None,
+        Some(ifname) => {
+            let Some((ip, _)) = server else {
+                return Err(bad(
+                    "--interface needs --server-ip (this server's address on that network)"
+                        .to_string(),
+                ));
+            };
+            let cfg = crate::dhcp::config::DhcpConfig::from_init_args(
+                ifname,
+                ip,
+                a.dhcp_range.as_deref(),
+                a.dhcp_mode.as_deref(),
+                a.router,
+                a.dns,
+            )
+            .map_err(|e| bad(e.to_string()))?;
+            Some(cfg)
+        }
+    };
+    let mut c = dir.init(server, Some(prefix), Some(listen))?;
+    if let Some(cfg) = &dhcp {
+        c.dhcp = Some(
+            toml::Value::try_from(cfg)
+                .map_err(|e| CliError::Failed(format!("writing the [dhcp] section: {e}")))?,
+        );
+        crate::config::write_atomic(&dir.config_path(), c.render().as_bytes(), 0o644)?;
+        let mode = match cfg.mode {
+            crate::dhcp::config::DhcpMode::Full => "full",
+            crate::dhcp::config::DhcpMode::Proxy => "proxy",
+        };
+        println!(
+            "  DHCP:       {mode} mode on {} (isboot serve answers there only)",
+            cfg.interface
+        );
+        let got = crate::tftp::ipxe::populate_root(
+            &dir.tftp_dir(),
+            std::path::Path::new(crate::tftp::ipxe::DEBIAN_IPXE_DIR),
+        )
+        .map_err(|e| {
+            CliError::Failed(format!(
+                "filling the TFTP root {}: {e}",
+                dir.tftp_dir().display()
+            ))
+        })?;
+        println!("  TFTP root:  {}", dir.tftp_dir().display());
+        if !got.missing.is_empty() {
+            println!(
+                "  note: {} not found in {}; install Debian's ipxe package (apt-get install ipxe) and run `isboot init` again in a fresh state dir, or copy them into the TFTP root",
+                got.missing.join(", "),
+                crate::tftp::ipxe::DEBIAN_IPXE_DIR
+            );
+        }
+    }
     println!("initialised {}", dir.root().display());
     println!("  config:     {}", dir.config_path().display());
     println!("  iqn prefix: {}", c.iqn_prefix);

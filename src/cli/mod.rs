@@ -83,6 +83,24 @@ pub struct InitArgs {
     /// Address and port the iSCSI target listens on.
     #[arg(long, value_name = "ADDR:PORT", default_value = crate::config::file::DEFAULT_LISTEN)]
     pub listen: String,
+    /// Network interface of the boot network: `isboot serve` answers DHCP (and serves TFTP)
+    /// there and nowhere else. Needs --server-ip.
+    #[arg(long, value_name = "IF")]
+    pub interface: Option<String>,
+    /// Addresses handed to clients without a reserved IP (full mode), e.g.
+    /// 192.168.50.100-192.168.50.200 (default: the upper part of the subnet).
+    #[arg(long, value_name = "FIRST-LAST", requires = "interface")]
+    pub dhcp_range: Option<String>,
+    /// full: isboot owns the subnet's DHCP; proxy: another server hands out addresses and
+    /// isboot only answers PXE clients with boot information.
+    #[arg(long, value_name = "full|proxy", requires = "interface")]
+    pub dhcp_mode: Option<String>,
+    /// Default gateway handed to clients (full mode).
+    #[arg(long, value_name = "IP", requires = "interface")]
+    pub router: Option<std::net::Ipv4Addr>,
+    /// DNS server handed to clients (full mode).
+    #[arg(long, value_name = "IP", requires = "interface")]
+    pub dns: Option<std::net::Ipv4Addr>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -227,6 +245,12 @@ pub struct ServeArgs {
     /// Address and port to listen on (default: `listen` from the config file).
     #[arg(long, value_name = "ADDR:PORT")]
     pub listen: Option<String>,
+    /// Do not answer DHCP even though an interface is configured.
+    #[arg(long)]
+    pub no_dhcp: bool,
+    /// Do not serve TFTP even though an interface is configured.
+    #[arg(long)]
+    pub no_tftp: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -287,7 +311,7 @@ pub fn main() -> ExitCode {
         Command::ShowClient(a) => commands::show_client(&dir, &a.client, a.json),
         Command::RemoveClient(a) => commands::remove_client(&dir, &a.client, a.keep_overlay),
         Command::ResetClient(a) => commands::reset_client(&dir, &a.client, a.force),
-        Command::Serve(a) => serve::run(&dir, a.listen.as_deref()),
+        Command::Serve(a) => serve::run(&dir, &a),
         Command::Status(a) => commands::status(&dir, a.json),
         Command::Export(_) => Ok(()),
     };

@@ -9,7 +9,8 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-pub fn run(dir: &StateDir, listen: Option<&str>) -> Result<(), CliError> {
+pub fn run(dir: &StateDir, args: &super::ServeArgs) -> Result<(), CliError> {
+    let listen = args.listen.as_deref();
     super::init_tracing();
     let state = dir.load()?;
     let addr: SocketAddr = match listen {
@@ -47,7 +48,23 @@ pub fn run(dir: &StateDir, listen: Option<&str>) -> Result<(), CliError> {
             super::shutdown_signal().await;
             let _ = tx.send(true);
         });
-        let res = serve_iscsi(listener, registry.clone(), stopped(rx)).await;
+        // DHCP and TFTP on the boot interface, when one is configured.
+        let boot = tokio::spawn(crate::service::boot::run(
+            registry.clone(),
+            args.no_dhcp,
+            args.no_tftp,
+            stopped(rx.clone()),
+        ));
+        let iscsi = serve_iscsi(listener, registry.clone(), stopped(rx));
+        tokio::pin!(iscsi);
+        let res = tokio::select! {
+            r = &mut iscsi => r,
+            b = boot => match b {
+                // The boot services ended on their own: that is an error (bad interface, port 67 taken).
+                Ok(Err(e)) => Err(std::io::Error::other(e)),
+                _ => iscsi.await,
+            },
+        };
         // Stop the maintenance task (flushes every overlay, removes the status file).
         keeper.abort();
         let r = registry.clone();

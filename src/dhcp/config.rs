@@ -24,6 +24,9 @@
 //! bios  = "undionly.kpxe"         # option 93 arch 0
 //! uefi  = "ipxe.efi"              # arch 6, 7, 9 ("snponly.efi" also works)
 //! arm64 = "ipxe-arm64.efi"        # arch 11; omit to give ARM64 clients no boot offer
+//! proxy_sanboot_script = "isboot-sanboot.ipxe"  # proxy mode: empty iPXE script named to
+//!                                 #   iPXE beside the root-path (iPXE needs a boot file in
+//!                                 #   a ProxyDHCP answer; the script returns, SAN boot follows)
 //!
 //! [[dhcp.relay_pools]]            # full mode, clients behind DHCP relays (giaddr)
 //! range   = "10.88.0.100-10.88.0.150"
@@ -151,7 +154,15 @@ pub struct BootFiles {
     /// Arch 11 (ARM64 UEFI); `None` = no boot offer for ARM64 clients.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub arm64: Option<String>,
+    /// Proxy mode only: the file named to iPXE (stage 2) beside its root-path. iPXE ignores a
+    /// ProxyDHCP answer without next-server and boot file, and boots a boot file instead of
+    /// the SAN disk; an empty iPXE script satisfies the first and, once it returns, lets iPXE
+    /// go on to the SAN boot of the root-path. `isboot init` writes it into the TFTP root.
+    pub proxy_sanboot_script: String,
 }
+
+/// Default name of the proxy-mode stage-2 script (see [`BootFiles::proxy_sanboot_script`]).
+pub const DEFAULT_PROXY_SANBOOT_SCRIPT: &str = "isboot-sanboot.ipxe";
 
 impl Default for BootFiles {
     fn default() -> Self {
@@ -159,6 +170,7 @@ impl Default for BootFiles {
             bios: "undionly.kpxe".to_string(),
             uefi: "ipxe.efi".to_string(),
             arm64: None,
+            proxy_sanboot_script: DEFAULT_PROXY_SANBOOT_SCRIPT.to_string(),
         }
     }
 }

@@ -521,6 +521,18 @@ impl DhcpServer {
             }
             ClientKind::Ipxe { .. } => {
                 self.san_options(&mut m, client);
+                if purpose == Purpose::Proxy {
+                    // iPXE drops a ProxyDHCP answer without next-server + boot file; name the
+                    // empty script, after which iPXE SAN-boots the root-path.
+                    let script = self.cfg.bootfiles.proxy_sanboot_script.clone();
+                    m.set_siaddr(server_ip);
+                    m.set_fname_str(&script);
+                    let o = m.opts_mut();
+                    o.insert(DhcpOption::TFTPServerName(
+                        server_ip.to_string().into_bytes(),
+                    ));
+                    o.insert(DhcpOption::BootfileName(script.into_bytes()));
+                }
                 let mut enc = Vec::new();
                 if purpose != Purpose::Proxy {
                     enc.extend_from_slice(&[176, 1, 1]); // no-pxedhcp: do not wait for proxyDHCP
@@ -1299,6 +1311,12 @@ mod tests {
             Some(b"iscsi:10.77.0.1::::iqn.2026-11.lab:ws1".to_vec())
         );
         assert!(opt(&r.msg, 175).is_none(), "no no-pxedhcp in proxy mode");
+        assert_eq!(
+            fname(&r.msg),
+            "isboot-sanboot.ipxe",
+            "iPXE needs PXE options in a ProxyDHCPACK"
+        );
+        assert_eq!(r.msg.siaddr(), SERVER);
         // Linux dhclient: nothing; unsupported arch: nothing.
         assert!(
             send(

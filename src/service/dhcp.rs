@@ -287,6 +287,13 @@ async fn send_reply(socks: &Sockets, port: u16, reply: &crate::dhcp::Reply) {
             }
         },
     };
+    tracing::debug!(
+        %to,
+        msg_type = ?reply.msg.opts().msg_type(),
+        yiaddr = %reply.msg.yiaddr(),
+        xid = reply.msg.xid(),
+        "sending DHCP reply"
+    );
     if let Err(e) = sock.send_to(&out, to).await {
         tracing::warn!(%to, error = %e, "sending DHCP reply failed");
     }

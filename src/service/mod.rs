@@ -1,5 +1,6 @@
 //! The only layer with sockets, spawned tasks and signals.
 
+pub mod boot;
 pub mod dhcp;
 pub mod iscsi;
 pub mod registry;

@@ -11,6 +11,15 @@ pub const DEBIAN_IPXE_DIR: &str = "/usr/lib/ipxe";
 /// Files stage 1 hands out: BIOS, UEFI, and the UEFI SNP-only alternative.
 pub const IPXE_FILES: &[&str] = &["undionly.kpxe", "ipxe.efi", "snponly.efi"];
 
+/// Proxy mode's stage-2 file for iPXE (the DHCP side names it; see
+/// `dhcp::BootFiles::proxy_sanboot_script`): an iPXE script that does nothing, so iPXE goes on
+/// to SAN-boot the root-path it got beside it.
+pub const SANBOOT_SCRIPT_NAME: &str = "isboot-sanboot.ipxe";
+/// Its content.
+pub const SANBOOT_SCRIPT: &str = "#!ipxe\n\
+# isboot (proxyDHCP mode): iPXE needs a boot file in a ProxyDHCP answer.\n\
+# This script returns at once; iPXE then boots the SAN disk from root-path.\n";
+
 /// What [`populate_root`] did.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Populated {
@@ -38,6 +47,7 @@ impl Populated {
 pub fn populate_root(root: &Path, from: &Path) -> std::io::Result<Populated> {
     std::fs::create_dir_all(root)?;
     let mut out = Populated::default();
+    write_atomically(&root.join(SANBOOT_SCRIPT_NAME), SANBOOT_SCRIPT.as_bytes())?;
     for name in IPXE_FILES {
         let src = from.join(name);
         // metadata() follows symlinks: a dangling link counts as missing.
@@ -57,6 +67,16 @@ pub fn populate_root(root: &Path, from: &Path) -> std::io::Result<Populated> {
         out.copied.push(name.to_string());
     }
     Ok(out)
+}
+
+fn write_atomically(dst: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut tmp = PathBuf::from(dst);
+    tmp.as_mut_os_string().push(".tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, dst)
 }
 
 #[cfg(test)]
@@ -90,5 +110,11 @@ mod tests {
         );
         // The copy is servable.
         assert!(crate::tftp::path::open_under_root(&root, "ipxe.efi").is_ok());
+        let script = std::fs::read_to_string(root.join(SANBOOT_SCRIPT_NAME)).expect("script");
+        assert!(script.starts_with("#!ipxe\n"));
+        assert_eq!(
+            SANBOOT_SCRIPT_NAME,
+            crate::dhcp::config::DEFAULT_PROXY_SANBOOT_SCRIPT
+        );
     }
 }

@@ -14,6 +14,9 @@ if [ -f "$NAMEFILE" ] && grep -q '^InitiatorName=[^[:space:]]' "$NAMEFILE"; then
 fi
 
 name=
+# Even when booting from DHCP's root-path, iPXE's iBFT (if any) holds the
+# client's stable initiator name: prefer it to a random one.
+[ -e /sys/firmware/ibft ] || modprobe -q iscsi_ibft 2> /dev/null
 if [ -r /sys/firmware/ibft/initiator/initiator-name ]; then
     read -r name < /sys/firmware/ibft/initiator/initiator-name
 fi

@@ -44,7 +44,8 @@ for c in /sys/class/iscsi_connection/connection*; do
     [ -r "$c/persistent_address" ] || continue
     read -r isboot_addr < "$c/persistent_address"
     [ -n "$isboot_addr" ] || continue
-    isboot_dev=$(ip route get "$isboot_addr" 2> /dev/null | sed -n 's/.* dev \([^ ]*\).*/\1/p' | head -n 1)
+    # (no head(1) in a dracut initrd: sed prints the first match and quits)
+    isboot_dev=$(ip route get "$isboot_addr" 2> /dev/null | sed -n 's/.* dev \([^ ]*\).*/\1/p;q')
     [ -n "$isboot_dev" ] || continue
     grep -qx "$isboot_dev" "$isboot_dir/bootif.new" || echo "$isboot_dev" >> "$isboot_dir/bootif.new"
     echo "$isboot_addr" >> "$isboot_dir/portals"

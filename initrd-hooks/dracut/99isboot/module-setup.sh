@@ -59,7 +59,7 @@ install() {
     fi
     inst_binary "$_awk" /usr/bin/gawk
     ln_r /usr/bin/gawk /usr/bin/awk
-    inst_multiple ip cat mkdir sed
+    inst_multiple ip cat mkdir mv sed grep modprobe
 
     # Debian's iscsid.service runs this before iscsid; dracut does not copy it,
     # so iscsid (and with it the iBFT login) would fail. Ours never fails and

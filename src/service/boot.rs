@@ -1,0 +1,154 @@
+//! The PXE side of `isboot serve`: DHCP and TFTP on the configured boot interface, answering
+//! from the live client registry.
+
+use crate::config::MacAddr;
+use crate::dhcp::config::DhcpConfig;
+use crate::dhcp::{ClientDirectory, DhcpClient, DhcpHooks, Mac, PowerOnHook};
+use crate::service::registry::StateRegistry;
+use std::future::Future;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::{info, warn};
+
+/// DHCP's view of the registry: reserved addresses, targets and initiator names by MAC.
+pub struct RegistryDirectory(pub Arc<StateRegistry>);
+
+impl ClientDirectory for RegistryDirectory {
+    fn by_mac(&self, mac: Mac) -> Option<DhcpClient> {
+        let b = self.0.current_state().boot_target(&MacAddr(mac))?;
+        Some(DhcpClient {
+            name: b.name.replace(':', "-"),
+            ip: b.ip,
+            target_iqn: b.target.to_string(),
+            initiator_iqn: Some(b.initiator.to_string()),
+            root_path: b.root_path,
+            san_filename: None,
+        })
+    }
+
+    fn by_ip(&self, ip: Ipv4Addr) -> Option<Mac> {
+        let state = self.0.current_state();
+        state
+            .registry
+            .clients
+            .iter()
+            .find(|c| c.ip == Some(ip))
+            .map(|c| c.mac.0)
+    }
+}
+
+/// A PXE ROM's DHCP is the machine's power-on: a reset-mode client's disk starts pristine.
+struct PowerOn(Arc<StateRegistry>);
+
+impl PowerOnHook for PowerOn {
+    fn power_on(&self, mac: Mac, client: &DhcpClient) {
+        match self.0.power_on(&MacAddr(mac)) {
+            Ok(true) => {
+                info!(client = %client.name, "power-on: reset-mode client starts from a pristine disk")
+            }
+            Ok(false) => {}
+            Err(e) => warn!(client = %client.name, "power-on reset failed: {e}"),
+        }
+    }
+}
+
+/// The `[dhcp]` section of the live config, if any.
+fn dhcp_config(reg: &StateRegistry) -> Option<Result<DhcpConfig, String>> {
+    let v = reg.current_state().config.dhcp.clone()?;
+    Some(
+        v.try_into()
+            .map_err(|e: toml::de::Error| e.to_string().trim().replace('\n', " ")),
+    )
+}
+
+/// Run DHCP and TFTP as configured until `shutdown`. Without a `[dhcp]` section nothing runs
+/// (DHCP never answers on an interface nobody named); `no_dhcp` / `no_tftp` turn either off.
+pub async fn run(
+    registry: Arc<StateRegistry>,
+    no_dhcp: bool,
+    no_tftp: bool,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), String> {
+    let cfg = match dhcp_config(&registry) {
+        None => {
+            info!(
+                "no [dhcp] section in the config: DHCP and TFTP are off (isboot init --interface IF --server-ip IP turns them on)"
+            );
+            shutdown.await;
+            return Ok(());
+        }
+        Some(Err(e)) => return Err(format!("the [dhcp] section of the config is invalid: {e}")),
+        Some(Ok(c)) => c,
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|v| *v).await;
+        }
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    if !no_tftp {
+        let addr = SocketAddr::new(cfg.server_ip.into(), 69);
+        let sock = crate::service::tftp::bind_tftp(addr)
+            .await
+            .map_err(|e| format!("TFTP: {e}"))?;
+        let root = registry.state_dir().tftp_dir();
+        let stop = stopped();
+        tasks.spawn(async move {
+            crate::service::tftp::run_tftp(sock, root, Default::default(), stop)
+                .await
+                .map_err(|e| format!("TFTP: {e}"))
+        });
+    }
+    if !no_dhcp {
+        let (cfg_tx, cfg_rx) = tokio::sync::watch::channel(cfg.clone());
+        let dir: Arc<dyn ClientDirectory> = Arc::new(RegistryDirectory(registry.clone()));
+        let hooks = DhcpHooks {
+            power_on: Some(Arc::new(PowerOn(registry.clone()))),
+            enroll: None,
+        };
+        let leases = Some(registry.state_dir().path("run/dhcp-leases.toml"));
+        let stop = stopped();
+        tasks.spawn(async move {
+            crate::service::dhcp::run_dhcp_watched(cfg_rx, leases, dir, hooks, stop)
+                .await
+                .map_err(|e| format!("DHCP: {e}"))
+        });
+        // Follow edits of the [dhcp] section without a restart.
+        let reg = registry.clone();
+        let stop = stopped();
+        tasks.spawn(async move {
+            tokio::pin!(stop);
+            let mut last = cfg;
+            loop {
+                tokio::select! {
+                    _ = &mut stop => return Ok(()),
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+                match dhcp_config(&reg) {
+                    Some(Ok(c)) if c != last => {
+                        info!("DHCP configuration changed");
+                        last = c.clone();
+                        let _ = cfg_tx.send(c);
+                    }
+                    Some(Err(e)) => warn!("ignoring an invalid [dhcp] section: {e}"),
+                    _ => {}
+                }
+            }
+        });
+    }
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    while let Some(r) = tasks.join_next().await {
+        match r {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Ok(())
+}
