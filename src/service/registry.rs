@@ -263,7 +263,11 @@ impl StateRegistry {
     /// session on the old one). Blocking (file I/O and fsync): call it from `spawn_blocking`.
     /// Returns whether the client was reset.
     pub fn power_on(&self, mac: &MacAddr) -> Result<bool, ConfigError> {
-        let st = self.dir.load()?;
+        // Two stat calls when nothing changed: cheap enough for every firmware DHCPDISCOVER.
+        if let Err(e) = self.reload_if_changed() {
+            tracing::warn!("reloading state: {e}");
+        }
+        let st = self.current_state();
         let Some(c) = st.registry.client_by_mac(mac) else {
             return Ok(false);
         };
