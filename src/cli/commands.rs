@@ -159,9 +159,8 @@ pub fn image(dir: &StateDir, c: ImageCommand) -> R {
     match c {
         ImageCommand::Add(a) => {
             let name: ImageName = parse(&a.name)?;
-            let mut l = dir.lock()?;
             let mut p = Progress::new(format!("importing {name}"));
-            let v = l.image_add(&name, &a.file, &mut |d, t| p.update(d, t))?;
+            let v = dir.image_add(&name, &a.file, &mut |d, t| p.update(d, t))?;
             println!(
                 "image {name} version {}: {} ({})",
                 v.number,
@@ -263,9 +262,8 @@ pub fn image(dir: &StateDir, c: ImageCommand) -> R {
         }
         ImageCommand::Commit(a) => {
             let name: ImageName = parse(&a.name)?;
-            let mut l = dir.lock()?;
             let mut p = Progress::new(format!("publishing {name}"));
-            let v = l.image_commit(&name, a.force, &mut |d, t| p.update(d, t))?;
+            let v = dir.image_commit(&name, a.force, &mut |d, t| p.update(d, t))?;
             println!("published {name} version {}: {}", v.number, human(v.size));
             Ok(())
         }

@@ -43,7 +43,10 @@ pub fn run(dir: &StateDir, args: &super::ServeArgs) -> Result<(), CliError> {
         let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|v| *v).await;
         };
-        let keeper = tokio::spawn(maintain(registry.clone(), stopped(rx.clone())));
+        // The keeper (reload, status, idle flushes) stops after the services, so a tick in
+        // flight never rewrites the status file after its final removal.
+        let (keeper_tx, keeper_rx) = tokio::sync::watch::channel(false);
+        let keeper = tokio::spawn(maintain(registry.clone(), stopped(keeper_rx)));
         tokio::spawn(async move {
             super::shutdown_signal().await;
             let _ = tx.send(true);
@@ -65,14 +68,9 @@ pub fn run(dir: &StateDir, args: &super::ServeArgs) -> Result<(), CliError> {
                 _ => iscsi.await,
             },
         };
-        // Stop the maintenance task (flushes every overlay, removes the status file).
-        keeper.abort();
-        let r = registry.clone();
-        let _ = tokio::task::spawn_blocking(move || {
-            r.flush_all();
-            let _ = std::fs::remove_file(r.state_dir().status_path());
-        })
-        .await;
+        // Stop the keeper: it flushes every overlay and removes the status file.
+        let _ = keeper_tx.send(true);
+        let _ = keeper.await;
         res.map_err(|e| CliError::Failed(e.to_string()))
     })
 }

@@ -239,6 +239,148 @@ impl StateDir {
         })
     }
 
+    /// Import `file` as a new image with version 1. The copy runs without the directory
+    /// lock (other commands, and a running server's power-on resets, are not held up by a
+    /// long import); the name is checked before and again when the result is published.
+    pub fn image_add(
+        &self,
+        name: &ImageName,
+        file: &Path,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<Version, ConfigError> {
+        {
+            let l = self.lock()?;
+            if l.state.registry.image(name).is_some() {
+                return Err(ConfigError::ImageExists(name.to_string()));
+            }
+        }
+        let images = self.root.join("images");
+        std::fs::create_dir_all(&images).map_err(io_write(&images))?;
+        let staged = images.join(format!(".import-{name}-{}.raw", std::process::id()));
+        let size = import::import(file, &staged, progress)?;
+        let res = (|| {
+            let mut l = self.lock()?;
+            if l.state.registry.image(name).is_some() {
+                return Err(ConfigError::ImageExists(name.to_string()));
+            }
+            let dir_rel = format!("images/{name}");
+            let dir = self.path(&dir_rel);
+            std::fs::create_dir_all(&dir).map_err(io_write(&dir))?;
+            sync_dir(&images).map_err(io_write(&images))?;
+            let rel = format!("{dir_rel}/v1.raw");
+            let dest = self.path(&rel);
+            std::fs::rename(&staged, &dest).map_err(io_write(&dest))?;
+            sync_dir(&dir).map_err(io_write(&dir))?;
+            sync_dir(&images).map_err(io_write(&images))?;
+            let v = Version {
+                number: 1,
+                id: BaseId::random().map_err(io_write(&dest))?.to_string(),
+                file: rel.clone(),
+                size,
+                created: now_unix(),
+            };
+            l.state.registry.images.push(Image {
+                name: name.clone(),
+                versions: vec![v.clone()],
+                maintenance: None,
+            });
+            if let Err(e) = l.save() {
+                let _ = std::fs::remove_file(&dest);
+                let _ = std::fs::remove_dir(&dir);
+                return Err(e);
+            }
+            Ok(v)
+        })();
+        let _ = std::fs::remove_file(&staged);
+        res
+    }
+
+    /// Publish the maintenance view of `name` as its next version. Refused while the
+    /// maintenance target is logged in (unless `force`). The merge runs without the directory
+    /// lock; the result is published only if the maintenance session is still the same one
+    /// and nobody logged in to it meanwhile.
+    pub fn image_commit(
+        &self,
+        name: &ImageName,
+        force: bool,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<Version, ConfigError> {
+        let (m, number) = {
+            let l = self.lock()?;
+            let m = l.maintenance(name, force)?;
+            let img = l.state.image(name)?;
+            (
+                m,
+                img.versions.iter().map(|v| v.number).max().unwrap_or(0) + 1,
+            )
+        };
+        let state = self.load()?;
+        let base = state.open_base(name, m.from_version)?;
+        let ov = Overlay::open_at(&self.path(&m.overlay), base, true)?;
+        let dir = self.path(&format!("images/{name}"));
+        let staged = dir.join(format!(".v{number}.raw.tmp{}", std::process::id()));
+        let size = crate::store::BlockDevice::size(&ov);
+        let merged = (|| {
+            let f = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&staged)
+                .map_err(io_write(&staged))?;
+            ov.write_merged(&f, |done| progress(done, size))?;
+            Ok::<(), ConfigError>(())
+        })();
+        drop(ov);
+        let res = merged.and_then(|()| {
+            let mut l = self.lock()?;
+            let now = l.state.image(name)?.maintenance.clone();
+            if now.as_ref().map(|n| &n.overlay) != Some(&m.overlay) {
+                return Err(ConfigError::NoMaintenance(name.to_string()));
+            }
+            if !force {
+                let s = l.state.sessions_of(&l.state.maintenance_iqn(name));
+                if !s.is_empty() {
+                    let from: Vec<String> = s.iter().map(|s| s.peer.clone()).collect();
+                    return Err(ConfigError::LoggedIn {
+                        what: format!(
+                            "maintenance target of {name} (it logged in during the commit)"
+                        ),
+                        from: from.join(", "),
+                    });
+                }
+            }
+            let number = l
+                .state
+                .image(name)?
+                .versions
+                .iter()
+                .map(|v| v.number)
+                .max()
+                .unwrap_or(0)
+                + 1;
+            let rel = format!("images/{name}/v{number}.raw");
+            let dest = self.path(&rel);
+            std::fs::rename(&staged, &dest).map_err(io_write(&dest))?;
+            sync_dir(&dir).map_err(io_write(&dir))?;
+            let v = Version {
+                number,
+                id: BaseId::random().map_err(io_write(&dest))?.to_string(),
+                file: rel.clone(),
+                size,
+                created: now_unix(),
+            };
+            if let Some(i) = l.state.registry.image_mut(name) {
+                i.versions.push(v.clone());
+                i.maintenance = None;
+            }
+            l.save_or_forget(&[&rel])?;
+            l.forget(&m.overlay);
+            Ok(v)
+        });
+        let _ = std::fs::remove_file(&staged);
+        res
+    }
+
     /// Claim the state directory for one `isboot serve` (two servers would open the same
     /// overlays twice). Held until the returned file is dropped.
     pub fn lock_server(&self) -> Result<File, ConfigError> {
@@ -699,57 +841,6 @@ impl Locked {
         Ok(updated)
     }
 
-    /// Import `file` as a new image with version 1.
-    pub fn image_add(
-        &mut self,
-        name: &ImageName,
-        file: &Path,
-        progress: &mut dyn FnMut(u64, u64),
-    ) -> Result<Version, ConfigError> {
-        if self.state.registry.image(name).is_some() {
-            return Err(ConfigError::ImageExists(name.to_string()));
-        }
-        let dir_rel = format!("images/{name}");
-        let dir = self.state.dir.path(&dir_rel);
-        let fresh_dir = !dir.exists();
-        std::fs::create_dir_all(&dir).map_err(io_write(&dir))?;
-        if let Some(parent) = dir.parent() {
-            sync_dir(parent).map_err(io_write(parent))?;
-        }
-        let rel = format!("{dir_rel}/v1.raw");
-        let dest = self.state.dir.path(&rel);
-        let cleanup = |dest: &Path| {
-            let _ = std::fs::remove_file(dest);
-            if fresh_dir {
-                let _ = std::fs::remove_dir(&dir);
-            }
-        };
-        let size = match import::import(file, &dest, progress) {
-            Ok(s) => s,
-            Err(e) => {
-                cleanup(&dest);
-                return Err(e);
-            }
-        };
-        let v = Version {
-            number: 1,
-            id: BaseId::random().map_err(io_write(&dest))?.to_string(),
-            file: rel,
-            size,
-            created: now_unix(),
-        };
-        self.state.registry.images.push(Image {
-            name: name.clone(),
-            versions: vec![v.clone()],
-            maintenance: None,
-        });
-        if let Err(e) = self.save() {
-            cleanup(&dest);
-            return Err(e);
-        }
-        Ok(v)
-    }
-
     /// Remove an image and all its versions; refused while a client or maintenance uses it.
     pub fn image_remove(&mut self, name: &ImageName) -> Result<Image, ConfigError> {
         let img = self.state.image(name)?.clone();
@@ -852,56 +943,6 @@ impl Locked {
             }
         }
         Ok(m)
-    }
-
-    /// Publish the maintenance view as the image's next version.
-    pub fn image_commit(
-        &mut self,
-        name: &ImageName,
-        force: bool,
-        progress: &mut dyn FnMut(u64, u64),
-    ) -> Result<Version, ConfigError> {
-        let m = self.maintenance(name, force)?;
-        let img = self.state.image(name)?.clone();
-        let number = img.versions.iter().map(|v| v.number).max().unwrap_or(0) + 1;
-        let base = self.state.open_base(name, m.from_version)?;
-        let ov = Overlay::open_at(&self.state.dir.path(&m.overlay), base, true)?;
-        let rel = format!("images/{name}/v{number}.raw");
-        let dest = self.state.dir.path(&rel);
-        let tmp = self
-            .state
-            .dir
-            .path(&format!("images/{name}/.v{number}.raw.tmp"));
-        let size = crate::store::BlockDevice::size(&ov);
-        let res = (|| {
-            let f = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&tmp)
-                .map_err(io_write(&tmp))?;
-            ov.write_merged(&f, |done| progress(done, size))?;
-            std::fs::rename(&tmp, &dest).map_err(io_write(&dest))?;
-            sync_dir(dest.parent().unwrap_or(Path::new("."))).map_err(io_write(&dest))
-        })();
-        if let Err(e) = res {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(e);
-        }
-        let v = Version {
-            number,
-            id: BaseId::random().map_err(io_write(&dest))?.to_string(),
-            file: rel.clone(),
-            size,
-            created: now_unix(),
-        };
-        if let Some(i) = self.state.registry.image_mut(name) {
-            i.versions.push(v.clone());
-            i.maintenance = None;
-        }
-        self.save_or_forget(&[&rel])?;
-        self.forget(&m.overlay);
-        Ok(v)
     }
 
     /// Drop the maintenance view and its writes.

@@ -484,9 +484,9 @@ mod tests {
             .unwrap();
         let img = t.path().join("base.img");
         std::fs::write(&img, vec![0x5Au8; 1 << 20]).unwrap();
-        let mut l = dir.lock().unwrap();
-        l.image_add(&"deb".parse().unwrap(), &img, &mut |_, _| {})
+        dir.image_add(&"deb".parse().unwrap(), &img, &mut |_, _| {})
             .unwrap();
+        let mut l = dir.lock().unwrap();
         for (i, mode) in [(1, Mode::Persistent), (2, Mode::Reset)] {
             l.add_client(AddClient {
                 mac: format!("52:54:00:00:00:0{i}").parse().unwrap(),
