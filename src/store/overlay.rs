@@ -42,6 +42,14 @@
 //! `durable` is followed by a sync (just of the data when the map already says DATA on disk for
 //! every block it touched, otherwise a full flush). After any I/O error the overlay refuses
 //! writes and flushes (an `fdatasync` error may have dropped dirty pages) until reopened.
+//!
+//! # Concurrency
+//!
+//! Every method takes `&self`. Reads take no lock: the map is an array of atomic words and a
+//! block's state changes in one atomic step, after its data is in place, so a read sees the
+//! old or the new content. Writes and discards lock their blocks (1024 stripes, taken in
+//! order) because copy-up is read-modify-write. Flushes are serialised, so a flush that
+//! returns covers every write that returned before it was called.
 
 use super::base::{BaseId, BaseImage};
 use super::file::{OverlayFile, RealFile};
