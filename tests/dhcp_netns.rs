@@ -316,7 +316,7 @@ fn dhclient(lab: &mut Lab, ns: &str, ifname: &str, timeout_s: u32) -> Option<Str
     std::fs::write(
         &script,
         format!(
-            "#!/bin/sh\necho \"reason=$reason\" >> {d}\nenv | grep '^new_' >> {d}\nexit 0\n",
+            "#!/bin/sh\nenv | grep '^new_' >> {d}\necho \"reason=$reason\" >> {d}\nexit 0\n",
             d = dump.display()
         ),
     )
