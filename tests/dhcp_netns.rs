@@ -316,7 +316,7 @@ fn dhclient(lab: &mut Lab, ns: &str, ifname: &str, timeout_s: u32) -> Option<Str
     std::fs::write(
         &script,
         format!(
-            "#!/bin/sh\necho \"reason=$reason\" >> {d}\nenv | grep '^new_' >> {d}\nexit 0\n",
+            "#!/bin/sh\nenv | grep '^new_' >> {d}\necho \"reason=$reason\" >> {d}\nexit 0\n",
             d = dump.display()
         ),
     )
@@ -673,6 +673,48 @@ fn scripted_pxe_stage1_and_ipxe_stage2() {
         );
         assert!(exchange(&sock, &d, BCAST67, Duration::from_secs(2), 1).is_empty());
     });
+}
+
+#[test]
+fn only_the_configured_interface_is_answered() {
+    require_root!();
+    let mut lab = Lab::new();
+    let (s, c, vs, vc) = two_namespaces(&mut lab, WS1_MAC);
+    // A second link into the server namespace, with an address in the same subnet family, that
+    // nobody named in the config.
+    let c2 = lab.ns("c2");
+    let (vs2, vc2) = (lab.ifname("ws"), lab.ifname("wc"));
+    lab.veth(&s, &vs2, &c2, &vc2);
+    run(&["ip", "-n", &s, "addr", "add", "10.78.0.1/24", "dev", &vs2]);
+    run(&[
+        "ip",
+        "-n",
+        &c2,
+        "link",
+        "set",
+        &vc2,
+        "address",
+        &mac_str(&WS1_MAC),
+    ]);
+    let _srv = start_isboot(&s, full_config(&vs), None);
+    let d = boot_msg(
+        WS1_MAC,
+        0xb001,
+        MessageType::Discover,
+        Firmware::Pxe(0),
+        vec![],
+    );
+    let d2 = d.clone();
+    let other = in_ns(&c2, move || {
+        let sock = client_socket(&vc2, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68));
+        exchange(&sock, &d2, BCAST67, Duration::from_secs(3), 1)
+    });
+    assert!(other.is_empty(), "answered on an interface nobody named");
+    let mine = in_ns(&c, move || {
+        let sock = client_socket(&vc, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68));
+        exchange(&sock, &d, BCAST67, Duration::from_secs(5), 1)
+    });
+    assert_eq!(mine.len(), 1, "the configured interface is answered");
 }
 
 #[test]

@@ -157,8 +157,13 @@ impl DhcpServer {
                         c
                     }
                     None => {
-                        if self.log_once(mac, "unknown") {
-                            tracing::info!(mac = %mac_string(&mac), "ignoring DHCP from unknown MAC (not a registered client)");
+                        // In proxy mode the network's other hosts are none of our business:
+                        // only unknown boot firmware is worth an info line.
+                        let notable = kind.is_firmware() || self.cfg.mode == DhcpMode::Full;
+                        if notable && self.log_once(mac, "unknown") {
+                            tracing::info!(mac = %mac_string(&mac), kind = ?kind, "ignoring DHCP from unknown MAC (not a registered client; add it with isboot add-client, or set auto_enroll)");
+                        } else if !notable {
+                            tracing::trace!(mac = %mac_string(&mac), "ignoring non-boot DHCP from unknown MAC");
                         }
                         return None;
                     }

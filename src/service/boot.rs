@@ -109,7 +109,7 @@ pub async fn run(
             power_on: Some(Arc::new(PowerOn(registry.clone()))),
             enroll: None,
         };
-        let leases = Some(registry.state_dir().path("run/dhcp-leases.toml"));
+        let leases = Some(registry.state_dir().path("dhcp-leases.json"));
         let stop = stopped();
         tasks.spawn(async move {
             crate::service::dhcp::run_dhcp_watched(cfg_rx, leases, dir, hooks, stop)
