@@ -53,6 +53,29 @@ fn status_shows_what_the_server_publishes() {
     assert_eq!(j["total_sessions"], 1);
     assert_eq!(j["total_bytes_read"], 123456789);
     assert_eq!(j["targets"][0]["sessions"][0]["peer"], "10.7.0.21:40000");
+    // A disk the server could not write to is flagged.
+    let p = lab.dir.join("run/status.json");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    v["targets"][0]["failed"] = serde_json::json!(true);
+    std::fs::write(&p, v.to_string()).unwrap();
+    let out = lab.run(&["status"]).ok().to_string();
+    assert!(
+        out.lines()
+            .find(|l| l.starts_with("pc1"))
+            .unwrap()
+            .contains("DISK ERROR"),
+        "{out}"
+    );
+    assert!(
+        !out.lines()
+            .find(|l| l.starts_with("pc2"))
+            .unwrap()
+            .contains("DISK ERROR"),
+        "{out}"
+    );
+    let j: serde_json::Value = serde_json::from_str(lab.run(&["status", "--json"]).ok()).unwrap();
+    assert_eq!(j["targets"][0]["disk_error"], true);
     // A status file from a dead server (pid 0 / old) is ignored.
     let stale = std::fs::read_to_string(lab.dir.join("run/status.json"))
         .unwrap()

@@ -520,6 +520,8 @@ struct StatusRow {
     overlay_bytes: u64,
     image: String,
     base_version: u64,
+    /// The server's view of this disk hit an I/O error and refuses writes.
+    disk_error: bool,
 }
 
 #[derive(Serialize)]
@@ -556,6 +558,7 @@ pub fn status(dir: &StateDir, as_json: bool) -> R {
                 .unwrap_or(0),
             image: spec.image.to_string(),
             base_version: spec.version,
+            disk_error: t.is_some_and(|t| t.failed),
         });
     }
     let v = StatusView {
@@ -594,14 +597,19 @@ pub fn status(dir: &StateDir, as_json: bool) -> R {
                 .join(",")
         };
         println!(
-            "{:<20} {:<28} {:>10} {:>10} {:>10}  {}@{}",
+            "{:<20} {:<28} {:>10} {:>10} {:>10}  {}@{}{}",
             who,
             session,
             human(r.bytes_read),
             human(r.bytes_written),
             human(r.overlay_bytes),
             r.image,
-            r.base_version
+            r.base_version,
+            if r.disk_error {
+                "  DISK ERROR: writes refused (free space, then reset the client or restart serve)"
+            } else {
+                ""
+            }
         );
     }
     println!(

@@ -38,6 +38,10 @@ pub struct TargetStatus {
     /// The server holds map changes for this overlay not yet flushed to its file.
     #[serde(default)]
     pub unflushed: bool,
+    /// The overlay hit an I/O error (a full disk, say) and refuses writes until `isboot serve`
+    /// restarts or the client is reset.
+    #[serde(default)]
+    pub failed: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

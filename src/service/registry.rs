@@ -356,6 +356,7 @@ impl StateRegistry {
                     bytes_read: l.target.stats.bytes_read.load(Ordering::Relaxed),
                     bytes_written: l.target.stats.bytes_written.load(Ordering::Relaxed),
                     unflushed: l.overlay.has_unflushed(),
+                    failed: l.overlay.has_failed(),
                     overlay_bytes: std::fs::metadata(&l.spec.overlay_path)
                         .map(|m| m.blocks() * 512)
                         .unwrap_or(0),

@@ -458,6 +458,11 @@ impl Overlay {
         Ok(count_usage(&hdr, &words))
     }
 
+    /// True after an I/O error: writes and flushes are refused until the overlay is reopened.
+    pub fn has_failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
+    }
+
     /// True when map changes are waiting for a flush.
     pub fn has_unflushed(&self) -> bool {
         !lock(&self.dirty).is_empty()
