@@ -307,7 +307,7 @@ impl StateDir {
     ) -> Result<Version, ConfigError> {
         let (m, number) = {
             let l = self.lock()?;
-            let m = l.maintenance(name, force)?;
+            let m = l.maintenance(name, force, true)?;
             let img = l.state.image(name)?;
             (
                 m,
@@ -899,7 +899,14 @@ impl Locked {
         Ok(m)
     }
 
-    fn maintenance(&self, name: &ImageName, force: bool) -> Result<Maintenance, ConfigError> {
+    /// The open maintenance of `name`; unless `force`, refused while logged in, and with
+    /// `settle`, after the running server has flushed it.
+    fn maintenance(
+        &self,
+        name: &ImageName,
+        force: bool,
+        settle: bool,
+    ) -> Result<Maintenance, ConfigError> {
         let img = self.state.image(name)?;
         let m = img
             .maintenance
@@ -914,6 +921,8 @@ impl Locked {
                     from: from.join(", "),
                 });
             }
+        }
+        if !force && settle {
             // A session that just ended may have left map changes in the server's memory
             // (it flushes overlays nobody uses every second): wait for a status the server
             // wrote after this point that shows the maintenance disk idle and flushed.
@@ -951,7 +960,7 @@ impl Locked {
         name: &ImageName,
         force: bool,
     ) -> Result<Maintenance, ConfigError> {
-        let m = self.maintenance(name, force)?;
+        let m = self.maintenance(name, force, false)?;
         if let Some(i) = self.state.registry.image_mut(name) {
             i.maintenance = None;
         }
