@@ -319,13 +319,13 @@ fn kill9_of_serve_under_load_loses_no_acknowledged_durable_write() {
         let srv = Server::start(&lab);
         let addr = srv.addr;
         let pid = srv.child.id();
+        let mut i = client(addr, "pc1");
         // Kill it while the writer is busy.
         let killer = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(300 + (round * 137) % 400));
             // SAFETY: signalling our own child by its PID.
             unsafe { libc::kill(pid as i32, libc::SIGKILL) };
         });
-        let mut i = client(addr, "pc1");
         loop {
             tag = tag.wrapping_add(1).max(1);
             let lba = next() % (BLOCKS - 8);
