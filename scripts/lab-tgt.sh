@@ -63,7 +63,13 @@ id=$$
 NS=isblab$id
 BR=isbr0 # inside our own namespace, so it cannot clash
 SERVER=10.77.0.1
-CTL=9 # tgtd control port: 7 may belong to someone else's tgtd
+# tgtd control port: 7 may belong to someone else's tgtd, and another lab run
+# may hold 9: take the first one nobody answers on.
+CTL=
+for p in $(seq 9 60); do
+    if ! tgtadm -C "$p" --mode system --op show > /dev/null 2>&1; then CTL=$p; break; fi
+done
+[[ -n $CTL ]] || die "no free tgtd control port in 9..60"
 work=${work:-/var/tmp/isboot-lab.$id}
 mkdir -p "$work"
 PIDS=()
@@ -117,6 +123,7 @@ log "tgtd -C $CTL, portal $SERVER:3260"
 nsx_exec tgtd -f -C "$CTL" --iscsi "portal=$SERVER:3260" > "$work/tgtd.log" 2>&1 &
 PIDS+=($!)
 for _ in $(seq 50); do tgtadm -C "$CTL" --lld iscsi --mode target --op show > /dev/null 2>&1 && break; sleep 0.2; done
+kill -0 "${PIDS[-1]}" 2> /dev/null || die "tgtd did not start: $(cat "$work/tgtd.log")"
 for c in "${clients[@]}"; do
     tgtadm -C "$CTL" --lld iscsi --mode target --op new --tid "${TID[$c]}" --targetname "$IQN_PREFIX:$c"
     tgtadm -C "$CTL" --lld iscsi --mode logicalunit --op new --tid "${TID[$c]}" --lun 1 --backing-store "$work/$c.raw"
