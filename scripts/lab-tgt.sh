@@ -77,6 +77,7 @@ PIDS=()
 cleanup() {
     local rc=$? p
     set +e
+    trap - ERR
     # tgtd ignores SIGTERM while it has targets: ask it to exit first.
     tgtadm -C "$CTL" --op delete --mode system > /dev/null 2>&1
     for p in "${PIDS[@]}"; do kill "$p" 2> /dev/null; done
