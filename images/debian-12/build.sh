@@ -175,12 +175,15 @@ fi
 
 # ---- is the image up to date? -------------------------------------------------------
 inputs_key=$({
-    echo "$pkg_key $size $profile $autologin ${password:+password-given}"
+    echo "$pkg_key $size $profile $autologin"
+    # the password itself only as a hash; no password given = keep the old one
+    [[ -z $password ]] || printf '%s' "$password" | sha256sum
     sha256sum "$0"
     find "$HOOKS" -type f -print0 | sort -z | xargs -0 sha256sum
 } | sha256sum | cut -d' ' -f1)
-if [[ $force -eq 0 && -f $out && -f $out.inputs && $(cat "$out.inputs") == "$inputs_key" && -z $password ]]; then
+if [[ $force -eq 0 && -f $out && -f $out.inputs && $(cat "$out.inputs") == "$inputs_key" ]]; then
     stage "image: up to date ($out); use --force to rebuild"
+    [[ -n $password ]] || stage "image: root password unchanged (it was printed when the image was built)"
     exit 0
 fi
 
