@@ -103,6 +103,7 @@ inspect() { # IMAGE LABEL
     else
         notok "$label: grub.cfg lacks root=UUID= or the iBFT command line"
     fi
+    if grep -qE '^node.session.timeo.replacement_timeout = 86400$' "$MNT/etc/iscsi/iscsid.conf"; then ok "$label: iscsid.conf queues I/O through session outages"; else notok "$label: iscsid.conf keeps the 120 s replacement_timeout"; fi
     if [[ ! -s $MNT/etc/machine-id ]]; then ok "$label: empty machine-id"; else notok "$label: machine-id is set"; fi
     if ! grep -q '^InitiatorName=' "$MNT/etc/iscsi/initiatorname.iscsi"; then ok "$label: no fixed initiator name"; else notok "$label: fixed initiator name baked in"; fi
     if [[ -L $MNT/etc/systemd/system/sysinit.target.wants/isboot-initiatorname.service ]]; then ok "$label: isboot-initiatorname.service enabled"; else notok "$label: isboot-initiatorname.service not enabled"; fi

@@ -32,7 +32,10 @@ fuzz_target!(|data: &[u8]| {
         cfg.range = Some("10.0.0.100-10.0.0.110".parse().expect("range"));
         let mut s = DhcpServer::new(cfg, Leases::new());
         for port in [67, 4011] {
-            let arrival = Arrival { port, src: SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 5), 68) };
+            let arrival = Arrival {
+                port,
+                src: SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 5), 68),
+            };
             if let Some(r) = s.handle(&EveryoneKnown, &DhcpHooks::default(), data, arrival, 1_000) {
                 r.encode().expect("replies always encode");
             }

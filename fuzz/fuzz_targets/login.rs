@@ -21,7 +21,12 @@ impl BlockDevice for Null {
     fn read_only(&self) -> bool {
         true
     }
-    fn read(&self, _: u64, len: usize, out: &mut Vec<bytes::Bytes>) -> Result<(), isboot::store::StoreError> {
+    fn read(
+        &self,
+        _: u64,
+        len: usize,
+        out: &mut Vec<bytes::Bytes>,
+    ) -> Result<(), isboot::store::StoreError> {
         out.push(bytes::Bytes::from(vec![0u8; len]));
         Ok(())
     }
@@ -50,10 +55,19 @@ fn registry() -> Arc<StaticRegistry> {
     static R: OnceLock<Arc<StaticRegistry>> = OnceLock::new();
     R.get_or_init(|| {
         let target = |iqn: &str, chap: Option<ChapConfig>| {
-            let ident = LuIdentity { vendor: "F".into(), product: "F".into(), revision: "1".into(), serial: "1".into(), naa_id: 1 };
+            let ident = LuIdentity {
+                vendor: "F".into(),
+                product: "F".into(),
+                revision: "1".into(),
+                serial: "1".into(),
+                naa_id: 1,
+            };
             Arc::new(TargetConfig {
                 iqn: iqn.into(),
-                lus: Arc::new(TargetLus::single(Arc::new(LogicalUnit::new(Arc::new(Null), ident)))),
+                lus: Arc::new(TargetLus::single(Arc::new(LogicalUnit::new(
+                    Arc::new(Null),
+                    ident,
+                )))),
                 allowed_initiators: vec!["iqn.a:i".into()],
                 chap,
                 stats: Arc::new(TargetStats::default()),
@@ -63,7 +77,11 @@ fn registry() -> Arc<StaticRegistry> {
             target("iqn.a:open", None),
             target(
                 "iqn.a:chap",
-                Some(ChapConfig { user: "u".into(), secret: b"secretsecret".to_vec(), mutual: Some(("m".into(), b"mutualsecret".to_vec())) }),
+                Some(ChapConfig {
+                    user: "u".into(),
+                    secret: b"secretsecret".to_vec(),
+                    mutual: Some(("m".into(), b"mutualsecret".to_vec())),
+                }),
             ),
         ]))
     })
@@ -82,7 +100,9 @@ fuzz_target!(|data: &[u8]| {
         rest = &rest[BHS_LEN + 2..];
         let text = &rest[..n.min(rest.len())];
         rest = &rest[text.len()..];
-        let Ok(Bhs::LoginRequest(req)) = Bhs::parse(&h, &[]) else { return };
+        let Ok(Bhs::LoginRequest(req)) = Bhs::parse(&h, &[]) else {
+            return;
+        };
         let step = login.handle(&req, text, &Table);
         for (_, d) in &step.responses {
             assert!(d.len() <= 8192, "login response data over the login limit");

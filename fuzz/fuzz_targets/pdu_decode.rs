@@ -9,8 +9,14 @@ use isboot::wire::text;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&mode, rest)) = data.split_first() else { return };
-    let lim = FrameLimits { max_data: 65536, header_digest: mode & 1 != 0, data_digest: mode & 2 != 0 };
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    let lim = FrameLimits {
+        max_data: 65536,
+        header_digest: mode & 1 != 0,
+        data_digest: mode & 2 != 0,
+    };
     let mut buf = BytesMut::from(rest);
     while let Ok(Some(pdu)) = frame::decode(&mut buf, &lim) {
         if let Ok(bhs) = Bhs::parse(&pdu.bhs, &pdu.ahs) {

@@ -38,6 +38,7 @@ die() { echo "$PROG: error: $*" >&2; exit 1; }
 stage() { printf '[%s %4ds] %s\n' "$PROG" "$((SECONDS))" "$*"; }
 usage() { sed -n '2,/^set -E/{/^set -E/d;s/^# \{0,1\}//;p}' "$0"; }
 
+ORIG_ARGS=("$@")
 while [[ $# -gt 0 ]]; do
     case $1 in
         --out) out=${2:?}; shift 2 ;;
@@ -55,6 +56,13 @@ done
 case $profile in lean | generic) ;; *) die "--profile must be lean or generic" ;; esac
 
 [[ $(id -u) -eq 0 ]] || die "must run as root (debootstrap, loop devices, mounts and chroot need it): sudo $0 $*"
+# Mount in a private mount namespace: a process that enters a new namespace
+# meanwhile (ip netns exec, unshare) would otherwise keep a copy of our mounts
+# alive and the device busy (e2fsck: "in use"); our mounts also vanish with us.
+if [[ -z ${ISBOOT_PRIVATE_MOUNTS:-} ]] && command -v unshare > /dev/null; then
+    export ISBOOT_PRIVATE_MOUNTS=1
+    exec unshare --mount --propagation private "$0" "${ORIG_ARGS[@]}"
+fi
 need=(debootstrap parted losetup partx mkfs.ext4 mkfs.vfat mcopy mmd chroot blkid tar truncate sha256sum)
 declare -A pkg_of=([debootstrap]=debootstrap [parted]=parted [losetup]=mount [partx]=util-linux
     [mkfs.ext4]=e2fsprogs [mkfs.vfat]=dosfstools [mcopy]=mtools [mmd]=mtools [chroot]=coreutils
@@ -167,12 +175,15 @@ fi
 
 # ---- is the image up to date? -------------------------------------------------------
 inputs_key=$({
-    echo "$pkg_key $size $profile $autologin ${password:+password-given}"
+    echo "$pkg_key $size $profile $autologin"
+    # the password itself only as a hash; no password given = keep the old one
+    [[ -z $password ]] || printf '%s' "$password" | sha256sum
     sha256sum "$0"
     find "$HOOKS" -type f -print0 | sort -z | xargs -0 sha256sum
 } | sha256sum | cut -d' ' -f1)
-if [[ $force -eq 0 && -f $out && -f $out.inputs && $(cat "$out.inputs") == "$inputs_key" && -z $password ]]; then
+if [[ $force -eq 0 && -f $out && -f $out.inputs && $(cat "$out.inputs") == "$inputs_key" ]]; then
     stage "image: up to date ($out); use --force to rebuild"
+    [[ -n $password ]] || stage "image: root password unchanged (it was printed when the image was built)"
     exit 0
 fi
 
