@@ -43,7 +43,18 @@ struct PowerOn(Arc<StateRegistry>);
 
 impl PowerOnHook for PowerOn {
     fn power_on(&self, mac: Mac, client: &DhcpClient) {
-        match self.0.power_on(&MacAddr(mac)) {
+        // A real reset writes and fsyncs a few files. It must finish before the DHCP answer
+        // (iPXE logs in right after it), so it runs here, but off the executor's core
+        // threads where the runtime allows it.
+        let reset = || self.0.power_on(&MacAddr(mac));
+        let multi_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        let result = if multi_thread {
+            tokio::task::block_in_place(reset)
+        } else {
+            reset()
+        };
+        match result {
             Ok(true) => {
                 info!(client = %client.name, "power-on: reset-mode client starts from a pristine disk")
             }
