@@ -163,14 +163,14 @@ fn chap_one_way_and_mutual_with_ipxe_and_open_iscsi_settings() {
 }
 
 /// Builds the answer keys from the CHAP identifier and challenge.
-type KeysFor = dyn Fn(u8, &[u8]) -> Vec<(String, String)>;
+type KeysFor<'a> = dyn Fn(u8, &[u8]) -> Vec<(String, String)> + 'a;
 
 #[test]
 fn wrong_chap_credentials_and_hostile_chap_values_are_authentication_failures() {
     let (_t, _d, srv) = lab();
     let t1 = format!("{PREFIX}:pc1");
     let i1 = initiator_of("pc1");
-    let answer = |keys: &KeysFor| {
+    let answer = |keys: &KeysFor<'_>| {
         let (mut l, id, c) = challenge(&srv, &i1, &t1, &IPXE);
         let k = keys(id, &c);
         let k: Vec<(&str, &str)> = k.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
