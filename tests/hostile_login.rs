@@ -331,3 +331,46 @@ fn ten_thousand_connections_that_never_log_in_time_out_with_bounded_fds() {
     );
     still_serving(&exp);
 }
+
+#[test]
+fn running_out_of_file_descriptors_does_not_stop_the_server() {
+    let (_d, exp) = setup(); // --login-timeout 2
+    let pid = exp.child.id();
+    // Lower the server's fd limit to 64 while it runs.
+    let o = std::process::Command::new("prlimit")
+        .args(["--pid", &pid.to_string(), "--nofile=64:64"])
+        .output()
+        .expect("prlimit");
+    if !o.status.success() {
+        skip("prlimit --pid failed");
+        return;
+    }
+    // 300 idle connections: far more than the server can accept with 64 fds.
+    let conns: Vec<TcpStream> = (0..300)
+        .filter_map(|_| TcpStream::connect(exp.addr).ok())
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    eprintln!("server fds with the limit at 64: {}", open_fds(pid as i32));
+    drop(conns);
+    // Once the idle ones are gone (closed by us, or timed out), a good initiator logs in.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match isboot::initiator::Initiator::connect(
+            exp.addr,
+            &LoginOptions::new("iqn.2026-11.org.isboot.test:good", Some(&exp.iqn)),
+        ) {
+            Ok(_) => break,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "server did not recover: {e}");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+    assert!(exp.child.id() == pid);
+    let log = exp.log_text();
+    assert!(
+        log.contains("accept failed"),
+        "the fd exhaustion was not seen/logged"
+    );
+    still_serving(&exp);
+}
