@@ -374,3 +374,42 @@ fn running_out_of_file_descriptors_does_not_stop_the_server() {
     );
     still_serving(&exp);
 }
+
+#[test]
+fn full_feature_data_segment_at_our_limit_and_one_byte_over() {
+    use isboot::wire::pdu::{NopOut, RESERVED_TAG};
+    let (_d, exp) = setup();
+    let limit = TargetLimits::default().max_recv_data_segment_length as usize;
+    // The project's initiator declares MaxRecvDataSegmentLength=262144 too, so the echo fits.
+    let mut i = connect_ready(exp.addr, &LoginOptions::new(INI, Some(&exp.iqn)));
+    let nop = |i: &isboot::initiator::Initiator, itt: u32| NopOut {
+        immediate: true,
+        lun: 0,
+        itt,
+        ttt: RESERVED_TAG,
+        cmd_sn: i.cmd_sn,
+        exp_stat_sn: i.exp_stat_sn,
+    };
+    let ping: Vec<u8> = (0..limit).map(|k| (k % 253) as u8).collect();
+    i.send(&Bhs::NopOut(nop(&i, 0x77)), &ping).unwrap();
+    match i.recv().unwrap() {
+        (Bhs::NopIn(r), data) => {
+            assert_eq!(r.itt, 0x77);
+            assert_eq!(&data[..], &ping[..], "NOP-In echoes the whole ping");
+            i.exp_stat_sn = r.stat_sn.wrapping_add(1);
+        }
+        other => panic!("expected NOP-In, got {other:?}"),
+    }
+    // One byte over: the connection is closed, nothing else.
+    let mut over = ping.clone();
+    over.push(0);
+    i.send(&Bhs::NopOut(nop(&i, 0x78)), &over).unwrap();
+    i.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    match i.recv() {
+        Err(isboot::initiator::InitiatorError::Closed) => {}
+        Err(isboot::initiator::InitiatorError::Io(e))
+            if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("expected the connection closed, got {other:?}"),
+    }
+    still_serving(&exp);
+}
