@@ -331,3 +331,85 @@ fn ten_thousand_connections_that_never_log_in_time_out_with_bounded_fds() {
     );
     still_serving(&exp);
 }
+
+#[test]
+fn running_out_of_file_descriptors_does_not_stop_the_server() {
+    let (_d, exp) = setup(); // --login-timeout 2
+    let pid = exp.child.id();
+    // Lower the server's fd limit to 64 while it runs.
+    let o = std::process::Command::new("prlimit")
+        .args(["--pid", &pid.to_string(), "--nofile=64:64"])
+        .output()
+        .expect("prlimit");
+    if !o.status.success() {
+        skip("prlimit --pid failed");
+        return;
+    }
+    // 300 idle connections: far more than the server can accept with 64 fds.
+    let conns: Vec<TcpStream> = (0..300)
+        .filter_map(|_| TcpStream::connect(exp.addr).ok())
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    eprintln!("server fds with the limit at 64: {}", open_fds(pid as i32));
+    drop(conns);
+    // Once the idle ones are gone (closed by us, or timed out), a good initiator logs in.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match isboot::initiator::Initiator::connect(
+            exp.addr,
+            &LoginOptions::new("iqn.2026-11.org.isboot.test:good", Some(&exp.iqn)),
+        ) {
+            Ok(_) => break,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "server did not recover: {e}");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+    assert!(exp.child.id() == pid);
+    let log = exp.log_text();
+    assert!(
+        log.contains("accept failed"),
+        "the fd exhaustion was not seen/logged"
+    );
+    still_serving(&exp);
+}
+
+#[test]
+fn full_feature_data_segment_at_our_limit_and_one_byte_over() {
+    use isboot::wire::pdu::{NopOut, RESERVED_TAG};
+    let (_d, exp) = setup();
+    let limit = TargetLimits::default().max_recv_data_segment_length as usize;
+    // The project's initiator declares MaxRecvDataSegmentLength=262144 too, so the echo fits.
+    let mut i = connect_ready(exp.addr, &LoginOptions::new(INI, Some(&exp.iqn)));
+    let nop = |i: &isboot::initiator::Initiator, itt: u32| NopOut {
+        immediate: true,
+        lun: 0,
+        itt,
+        ttt: RESERVED_TAG,
+        cmd_sn: i.cmd_sn,
+        exp_stat_sn: i.exp_stat_sn,
+    };
+    let ping: Vec<u8> = (0..limit).map(|k| (k % 253) as u8).collect();
+    i.send(&Bhs::NopOut(nop(&i, 0x77)), &ping).unwrap();
+    match i.recv().unwrap() {
+        (Bhs::NopIn(r), data) => {
+            assert_eq!(r.itt, 0x77);
+            assert_eq!(&data[..], &ping[..], "NOP-In echoes the whole ping");
+            i.exp_stat_sn = r.stat_sn.wrapping_add(1);
+        }
+        other => panic!("expected NOP-In, got {other:?}"),
+    }
+    // One byte over: the connection is closed, nothing else.
+    let mut over = ping.clone();
+    over.push(0);
+    i.send(&Bhs::NopOut(nop(&i, 0x78)), &over).unwrap();
+    i.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    match i.recv() {
+        Err(isboot::initiator::InitiatorError::Closed) => {}
+        Err(isboot::initiator::InitiatorError::Io(e))
+            if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("expected the connection closed, got {other:?}"),
+    }
+    still_serving(&exp);
+}

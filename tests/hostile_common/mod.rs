@@ -219,8 +219,8 @@ pub struct RawLogin {
     pub ini: Initiator,
     pub isid: [u8; 6],
     pub tsih: u16,
-    cmd_sn: u32,
-    exp_stat_sn: u32,
+    pub cmd_sn: u32,
+    pub exp_stat_sn: u32,
 }
 
 impl RawLogin {

@@ -1,0 +1,218 @@
+//! DHCP never answers on an interface it was not configured for. The server namespace has two
+//! links with addresses, `[dhcp] interface` names one; DISCOVERs (broadcast, and unicast to the
+//! server's own address) arriving on the other get no reply, while the configured one is served.
+//! Needs root for the network namespaces the test creates (prints SKIPPED otherwise).
+
+use dhcproto::v4::{DhcpOption, Flags, Message, MessageType};
+use dhcproto::{Decodable, Encodable};
+use isboot::dhcp::{ClientDirectory, DhcpClient, DhcpConfig, DhcpHooks, DhcpMode, Mac};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const MAC: Mac = [0x52, 0x54, 0x00, 0x78, 0x00, 0x01];
+
+fn run(args: &[&str]) {
+    let o = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .expect(args[0]);
+    assert!(
+        o.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// Namespaces of this test, deleted on drop.
+struct Netns(Vec<String>);
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for ns in &self.0 {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+fn enter(ns: &str) {
+    let f = std::fs::File::open(format!("/var/run/netns/{ns}")).expect("netns");
+    // SAFETY: setns on a valid namespace fd; affects only the calling thread.
+    assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+}
+
+struct Dir;
+impl ClientDirectory for Dir {
+    fn by_mac(&self, mac: Mac) -> Option<DhcpClient> {
+        (mac == MAC).then(|| DhcpClient {
+            name: "ws".into(),
+            ip: Some(Ipv4Addr::new(10, 78, 1, 10)),
+            target_iqn: "iqn.2026-11.lab:ws".into(),
+            initiator_iqn: None,
+            root_path: None,
+            san_filename: None,
+        })
+    }
+    fn by_ip(&self, ip: Ipv4Addr) -> Option<Mac> {
+        (ip == Ipv4Addr::new(10, 78, 1, 10)).then_some(MAC)
+    }
+}
+
+/// DISCOVER from `ns` on `ifname` to `to`; true if any BOOTREPLY with our xid came back.
+fn answered(ns: &str, ifname: &str, to: SocketAddrV4, xid: u32) -> bool {
+    let (ns, ifname) = (ns.to_string(), ifname.to_string());
+    std::thread::spawn(move || {
+        enter(&ns);
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
+        s.set_reuse_address(true).unwrap();
+        s.set_broadcast(true).unwrap();
+        s.bind_device(Some(ifname.as_bytes())).unwrap();
+        s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, 68)).into())
+            .unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let sock: UdpSocket = s.into();
+        let mut m = Message::new_with_id(
+            xid,
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::UNSPECIFIED,
+            &MAC,
+        );
+        m.set_flags(Flags::default().set_broadcast());
+        m.opts_mut()
+            .insert(DhcpOption::MessageType(MessageType::Discover));
+        m.opts_mut().insert(DhcpOption::ClassIdentifier(
+            b"PXEClient:Arch:00000:UNDI:002001".to_vec(),
+        ));
+        let until = Instant::now() + Duration::from_secs(3);
+        let mut buf = [0u8; 1600];
+        // Retransmit like a client would, once a second.
+        let mut next_send = Instant::now();
+        while Instant::now() < until {
+            if Instant::now() >= next_send {
+                sock.send_to(&m.to_vec().unwrap(), to).unwrap();
+                next_send += Duration::from_secs(1);
+            }
+            if let Ok((n, _)) = sock.recv_from(&mut buf)
+                && let Ok(r) = Message::from_bytes(&buf[..n])
+                && r.xid() == xid
+                && r.opcode() == dhcproto::v4::Opcode::BootReply
+            {
+                return true;
+            }
+        }
+        false
+    })
+    .join()
+    .unwrap()
+}
+
+#[test]
+fn dhcp_never_answers_on_an_interface_that_was_not_configured() {
+    if unsafe { libc::geteuid() } != 0 {
+        println!("SKIPPED: needs root to create network namespaces");
+        return;
+    }
+    let id = std::process::id() % 100_000;
+    let (s, ca, cb) = (
+        format!("isbh-{id}-s"),
+        format!("isbh-{id}-a"),
+        format!("isbh-{id}-b"),
+    );
+    let _guard = Netns(vec![s.clone(), ca.clone(), cb.clone()]);
+    for ns in [&s, &ca, &cb] {
+        run(&["ip", "netns", "add", ns]);
+        run(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+    }
+    let (vsa, vca, vsb, vcb) = (
+        format!("hsa{id}"),
+        format!("hca{id}"),
+        format!("hsb{id}"),
+        format!("hcb{id}"),
+    );
+    for (sv, cv, cns) in [(&vsa, &vca, &ca), (&vsb, &vcb, &cb)] {
+        run(&[
+            "ip", "link", "add", sv, "netns", &s, "type", "veth", "peer", "name", cv, "netns", cns,
+        ]);
+        run(&["ip", "-n", &s, "link", "set", sv, "up"]);
+        run(&["ip", "-n", cns, "link", "set", cv, "up"]);
+    }
+    // Both server links have addresses; the client side of B has one too, so it can unicast.
+    run(&["ip", "-n", &s, "addr", "add", "10.78.1.1/24", "dev", &vsa]);
+    run(&["ip", "-n", &s, "addr", "add", "10.78.2.1/24", "dev", &vsb]);
+    run(&["ip", "-n", &cb, "addr", "add", "10.78.2.50/24", "dev", &vcb]);
+    run(&[
+        "ip",
+        "-n",
+        &cb,
+        "link",
+        "set",
+        &vcb,
+        "address",
+        "52:54:00:78:00:01",
+    ]);
+    run(&[
+        "ip",
+        "-n",
+        &ca,
+        "link",
+        "set",
+        &vca,
+        "address",
+        "52:54:00:78:00:01",
+    ]);
+
+    let mut cfg = DhcpConfig::new(&vsa, Ipv4Addr::new(10, 78, 1, 1), DhcpMode::Full);
+    cfg.range = Some("10.78.1.100-10.78.1.120".parse().unwrap());
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let sns = s.clone();
+    let server = std::thread::spawn(move || {
+        enter(&sns);
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(isboot::service::dhcp::run_dhcp(
+                cfg,
+                None,
+                Arc::new(Dir),
+                DhcpHooks::default(),
+                async {
+                    let _ = stop_rx.await;
+                },
+            ))
+            .expect("run_dhcp");
+    });
+    let bcast = SocketAddrV4::new(Ipv4Addr::BROADCAST, 67);
+    // The configured interface answers (retrying until the server is up).
+    let until = Instant::now() + Duration::from_secs(15);
+    let mut xid = 0x4242_0000;
+    while !answered(&ca, &vca, bcast, xid) {
+        assert!(
+            Instant::now() < until,
+            "no answer on the configured interface"
+        );
+        xid += 1;
+    }
+    // The other interface: no answer to a broadcast, nor to unicast at the server's address there.
+    assert!(
+        !answered(&cb, &vcb, bcast, 0x5151_0001),
+        "answered a broadcast on an unconfigured interface"
+    );
+    assert!(
+        !answered(
+            &cb,
+            &vcb,
+            SocketAddrV4::new(Ipv4Addr::new(10, 78, 2, 1), 67),
+            0x5151_0002
+        ),
+        "answered a unicast on an unconfigured interface"
+    );
+    // Still serving the configured one.
+    assert!(answered(&ca, &vca, bcast, 0x6161_0001));
+    let _ = stop_tx.send(());
+    server.join().unwrap();
+}
