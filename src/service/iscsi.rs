@@ -278,6 +278,8 @@ enum WriterMsg {
 }
 
 const WRITER_QUEUE: usize = 256;
+/// Most PDUs taken from the receive buffer before their responses go to the writer.
+const MAX_PDUS_PER_TURN: usize = 64;
 /// Most bytes gathered into one writev batch.
 const BATCH_BYTES: usize = 4 << 20;
 /// Most iovecs in one writev call (IOV_MAX on Linux is 1024).
@@ -296,10 +298,11 @@ async fn writer(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<WriterMsg>) -> io
         while let Some(m) = msg.take() {
             match m {
                 WriterMsg::Pdus(pdus, (exp, max)) => {
+                    // One allocation for all of this message's headers.
+                    headers.reserve(pdus.len() * (BHS_LEN + 4));
                     for p in pdus {
                         let mut bhs = p.bhs;
                         stamp(&mut bhs, p.stamp, &mut stat_sn, exp, max);
-                        headers.reserve(BHS_LEN + 4);
                         frame::encode_header(&mut headers, &bhs, &[], hd);
                         iov.push(headers.split().freeze());
                         let dlen = p.data_len();
@@ -562,6 +565,10 @@ async fn connection(
     let mut last_heard = Instant::now();
     let mut pinged = false;
     let kick = stats.clone();
+    let mut out: Vec<OutPdu> = Vec::new();
+    let mut inline_done: Vec<(u32, Outcome)> = Vec::new();
+    let idle = tokio::time::sleep_until(last_heard + shared.cfg.idle_ping);
+    tokio::pin!(idle);
     let result: io::Result<&'static str> = async {
         loop {
             if kill.fired() {
@@ -570,17 +577,14 @@ async fn connection(
             if info_kill.load(Ordering::SeqCst) {
                 return Ok("closed by the administrator");
             }
-            let idle_at = last_heard
-                + if pinged {
-                    shared.cfg.ping_timeout
-                } else {
-                    shared.cfg.idle_ping
-                };
-            let actions = tokio::select! {
+            let mut actions = tokio::select! {
                 r = read_pdu(&mut rd, &mut buf, &ffp_lim) => match r? {
                     Some(pdu) => {
                         last_heard = Instant::now();
-                        pinged = false;
+                        if pinged {
+                            pinged = false;
+                            idle.as_mut().reset(last_heard + shared.cfg.idle_ping);
+                        }
                         session.handle(pdu)
                     }
                     None => return Ok("initiator closed the connection"),
@@ -590,36 +594,81 @@ async fn connection(
                     count(&stats, &outcome, bytes);
                     session.complete(itt, outcome)
                 }
-                _ = tokio::time::sleep_until(idle_at) => {
+                _ = &mut idle => {
+                    // The timer is re-armed lazily: traffic since it was set moves it on.
+                    let due = last_heard
+                        + if pinged {
+                            shared.cfg.ping_timeout
+                        } else {
+                            shared.cfg.idle_ping
+                        };
+                    if due > Instant::now() {
+                        idle.as_mut().reset(due);
+                        continue;
+                    }
                     if pinged {
                         return Ok("no answer to NOP-In ping");
                     }
                     pinged = true;
+                    idle.as_mut().reset(last_heard + shared.cfg.ping_timeout);
                     vec![Action::Send(vec![session.ping()])]
                 }
                 _ = kill.notify.notified() => return Ok("session reinstated by a new login"),
                 _ = wait_kick(&kick) => return Ok("closed by the administrator"),
                 _ = stop.changed() => return Ok("server shutting down"),
             };
-            if kill.fired() {
-                return Ok("session reinstated by a new login");
-            }
-            if info_kill.load(Ordering::SeqCst) {
-                return Ok("closed by the administrator");
-            }
-            for a in actions {
-                match a {
-                    Action::Send(pdus) => send(&wtx, pdus, session.window()).await?,
-                    Action::Execute(job) => {
-                        executing += 1;
-                        execute(job, lus.clone(), nexus.clone(), done_tx.clone());
-                    }
-                    Action::Close(why) => {
-                        flush(&wtx).await;
-                        return Ok(why);
+            // Work through everything that is ready without waiting: completions of reads run
+            // inline and further PDUs already buffered. Their responses go to the writer as
+            // one message, stamped with the window as it stands after all of them.
+            let mut handled = 1usize;
+            loop {
+                if kill.fired() {
+                    return Ok("session reinstated by a new login");
+                }
+                if info_kill.load(Ordering::SeqCst) {
+                    return Ok("closed by the administrator");
+                }
+                for a in actions.drain(..) {
+                    match a {
+                        Action::Send(pdus) => out.extend(pdus),
+                        Action::Execute(job) => {
+                            executing += 1;
+                            if let Some(done) = execute(job, &lus, &nexus, &done_tx) {
+                                executing -= 1;
+                                count(&stats, &done.1, 0);
+                                inline_done.push(done);
+                            }
+                        }
+                        Action::Close(why) => {
+                            send(&wtx, std::mem::take(&mut out), session.window()).await?;
+                            flush(&wtx).await;
+                            return Ok(why);
+                        }
                     }
                 }
+                if let Some((itt, outcome)) = inline_done.pop() {
+                    actions = session.complete(itt, outcome);
+                    continue;
+                }
+                if handled < MAX_PDUS_PER_TURN {
+                    match frame::decode(&mut buf, &ffp_lim) {
+                        Ok(Some(pdu)) => {
+                            handled += 1;
+                            last_heard = Instant::now();
+                            if pinged {
+                                pinged = false;
+                                idle.as_mut().reset(last_heard + shared.cfg.idle_ping);
+                            }
+                            actions = session.handle(pdu);
+                            continue;
+                        }
+                        Ok(None) => {}
+                        Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+                    }
+                }
+                break;
             }
+            send(&wtx, std::mem::take(&mut out), session.window()).await?;
         }
     }
     .await;
@@ -724,23 +773,28 @@ fn runs_inline(job: &ExecJob) -> bool {
     job.dir == DataDir::Read && matches!(job.cdb.first(), Some(0x08 | 0x28 | 0xa8 | 0x88))
 }
 
+/// Run `job`: plain reads inline, returning their outcome; anything else on the blocking
+/// pool, reporting through `done` (with the bytes it wrote).
 fn execute(
     job: ExecJob,
-    lus: Option<Arc<TargetLus>>,
-    nexus: Nexus,
-    done: mpsc::UnboundedSender<(u32, Outcome, u64)>,
-) {
-    let Some(lus) = lus else { return };
-    let written = job.data_out.len() as u64;
+    lus: &Option<Arc<TargetLus>>,
+    nexus: &Nexus,
+    done: &mpsc::UnboundedSender<(u32, Outcome, u64)>,
+) -> Option<(u32, Outcome)> {
+    let lus = lus.as_ref()?;
     if runs_inline(&job) {
-        let o = lus.execute(&nexus, job.lun, &job.cdb, &job.data_out);
-        let _ = done.send((job.itt, o, 0));
-    } else {
-        tokio::task::spawn_blocking(move || {
-            let o = lus.execute(&nexus, job.lun, &job.cdb, &job.data_out);
-            let _ = done.send((job.itt, o, written));
-        });
+        return Some((
+            job.itt,
+            lus.execute(nexus, job.lun, &job.cdb, &job.data_out),
+        ));
     }
+    let written = job.data_out.len() as u64;
+    let (lus, nexus, done) = (lus.clone(), nexus.clone(), done.clone());
+    tokio::task::spawn_blocking(move || {
+        let o = lus.execute(&nexus, job.lun, &job.cdb, &job.data_out);
+        let _ = done.send((job.itt, o, written));
+    });
+    None
 }
 
 /// Text requests in the full-feature phase: SendTargets (discovery sessions, and normal ones),
