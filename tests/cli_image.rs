@@ -270,3 +270,29 @@ fn abort_drops_the_maintenance_writes() {
     let list = lab.run(&["image", "list", "--json"]).ok().to_string();
     assert!(list.contains("\"maintenance\": null"), "{list}");
 }
+
+#[test]
+fn prepare_refuses_unknown_images_and_publishes_nothing_when_the_rebuild_fails() {
+    let lab = Lab::with_image();
+    lab.refused(&["image", "prepare", "nope"], 2, "nope");
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED: image prepare needs root");
+        return;
+    }
+    // The fixture image is not a partitioned disk: the rebuild script fails, and the image
+    // keeps its one version, with no staged copy left behind.
+    let before = lab.snapshot();
+    let r = lab.run(&["image", "prepare", "deb"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let last = r.stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("isboot: the initrd rebuild failed"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        lab.snapshot(),
+        before,
+        "a failed prepare changed the state dir"
+    );
+}

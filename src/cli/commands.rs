@@ -238,6 +238,7 @@ pub fn image(dir: &StateDir, c: ImageCommand) -> R {
             );
             Ok(())
         }
+        ImageCommand::Prepare(a) => super::prepare::run(dir, &a),
         ImageCommand::Edit(a) => {
             let name: ImageName = parse(&a.name)?;
             let mac = a.mac.as_deref().map(parse::<MacAddr>).transpose()?;

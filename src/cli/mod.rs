@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 mod commands;
 mod export;
+mod prepare;
 mod progress;
 mod serve;
 
@@ -117,10 +118,26 @@ pub enum ImageCommand {
     Edit(ImageEditArgs),
     /// Publish the maintenance target's disk as the image's next version.
     Commit(ImageForceArgs),
+    /// Rebuild the newest version's initrd for diskless boot (initrd-hooks/isboot-rebuild-initrd:
+    /// the isboot dracut module, NIC and iSCSI drivers, kernel command line) and publish the
+    /// result as the next version. Needs root.
+    Prepare(ImagePrepareArgs),
     /// Close maintenance and drop its writes.
     Abort(ImageForceArgs),
     /// Delete old versions no client uses (an image's newest version is always kept).
     Prune(ImagePruneArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ImagePrepareArgs {
+    /// Image name.
+    pub name: String,
+    /// Initrd profile: lean (only what a diskless client needs) or generic (dracut's default).
+    #[arg(long, value_parser = ["lean", "generic"])]
+    pub profile: Option<String>,
+    /// Install missing packages (dracut, open-iscsi, gawk, ...) from the image's own sources.
+    #[arg(long)]
+    pub install_missing: bool,
 }
 
 #[derive(clap::Args, Debug)]

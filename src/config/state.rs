@@ -239,6 +239,64 @@ impl StateDir {
         })
     }
 
+    /// Publish `staged` (a raw file in `images/`, e.g. an image rebuilt by
+    /// `isboot image prepare`) as the next version of image `name`. Refused while the image is
+    /// in maintenance. The file is renamed into place, not copied.
+    pub fn image_publish(&self, name: &ImageName, staged: &Path) -> Result<Version, ConfigError> {
+        let mut l = self.lock()?;
+        let img = l.state.image(name)?;
+        if img.maintenance.is_some() {
+            return Err(ConfigError::MaintenanceOpen(name.to_string()));
+        }
+        let number = img.versions.iter().map(|v| v.number).max().unwrap_or(0) + 1;
+        let size = std::fs::metadata(staged)
+            .map_err(|source| ConfigError::Reading {
+                path: staged.to_path_buf(),
+                source,
+            })?
+            .len();
+        let dir_rel = format!("images/{name}");
+        let rel = format!("{dir_rel}/v{number}.raw");
+        let dest = self.path(&rel);
+        let file = File::open(staged).map_err(io_write(staged))?;
+        file.sync_all().map_err(io_write(staged))?;
+        std::fs::rename(staged, &dest).map_err(io_write(&dest))?;
+        let dir = self.path(&dir_rel);
+        sync_dir(&dir).map_err(io_write(&dir))?;
+        let v = Version {
+            number,
+            id: BaseId::random().map_err(io_write(&dest))?.to_string(),
+            file: rel,
+            size,
+            created: now_unix(),
+        };
+        let img = l
+            .state
+            .registry
+            .images
+            .iter_mut()
+            .find(|i| &i.name == name)
+            .ok_or_else(|| ConfigError::UnknownImage(name.to_string()))?;
+        img.versions.push(v.clone());
+        if let Err(e) = l.save() {
+            let _ = std::fs::rename(&dest, staged);
+            return Err(e);
+        }
+        Ok(v)
+    }
+
+    /// The file of the newest version of image `name`.
+    pub fn newest_version_file(&self, name: &ImageName) -> Result<PathBuf, ConfigError> {
+        let state = self.load()?;
+        let img = state.image(name)?;
+        let v = img
+            .versions
+            .iter()
+            .max_by_key(|v| v.number)
+            .ok_or_else(|| ConfigError::UnknownImage(name.to_string()))?;
+        Ok(self.path(&v.file))
+    }
+
     /// Import `file` as a new image with version 1. The copy runs without the directory
     /// lock (other commands, and a running server's power-on resets, are not held up by a
     /// long import); the name is checked before and again when the result is published.
