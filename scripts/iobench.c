@@ -1,10 +1,11 @@
 /*
  * iobench: a small libiscsi load generator used by scripts/bench-vs-tgt.
  *
- *   iobench -m seqread|randread|seqwrite|hold -b BYTES -q QD [-j SESSIONS] [-t SECS] URL
+ *   iobench -m seqread|randread|seqwrite|hold -b BYTES -q QD [-j SESSIONS] [-t SECS] [-i IQN] URL
  *
  * Keeps QD commands (READ16 or WRITE16) in flight on each of SESSIONS sessions for SECS
- * seconds; random offsets are aligned to BYTES.  "hold" logs SESSIONS sessions in, does one
+ * seconds; random offsets are aligned to BYTES.  -i: initiator name (default one per
+ * process and session; with several sessions, "-N" is appended to it).  "hold" logs SESSIONS sessions in, does one
  * 4 KiB read on each, prints "connected" and keeps them open for SECS seconds (for RSS).
  * Prints one line: "ios=N secs=S iops=X MiBps=Y bytes=B".  Exit status 1 on any error.
  * Build: gcc -O2 -o iobench iobench.c -liscsi
@@ -93,20 +94,22 @@ static void issue(struct req *r)
 int main(int argc, char **argv)
 {
     const char *mode = "randread";
+    const char *iname = NULL;
     int qd = 1, nconn = 1, opt, hold = 0;
     double secs = 5;
-    while ((opt = getopt(argc, argv, "m:b:q:j:t:")) != -1) {
+    while ((opt = getopt(argc, argv, "m:b:q:j:t:i:")) != -1) {
         switch (opt) {
         case 'm': mode = optarg; break;
         case 'b': bs = (uint32_t)strtoul(optarg, NULL, 0); break;
         case 'q': qd = atoi(optarg); break;
         case 'j': nconn = atoi(optarg); break;
         case 't': secs = atof(optarg); break;
+        case 'i': iname = optarg; break;
         default: return 2;
         }
     }
     if (optind != argc - 1 || qd < 1 || nconn < 1 || bs == 0) {
-        fprintf(stderr, "usage: iobench -m seqread|randread|seqwrite|hold -b BYTES -q QD [-j N] [-t SECS] URL\n");
+        fprintf(stderr, "usage: iobench -m seqread|randread|seqwrite|hold -b BYTES -q QD [-j N] [-t SECS] [-i IQN] URL\n");
         return 2;
     }
     if (!strcmp(mode, "randread")) randomly = 1;
@@ -120,7 +123,12 @@ int main(int argc, char **argv)
     struct req *rs = calloc((size_t)nconn * qd, sizeof *rs);
     for (int i = 0; i < nconn; i++) {
         char name[128];
-        snprintf(name, sizeof name, "iqn.2026-11.org.isboot:iobench-%d-%d", (int)getpid(), i);
+        if (iname && nconn == 1)
+            snprintf(name, sizeof name, "%s", iname);
+        else if (iname)
+            snprintf(name, sizeof name, "%s-%d", iname, i);
+        else
+            snprintf(name, sizeof name, "iqn.2026-11.org.isboot:iobench-%d-%d", (int)getpid(), i);
         struct iscsi_context *ctx = iscsi_create_context(name);
         struct iscsi_url *u = ctx ? iscsi_parse_full_url(ctx, argv[optind]) : NULL;
         if (!u) { fprintf(stderr, "iobench: bad URL %s\n", argv[optind]); return 1; }
