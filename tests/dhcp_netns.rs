@@ -1093,6 +1093,127 @@ fn proxy_mode_beside_dnsmasq_never_offers_an_address() {
     });
 }
 
+// ------------------------------------------------------------------ IPv6 router advertisements
+
+/// Wait until `ifname` in `ns` has a link-local address that is no longer tentative (DAD).
+fn wait_link_local(ns: &str, ifname: &str) {
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let o = Command::new("ip")
+            .args([
+                "-n", ns, "-6", "addr", "show", "dev", ifname, "scope", "link",
+            ])
+            .output()
+            .expect("ip");
+        let t = String::from_utf8_lossy(&o.stdout);
+        if t.contains("fe80::") && !t.contains("tentative") {
+            return;
+        }
+        assert!(
+            Instant::now() < until,
+            "no usable link-local address on {ifname}: {t}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The RA service in `ns`, on a thread; stopped on drop.
+fn start_ra(ns: &str, cfg: DhcpConfig) -> DhcpServerThread {
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let ns = ns.to_string();
+    let thread = std::thread::spawn(move || {
+        enter_netns(&ns);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let (_keep, watch) = tokio::sync::watch::channel(cfg);
+        rt.block_on(isboot::service::ra::run_ra_watched(watch, async {
+            let _ = rx.await;
+        }));
+    });
+    DhcpServerThread {
+        stop: Some(tx),
+        thread: Some(thread),
+    }
+}
+
+/// rdisc6 (ndisc6), a real router-discovery client: solicits on `ifname` in `ns` and prints
+/// the first advertisement it accepts (it drops any whose hop limit is not 255).
+fn rdisc6(ns: &str, ifname: &str) -> Option<String> {
+    let o = Command::new("ip")
+        .args([
+            "netns", "exec", ns, "rdisc6", "-1", "-n", "-r", "3", "-w", "1000", ifname,
+        ])
+        .output()
+        .expect("rdisc6");
+    o.status
+        .success()
+        .then(|| String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+fn have_rdisc6() -> bool {
+    Command::new("rdisc6")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+#[test]
+fn full_mode_answers_router_solicitations_with_no_router_no_prefix() {
+    require_root!();
+    if !have_rdisc6() {
+        println!("SKIPPED: rdisc6 is not installed (apt-get install ndisc6)");
+        return;
+    }
+    let mut lab = Lab::new();
+    let (s, c, vs, vc) = two_namespaces(&mut lab, WS1_MAC);
+    wait_link_local(&s, &vs);
+    wait_link_local(&c, &vc);
+    let cfg = full_config(&vs);
+    assert!(cfg.router_advertisements(), "on by default in full mode");
+    let _ra = start_ra(&s, cfg);
+    let out = rdisc6(&c, &vc).expect("an RA in answer to the solicitation");
+    let field = |name: &str| {
+        out.lines()
+            .find(|l| l.trim_start().starts_with(name))
+            .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+            .unwrap_or_else(|| panic!("no {name:?} in rdisc6 output:\n{out}"))
+    };
+    assert_eq!(field("Router lifetime"), "0 (0x00000000) seconds", "{out}");
+    assert_eq!(field("Stateful address conf."), "No", "{out}");
+    assert_eq!(field("Stateful other conf."), "No", "{out}");
+    assert!(!out.contains("Prefix"), "no prefix advertised:\n{out}");
+    assert!(
+        out.contains("from fe80::"),
+        "sent from a link-local address:\n{out}"
+    );
+}
+
+#[test]
+fn no_router_advertisements_in_proxy_mode_or_when_turned_off() {
+    require_root!();
+    if !have_rdisc6() {
+        println!("SKIPPED: rdisc6 is not installed (apt-get install ndisc6)");
+        return;
+    }
+    let mut lab = Lab::new();
+    let (s, c, vs, vc) = two_namespaces(&mut lab, WS1_MAC);
+    wait_link_local(&s, &vs);
+    wait_link_local(&c, &vc);
+    let proxy = DhcpConfig::new(vs.clone(), SERVER_IP, DhcpMode::Proxy);
+    assert!(
+        !proxy.router_advertisements(),
+        "off by default in proxy mode"
+    );
+    let mut off = full_config(&vs);
+    off.ipv6_ra = Some(false);
+    for cfg in [proxy, off] {
+        let _ra = start_ra(&s, cfg);
+        assert_eq!(rdisc6(&c, &vc), None, "no RA expected");
+    }
+}
+
 // ------------------------------------------------------------------ QEMU: PXE chain to sanboot
 
 /// DHCP + TFTP (root with the iPXE binaries) on `ifname` in `ns`, and a TCP probe on

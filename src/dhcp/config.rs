@@ -220,6 +220,11 @@ pub struct DhcpConfig {
     pub bootfiles: BootFiles,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub relay_pools: Vec<RelayPool>,
+    /// Send IPv6 router advertisements ("no router here") on the interface so iPXE does not
+    /// wait for IPv6 autoconfiguration. Unset: on in full mode, off in proxy mode (the
+    /// network's own router speaks for IPv6 there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6_ra: Option<bool>,
 }
 
 fn default_netmask() -> Ipv4Addr {
@@ -273,7 +278,13 @@ impl DhcpConfig {
             lease_file: None,
             bootfiles: BootFiles::default(),
             relay_pools: Vec::new(),
+            ipv6_ra: None,
         }
+    }
+
+    /// Whether the service sends IPv6 router advertisements (see [`DhcpConfig::ipv6_ra`]).
+    pub fn router_advertisements(&self) -> bool {
+        self.ipv6_ra.unwrap_or(self.mode == DhcpMode::Full)
     }
 
     /// The `[dhcp]` section for `isboot init --interface IF --server-ip IP [--dhcp-range

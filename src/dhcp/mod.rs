@@ -18,6 +18,7 @@
 pub mod config;
 pub mod flood;
 pub mod leases;
+pub mod ra;
 pub mod server;
 pub mod wire;
 

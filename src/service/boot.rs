@@ -115,6 +115,12 @@ pub async fn run(
     }
     if !no_dhcp {
         let (cfg_tx, cfg_rx) = tokio::sync::watch::channel(cfg.clone());
+        let ra_rx = cfg_tx.subscribe();
+        let stop = stopped();
+        tasks.spawn(async move {
+            crate::service::ra::run_ra_watched(ra_rx, stop).await;
+            Ok(())
+        });
         let dir: Arc<dyn ClientDirectory> = Arc::new(RegistryDirectory(registry.clone()));
         let hooks = DhcpHooks {
             power_on: Some(Arc::new(PowerOn(registry.clone()))),

@@ -3,5 +3,6 @@
 pub mod boot;
 pub mod dhcp;
 pub mod iscsi;
+pub mod ra;
 pub mod registry;
 pub mod tftp;
