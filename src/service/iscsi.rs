@@ -37,9 +37,15 @@ pub struct ServerConfig {
     pub limits: TargetLimits,
     /// A login must reach full-feature phase within this time.
     pub login_timeout: Duration,
-    /// Send a NOP-In ping after this long without hearing from the initiator.
+    /// Send a NOP-In ping after this long without hearing from the initiator; also the TCP
+    /// keepalive idle time.
     pub idle_ping: Duration,
-    /// Drop the connection when nothing arrives this long after a ping.
+    /// A peer that stops acknowledging TCP (powered off, unplugged) is dropped after about this
+    /// long: TCP keepalive probes (idle connections) and TCP_USER_TIMEOUT (unacknowledged
+    /// data, e.g. a ping) both give up then. An unanswered NOP-In alone never drops a
+    /// connection: open-iscsi answers pings from iscsid in user space, which is down for tens
+    /// of seconds while a diskless client switches from its initrd to the real root, and
+    /// dropping it there costs a session recovery in the middle of the boot.
     pub ping_timeout: Duration,
     /// How long shutdown waits for in-flight commands.
     pub drain_timeout: Duration,
@@ -423,6 +429,23 @@ fn initiator_port(name: &str, isid: &[u8; 6]) -> String {
     s
 }
 
+/// Detect dead peers in the kernel: keepalive probes after `idle_ping` of silence, and
+/// TCP_USER_TIMEOUT for data left unacknowledged, both giving up after about `ping_timeout`.
+/// A client whose IP stack is alive but no longer knows the connection (iPXE's, once Linux owns
+/// the NIC) answers the first probe or ping with a reset.
+fn set_liveness(stream: &TcpStream, cfg: &ServerConfig) -> io::Result<()> {
+    let sock = socket2::SockRef::from(stream);
+    let interval = Duration::from_secs(2);
+    let retries = (cfg.ping_timeout.as_secs() / interval.as_secs()).clamp(1, 20) as u32;
+    sock.set_tcp_keepalive(
+        &socket2::TcpKeepalive::new()
+            .with_time(cfg.idle_ping.max(Duration::from_secs(1)))
+            .with_interval(interval)
+            .with_retries(retries),
+    )?;
+    sock.set_tcp_user_timeout(Some(cfg.idle_ping + cfg.ping_timeout))
+}
+
 async fn connection(
     stream: TcpStream,
     peer: SocketAddr,
@@ -430,6 +453,7 @@ async fn connection(
     mut stop: watch::Receiver<bool>,
 ) -> io::Result<()> {
     stream.set_nodelay(true)?;
+    set_liveness(&stream, &shared.cfg)?;
     let local = stream.local_addr()?;
     let (mut rd, wr) = stream.into_split();
     let (wtx, wrx) = mpsc::channel(WRITER_QUEUE);
@@ -607,7 +631,14 @@ async fn connection(
                         continue;
                     }
                     if pinged {
-                        return Ok("no answer to NOP-In ping");
+                        // Unanswered, but TCP still acknowledges (else the kernel would have
+                        // failed the connection): the initiator's daemon is busy or
+                        // restarting. Keep the session; ask again after another idle spell.
+                        debug!(%peer, "no answer to NOP-In ping; the connection stays while TCP is alive");
+                        pinged = false;
+                        last_heard = Instant::now();
+                        idle.as_mut().reset(last_heard + shared.cfg.idle_ping);
+                        continue;
                     }
                     pinged = true;
                     idle.as_mut().reset(last_heard + shared.cfg.ping_timeout);
