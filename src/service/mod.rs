@@ -3,5 +3,6 @@
 pub mod boot;
 pub mod dhcp;
 pub mod iscsi;
+pub mod read_trace;
 pub mod registry;
 pub mod tftp;
