@@ -19,9 +19,14 @@ struct Server {
 
 impl Server {
     fn start(lab: &Lab) -> Server {
+        Server::start_with(lab, &[])
+    }
+
+    fn start_with(lab: &Lab, extra: &[&str]) -> Server {
         let _ = std::fs::remove_file(lab.dir.join("run/status.json"));
         let child = Command::new(env!("CARGO_BIN_EXE_isboot"))
             .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(extra)
             .env("ISBOOT_STATE_DIR", &lab.dir)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
@@ -394,4 +399,85 @@ fn kill9_of_serve_under_load_loses_no_acknowledged_durable_write() {
     eprintln!(
         "kill -9 of isboot serve: {rounds} kills, {acked} acknowledged FUA writes, 0 mismatches"
     );
+}
+
+/// `serve --read-trace` writes one line per READ with the initiator's queue depth, and
+/// `isboot-replay` replays such a trace from one session per client.
+#[test]
+fn read_trace_records_reads_and_replays_them() {
+    let lab = Lab::with_image();
+    lab.add("52:54:00:00:00:01", "pc1", &[]);
+    lab.add("52:54:00:00:00:02", "pc2", &[]);
+    let trace = lab.dir.join("trace.csv");
+    let srv = Server::start_with(&lab, &["--read-trace", trace.to_str().unwrap()]);
+    let mut a = client(srv.addr, "pc1");
+    read(&mut a, 16, 8);
+    // Three reads in flight at once, then a write (not traced).
+    for lba in [100u64, 200, 300] {
+        a.submit(
+            0,
+            &isboot::initiator::read16_cdb(lba, 4),
+            bytes::Bytes::new(),
+            2048,
+        )
+        .unwrap();
+    }
+    for _ in 0..3 {
+        assert_eq!(a.wait_any().unwrap().status, 0);
+    }
+    write(&mut a, 8, &[0x5A; 512], false);
+    read(&mut a, 0, 1);
+    let rows = |text: &str, target: &str| -> Vec<(u64, u64, u64)> {
+        text.lines()
+            .filter(|l| !l.starts_with('#') && !l.starts_with("us,"))
+            .map(|l| l.split(',').collect::<Vec<_>>())
+            .filter(|f| f[2] == target)
+            .map(|f| {
+                (
+                    f[3].parse().unwrap(),
+                    f[4].parse().unwrap(),
+                    f[5].parse().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let text = std::fs::read_to_string(&trace).unwrap();
+    assert!(
+        text.contains("\nus,session,target,lba,blocks,depth\n"),
+        "{text}"
+    );
+    assert_eq!(
+        rows(&text, &format!("{P}:pc1")),
+        vec![(16, 8, 1), (100, 4, 1), (200, 4, 2), (300, 4, 3), (0, 1, 1)],
+        "{text}"
+    );
+    drop(a);
+
+    // Replay pc1's reads from pc1 and pc2 at once: 5 reads each; the data is the same on
+    // both (pc1's write at LBA 8 is outside every traced read).
+    let out = Command::new(env!("CARGO_BIN_EXE_isboot-replay"))
+        .args(["--portal", &srv.addr.to_string(), "--checksum"])
+        .args(["--trace", trace.to_str().unwrap()])
+        .args(["--trace-target", &format!("{P}:pc1")])
+        .args(["--initiator", &format!("{P}:initiator:pc{{n}}")])
+        .args([
+            "--target",
+            &format!("{P}:pc1"),
+            "--target",
+            &format!("{P}:pc2"),
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("RESULT sessions=2 reads=10 bytes=21504 "),
+        "{stdout}"
+    );
+    assert!(stdout.contains(" errors=0 sum="), "{stdout}");
+    srv.stop();
 }

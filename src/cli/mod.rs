@@ -268,6 +268,10 @@ pub struct ServeArgs {
     /// Do not serve TFTP even though an interface is configured.
     #[arg(long)]
     pub no_tftp: bool,
+    /// Write one CSV line per READ command to FILE as it arrives (µs since the session's
+    /// login, session, target, LBA, blocks, initiator queue depth), for `isboot-replay`.
+    #[arg(long, value_name = "FILE")]
+    pub read_trace: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]

@@ -4,6 +4,8 @@
 use super::CliError;
 use crate::config::StateDir;
 use crate::iscsi::target::TargetRegistry;
+use crate::service::iscsi::ServerConfig;
+use crate::service::read_trace::ReadTrace;
 use crate::service::registry::{StateRegistry, maintain};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -20,6 +22,12 @@ pub fn run(dir: &StateDir, args: &super::ServeArgs) -> Result<(), CliError> {
         None => state.config.listen,
     };
     let _server_lock = dir.lock_server()?;
+    let read_trace = match &args.read_trace {
+        Some(p) => Some(Arc::new(ReadTrace::create(p).map_err(|e| {
+            CliError::Failed(format!("cannot create {}: {e}", p.display()))
+        })?)),
+        None => None,
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -58,7 +66,11 @@ pub fn run(dir: &StateDir, args: &super::ServeArgs) -> Result<(), CliError> {
             args.no_tftp,
             stopped(rx.clone()),
         ));
-        let iscsi = serve_iscsi(listener, registry.clone(), stopped(rx));
+        let cfg = ServerConfig {
+            read_trace,
+            ..Default::default()
+        };
+        let iscsi = serve_iscsi(listener, registry.clone(), cfg, stopped(rx));
         tokio::pin!(iscsi);
         let res = tokio::select! {
             r = &mut iscsi => r,
@@ -79,7 +91,8 @@ pub fn run(dir: &StateDir, args: &super::ServeArgs) -> Result<(), CliError> {
 async fn serve_iscsi(
     listener: tokio::net::TcpListener,
     registry: Arc<dyn TargetRegistry>,
+    cfg: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    crate::service::iscsi::serve(listener, registry, shutdown).await
+    crate::service::iscsi::serve_with(listener, registry, cfg, shutdown).await
 }

@@ -14,6 +14,7 @@ use crate::iscsi::negotiate::{SessionType, TargetLimits};
 use crate::iscsi::session::{Action, ExecJob, OutPdu, Session, SessionConfig, Stamp, TextHandler};
 use crate::iscsi::target::{SessionInfo, TargetRegistry};
 use crate::scsi::{DataDir, Nexus, Outcome, TargetLus};
+use crate::service::read_trace::{ReadTrace, SessionTrace};
 use crate::wire::frame::{self, FrameLimits, RawPdu};
 use crate::wire::pdu::{AsyncMessage, BHS_LEN, Bhs, TextRequest, TextResponse};
 use bytes::{Bytes, BytesMut};
@@ -49,6 +50,8 @@ pub struct ServerConfig {
     pub ping_timeout: Duration,
     /// How long shutdown waits for in-flight commands.
     pub drain_timeout: Duration,
+    /// Record every READ command here (`isboot serve --read-trace`).
+    pub read_trace: Option<Arc<ReadTrace>>,
 }
 
 impl Default for ServerConfig {
@@ -59,6 +62,7 @@ impl Default for ServerConfig {
             idle_ping: Duration::from_secs(10),
             ping_timeout: Duration::from_secs(20),
             drain_timeout: Duration::from_secs(10),
+            read_trace: None,
         }
     }
 }
@@ -593,6 +597,16 @@ async fn connection(
     let mut inline_done: Vec<(u32, Outcome)> = Vec::new();
     let idle = tokio::time::sleep_until(last_heard + shared.cfg.idle_ping);
     tokio::pin!(idle);
+    let mut tracer = match (&shared.cfg.read_trace, &target_name) {
+        (Some(t), Some(iqn)) => Some(SessionTrace::new(
+            t,
+            session_id,
+            iqn,
+            params.exp_cmd_sn,
+            params.stat_sn,
+        )),
+        _ => None,
+    };
     let result: io::Result<&'static str> = async {
         loop {
             if kill.fired() {
@@ -608,6 +622,9 @@ async fn connection(
                         if pinged {
                             pinged = false;
                             idle.as_mut().reset(last_heard + shared.cfg.idle_ping);
+                        }
+                        if let Some(t) = tracer.as_mut() {
+                            t.pdu(&pdu);
                         }
                         session.handle(pdu)
                     }
@@ -689,6 +706,9 @@ async fn connection(
                             if pinged {
                                 pinged = false;
                                 idle.as_mut().reset(last_heard + shared.cfg.idle_ping);
+                            }
+                            if let Some(t) = tracer.as_mut() {
+                                t.pdu(&pdu);
                             }
                             actions = session.handle(pdu);
                             continue;

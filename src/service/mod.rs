@@ -4,5 +4,6 @@ pub mod boot;
 pub mod dhcp;
 pub mod iscsi;
 pub mod ra;
+pub mod read_trace;
 pub mod registry;
 pub mod tftp;
