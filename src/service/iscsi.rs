@@ -60,7 +60,8 @@ impl Default for ServerConfig {
             limits: TargetLimits::default(),
             login_timeout: Duration::from_secs(15),
             idle_ping: Duration::from_secs(10),
-            ping_timeout: Duration::from_secs(20),
+            // ~60 s in all: a TCG guest on a loaded host can stall for 25 s and is not dead.
+            ping_timeout: Duration::from_secs(50),
             drain_timeout: Duration::from_secs(10),
             read_trace: None,
         }
