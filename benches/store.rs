@@ -15,19 +15,18 @@
 //!   32 MiB away): interleaving two memory regions page by page defeats the CPU's prefetchers,
 //!   and this control shows that cost is the access pattern's, not the view's.
 
-use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use isboot::store::BlockDevice;
 use isboot::store::base::{BaseId, BaseImage};
 use isboot::store::overlay::Overlay;
 use isboot::store::raw::RawFile;
+use isboot::store::{BlockDevice, Segment};
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Duration;
 
 const IMAGE: usize = 64 << 20;
 
-fn consume(segs: &[Bytes], dst: &mut [u8]) -> usize {
+fn consume(segs: &[Segment], dst: &mut [u8]) -> usize {
     let mut o = 0;
     for s in segs {
         dst[o..o + s.len()].copy_from_slice(s);

@@ -328,6 +328,13 @@ impl Initiator {
             }
             all.extend(proposed);
         }
+        // Digests apply from the first full-feature PDU on, in both directions.
+        let crc = |k: &str| all.get(k).is_some_and(|v| v.eq_ignore_ascii_case("CRC32C"));
+        let (hd, dd) = (crc("HeaderDigest"), crc("DataDigest"));
+        for lim in [&mut self.lim_in, &mut self.lim_out] {
+            lim.header_digest = hd;
+            lim.data_digest = dd;
+        }
         let get = |k: &str, d: u32| all.get(k).and_then(|v| v.parse().ok()).unwrap_or(d);
         let n = Negotiated {
             tsih,

@@ -1,6 +1,6 @@
 //! An in-memory block device shared by the SCSI and session targets.
 use bytes::Bytes;
-use isboot::store::{BlockDevice, StoreError};
+use isboot::store::{BlockDevice, Segment, StoreError};
 use std::sync::Mutex;
 
 pub struct Mem(pub Mutex<Vec<u8>>);
@@ -18,12 +18,10 @@ impl BlockDevice for Mem {
     fn read_only(&self) -> bool {
         false
     }
-    fn read(&self, offset: u64, len: usize, out: &mut Vec<Bytes>) -> Result<(), StoreError> {
+    fn read(&self, offset: u64, len: usize, out: &mut Vec<Segment>) -> Result<(), StoreError> {
         self.check_range(offset, len as u64)?;
         let d = self.0.lock().unwrap();
-        out.push(Bytes::copy_from_slice(
-            &d[offset as usize..offset as usize + len],
-        ));
+        out.push(Bytes::copy_from_slice(&d[offset as usize..offset as usize + len]).into());
         Ok(())
     }
     fn write(&self, offset: u64, data: &[u8], _durable: bool) -> Result<(), StoreError> {

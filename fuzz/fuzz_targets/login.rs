@@ -25,9 +25,9 @@ impl BlockDevice for Null {
         &self,
         _: u64,
         len: usize,
-        out: &mut Vec<bytes::Bytes>,
+        out: &mut Vec<isboot::store::Segment>,
     ) -> Result<(), isboot::store::StoreError> {
-        out.push(bytes::Bytes::from(vec![0u8; len]));
+        out.push(vec![0u8; len].into());
         Ok(())
     }
     fn write(&self, _: u64, _: &[u8], _: bool) -> Result<(), isboot::store::StoreError> {

@@ -109,6 +109,7 @@ pub fn run(args: &ExportArgs) -> ExitCode {
         );
         let cfg = crate::service::iscsi::ServerConfig {
             login_timeout: std::time::Duration::from_secs(args.login_timeout.max(1)),
+            sendfile_min: args.sendfile_min,
             ..Default::default()
         };
         match crate::service::iscsi::serve_with(listener, registry, cfg, super::shutdown_signal())

@@ -290,6 +290,11 @@ pub struct ExportArgs {
     /// Seconds a new connection has to complete its login.
     #[arg(long, default_value_t = 15, value_name = "SECS")]
     pub login_timeout: u64,
+    /// With --read-only: send Data-In segments of at least BYTES straight from the file with
+    /// sendfile(2) instead of copying them into the socket (off by default: on loopback it
+    /// costs more CPU than the copy it saves; see benches/RESULTS.md).
+    #[arg(long, value_name = "BYTES")]
+    pub sendfile_min: Option<usize>,
 }
 
 /// A failed command: its one-line message and whether the command line was at fault.

@@ -11,6 +11,7 @@
 
 use super::serial;
 use crate::scsi::{DataDir, Nexus, Outcome, TargetLus, TaskMgmt, status};
+use crate::store::Segment;
 use crate::wire::frame::RawPdu;
 use crate::wire::pdu::{
     BHS_LEN, Bhs, DataIn, DataOut, LogoutRequest, LogoutResponse, MAX_CDB_LEN, NopIn, NopOut, R2t,
@@ -49,11 +50,11 @@ pub enum Stamp {
 pub struct OutPdu {
     pub bhs: [u8; BHS_LEN],
     pub stamp: Stamp,
-    pub data: Vec<Bytes>,
+    pub data: Vec<Segment>,
 }
 
 impl OutPdu {
-    pub fn new(bhs: &Bhs, stamp: Stamp, data: Vec<Bytes>) -> OutPdu {
+    pub fn new(bhs: &Bhs, stamp: Stamp, data: Vec<Segment>) -> OutPdu {
         let len: usize = data.iter().map(|d| d.len()).sum();
         let (h, _ahs) = bhs.emit(len as u32);
         OutPdu {
@@ -275,7 +276,7 @@ impl Session {
         Action::Send(vec![OutPdu::new(
             &r,
             Stamp::Advance,
-            vec![Bytes::copy_from_slice(bhs)],
+            vec![Bytes::copy_from_slice(bhs).into()],
         )])
     }
 
@@ -347,7 +348,7 @@ impl Session {
                 let pdus = resps
                     .into_iter()
                     .map(|(h, d)| {
-                        OutPdu::new(&Bhs::TextResponse(h), Stamp::Advance, vec![Bytes::from(d)])
+                        OutPdu::new(&Bhs::TextResponse(h), Stamp::Advance, vec![d.into()])
                     })
                     .collect();
                 out.push(Action::Send(pdus));
@@ -378,7 +379,7 @@ impl Session {
         out.push(Action::Send(vec![OutPdu::new(
             &reply,
             Stamp::Advance,
-            vec![data],
+            vec![data.into()],
         )]));
     }
 
@@ -757,7 +758,7 @@ impl Session {
             if sense_data.is_empty() {
                 Vec::new()
             } else {
-                vec![Bytes::from(sense_data)]
+                vec![sense_data.into()]
             },
         ));
         vec![Action::Send(pdus)]
@@ -779,7 +780,7 @@ impl Session {
         let mdsl = self.cfg.max_xmit_dsl.max(512) as usize;
         let burst = self.cfg.max_burst.max(512) as usize;
         let mut segs = o.data.iter();
-        let mut cur: Option<Bytes> = None;
+        let mut cur: Option<Segment> = None;
         let mut offset = 0usize;
         let mut data_sn = 0u32;
         let mut in_burst = 0usize;

@@ -7,8 +7,8 @@ use super::mode::{self, ModeParams};
 use super::pr::{Access, PrError, PrState, ProutParams};
 use super::sense::{Sense, asc, key};
 use super::{DataDir, LogicalUnit, LuIdentity, Nexus, Outcome, Plan, TargetLus, TaskMgmt, rsoc};
-use crate::store::{SECTOR, StoreError};
-use bytes::Bytes;
+use crate::store::{SECTOR, Segment, StoreError};
+
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::{MutexGuard, PoisonError};
@@ -229,7 +229,7 @@ fn io(r: Result<(), StoreError>) -> Outcome {
 }
 
 /// First differing byte between `segs` (device data) and `want`, as an offset.
-fn first_difference(segs: &[Bytes], want: &[u8]) -> Option<u64> {
+fn first_difference(segs: &[Segment], want: &[u8]) -> Option<u64> {
     let mut at = 0usize;
     for s in segs {
         let n = s.len().min(want.len().saturating_sub(at));
@@ -427,7 +427,7 @@ impl LogicalUnit {
         }
     }
 
-    fn read_vec(&self, ext: Extent) -> Result<Vec<Bytes>, Sense> {
+    fn read_vec(&self, ext: Extent) -> Result<Vec<Segment>, Sense> {
         let mut segs = Vec::new();
         if ext.blocks > 0 {
             self.dev

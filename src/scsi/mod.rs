@@ -25,8 +25,8 @@
 //!   and VPD pages), [`mode`] (mode pages), [`pr`] (persistent reservations), [`rsoc`]
 //!   (REPORT SUPPORTED OPERATION CODES), `exec` (per-unit state and command execution).
 
-use crate::store::BlockDevice;
-use bytes::Bytes;
+use crate::store::{BlockDevice, Segment};
+
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -92,7 +92,7 @@ pub struct Outcome {
     pub sense: Option<Vec<u8>>,
     /// Data-In, possibly several segments (zero-copy slices of a base image).
     /// Never longer than the allocation / transfer length of the CDB.
-    pub data: Vec<Bytes>,
+    pub data: Vec<Segment>,
 }
 
 /// Task management functions the transport forwards (RFC 7143 §11.5.1).

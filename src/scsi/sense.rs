@@ -193,7 +193,7 @@ impl Outcome {
         data.truncate(alloc);
         let mut o = Outcome::good();
         if !data.is_empty() {
-            o.data.push(bytes::Bytes::from(data));
+            o.data.push(data.into());
         }
         o
     }

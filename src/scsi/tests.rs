@@ -25,7 +25,7 @@ impl BlockDevice for Recording {
     fn read_only(&self) -> bool {
         self.inner.read_only()
     }
-    fn read(&self, offset: u64, len: usize, out: &mut Vec<Bytes>) -> Result<(), StoreError> {
+    fn read(&self, offset: u64, len: usize, out: &mut Vec<Segment>) -> Result<(), StoreError> {
         self.inner.read(offset, len, out)
     }
     fn write(&self, offset: u64, data: &[u8], durable: bool) -> Result<(), StoreError> {

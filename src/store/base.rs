@@ -1,9 +1,9 @@
 //! A published base image version: a raw file mapped read-only once and shared (one copy in
 //! page cache) by every client view built on it.
 
-use super::{BlockDevice, SECTOR, StoreError};
+use super::raw::{MappedFile, map_bytes};
+use super::{BlockDevice, SECTOR, Segment, StoreError};
 use bytes::Bytes;
-use memmap2::Mmap;
 use std::fmt;
 use std::fs::File;
 use std::path::Path;
@@ -41,9 +41,12 @@ impl fmt::Debug for BaseId {
     }
 }
 
-/// A read-only base image. Reads are zero-copy slices of the shared map.
+/// A read-only base image. Reads are zero-copy slices of the shared map, which also name their
+/// place in the file (a published version never changes), so they may be sent with `sendfile`.
 pub struct BaseImage {
     bytes: Bytes,
+    /// The image file, when the base is one (not for bases held in memory).
+    file: Option<Arc<File>>,
     id: BaseId,
     version: u64,
 }
@@ -51,30 +54,15 @@ pub struct BaseImage {
 impl BaseImage {
     /// Map the raw file at `path` read-only.
     pub fn open(path: &Path, id: BaseId, version: u64) -> Result<BaseImage, StoreError> {
-        let shown = path.display().to_string();
-        let file = File::open(path).map_err(|source| StoreError::Opening {
-            path: shown.clone(),
-            source,
-        })?;
-        let size = file
-            .metadata()
-            .map_err(|source| StoreError::Opening {
-                path: shown.clone(),
-                source,
-            })?
-            .len();
-        if size == 0 || size % SECTOR != 0 || usize::try_from(size).is_err() {
-            return Err(StoreError::BadImageSize { path: shown, size });
-        }
-        // SAFETY: read-only map of a published base version; isboot never writes, truncates or
-        // replaces a published version's file while it exists (a new version is a new file).
-        let map = unsafe { Mmap::map(&file) }.map_err(|source| StoreError::Mapping {
-            path: shown,
-            source,
-        })?;
-        let len = map.len();
-        let bytes = super::raw::map_bytes(&Arc::new(map), 0, len);
-        Ok(BaseImage { bytes, id, version })
+        // A published version is never written, truncated or replaced in place while it
+        // exists (a new version is a new file, renamed in once complete).
+        let m = MappedFile::open(path, false)?;
+        Ok(BaseImage {
+            bytes: map_bytes(&m.map, 0, m.map.len()),
+            file: Some(m.file),
+            id,
+            version,
+        })
     }
 
     /// A base held in memory (tests, benches).
@@ -86,7 +74,12 @@ impl BaseImage {
                 size,
             });
         }
-        Ok(BaseImage { bytes, id, version })
+        Ok(BaseImage {
+            bytes,
+            file: None,
+            id,
+            version,
+        })
     }
 
     pub fn id(&self) -> BaseId {
@@ -101,6 +94,16 @@ impl BaseImage {
     pub fn bytes(&self) -> &Bytes {
         &self.bytes
     }
+
+    /// `[start, end)` of the image as a zero-copy segment that knows its place in the file.
+    /// The caller has range-checked.
+    pub fn segment(&self, start: usize, end: usize) -> Segment {
+        let bytes = self.bytes.slice(start..end);
+        match &self.file {
+            Some(f) => Segment::in_file(bytes, f, start as u64),
+            None => bytes.into(),
+        }
+    }
 }
 
 impl BlockDevice for BaseImage {
@@ -110,11 +113,11 @@ impl BlockDevice for BaseImage {
     fn read_only(&self) -> bool {
         true
     }
-    fn read(&self, offset: u64, len: usize, out: &mut Vec<Bytes>) -> Result<(), StoreError> {
+    fn read(&self, offset: u64, len: usize, out: &mut Vec<Segment>) -> Result<(), StoreError> {
         self.check_range(offset, len as u64)?;
         if len > 0 {
             let o = offset as usize;
-            out.push(self.bytes.slice(o..o + len));
+            out.push(self.segment(o, o + len));
         }
         Ok(())
     }

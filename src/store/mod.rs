@@ -3,10 +3,10 @@
 //! [`BlockDevice`] hides what backs a LUN: a raw image file ([`raw::RawFile`]), or a client's
 //! copy-on-write view of a shared base image. Knows nothing of SCSI or iSCSI.
 //!
-//! Reads hand out [`Bytes`] segments so that a device backed by a memory map can give the
-//! network layer slices of the map itself (no copy); writes take a slice.
+//! Reads hand out [`Segment`]s so that a device backed by a memory map can give the network
+//! layer slices of the map itself (no copy), and, for files that do not change while served,
+//! the file range too (so the network layer may `sendfile` it); writes take a slice.
 
-use bytes::Bytes;
 use std::io;
 
 pub mod base;
@@ -16,6 +16,9 @@ pub mod fault;
 pub mod file;
 pub mod overlay;
 pub mod raw;
+pub mod segment;
+
+pub use segment::Segment;
 
 /// Logical block size every device in isboot exposes.
 pub const SECTOR: u64 = 512;
@@ -65,7 +68,7 @@ pub trait BlockDevice: Send + Sync + 'static {
     /// True when writes are refused.
     fn read_only(&self) -> bool;
     /// Append the bytes `[offset, offset + len)` to `out`, as one or more segments.
-    fn read(&self, offset: u64, len: usize, out: &mut Vec<Bytes>) -> Result<(), StoreError>;
+    fn read(&self, offset: u64, len: usize, out: &mut Vec<Segment>) -> Result<(), StoreError>;
     /// Write `data` at `offset`. With `durable`, the data is on stable storage before this
     /// returns (FUA, or write cache off); otherwise it is durable after the next [`flush`].
     ///
@@ -86,10 +89,10 @@ pub trait BlockDevice: Send + Sync + 'static {
 }
 
 /// Copy segments into one contiguous buffer (tests and small control reads).
-pub fn concat(segs: &[Bytes]) -> Vec<u8> {
-    let mut v = Vec::with_capacity(segs.iter().map(|s| s.len()).sum());
+pub fn concat<S: AsRef<[u8]>>(segs: &[S]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(segs.iter().map(|s| s.as_ref().len()).sum());
     for s in segs {
-        v.extend_from_slice(s);
+        v.extend_from_slice(s.as_ref());
     }
     v
 }

@@ -53,7 +53,7 @@
 
 use super::base::{BaseId, BaseImage};
 use super::file::{OverlayFile, RealFile};
-use super::{BlockDevice, SECTOR, StoreError};
+use super::{BlockDevice, SECTOR, Segment, StoreError};
 use bytes::Bytes;
 use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
@@ -724,7 +724,7 @@ impl BlockDevice for Overlay {
         self.read_only
     }
 
-    fn read(&self, offset: u64, len: usize, out: &mut Vec<Bytes>) -> Result<(), StoreError> {
+    fn read(&self, offset: u64, len: usize, out: &mut Vec<Segment>) -> Result<(), StoreError> {
         self.check_range(offset, len as u64)?;
         let end = offset + len as u64;
         let bs = self.bs;
@@ -740,20 +740,20 @@ impl BlockDevice for Overlay {
             let run_end = (j * bs).min(end);
             let (a, b) = (pos as usize, run_end as usize);
             match st {
-                ST_BASE => out.push(self.base.bytes().slice(a..b)),
+                ST_BASE => out.push(self.base.segment(a, b)),
                 ST_DATA => match &self.data_map {
-                    Some(m) => out.push(m.slice(a..b)),
+                    Some(m) => out.push(m.slice(a..b).into()),
                     None => {
                         let mut v = vec![0u8; b - a];
                         self.read_data(pos, &mut v)?;
-                        out.push(Bytes::from(v));
+                        out.push(v.into());
                     }
                 },
                 _ => {
                     let mut z = b - a;
                     while z > 0 {
                         let n = z.min(ZEROS.len());
-                        out.push(Bytes::from_static(&ZEROS[..n]));
+                        out.push(Bytes::from_static(&ZEROS[..n]).into());
                         z -= n;
                     }
                 }
@@ -902,6 +902,38 @@ mod tests {
             ..h.clone()
         };
         assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn only_base_blocks_name_the_base_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("base.raw");
+        std::fs::write(&path, base_bytes(16 * 4096)).unwrap();
+        let base = Arc::new(BaseImage::open(&path, BaseId([7; 16]), 1).unwrap());
+        let ov = Overlay::create_at(&dir.path().join("c.ovl"), base, 4096).unwrap();
+        ov.write(4 * 4096, &[9u8; 4096], false).unwrap();
+        ov.discard(8 * 4096, 4096).unwrap();
+        let mut out = Vec::new();
+        ov.read(4096, 10 * 4096, &mut out).unwrap();
+        // (bytes, offset in the base file or None) for each segment, in order.
+        let got: Vec<(usize, Option<u64>)> = out
+            .iter()
+            .map(|s| (s.len(), s.file().map(|(_, o)| o)))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (3 * 4096, Some(4096)),
+                (4096, None),
+                (3 * 4096, Some(5 * 4096)),
+                (4096, None),
+                (2 * 4096, Some(9 * 4096)),
+            ]
+        );
+        let mut model = base_bytes(16 * 4096);
+        model[4 * 4096..5 * 4096].fill(9);
+        model[8 * 4096..9 * 4096].fill(0);
+        assert_eq!(concat(&out), &model[4096..11 * 4096]);
     }
 
     #[test]

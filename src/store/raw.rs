@@ -1,7 +1,7 @@
 //! A raw image file as a block device: reads from a shared read-only memory map (zero-copy
 //! segments), writes with positioned writes, durability with `fdatasync`.
 
-use super::{BlockDevice, SECTOR, StoreError};
+use super::{BlockDevice, SECTOR, Segment, StoreError};
 use bytes::Bytes;
 use memmap2::Mmap;
 use std::fs::{File, OpenOptions};
@@ -32,8 +32,53 @@ pub fn map_bytes(map: &Arc<Mmap>, offset: u64, len: usize) -> Bytes {
     })
 }
 
+/// A file opened and mapped whole, read-only, after checking its size: what [`RawFile`] and
+/// [`super::base::BaseImage`] both serve from.
+pub(crate) struct MappedFile {
+    pub file: Arc<File>,
+    pub map: Arc<Mmap>,
+    pub size: u64,
+}
+
+impl MappedFile {
+    /// Open `path` (for writing too with `writable`) and map all of it read-only. The size must
+    /// be a non-zero multiple of [`SECTOR`].
+    ///
+    /// The caller promises what makes the map sound: nothing truncates the file while it is
+    /// mapped (a published base version never changes; an exported file is the admin's, and
+    /// isboot only writes it in place through `file`, which the unified page cache makes
+    /// visible through the map).
+    pub fn open(path: &Path, writable: bool) -> Result<MappedFile, StoreError> {
+        let shown = path.display().to_string();
+        let opening = |source| StoreError::Opening {
+            path: shown.clone(),
+            source,
+        };
+        let file = OpenOptions::new()
+            .read(true)
+            .write(writable)
+            .open(path)
+            .map_err(opening)?;
+        let size = file.metadata().map_err(opening)?.len();
+        if size == 0 || size % SECTOR != 0 || usize::try_from(size).is_err() {
+            return Err(StoreError::BadImageSize { path: shown, size });
+        }
+        // SAFETY: a read-only map; see the contract above: the file is never truncated while
+        // mapped, and in-place writes go through the page cache the map shows.
+        let map = unsafe { Mmap::map(&file) }.map_err(|source| StoreError::Mapping {
+            path: shown,
+            source,
+        })?;
+        Ok(MappedFile {
+            file: Arc::new(file),
+            map: Arc::new(map),
+            size,
+        })
+    }
+}
+
 pub struct RawFile {
-    file: File,
+    file: Arc<File>,
     map: Arc<Mmap>,
     size: u64,
     read_only: bool,
@@ -41,35 +86,10 @@ pub struct RawFile {
 
 impl RawFile {
     pub fn open(path: &Path, read_only: bool) -> Result<RawFile, StoreError> {
-        let shown = path.display().to_string();
-        let file = OpenOptions::new()
-            .read(true)
-            .write(!read_only)
-            .open(path)
-            .map_err(|source| StoreError::Opening {
-                path: shown.clone(),
-                source,
-            })?;
-        let size = file
-            .metadata()
-            .map_err(|source| StoreError::Opening {
-                path: shown.clone(),
-                source,
-            })?
-            .len();
-        if size == 0 || size % SECTOR != 0 {
-            return Err(StoreError::BadImageSize { path: shown, size });
-        }
-        // SAFETY: the map is read-only. The file may be written through `file` (pwrite), which
-        // the kernel's unified page cache makes visible through the map; nothing truncates it
-        // while it is served (base images are immutable, exported files are the admin's).
-        let map = unsafe { Mmap::map(&file) }.map_err(|source| StoreError::Mapping {
-            path: shown,
-            source,
-        })?;
+        let MappedFile { file, map, size } = MappedFile::open(path, !read_only)?;
         Ok(RawFile {
             file,
-            map: Arc::new(map),
+            map,
             size,
             read_only,
         })
@@ -90,10 +110,17 @@ impl BlockDevice for RawFile {
         self.read_only
     }
 
-    fn read(&self, offset: u64, len: usize, out: &mut Vec<Bytes>) -> Result<(), StoreError> {
+    fn read(&self, offset: u64, len: usize, out: &mut Vec<Segment>) -> Result<(), StoreError> {
         self.check_range(offset, len as u64)?;
         if len > 0 {
-            out.push(map_bytes(&self.map, offset, len));
+            let bytes = map_bytes(&self.map, offset, len);
+            // Only a read-only export may be sent from the file: a writable one can change
+            // under a READ whose pages are still queued in the socket.
+            out.push(if self.read_only {
+                Segment::in_file(bytes, &self.file, offset)
+            } else {
+                bytes.into()
+            });
         }
         Ok(())
     }
@@ -204,6 +231,21 @@ mod tests {
             dev.write(0, &[0; 512], false),
             Err(StoreError::ReadOnly)
         ));
+    }
+
+    #[test]
+    fn only_read_only_files_are_named_in_reads() {
+        let f = image(&[3u8; 4096]);
+        let mut out = Vec::new();
+        let ro = RawFile::open(f.path(), true).unwrap();
+        ro.read(512, 1024, &mut out).unwrap();
+        assert_eq!(out[0].file().map(|(_, o)| o), Some(512));
+        // A writable export can change under a read still queued in the socket.
+        out.clear();
+        let rw = RawFile::open(f.path(), false).unwrap();
+        rw.read(512, 1024, &mut out).unwrap();
+        assert!(out[0].file().is_none());
+        assert_eq!(concat(&out), vec![3u8; 1024]);
     }
 
     #[test]

@@ -142,15 +142,15 @@ pub fn encode_header(out: &mut BytesMut, bhs: &[u8; BHS_LEN], ahs: &[u8], header
 
 /// The trailer (padding and data digest) for a data segment sent as separate `segments`
 /// (zero-copy Data-In). Returns at most 7 bytes.
-pub fn data_trailer(segments: &[Bytes], data_digest: bool) -> ([u8; 8], usize) {
-    let len: usize = segments.iter().map(|s| s.len()).sum();
+pub fn data_trailer<S: AsRef<[u8]>>(segments: &[S], data_digest: bool) -> ([u8; 8], usize) {
+    let len: usize = segments.iter().map(|s| s.as_ref().len()).sum();
     let pad = pad_len(len);
     let mut t = [0u8; 8];
     let mut n = pad;
     if data_digest && len > 0 {
         let mut crc = digest::crc32c(&[]);
         for s in segments {
-            crc = digest::crc32c_append(crc, s);
+            crc = digest::crc32c_append(crc, s.as_ref());
         }
         crc = digest::crc32c_append(crc, &[0u8; 3][..pad]);
         t[n..n + 4].copy_from_slice(&digest::to_wire(crc));
