@@ -178,8 +178,9 @@ inputs_key=$({
     echo "$pkg_key $size $profile $autologin"
     # the password itself only as a hash; no password given = keep the old one
     [[ -z $password ]] || printf '%s' "$password" | sha256sum
-    sha256sum "$0"
-    find "$HOOKS" -type f -print0 | sort -z | xargs -0 sha256sum
+    # contents and paths relative to the checkout: another clone reuses the image
+    sha256sum < "$0"
+    (cd "$HOOKS" && find . -type f -print0 | sort -z | xargs -0 sha256sum)
 } | sha256sum | cut -d' ' -f1)
 if [[ $force -eq 0 && -f $out && -f $out.inputs && $(cat "$out.inputs") == "$inputs_key" ]]; then
     stage "image: up to date ($out); use --force to rebuild"
