@@ -1159,17 +1159,26 @@ fn have_rdisc6() -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-#[test]
-fn full_mode_answers_router_solicitations_with_no_router_no_prefix() {
-    require_root!();
+/// Server and client namespaces on one veth link, both link-local addresses usable; None (and
+/// SKIPPED) without rdisc6.
+fn ipv6_link() -> Option<(Lab, String, String, String, String)> {
     if !have_rdisc6() {
         println!("SKIPPED: rdisc6 is not installed (apt-get install ndisc6)");
-        return;
+        return None;
     }
     let mut lab = Lab::new();
     let (s, c, vs, vc) = two_namespaces(&mut lab, WS1_MAC);
     wait_link_local(&s, &vs);
     wait_link_local(&c, &vc);
+    Some((lab, s, c, vs, vc))
+}
+
+#[test]
+fn full_mode_answers_router_solicitations_with_no_router_no_prefix() {
+    require_root!();
+    let Some((_lab, s, c, vs, vc)) = ipv6_link() else {
+        return;
+    };
     let cfg = full_config(&vs);
     assert!(cfg.router_advertisements(), "on by default in full mode");
     let _ra = start_ra(&s, cfg);
@@ -1193,14 +1202,9 @@ fn full_mode_answers_router_solicitations_with_no_router_no_prefix() {
 #[test]
 fn no_router_advertisements_in_proxy_mode_or_when_turned_off() {
     require_root!();
-    if !have_rdisc6() {
-        println!("SKIPPED: rdisc6 is not installed (apt-get install ndisc6)");
+    let Some((_lab, s, c, vs, vc)) = ipv6_link() else {
         return;
-    }
-    let mut lab = Lab::new();
-    let (s, c, vs, vc) = two_namespaces(&mut lab, WS1_MAC);
-    wait_link_local(&s, &vs);
-    wait_link_local(&c, &vc);
+    };
     let proxy = DhcpConfig::new(vs.clone(), SERVER_IP, DhcpMode::Proxy);
     assert!(
         !proxy.router_advertisements(),
