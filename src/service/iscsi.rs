@@ -317,7 +317,10 @@ async fn writer(
     let mut stat_sn = 0u32;
     let mut hd = false;
     let mut dd = false;
-    let mut out = Sender::default();
+    let mut out = Sender {
+        sendfile_min,
+        ..Sender::default()
+    };
     let mut iov: Vec<Segment> = Vec::with_capacity(64);
     let mut flushes = Vec::new();
     while let Some(first) = rx.recv().await {
@@ -329,8 +332,6 @@ async fn writer(
                 WriterMsg::Pdus(pdus, (exp, max)) => {
                     // One allocation for all of this message's headers.
                     headers.reserve(pdus.len() * (BHS_LEN + 4));
-                    // With DataDigest the digest covers the bytes in hand: send those.
-                    let from_file = sendfile_min.filter(|_| !dd);
                     for p in pdus {
                         let mut bhs = p.bhs;
                         stamp(&mut bhs, p.stamp, &mut stat_sn, exp, max);
@@ -340,14 +341,7 @@ async fn writer(
                         batched += BHS_LEN + dlen;
                         if dlen > 0 {
                             let (trailer, n) = frame::data_trailer(&p.data, dd);
-                            for d in p.data {
-                                if d.is_empty() {
-                                    continue;
-                                }
-                                let by_file = d.file().is_some()
-                                    && from_file.is_some_and(|min| d.len() >= min);
-                                iov.push(if by_file { d } else { d.bytes().clone().into() });
-                            }
+                            iov.extend(p.data.into_iter().filter(|d| !d.is_empty()));
                             if n > 0 {
                                 iov.push(Bytes::copy_from_slice(&trailer[..n]).into());
                             }
@@ -364,6 +358,8 @@ async fn writer(
                     stat_sn = s;
                     hd = header_digest;
                     dd = data_digest;
+                    // With DataDigest the digest covers the bytes in hand: send those.
+                    out.data_digest = dd;
                 }
                 WriterMsg::Flush(tx) => flushes.push(tx),
             }
@@ -399,6 +395,10 @@ fn stamp(bhs: &mut [u8; BHS_LEN], s: Stamp, stat_sn: &mut u32, exp: u32, max: u3
 /// to the file's page cache pages).
 #[derive(Default)]
 struct Sender {
+    /// [`ServerConfig::sendfile_min`]: file segments at least this long go by `sendfile`.
+    sendfile_min: Option<usize>,
+    /// DataDigest is on: the digest covers the bytes in hand, so send those.
+    data_digest: bool,
     /// `sendfile` failed as unsupported (a file system without splice): copy from then on.
     no_sendfile: bool,
 }
@@ -410,8 +410,10 @@ impl Sender {
         let mut idx = 0;
         let mut off = 0;
         while idx < segs.len() {
-            let no_sendfile = self.no_sendfile;
-            let by_file = |s: &Segment| !no_sendfile && s.file().is_some();
+            let min = self
+                .sendfile_min
+                .filter(|_| !self.no_sendfile && !self.data_digest);
+            let by_file = |s: &Segment| min.is_some_and(|m| s.len() >= m) && s.file().is_some();
             let n = if let (true, Some((file, at))) = (by_file(&segs[idx]), segs[idx].file()) {
                 let (at, left) = (at as usize + off, NonZeroUsize::new(segs[idx].len() - off));
                 match send_when_ready(sock, |s| s.sendfile(&**file, at, left)).await {
