@@ -202,9 +202,14 @@ fn plan_of(cmd: &Command) -> Plan {
         Plan {
             dir: DataDir::None,
             bytes: 0,
+            nonblocking: false,
         }
     } else {
-        Plan { dir, bytes }
+        Plan {
+            dir,
+            bytes,
+            nonblocking: false,
+        }
     }
 }
 
@@ -268,7 +273,12 @@ impl LogicalUnit {
     }
 
     pub(super) fn plan(&self, cdb: &[u8]) -> Result<Plan, Outcome> {
-        self.decode(cdb).map(|c| plan_of(&c)).map_err(Outcome::from)
+        let cmd = self.decode(cdb)?;
+        let mut plan = plan_of(&cmd);
+        plan.nonblocking = plan.dir == DataDir::Read
+            && matches!(cmd, Command::Read { .. })
+            && self.dev.reads_from_memory();
+        Ok(plan)
     }
 
     /// Unit attention, medium and reservation checks that need the state lock.

@@ -81,6 +81,10 @@ pub struct Plan {
     /// parameter list length). The transport compares this with its expected length to compute
     /// residuals, and collects at most min(expected, this) bytes of Data-Out.
     pub bytes: u64,
+    /// Executing it never waits for the disk: a plain READ through a device whose reads only
+    /// slice memory it has mapped ([`BlockDevice::reads_from_memory`]; a page fault aside).
+    /// The transport may run such a command on its own thread instead of a blocking pool.
+    pub nonblocking: bool,
 }
 
 /// Result of one command.
@@ -197,7 +201,8 @@ impl TargetLus {
         self.luns.iter().map(|(l, _)| *l)
     }
 
-    /// Direction and byte count the CDB asks for. Err(outcome) = CHECK CONDITION to return
+    /// Direction and byte count the CDB asks for, and whether executing it may block.
+    /// Err(outcome) = CHECK CONDITION to return
     /// before any data phase (invalid opcode, invalid field in CDB, LBA out of range, LUN not
     /// supported, write protected, ...).
     pub fn plan(&self, lun: u64, cdb: &[u8]) -> Result<Plan, Outcome> {

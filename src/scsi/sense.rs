@@ -54,6 +54,7 @@ pub mod asc {
     pub const SAVING_PARAMETERS_NOT_SUPPORTED: Code = (0x39, 0x00);
     pub const MEDIUM_NOT_PRESENT: Code = (0x3A, 0x00);
     pub const INTERNAL_TARGET_FAILURE: Code = (0x44, 0x00);
+    pub const DATA_PHASE_ERROR: Code = (0x4B, 0x00);
     pub const MEDIUM_REMOVAL_PREVENTED: Code = (0x53, 0x02);
 }
 

@@ -25,6 +25,9 @@ impl BlockDevice for Recording {
     fn read_only(&self) -> bool {
         self.inner.read_only()
     }
+    fn reads_from_memory(&self) -> bool {
+        self.inner.reads_from_memory()
+    }
     fn read(&self, offset: u64, len: usize, out: &mut Vec<Segment>) -> Result<(), StoreError> {
         self.inner.read(offset, len, out)
     }
@@ -249,7 +252,8 @@ fn read_write_all_sizes_and_zero_length() {
         f.t.plan(0, &rw10(op::READ10, 0, 0, 0)).ok(),
         Some(Plan {
             dir: DataDir::None,
-            bytes: 0
+            bytes: 0,
+            nonblocking: false,
         })
     );
     assert!(good(&f.run(&n, &rw10(op::READ10, 0, 0, 0), &[])).is_empty());
@@ -259,7 +263,8 @@ fn read_write_all_sizes_and_zero_length() {
         f.t.plan(0, &[op::READ6, 0, 0, 0, 0, 0]).ok(),
         Some(Plan {
             dir: DataDir::Read,
-            bytes: 256 * SECTOR
+            bytes: 256 * SECTOR,
+            nonblocking: true,
         })
     );
 }
@@ -362,7 +367,8 @@ fn unknown_lun() {
         f.t.plan(5, &rl).ok(),
         Some(Plan {
             dir: DataDir::Read,
-            bytes: 256
+            bytes: 256,
+            nonblocking: false,
         })
     );
     let d = good(&f.t.execute(&n, 5, &rl, &[]));
@@ -431,7 +437,8 @@ fn fua_and_write_cache_control_durability() {
         f.t.plan(0, &sel).ok(),
         Some(Plan {
             dir: DataDir::Write,
-            bytes: 24
+            bytes: 24,
+            nonblocking: false,
         })
     );
     good(&f.run(&n, &sel, &list));
@@ -544,7 +551,8 @@ fn verify_compares_and_reports_miscompare_offset() {
         f.t.plan(0, &rw10(op::VERIFY10, 100, 3, 0)).ok(),
         Some(Plan {
             dir: DataDir::None,
-            bytes: 0
+            bytes: 0,
+            nonblocking: false,
         })
     );
     good(&f.run(&n, &rw10(op::VERIFY10, 100, 3, 0), &[]));
@@ -583,7 +591,8 @@ fn compare_and_write() {
         f.t.plan(0, &caw).ok(),
         Some(Plan {
             dir: DataDir::Write,
-            bytes: 2048
+            bytes: 2048,
+            nonblocking: false,
         })
     );
     let mut buf = vec![b'A'; 1024];
@@ -782,7 +791,8 @@ fn write_same() {
         f.t.plan(0, &rw16(op::WRITE_SAME16, 20, 2, 0x01)).ok(),
         Some(Plan {
             dir: DataDir::None,
-            bytes: 0
+            bytes: 0,
+            nonblocking: false,
         })
     );
     good(&f.run(&n, &rw16(op::WRITE_SAME16, 20, 2, 0x01), &[]));
@@ -916,7 +926,8 @@ fn persistent_reservation_access_and_unit_attentions() {
         f.t.plan(0, &pr_out(0, 0)).ok(),
         Some(Plan {
             dir: DataDir::Write,
-            bytes: 24
+            bytes: 24,
+            nonblocking: false,
         })
     );
     good(&f.run(&a, &pr_out(6, 0), &pr_params(0, 0xA)));
@@ -1261,4 +1272,44 @@ fn read_defect_data_is_an_empty_list() {
         &[],
     ));
     assert_eq!(d, [0, 0x08, 0, 0, 0, 0, 0, 0]);
+}
+
+#[test]
+fn only_plain_reads_through_a_mapped_device_are_planned_nonblocking() {
+    let f = fixture();
+    let plan = |cdb: &[u8]| f.t.plan(0, cdb).unwrap();
+    assert!(plan(&rw10(op::READ10, 0, 8, 0)).nonblocking);
+    assert!(plan(&rw16(op::READ16, 0, 8, 0)).nonblocking);
+    assert!(plan(&[op::READ6, 0, 0, 0, 1, 0]).nonblocking);
+    assert!(!plan(&rw10(op::WRITE10, 0, 8, 0)).nonblocking);
+    assert!(!plan(&inquiry(false, 0, 96)).nonblocking);
+    assert!(!plan(&[op::SYNC_CACHE10, 0, 0, 0, 0, 0, 0, 0, 0, 0]).nonblocking);
+    // A device that reads from a file (not a mapping) blocks: its reads go to a pool.
+    struct Unmapped(RawFile);
+    impl BlockDevice for Unmapped {
+        fn size(&self) -> u64 {
+            self.0.size()
+        }
+        fn read_only(&self) -> bool {
+            true
+        }
+        fn read(&self, o: u64, l: usize, out: &mut Vec<Segment>) -> Result<(), StoreError> {
+            self.0.read(o, l, out)
+        }
+        fn write(&self, _: u64, _: &[u8], _: bool) -> Result<(), StoreError> {
+            Err(StoreError::ReadOnly)
+        }
+        fn flush(&self) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn discard(&self, _: u64, _: u64) -> Result<(), StoreError> {
+            Err(StoreError::ReadOnly)
+        }
+    }
+    let file = tempfile::NamedTempFile::new().unwrap();
+    file.as_file().set_len(BLOCKS * SECTOR).unwrap();
+    let raw = RawFile::open(file.path(), true).unwrap();
+    let t = TargetLus::single(Arc::new(LogicalUnit::new(Arc::new(Unmapped(raw)), ident())));
+    let p = t.plan(0, &rw10(op::READ10, 0, 8, 0)).unwrap();
+    assert_eq!((p.dir, p.nonblocking), (DataDir::Read, false));
 }

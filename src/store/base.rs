@@ -107,6 +107,10 @@ impl BaseImage {
 }
 
 impl BlockDevice for BaseImage {
+    /// Reads are slices of the image's mapping.
+    fn reads_from_memory(&self) -> bool {
+        true
+    }
     fn size(&self) -> u64 {
         self.bytes.len() as u64
     }

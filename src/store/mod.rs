@@ -67,6 +67,12 @@ pub trait BlockDevice: Send + Sync + 'static {
     fn size(&self) -> u64;
     /// True when writes are refused.
     fn read_only(&self) -> bool;
+    /// True when [`read`](BlockDevice::read) only slices memory the device has mapped (the
+    /// page cache of its files), so a read never waits for the disk beyond a page fault. The
+    /// transport runs such reads without handing them to a blocking pool. Default: false.
+    fn reads_from_memory(&self) -> bool {
+        false
+    }
     /// Append the bytes `[offset, offset + len)` to `out`, as one or more segments.
     fn read(&self, offset: u64, len: usize, out: &mut Vec<Segment>) -> Result<(), StoreError>;
     /// Write `data` at `offset`. With `durable`, the data is on stable storage before this

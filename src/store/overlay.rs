@@ -716,6 +716,11 @@ impl Overlay {
 }
 
 impl BlockDevice for Overlay {
+    /// Base blocks come from the base's mapping, data blocks from the mapped data region
+    /// (a file that cannot be mapped, as in the crash tests, is read with `pread`).
+    fn reads_from_memory(&self) -> bool {
+        self.base.reads_from_memory() && self.data_map.is_some()
+    }
     fn size(&self) -> u64 {
         self.hdr.size
     }

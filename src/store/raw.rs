@@ -102,6 +102,10 @@ impl RawFile {
 }
 
 impl BlockDevice for RawFile {
+    /// Reads are slices of the file's mapping.
+    fn reads_from_memory(&self) -> bool {
+        true
+    }
     fn size(&self) -> u64 {
         self.size
     }
