@@ -9,7 +9,9 @@
 //! the connection writer at send time (see [`Stamp`]), so it follows the order PDUs really
 //! leave in, whatever order commands complete in.
 
+use super::login::SessionParams;
 use super::serial;
+use crate::scsi::sense::{Sense, asc, key};
 use crate::scsi::{DataDir, Nexus, Outcome, TargetLus, TaskMgmt, status};
 use crate::store::Segment;
 use crate::wire::frame::RawPdu;
@@ -76,6 +78,8 @@ pub struct ExecJob {
     pub cdb: Vec<u8>,
     pub data_out: Bytes,
     pub dir: DataDir,
+    /// The SCSI layer planned it as never blocking ([`crate::scsi::Plan::nonblocking`]).
+    pub nonblocking: bool,
 }
 
 #[derive(Debug)]
@@ -85,7 +89,25 @@ pub enum Action {
     /// Execute this command, then call [`Session::complete`].
     Execute(ExecJob),
     /// Close the connection (after sending what was queued before this action).
-    Close(&'static str),
+    Close(SessionEnd),
+}
+
+/// Why the session itself ends its connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// The initiator logged out and every task is answered.
+    Logout,
+    /// A TARGET COLD RESET task management request was answered.
+    TargetColdReset,
+}
+
+impl std::fmt::Display for SessionEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SessionEnd::Logout => "logout",
+            SessionEnd::TargetColdReset => "target cold reset",
+        })
+    }
 }
 
 /// Negotiated values the full-feature phase needs.
@@ -103,6 +125,23 @@ pub struct SessionConfig {
     pub cid: u16,
     pub default_time2wait: u16,
     pub default_time2retain: u16,
+}
+
+impl From<&SessionParams> for SessionConfig {
+    fn from(p: &SessionParams) -> SessionConfig {
+        SessionConfig {
+            max_xmit_dsl: p.max_xmit_dsl,
+            max_recv_dsl: p.max_recv_dsl,
+            max_burst: p.max_burst_length,
+            first_burst: p.first_burst_length,
+            initial_r2t: p.initial_r2t,
+            immediate_data: p.immediate_data,
+            max_outstanding_r2t: p.max_outstanding_r2t,
+            cid: p.cid,
+            default_time2wait: p.default_time2wait,
+            default_time2retain: p.default_time2retain,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -125,7 +164,6 @@ enum Phase {
 struct Task {
     lun: u64,
     immediate: bool,
-    cmd_sn: u32,
     phase: Phase,
     aborted: bool,
     dir: DataDir,
@@ -175,25 +213,6 @@ pub struct Session {
     pending_tmf: Vec<PendingTmf>,
     logout: Option<PendingLogout>,
     text: Box<dyn TextHandler>,
-}
-
-/// Fixed-format sense data (SPC-4 §4.5.3) for transport-level failures.
-pub fn fixed_sense(key: u8, asc: u8, ascq: u8) -> Vec<u8> {
-    let mut s = vec![0u8; 18];
-    s[0] = 0x70;
-    s[2] = key & 0x0f;
-    s[7] = 10;
-    s[12] = asc;
-    s[13] = ascq;
-    s
-}
-
-fn check_condition(key: u8, asc: u8, ascq: u8) -> Outcome {
-    Outcome {
-        status: status::CHECK_CONDITION,
-        sense: Some(fixed_sense(key, asc, ascq)),
-        data: Vec::new(),
-    }
 }
 
 impl Session {
@@ -257,27 +276,7 @@ impl Session {
     }
 
     fn alloc_ttt(&mut self) -> u32 {
-        let t = self.next_ttt;
-        self.next_ttt = self.next_ttt.wrapping_add(1);
-        if self.next_ttt == RESERVED_TAG {
-            self.next_ttt = 1;
-        }
-        t
-    }
-
-    fn reject(&self, reason: u8, bhs: &[u8; BHS_LEN]) -> Action {
-        let r = Bhs::Reject(Reject {
-            reason,
-            stat_sn: 0,
-            exp_cmd_sn: 0,
-            max_cmd_sn: 0,
-            data_sn: 0,
-        });
-        Action::Send(vec![OutPdu::new(
-            &r,
-            Stamp::Advance,
-            vec![Bytes::copy_from_slice(bhs).into()],
-        )])
+        next_tag(&mut self.next_ttt)
     }
 
     /// Handle one PDU from the initiator.
@@ -285,11 +284,7 @@ impl Session {
         let mut out = Vec::new();
         self.dispatch(pdu, &mut out);
         // Commands held behind a CmdSN gap may now be deliverable.
-        while let Some(first) = self.held.keys().next().copied() {
-            if first != self.exp_cmd_sn {
-                break;
-            }
-            let held = self.held.remove(&first).expect("key just seen");
+        while let Some(held) = self.held.remove(&self.exp_cmd_sn) {
             self.dispatch(held, &mut out);
         }
         out
@@ -299,11 +294,11 @@ impl Session {
         let bhs = match Bhs::parse(&pdu.bhs, &pdu.ahs) {
             Ok(b) => b,
             Err(crate::wire::WireError::UnknownOpcode(_)) => {
-                out.push(self.reject(reject_reason::COMMAND_NOT_SUPPORTED, &pdu.bhs));
+                out.push(reject(reject_reason::COMMAND_NOT_SUPPORTED, &pdu.bhs));
                 return;
             }
             Err(_) => {
-                out.push(self.reject(reject_reason::INVALID_PDU_FIELD, &pdu.bhs));
+                out.push(reject(reject_reason::INVALID_PDU_FIELD, &pdu.bhs));
                 return;
             }
         };
@@ -334,7 +329,7 @@ impl Session {
         if self.logout.is_some() {
             // After a Logout request, nothing new is started.
             if !matches!(bhs, Bhs::DataOut(_)) {
-                out.push(self.reject(reject_reason::WAITING_FOR_LOGOUT, &pdu.bhs));
+                out.push(reject(reject_reason::WAITING_FOR_LOGOUT, &pdu.bhs));
                 return;
             }
         }
@@ -354,9 +349,9 @@ impl Session {
                 out.push(Action::Send(pdus));
             }
             Bhs::LogoutRequest(l) => self.logout(l, out),
-            Bhs::Snack(_) => out.push(self.reject(reject_reason::SNACK_REJECT, &pdu.bhs)),
+            Bhs::Snack(_) => out.push(reject(reject_reason::SNACK_REJECT, &pdu.bhs)),
             // A login in full-feature phase, or a target-only opcode.
-            _ => out.push(self.reject(reject_reason::PROTOCOL_ERROR, &pdu.bhs)),
+            _ => out.push(reject(reject_reason::PROTOCOL_ERROR, &pdu.bhs)),
         }
     }
 
@@ -407,11 +402,11 @@ impl Session {
     ) {
         let Some(lus) = self.lus.clone() else {
             // Discovery sessions carry no SCSI commands.
-            out.push(self.reject(reject_reason::PROTOCOL_ERROR, raw));
+            out.push(reject(reject_reason::PROTOCOL_ERROR, raw));
             return;
         };
         if self.tasks.contains_key(&c.itt) {
-            out.push(self.reject(reject_reason::TASK_IN_PROGRESS, raw));
+            out.push(reject(reject_reason::TASK_IN_PROGRESS, raw));
             return;
         }
         if !imm.is_empty()
@@ -420,7 +415,7 @@ impl Session {
                 || imm.len() as u64 > c.expected_len as u64
                 || imm.len() as u32 > self.cfg.first_burst)
         {
-            out.push(self.reject(reject_reason::PROTOCOL_ERROR, raw));
+            out.push(reject(reject_reason::PROTOCOL_ERROR, raw));
             return;
         }
         if !c.immediate {
@@ -431,7 +426,6 @@ impl Session {
         let mut task = Task {
             lun: c.lun,
             immediate: c.immediate,
-            cmd_sn: c.cmd_sn,
             phase: Phase::Collecting,
             aborted: false,
             dir: DataDir::None,
@@ -458,7 +452,10 @@ impl Session {
         task.cdb_bytes = plan.bytes;
         if plan.bytes > MAX_TRANSFER_BYTES {
             self.tasks.insert(c.itt, task);
-            out.extend(self.respond(c.itt, check_condition(0x05, 0x24, 0x00)));
+            out.extend(self.respond(
+                c.itt,
+                Outcome::check(Sense::new(key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_CDB)),
+            ));
             return;
         }
         match plan.dir {
@@ -469,8 +466,7 @@ impl Session {
                     0
                 };
                 task.buf = BytesMut::zeroed(want);
-                let n = imm.len().min(want);
-                task.buf[..n].copy_from_slice(&imm[..n]);
+                copy_in(&mut task.buf, 0, &imm, want as u32);
                 self.tasks.insert(c.itt, task);
                 self.advance_write(c.itt, out);
             }
@@ -482,6 +478,7 @@ impl Session {
                     cdb: task.cdb.clone(),
                     data_out: Bytes::new(),
                     dir: plan.dir,
+                    nonblocking: plan.nonblocking,
                 };
                 self.tasks.insert(c.itt, task);
                 out.push(Action::Execute(job));
@@ -491,83 +488,59 @@ impl Session {
 
     /// Issue R2Ts while allowed, or hand the command to the executor once all data is in.
     fn advance_write(&mut self, itt: u32, out: &mut Vec<Action>) {
-        let (max_burst, max_out) = (self.cfg.max_burst, self.cfg.max_outstanding_r2t.max(1));
-        let mut new_ttts = Vec::new();
-        {
-            let Some(t) = self.tasks.get(&itt) else {
-                return;
-            };
-            if t.unsolicited_open || !matches!(t.phase, Phase::Collecting) {
-                return;
-            }
-        }
-        // Allocate TTTs first (borrow rules), then fill in the task.
-        let need = {
-            let t = &self.tasks[&itt];
-            let want = t.buf.len() as u32;
-            let start = t.next_r2t.max(t.unsol_end.min(want));
-            let mut n = 0;
-            let mut off = start;
-            while (t.r2ts.len() + n) < max_out as usize && off < want {
-                off = off.saturating_add(max_burst.min(want - off));
-                n += 1;
-            }
-            n
+        let max_burst = self.cfg.max_burst;
+        let max_out = self.cfg.max_outstanding_r2t.max(1) as usize;
+        let Some(t) = self.tasks.get_mut(&itt) else {
+            return;
         };
-        for _ in 0..need {
-            new_ttts.push(self.alloc_ttt());
+        if t.unsolicited_open || !matches!(t.phase, Phase::Collecting) {
+            return;
         }
-        let lun;
+        let want = t.buf.len() as u32;
+        // Solicit what the unsolicited data did not bring.
+        t.next_r2t = t.next_r2t.max(t.unsol_end.min(want));
         let mut pdus = Vec::new();
-        {
-            let t = self.tasks.get_mut(&itt).expect("checked above");
-            lun = t.lun;
-            let want = t.buf.len() as u32;
-            if t.next_r2t < t.unsol_end.min(want) {
-                t.next_r2t = t.unsol_end.min(want);
-            }
-            for ttt in new_ttts {
-                let off = t.next_r2t;
-                let len = max_burst.min(want - off);
-                t.r2ts.push(R2tState {
-                    ttt,
-                    end: off + len,
-                    next: off,
-                    data_sn: 0,
-                });
-                pdus.push(OutPdu::new(
-                    &Bhs::R2t(R2t {
-                        lun,
-                        itt,
-                        ttt,
-                        stat_sn: 0,
-                        exp_cmd_sn: 0,
-                        max_cmd_sn: 0,
-                        r2t_sn: t.r2t_sn,
-                        buffer_offset: off,
-                        desired_len: len,
-                    }),
-                    Stamp::Current,
-                    Vec::new(),
-                ));
-                t.r2t_sn = t.r2t_sn.wrapping_add(1);
-                t.next_r2t = off + len;
-            }
-            let done = t.r2ts.is_empty() && t.next_r2t >= want;
-            if !pdus.is_empty() {
-                out.push(Action::Send(pdus));
-            }
-            if done {
-                t.phase = Phase::Executing;
-                let data = std::mem::take(&mut t.buf).freeze();
-                out.push(Action::Execute(ExecJob {
+        while t.r2ts.len() < max_out && t.next_r2t < want {
+            let ttt = next_tag(&mut self.next_ttt);
+            let off = t.next_r2t;
+            let len = max_burst.min(want - off);
+            t.r2ts.push(R2tState {
+                ttt,
+                end: off + len,
+                next: off,
+                data_sn: 0,
+            });
+            pdus.push(OutPdu::new(
+                &Bhs::R2t(R2t {
+                    lun: t.lun,
                     itt,
-                    lun,
-                    cdb: t.cdb.clone(),
-                    data_out: data,
-                    dir: DataDir::Write,
-                }));
-            }
+                    ttt,
+                    stat_sn: 0,
+                    exp_cmd_sn: 0,
+                    max_cmd_sn: 0,
+                    r2t_sn: t.r2t_sn,
+                    buffer_offset: off,
+                    desired_len: len,
+                }),
+                Stamp::Current,
+                Vec::new(),
+            ));
+            t.r2t_sn = t.r2t_sn.wrapping_add(1);
+            t.next_r2t = off + len;
+        }
+        if !pdus.is_empty() {
+            out.push(Action::Send(pdus));
+        }
+        if t.r2ts.is_empty() && t.next_r2t >= want {
+            t.phase = Phase::Executing;
+            out.push(Action::Execute(ExecJob {
+                itt,
+                lun: t.lun,
+                cdb: t.cdb.clone(),
+                data_out: std::mem::take(&mut t.buf).freeze(),
+                dir: DataDir::Write,
+                nonblocking: false,
+            }));
         }
     }
 
@@ -575,30 +548,27 @@ impl Session {
         let first_burst = self.cfg.first_burst;
         let Some(t) = self.tasks.get_mut(&d.itt) else {
             if !self.finished.contains(&d.itt) {
-                out.push(self.reject(reject_reason::INVALID_PDU_FIELD, raw));
+                out.push(reject(reject_reason::INVALID_PDU_FIELD, raw));
             }
             return;
         };
         if !matches!(t.phase, Phase::Collecting) || t.dir != DataDir::Write {
-            out.push(self.reject(reject_reason::PROTOCOL_ERROR, raw));
+            out.push(reject(reject_reason::PROTOCOL_ERROR, raw));
             return;
         }
-        let len = data.len() as u32;
         let want = t.buf.len() as u32;
-        let end = d.buffer_offset.checked_add(len);
+        let end = d.buffer_offset.checked_add(data.len() as u32);
         if d.ttt == RESERVED_TAG {
+            // Unsolicited data: in order, within the first burst.
             let limit = first_burst.min(t.edtl);
-            if !t.unsolicited_open
-                || d.buffer_offset != t.unsol_end
-                || end.is_none_or(|e| e > limit)
-            {
-                out.push(self.reject(reject_reason::PROTOCOL_ERROR, raw));
+            let in_place = t.unsolicited_open && d.buffer_offset == t.unsol_end;
+            let Some(end) = end.filter(|e| in_place && *e <= limit) else {
+                out.push(reject(reject_reason::PROTOCOL_ERROR, raw));
                 return;
-            }
+            };
             if d.data_sn != t.unsol_data_sn {
                 return self.data_sn_error(d.itt, raw, out);
             }
-            let end = end.expect("checked");
             copy_in(&mut t.buf, d.buffer_offset, &data, want);
             t.unsol_end = end;
             t.unsol_data_sn = t.unsol_data_sn.wrapping_add(1);
@@ -606,19 +576,23 @@ impl Session {
                 t.unsolicited_open = false;
             }
         } else {
+            // Solicited data: in order, within the R2T it answers.
             let Some(i) = t.r2ts.iter().position(|r| r.ttt == d.ttt) else {
-                out.push(self.reject(reject_reason::INVALID_PDU_FIELD, raw));
+                out.push(reject(reject_reason::INVALID_PDU_FIELD, raw));
                 return;
             };
-            let r = &mut t.r2ts[i];
-            if d.buffer_offset != r.next || end.is_none_or(|e| e > r.end) {
-                out.push(self.reject(reject_reason::PROTOCOL_ERROR, raw));
+            let Some(r) = t.r2ts.get_mut(i) else {
                 return;
-            }
+            };
+            let in_place = d.buffer_offset == r.next;
+            let Some(end) = end.filter(|e| in_place && *e <= r.end) else {
+                out.push(reject(reject_reason::PROTOCOL_ERROR, raw));
+                return;
+            };
             if d.data_sn != r.data_sn {
                 return self.data_sn_error(d.itt, raw, out);
             }
-            r.next = end.expect("checked");
+            r.next = end;
             r.data_sn = r.data_sn.wrapping_add(1);
             let complete = r.next == r.end;
             copy_in(&mut t.buf, d.buffer_offset, &data, want);
@@ -632,8 +606,11 @@ impl Session {
     /// A Data-Out out of DataSN order: ERL 0 cannot recover it. Reject the PDU and end the
     /// command with ABORTED COMMAND / DATA PHASE ERROR.
     fn data_sn_error(&mut self, itt: u32, raw: &[u8; BHS_LEN], out: &mut Vec<Action>) {
-        out.push(self.reject(reject_reason::PROTOCOL_ERROR, raw));
-        out.extend(self.respond(itt, check_condition(0x0b, 0x4b, 0x00)));
+        out.push(reject(reject_reason::PROTOCOL_ERROR, raw));
+        out.extend(self.respond(
+            itt,
+            Outcome::check(Sense::new(key::ABORTED_COMMAND, asc::DATA_PHASE_ERROR)),
+        ));
     }
 
     /// The executor finished a command.
@@ -659,25 +636,32 @@ impl Session {
         Some(t)
     }
 
+    /// Task `itt` is gone: answer the TMF requests that were waiting only for it, and a
+    /// logout that was waiting for the last task.
     fn settle_waiters(&mut self, itt: u32, out: &mut Vec<Action>) {
-        let mut i = 0;
-        while i < self.pending_tmf.len() {
-            self.pending_tmf[i].waiting.remove(&itt);
-            if self.pending_tmf[i].waiting.is_empty() {
-                let p = self.pending_tmf.remove(i);
-                out.push(Action::Send(vec![p.response]));
-                if p.close_after {
-                    out.push(Action::Close("target cold reset"));
-                }
-            } else {
-                i += 1;
+        for p in &mut self.pending_tmf {
+            p.waiting.remove(&itt);
+        }
+        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending_tmf)
+            .into_iter()
+            .partition(|p| p.waiting.is_empty());
+        self.pending_tmf = waiting;
+        for p in ready {
+            out.push(Action::Send(vec![p.response]));
+            if p.close_after {
+                out.push(Action::Close(SessionEnd::TargetColdReset));
             }
         }
+        self.release_logout(out);
+    }
+
+    /// A logout waits until every task is answered; send its response when none is left.
+    fn release_logout(&mut self, out: &mut Vec<Action>) {
         if self.tasks.is_empty()
             && let Some(l) = self.logout.take()
         {
             out.push(Action::Send(vec![l.response]));
-            out.push(Action::Close("logout"));
+            out.push(Action::Close(SessionEnd::Logout));
         }
     }
 
@@ -848,108 +832,25 @@ impl Session {
     }
 
     fn task_mgmt(&mut self, t: TaskMgmtRequest, out: &mut Vec<Action>) {
-        let respond = |response: u8| {
-            OutPdu::new(
-                &Bhs::TaskMgmtResponse(TaskMgmtResponse {
-                    response,
-                    itt: t.itt,
-                    stat_sn: 0,
-                    exp_cmd_sn: 0,
-                    max_cmd_sn: 0,
-                }),
-                Stamp::Advance,
-                Vec::new(),
-            )
-        };
+        let respond = |response: u8| tmf_response_pdu(t.itt, response);
         let Some(lus) = self.lus.clone() else {
             out.push(Action::Send(vec![respond(tmf_response::NOT_SUPPORTED)]));
             return;
         };
-        let lun_exists = lus.get(t.lun).is_some();
-        let (kind, scope_all_luns) = match t.function {
-            tmf_function::ABORT_TASK => (TaskMgmt::AbortTask, false),
-            tmf_function::ABORT_TASK_SET => (TaskMgmt::AbortTaskSet, false),
-            tmf_function::CLEAR_ACA => (TaskMgmt::ClearAca, false),
-            tmf_function::CLEAR_TASK_SET => (TaskMgmt::ClearTaskSet, false),
-            tmf_function::LOGICAL_UNIT_RESET => (TaskMgmt::LogicalUnitReset, false),
-            tmf_function::TARGET_WARM_RESET => (TaskMgmt::TargetWarmReset, true),
-            tmf_function::TARGET_COLD_RESET => (TaskMgmt::TargetColdReset, true),
-            tmf_function::TASK_REASSIGN => {
-                out.push(Action::Send(vec![respond(
-                    tmf_response::REASSIGNMENT_NOT_SUPPORTED,
-                )]));
-                return;
-            }
-            _ => {
-                out.push(Action::Send(vec![respond(tmf_response::REJECTED)]));
-                return;
-            }
+        let (kind, all_luns) = match tmf_kind(t.function) {
+            Ok(k) => k,
+            Err(r) => return out.push(Action::Send(vec![respond(r)])),
         };
-        if !scope_all_luns && !lun_exists {
-            out.push(Action::Send(vec![respond(
-                tmf_response::LUN_DOES_NOT_EXIST,
-            )]));
-            return;
+        if !all_luns && lus.get(t.lun).is_none() {
+            let r = tmf_response::LUN_DOES_NOT_EXIST;
+            return out.push(Action::Send(vec![respond(r)]));
         }
-        // Which of our tasks does this function abort?
-        let victims: Vec<u32> = match kind {
-            TaskMgmt::AbortTask => {
-                match self.tasks.get(&t.referenced_tt) {
-                    Some(task) if task.lun == t.lun => vec![t.referenced_tt],
-                    Some(_) => {
-                        out.push(Action::Send(vec![respond(
-                            tmf_response::TASK_DOES_NOT_EXIST,
-                        )]));
-                        return;
-                    }
-                    None => {
-                        // RFC 7143 §11.5.1: a task not received yet (its RefCmdSN inside the
-                        // window and older than this request) counts as received and aborted;
-                        // one already answered (RefCmdSN below ExpCmdSN) does not exist.
-                        let (exp, _) = self.window();
-                        let not_yet_received =
-                            serial::le(exp, t.ref_cmd_sn) && serial::lt(t.ref_cmd_sn, t.cmd_sn);
-                        if self.held.remove(&t.ref_cmd_sn).is_some() || not_yet_received {
-                            self.ignore_cmd_sn(t.ref_cmd_sn);
-                        }
-                        let r = if not_yet_received {
-                            tmf_response::COMPLETE
-                        } else {
-                            tmf_response::TASK_DOES_NOT_EXIST
-                        };
-                        out.push(Action::Send(vec![respond(r)]));
-                        return;
-                    }
-                }
-            }
-            TaskMgmt::ClearAca => Vec::new(),
-            _ if scope_all_luns => self.tasks.keys().copied().collect(),
-            _ => self
-                .tasks
-                .iter()
-                .filter(|(_, task)| task.lun == t.lun)
-                .map(|(k, _)| *k)
-                .collect(),
+        let victims = match self.tmf_victims(&t, kind, all_luns) {
+            Ok(v) => v,
+            Err(r) => return out.push(Action::Send(vec![respond(r)])),
         };
-        let mut waiting = HashSet::new();
-        for itt in victims {
-            if itt == t.itt {
-                continue;
-            }
-            let executing = match self.tasks.get_mut(&itt) {
-                Some(task) => {
-                    task.aborted = true;
-                    matches!(task.phase, Phase::Executing)
-                }
-                None => false,
-            };
-            if executing {
-                waiting.insert(itt);
-            } else {
-                self.finish(itt);
-            }
-        }
-        let supported = if scope_all_luns {
+        let waiting = self.abort_tasks(victims, t.itt);
+        let supported = if all_luns {
             let luns: Vec<u64> = lus.luns().collect();
             luns.iter()
                 .map(|l| lus.task_mgmt(&self.nexus, *l, kind))
@@ -968,7 +869,7 @@ impl Session {
         if waiting.is_empty() {
             out.push(Action::Send(vec![response]));
             if close_after {
-                out.push(Action::Close("target cold reset"));
+                out.push(Action::Close(SessionEnd::TargetColdReset));
             }
         } else {
             self.pending_tmf.push(PendingTmf {
@@ -978,12 +879,71 @@ impl Session {
             });
         }
         // Aborting may have released logout waiters.
-        if self.tasks.is_empty()
-            && let Some(l) = self.logout.take()
-        {
-            out.push(Action::Send(vec![l.response]));
-            out.push(Action::Close("logout"));
+        self.release_logout(out);
+    }
+
+    /// The tasks a task management request aborts, or the response to give at once.
+    fn tmf_victims(
+        &mut self,
+        t: &TaskMgmtRequest,
+        kind: TaskMgmt,
+        all_luns: bool,
+    ) -> Result<Vec<u32>, u8> {
+        Ok(match kind {
+            TaskMgmt::AbortTask => match self.tasks.get(&t.referenced_tt) {
+                Some(task) if task.lun == t.lun => vec![t.referenced_tt],
+                Some(_) => return Err(tmf_response::TASK_DOES_NOT_EXIST),
+                None => return Err(self.abort_unreceived(t)),
+            },
+            TaskMgmt::ClearAca => Vec::new(),
+            _ if all_luns => self.tasks.keys().copied().collect(),
+            _ => self
+                .tasks
+                .iter()
+                .filter(|(_, task)| task.lun == t.lun)
+                .map(|(k, _)| *k)
+                .collect(),
+        })
+    }
+
+    /// ABORT TASK for a task we do not have. RFC 7143 §11.5.1: a task not received yet (its
+    /// RefCmdSN inside the window and older than this request) counts as received and aborted;
+    /// one already answered (RefCmdSN below ExpCmdSN) does not exist. Returns the response.
+    fn abort_unreceived(&mut self, t: &TaskMgmtRequest) -> u8 {
+        let (exp, _) = self.window();
+        let not_yet_received = serial::le(exp, t.ref_cmd_sn) && serial::lt(t.ref_cmd_sn, t.cmd_sn);
+        if self.held.remove(&t.ref_cmd_sn).is_some() || not_yet_received {
+            self.ignore_cmd_sn(t.ref_cmd_sn);
         }
+        if not_yet_received {
+            tmf_response::COMPLETE
+        } else {
+            tmf_response::TASK_DOES_NOT_EXIST
+        }
+    }
+
+    /// Abort `victims` (never the TMF request `tmf_itt` itself): those still collecting data
+    /// end now, those executing are returned, to be waited for.
+    fn abort_tasks(&mut self, victims: Vec<u32>, tmf_itt: u32) -> HashSet<u32> {
+        let mut waiting = HashSet::new();
+        for itt in victims {
+            if itt == tmf_itt {
+                continue;
+            }
+            let executing = match self.tasks.get_mut(&itt) {
+                Some(task) => {
+                    task.aborted = true;
+                    matches!(task.phase, Phase::Executing)
+                }
+                None => false,
+            };
+            if executing {
+                waiting.insert(itt);
+            } else {
+                self.finish(itt);
+            }
+        }
+        waiting
     }
 
     fn logout(&mut self, l: LogoutRequest, out: &mut Vec<Action>) {
@@ -1022,36 +982,89 @@ impl Session {
                 let response = mk(0, 0, 0);
                 if self.tasks.is_empty() {
                     out.push(Action::Send(vec![response]));
-                    out.push(Action::Close("logout"));
+                    out.push(Action::Close(SessionEnd::Logout));
                 } else {
                     self.logout = Some(PendingLogout { response });
                 }
             }
             // Remove the connection for recovery: needs ErrorRecoveryLevel 2.
             2 => out.push(Action::Send(vec![mk(2, 0, 0)])),
-            _ => out.push(self.reject(reject_reason::PROTOCOL_ERROR, &l_raw(&l))),
+            _ => out.push(reject(reject_reason::PROTOCOL_ERROR, &l_raw(&l))),
         }
     }
+}
 
-    /// Tasks whose commands have CmdSN, for diagnostics.
-    pub fn pending_cmd_sns(&self) -> Vec<u32> {
-        let mut v: Vec<u32> = self.tasks.values().map(|t| t.cmd_sn).collect();
-        v.sort_unstable();
-        v
+/// What a TMF function code asks for, and whether it covers every LUN; or the response that
+/// refuses it.
+fn tmf_kind(function: u8) -> Result<(TaskMgmt, bool), u8> {
+    Ok(match function {
+        tmf_function::ABORT_TASK => (TaskMgmt::AbortTask, false),
+        tmf_function::ABORT_TASK_SET => (TaskMgmt::AbortTaskSet, false),
+        tmf_function::CLEAR_ACA => (TaskMgmt::ClearAca, false),
+        tmf_function::CLEAR_TASK_SET => (TaskMgmt::ClearTaskSet, false),
+        tmf_function::LOGICAL_UNIT_RESET => (TaskMgmt::LogicalUnitReset, false),
+        tmf_function::TARGET_WARM_RESET => (TaskMgmt::TargetWarmReset, true),
+        tmf_function::TARGET_COLD_RESET => (TaskMgmt::TargetColdReset, true),
+        tmf_function::TASK_REASSIGN => return Err(tmf_response::REASSIGNMENT_NOT_SUPPORTED),
+        _ => return Err(tmf_response::REJECTED),
+    })
+}
+
+fn tmf_response_pdu(itt: u32, response: u8) -> OutPdu {
+    OutPdu::new(
+        &Bhs::TaskMgmtResponse(TaskMgmtResponse {
+            response,
+            itt,
+            stat_sn: 0,
+            exp_cmd_sn: 0,
+            max_cmd_sn: 0,
+        }),
+        Stamp::Advance,
+        Vec::new(),
+    )
+}
+
+/// Take the next target transfer tag from `next` (never 0 or the reserved tag).
+fn next_tag(next: &mut u32) -> u32 {
+    let t = *next;
+    *next = next.wrapping_add(1);
+    if *next == RESERVED_TAG {
+        *next = 1;
     }
+    t
+}
+
+/// A Reject PDU carrying the rejected header.
+fn reject(reason: u8, bhs: &[u8; BHS_LEN]) -> Action {
+    let r = Bhs::Reject(Reject {
+        reason,
+        stat_sn: 0,
+        exp_cmd_sn: 0,
+        max_cmd_sn: 0,
+        data_sn: 0,
+    });
+    Action::Send(vec![OutPdu::new(
+        &r,
+        Stamp::Advance,
+        vec![Bytes::copy_from_slice(bhs).into()],
+    )])
 }
 
 fn l_raw(l: &LogoutRequest) -> [u8; BHS_LEN] {
     Bhs::LogoutRequest(*l).emit(0).0
 }
 
+/// Copy `data` to `buf` at `offset`, cut to the first `want` bytes of `buf`.
 fn copy_in(buf: &mut BytesMut, offset: u32, data: &[u8], want: u32) {
     let start = offset as usize;
-    if start >= want as usize {
+    let want = (want as usize).min(buf.len());
+    if start >= want {
         return;
     }
-    let n = data.len().min(want as usize - start);
-    buf[start..start + n].copy_from_slice(&data[..n]);
+    let n = data.len().min(want - start);
+    if let (Some(dst), Some(src)) = (buf.get_mut(start..start + n), data.get(..n)) {
+        dst.copy_from_slice(src);
+    }
 }
 
 /// A text handler for Normal sessions: every key is answered NotUnderstood, except
@@ -1084,3 +1097,6 @@ impl TextHandler for NotUnderstood {
         )]
     }
 }
+
+#[cfg(test)]
+mod tests;

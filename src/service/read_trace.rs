@@ -25,7 +25,7 @@ use crate::wire::frame::RawPdu;
 use std::fs::File;
 use std::io::{self, Write};
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 /// The trace file, shared by every session of a server. Each line is written as it is made
@@ -62,8 +62,8 @@ impl ReadTrace {
 }
 
 /// One session's view of the trace.
-pub struct SessionTrace<'a> {
-    trace: &'a ReadTrace,
+pub struct SessionTrace {
+    trace: Arc<ReadTrace>,
     session: u64,
     target: String,
     login: Instant,
@@ -73,15 +73,15 @@ pub struct SessionTrace<'a> {
     other_responses: u32,
 }
 
-impl<'a> SessionTrace<'a> {
+impl SessionTrace {
     /// `exp_cmd_sn` / `stat_sn`: the first CmdSN and StatSN of the full-feature phase.
     pub fn new(
-        trace: &'a ReadTrace,
+        trace: Arc<ReadTrace>,
         session: u64,
         target: &str,
         exp_cmd_sn: u32,
         stat_sn: u32,
-    ) -> SessionTrace<'a> {
+    ) -> SessionTrace {
         SessionTrace {
             trace,
             session,
@@ -151,9 +151,9 @@ mod tests {
     fn records_reads_with_their_depth() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.csv");
-        let t = ReadTrace::create(&path).unwrap();
+        let t = Arc::new(ReadTrace::create(&path).unwrap());
         {
-            let mut s = SessionTrace::new(&t, 7, "iqn.x:a", 10, 100);
+            let mut s = SessionTrace::new(t.clone(), 7, "iqn.x:a", 10, 100);
             // READ(10) LBA 2048, 8 blocks: first command, nothing outstanding before it.
             s.pdu(&cmd(10, 100, &[0x28, 0, 0, 0, 8, 0, 0, 0, 8, 0]));
             // READ(16) LBA 1<<33, 256 blocks, sent with two commands unanswered.

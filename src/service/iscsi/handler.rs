@@ -1,0 +1,679 @@
+//! One iSCSI connection: login, the full-feature phase of its session, teardown.
+//!
+//! [`Handler`] owns the socket side of a connection (reader, writer, addresses) and runs the
+//! login; [`SessionHandler`] adds the session once the login succeeds and runs it until a
+//! [`CloseReason`], then tears it down. Every protocol decision is made by the sans-IO
+//! [`Login`] and [`Session`]; this file moves bytes, runs SCSI commands and keeps time.
+
+use super::table::{Kill, TableView};
+use super::text::Text;
+use super::writer::Writer;
+use super::{ServerConfig, Shared};
+use crate::iscsi::login::{Login, LoginOutcome, SessionParams};
+use crate::iscsi::session::{Action, ExecJob, OutPdu, Session, SessionEnd, Stamp};
+use crate::iscsi::target::{SessionInfo, TargetStats};
+use crate::scsi::{Nexus, Outcome, TargetLus};
+use crate::service::read_trace::SessionTrace;
+use crate::wire::frame::{self, FrameLimits, RawPdu};
+use crate::wire::pdu::{AsyncMessage, Bhs};
+use bytes::BytesMut;
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::sync::{mpsc, watch};
+use tokio::time::{Instant, Sleep};
+use tracing::{debug, info};
+
+/// Most PDUs taken from the receive buffer before their responses go to the writer.
+const MAX_PDUS_PER_TURN: usize = 64;
+/// Room kept free in the receive buffer before reading (and how much to grow it by).
+const READ_ROOM: usize = 16 * 1024;
+const READ_GROW: usize = 64 * 1024;
+
+/// What the service knows about the two ends of a connection.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Peer {
+    /// The initiator's address and port.
+    pub addr: SocketAddr,
+    /// The local address it connected to (the portal it reached).
+    pub local: SocketAddr,
+}
+
+/// Why a connection closed.
+#[derive(Debug)]
+pub(super) enum CloseReason {
+    /// The session ended it (logout, target cold reset).
+    Session(SessionEnd),
+    /// The initiator closed the TCP connection.
+    PeerClosed,
+    /// A new login reinstated this session or replaced this connection.
+    Reinstated,
+    /// `isboot` was asked to drop the target's sessions.
+    ClosedByAdmin,
+    /// The server is shutting down: the initiator gets an Async Message first.
+    ShuttingDown,
+    /// A framing or I/O error.
+    Failed(io::Error),
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CloseReason::Session(end) => end.fmt(f),
+            CloseReason::PeerClosed => f.write_str("initiator closed the connection"),
+            CloseReason::Reinstated => f.write_str("session reinstated by a new login"),
+            CloseReason::ClosedByAdmin => f.write_str("closed by the administrator"),
+            CloseReason::ShuttingDown => f.write_str("server shutting down"),
+            CloseReason::Failed(e) => write!(f, "connection error: {e}"),
+        }
+    }
+}
+
+/// How a login phase ended.
+enum LoginEnd {
+    /// Full-feature phase reached.
+    Session(Box<SessionParams>),
+    /// The login was refused: its responses are queued, the connection closes after them.
+    Refused,
+    /// Nothing more to say: the initiator went away, timed out, spoke out of turn, or the
+    /// server is stopping.
+    Abandoned,
+}
+
+/// The reading side of a connection: the socket and what was read but not yet decoded.
+struct Reader {
+    rd: OwnedReadHalf,
+    buf: BytesMut,
+}
+
+impl Reader {
+    /// Read until one whole PDU is available (or the peer closes: `Ok(None)`).
+    async fn pdu(&mut self, lim: &FrameLimits) -> io::Result<Option<RawPdu>> {
+        loop {
+            if let Some(p) = self.buffered(lim)? {
+                return Ok(Some(p));
+            }
+            if self.buf.capacity() - self.buf.len() < READ_ROOM {
+                self.buf.reserve(READ_GROW);
+            }
+            if self.rd.read_buf(&mut self.buf).await? == 0 {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// A PDU already in the buffer, without reading.
+    fn buffered(&mut self, lim: &FrameLimits) -> io::Result<Option<RawPdu>> {
+        frame::decode(&mut self.buf, lim).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    }
+}
+
+/// A connection before and during login.
+pub(super) struct Handler {
+    shared: Arc<Shared>,
+    peer: Peer,
+    reader: Reader,
+    writer: Writer,
+    /// Fired when a new login takes this connection's session over.
+    kill: Arc<Kill>,
+    stop: watch::Receiver<bool>,
+}
+
+impl Handler {
+    /// Serve one accepted connection to its end.
+    pub(super) async fn serve(
+        stream: TcpStream,
+        addr: SocketAddr,
+        shared: Arc<Shared>,
+        stop: watch::Receiver<bool>,
+    ) -> io::Result<()> {
+        let mut h = Handler::new(stream, addr, shared, stop)?;
+        match h.login().await? {
+            LoginEnd::Session(params) => {
+                let mut s = SessionHandler::start(h, *params).await;
+                let why = s.run().await;
+                s.teardown(why).await
+            }
+            LoginEnd::Refused => {
+                h.writer.close().await;
+                Ok(())
+            }
+            LoginEnd::Abandoned => Ok(()),
+        }
+    }
+
+    fn new(
+        stream: TcpStream,
+        addr: SocketAddr,
+        shared: Arc<Shared>,
+        stop: watch::Receiver<bool>,
+    ) -> io::Result<Handler> {
+        stream.set_nodelay(true)?;
+        set_liveness(&stream, &shared.cfg)?;
+        let peer = Peer {
+            addr,
+            local: stream.local_addr()?,
+        };
+        let (rd, wr) = stream.into_split();
+        let writer = Writer::spawn(wr, shared.cfg.sendfile_min);
+        Ok(Handler {
+            shared,
+            peer,
+            reader: Reader {
+                rd,
+                buf: BytesMut::with_capacity(READ_GROW),
+            },
+            writer,
+            kill: Arc::new(Kill::default()),
+            stop,
+        })
+    }
+
+    /// Run the login phase: Login Requests in, Login Responses out, within the login timeout.
+    async fn login(&mut self) -> io::Result<LoginEnd> {
+        let limits = self.shared.cfg.limits;
+        let mut login = Login::new(self.shared.registry.clone(), limits);
+        let lim = FrameLimits {
+            max_data: limits.max_recv_data_segment_length.max(8192),
+            header_digest: false,
+            data_digest: false,
+        };
+        let peer = self.peer.addr;
+        let deadline = Instant::now() + self.shared.cfg.login_timeout;
+        loop {
+            let pdu = tokio::select! {
+                r = tokio::time::timeout_at(deadline, self.reader.pdu(&lim)) => match r {
+                    Ok(Ok(Some(p))) => p,
+                    Ok(Ok(None)) => return Ok(LoginEnd::Abandoned),
+                    Ok(Err(e)) => return Err(e),
+                    Err(_) => {
+                        debug!(%peer, "login timed out");
+                        return Ok(LoginEnd::Abandoned);
+                    }
+                },
+                _ = self.stop.changed() => return Ok(LoginEnd::Abandoned),
+            };
+            let Ok(Bhs::LoginRequest(req)) = Bhs::parse(&pdu.bhs, &pdu.ahs) else {
+                debug!(%peer, "non-login PDU before login completed; closing");
+                return Ok(LoginEnd::Abandoned);
+            };
+            let view = TableView {
+                table: &self.shared.table,
+                kill: self.kill.clone(),
+            };
+            let step = login.handle(&req, &pdu.data, &view);
+            let pdus: Vec<OutPdu> = step
+                .responses
+                .into_iter()
+                .map(|(h, d)| OutPdu::new(&Bhs::LoginResponse(h), Stamp::None, vec![d.into()]))
+                .collect();
+            self.writer.send(pdus, (0, 0)).await?;
+            match step.outcome {
+                LoginOutcome::Continue => {}
+                LoginOutcome::Done(p) => return Ok(LoginEnd::Session(Box::new(p))),
+                LoginOutcome::Failed => return Ok(LoginEnd::Refused),
+            }
+        }
+    }
+}
+
+/// A command finished on the blocking pool: ITT, outcome, bytes it wrote.
+type Completion = (u32, Outcome, u64);
+
+/// Runs a session's SCSI commands: those planned as non-blocking right away on the
+/// connection's task, the others on tokio's blocking pool.
+struct Executor {
+    lus: Option<Arc<TargetLus>>,
+    nexus: Nexus,
+    stats: Option<Arc<TargetStats>>,
+    done_tx: mpsc::UnboundedSender<Completion>,
+    done_rx: mpsc::UnboundedReceiver<Completion>,
+    /// Commands on the blocking pool.
+    running: usize,
+}
+
+impl Executor {
+    /// Start `job`. A non-blocking one runs now and its (ITT, outcome) is returned; the others
+    /// report through [`Executor::next`].
+    fn start(&mut self, job: ExecJob) -> Option<(u32, Outcome)> {
+        let lus = self.lus.as_ref()?;
+        if job.nonblocking {
+            let outcome = lus.execute(&self.nexus, job.lun, &job.cdb, &job.data_out);
+            count(&self.stats, &outcome, 0);
+            return Some((job.itt, outcome));
+        }
+        self.running += 1;
+        let written = job.data_out.len() as u64;
+        let (lus, nexus, done) = (lus.clone(), self.nexus.clone(), self.done_tx.clone());
+        tokio::task::spawn_blocking(move || {
+            let o = lus.execute(&nexus, job.lun, &job.cdb, &job.data_out);
+            let _ = done.send((job.itt, o, written));
+        });
+        None
+    }
+
+    /// Account for a completion from the blocking pool.
+    fn finished(&mut self, (itt, outcome, written): Completion) -> (u32, Outcome) {
+        self.running -= 1;
+        count(&self.stats, &outcome, written);
+        (itt, outcome)
+    }
+}
+
+fn count(stats: &Option<Arc<TargetStats>>, o: &Outcome, written: u64) {
+    if let Some(s) = stats {
+        s.commands.fetch_add(1, Ordering::Relaxed);
+        let read: u64 = o.data.iter().map(|d| d.len() as u64).sum();
+        s.bytes_read.fetch_add(read, Ordering::Relaxed);
+        if o.status == crate::scsi::status::GOOD {
+            s.bytes_written.fetch_add(written, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Pings an initiator that went quiet (NOP-In), without ever dropping it for not answering:
+/// TCP keepalive and TCP_USER_TIMEOUT ([`set_liveness`]) find dead peers.
+pub(super) struct IdleTimer {
+    sleep: Pin<Box<Sleep>>,
+    last_heard: Instant,
+    pinged: bool,
+    idle_ping: Duration,
+    ping_timeout: Duration,
+}
+
+/// What to do when the [`IdleTimer`] fires.
+enum IdleStep {
+    /// Traffic since it was set moved it on: nothing yet.
+    Wait,
+    /// Send a NOP-In ping.
+    Ping,
+    /// The ping went unanswered but TCP is alive: ask again after another idle spell.
+    Unanswered,
+}
+
+impl IdleTimer {
+    fn new(idle_ping: Duration, ping_timeout: Duration) -> IdleTimer {
+        let last_heard = Instant::now();
+        IdleTimer {
+            sleep: Box::pin(tokio::time::sleep_until(last_heard + idle_ping)),
+            last_heard,
+            pinged: false,
+            idle_ping,
+            ping_timeout,
+        }
+    }
+
+    /// The initiator sent something.
+    fn heard(&mut self) {
+        self.last_heard = Instant::now();
+        if self.pinged {
+            self.pinged = false;
+            self.sleep.as_mut().reset(self.last_heard + self.idle_ping);
+        }
+    }
+
+    /// Completes when the timer is due; then call [`IdleTimer::fired`].
+    async fn due(&mut self) {
+        self.sleep.as_mut().await
+    }
+
+    /// The timer fired. It is re-armed lazily: traffic since it was set moves it on.
+    fn fired(&mut self) -> IdleStep {
+        let wait = if self.pinged {
+            self.ping_timeout
+        } else {
+            self.idle_ping
+        };
+        let due = self.last_heard + wait;
+        if due > Instant::now() {
+            self.sleep.as_mut().reset(due);
+            return IdleStep::Wait;
+        }
+        if self.pinged {
+            self.pinged = false;
+            self.last_heard = Instant::now();
+            self.sleep.as_mut().reset(self.last_heard + self.idle_ping);
+            return IdleStep::Unanswered;
+        }
+        self.pinged = true;
+        self.sleep
+            .as_mut()
+            .reset(self.last_heard + self.ping_timeout);
+        IdleStep::Ping
+    }
+}
+
+/// One thing that happened to a session in full-feature phase.
+enum Event {
+    Pdu(RawPdu),
+    Done(Completion),
+    Idle,
+    Close(CloseReason),
+}
+
+/// A connection in full-feature phase, with its session.
+pub(super) struct SessionHandler {
+    conn: Handler,
+    params: SessionParams,
+    session: Session,
+    session_id: u64,
+    /// Frame limits for the initiator's PDUs.
+    recv_limits: FrameLimits,
+    exec: Executor,
+    /// Set by `TargetStats::drop_sessions`.
+    admin_kill: Arc<AtomicBool>,
+    idle: IdleTimer,
+    tracer: Option<SessionTrace>,
+    /// Responses gathered in one turn, sent to the writer as one message.
+    out: Vec<OutPdu>,
+    /// Outcomes of commands run inline, not yet handed to the session.
+    inline_done: Vec<(u32, Outcome)>,
+}
+
+impl SessionHandler {
+    /// The login succeeded: register the session and set up its full-feature phase.
+    async fn start(conn: Handler, params: SessionParams) -> SessionHandler {
+        let shared = conn.shared.clone();
+        let cfg = &shared.cfg;
+        conn.writer
+            .start_ffp(params.stat_sn, params.header_digest, params.data_digest)
+            .await;
+        let session_id = shared.next_session_id.fetch_add(1, Ordering::Relaxed);
+        let target_name = params.target.as_ref().map(|t| t.iqn.clone());
+        shared.table.adopt(
+            params.tsih,
+            &params.initiator_name,
+            params.isid,
+            target_name.as_deref(),
+            &conn.kill,
+        );
+        let tpgt = cfg.limits.target_portal_group_tag;
+        let nexus = Nexus {
+            id: session_id,
+            initiator_port: initiator_port(&params.initiator_name, &params.isid),
+            target_port: format!("{},t,0x{tpgt:04x}", target_name.as_deref().unwrap_or("")),
+        };
+        let lus = params.target.as_ref().map(|t| t.lus.clone());
+        let stats = params.target.as_ref().map(|t| t.stats.clone());
+        let admin_kill = Arc::new(AtomicBool::new(false));
+        if let Some(s) = &stats {
+            s.add_session(SessionInfo {
+                id: session_id,
+                initiator: params.initiator_name.clone(),
+                peer: conn.peer.addr,
+                isid: params.isid,
+                tsih: params.tsih,
+                kill: admin_kill.clone(),
+            });
+        }
+        info!(
+            peer = %conn.peer.addr,
+            initiator = %params.initiator_name,
+            target = target_name.as_deref().unwrap_or("(discovery)"),
+            tsih = params.tsih,
+            "session started"
+        );
+        let text = Box::new(Text::new(
+            shared.registry.clone(),
+            params.initiator_name.clone(),
+            format!("{},{tpgt}", conn.peer.local),
+            params.max_xmit_dsl,
+        ));
+        let session = Session::new(
+            (&params).into(),
+            lus.clone(),
+            nexus.clone(),
+            params.exp_cmd_sn,
+            text,
+        );
+        let tracer = match (&cfg.read_trace, &target_name) {
+            (Some(t), Some(iqn)) => Some(SessionTrace::new(
+                t.clone(),
+                session_id,
+                iqn,
+                params.exp_cmd_sn,
+                params.stat_sn,
+            )),
+            _ => None,
+        };
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        SessionHandler {
+            recv_limits: params.recv_limits(),
+            exec: Executor {
+                lus,
+                nexus,
+                stats,
+                done_tx,
+                done_rx,
+                running: 0,
+            },
+            idle: IdleTimer::new(cfg.idle_ping, cfg.ping_timeout),
+            params,
+            session,
+            session_id,
+            admin_kill,
+            tracer,
+            out: Vec::new(),
+            inline_done: Vec::new(),
+            conn,
+        }
+    }
+
+    /// Serve the session until something closes it.
+    async fn run(&mut self) -> CloseReason {
+        match self.serve_events().await {
+            Ok(why) => why,
+            Err(e) => CloseReason::Failed(e),
+        }
+    }
+
+    async fn serve_events(&mut self) -> io::Result<CloseReason> {
+        loop {
+            let actions = match self.next_event().await? {
+                Event::Pdu(pdu) => self.on_pdu(pdu),
+                Event::Done(c) => {
+                    let (itt, outcome) = self.exec.finished(c);
+                    self.session.complete(itt, outcome)
+                }
+                Event::Idle => match self.idle.fired() {
+                    IdleStep::Wait => continue,
+                    IdleStep::Unanswered => {
+                        // Unanswered, but TCP still acknowledges (else the kernel would have
+                        // failed the connection): the initiator's daemon is busy or restarting.
+                        debug!(peer = %self.conn.peer.addr, "no answer to NOP-In ping; the connection stays while TCP is alive");
+                        continue;
+                    }
+                    IdleStep::Ping => vec![Action::Send(vec![self.session.ping()])],
+                },
+                Event::Close(why) => return Ok(why),
+            };
+            if let Some(why) = self.work_through(actions).await? {
+                return Ok(why);
+            }
+            self.send_out().await?;
+        }
+    }
+
+    /// A request to close from outside the session (a new login, the administrator).
+    fn close_requested(&self) -> Option<CloseReason> {
+        if self.conn.kill.fired() {
+            Some(CloseReason::Reinstated)
+        } else if self.admin_kill.load(Ordering::SeqCst) {
+            Some(CloseReason::ClosedByAdmin)
+        } else {
+            None
+        }
+    }
+
+    /// Wait for the next PDU, completion, idle tick or close request.
+    async fn next_event(&mut self) -> io::Result<Event> {
+        if let Some(why) = self.close_requested() {
+            return Ok(Event::Close(why));
+        }
+        let stats = &self.exec.stats;
+        Ok(tokio::select! {
+            r = self.conn.reader.pdu(&self.recv_limits) => match r? {
+                Some(pdu) => Event::Pdu(pdu),
+                None => Event::Close(CloseReason::PeerClosed),
+            },
+            Some(c) = self.exec.done_rx.recv() => Event::Done(c),
+            _ = self.idle.due() => Event::Idle,
+            _ = self.conn.kill.notify.notified() => Event::Close(CloseReason::Reinstated),
+            _ = wait_kick(stats) => Event::Close(CloseReason::ClosedByAdmin),
+            _ = self.conn.stop.changed() => Event::Close(CloseReason::ShuttingDown),
+        })
+    }
+
+    fn on_pdu(&mut self, pdu: RawPdu) -> Vec<Action> {
+        self.idle.heard();
+        if let Some(t) = self.tracer.as_mut() {
+            t.pdu(&pdu);
+        }
+        self.session.handle(pdu)
+    }
+
+    /// Carry out `actions`, then everything that is ready without waiting: outcomes of
+    /// commands run inline and further PDUs already buffered (up to [`MAX_PDUS_PER_TURN`]).
+    /// Their responses collect in `out`, to go to the writer as one message stamped with the
+    /// window as it stands after all of them. `Some` when the session closes.
+    async fn work_through(&mut self, mut actions: Vec<Action>) -> io::Result<Option<CloseReason>> {
+        let mut handled = 1usize;
+        loop {
+            if let Some(why) = self.close_requested() {
+                return Ok(Some(why));
+            }
+            for a in actions.drain(..) {
+                match a {
+                    Action::Send(pdus) => self.out.extend(pdus),
+                    Action::Execute(job) => {
+                        if let Some(done) = self.exec.start(job) {
+                            self.inline_done.push(done);
+                        }
+                    }
+                    Action::Close(end) => {
+                        self.send_out().await?;
+                        self.conn.writer.flush().await;
+                        return Ok(Some(CloseReason::Session(end)));
+                    }
+                }
+            }
+            if let Some((itt, outcome)) = self.inline_done.pop() {
+                actions = self.session.complete(itt, outcome);
+                continue;
+            }
+            if handled < MAX_PDUS_PER_TURN
+                && let Some(pdu) = self.conn.reader.buffered(&self.recv_limits)?
+            {
+                handled += 1;
+                actions = self.on_pdu(pdu);
+                continue;
+            }
+            return Ok(None);
+        }
+    }
+
+    /// Hand the responses gathered so far to the writer.
+    async fn send_out(&mut self) -> io::Result<()> {
+        let pdus = std::mem::take(&mut self.out);
+        self.conn.writer.send(pdus, self.session.window()).await
+    }
+
+    /// Let in-flight commands finish (writes must not be cut off), tell the initiator when the
+    /// server is going away, release SCSI state and the session's entries.
+    async fn teardown(mut self, why: CloseReason) -> io::Result<()> {
+        let drain_timeout = self.conn.shared.cfg.drain_timeout;
+        let _ = tokio::time::timeout(drain_timeout, self.drain()).await;
+        if matches!(why, CloseReason::ShuttingDown) {
+            let msg = Bhs::AsyncMessage(AsyncMessage {
+                lun: 0,
+                stat_sn: 0,
+                exp_cmd_sn: 0,
+                max_cmd_sn: 0,
+                event: 3, // the target will drop all connections of this session
+                vcode: 0,
+                param1: 0,
+                param2: self.params.default_time2wait.max(2),
+                param3: 0,
+            });
+            let pdu = OutPdu::new(&msg, Stamp::Advance, Vec::new());
+            let _ = self
+                .conn
+                .writer
+                .send(vec![pdu], self.session.window())
+                .await;
+        }
+        let SessionHandler {
+            conn, params, exec, ..
+        } = self;
+        conn.writer.close().await;
+        if let Some(l) = &exec.lus {
+            l.nexus_gone(&exec.nexus);
+        }
+        if let Some(s) = &exec.stats {
+            s.remove_session(self.session_id);
+        }
+        conn.shared.table.remove(params.tsih, &conn.kill);
+        info!(peer = %conn.peer.addr, initiator = %params.initiator_name, "session ended: {why}");
+        match why {
+            CloseReason::Failed(e) => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Wait for the commands still on the blocking pool and send their responses.
+    async fn drain(&mut self) {
+        while self.exec.running > 0 {
+            let Some(c) = self.exec.done_rx.recv().await else {
+                break;
+            };
+            let (itt, outcome) = self.exec.finished(c);
+            for a in self.session.complete(itt, outcome) {
+                if let Action::Send(p) = a {
+                    let _ = self.conn.writer.send(p, self.session.window()).await;
+                }
+            }
+        }
+    }
+}
+
+async fn wait_kick(stats: &Option<Arc<TargetStats>>) {
+    match stats {
+        Some(s) => s.kick.notified().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// iSCSI initiator port name: `<name>,i,0x<ISID in hex>` (RFC 7143 §4.2.7).
+fn initiator_port(name: &str, isid: &[u8; 6]) -> String {
+    let mut s = String::with_capacity(name.len() + 20);
+    s.push_str(name);
+    s.push_str(",i,0x");
+    for b in isid {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
+
+/// Detect dead peers in the kernel: keepalive probes after `idle_ping` of silence, and
+/// TCP_USER_TIMEOUT for data left unacknowledged, both giving up after about `ping_timeout`.
+/// A client whose IP stack is alive but no longer knows the connection (iPXE's, once Linux owns
+/// the NIC) answers the first probe or ping with a reset.
+fn set_liveness(stream: &TcpStream, cfg: &ServerConfig) -> io::Result<()> {
+    let sock = socket2::SockRef::from(stream);
+    let interval = Duration::from_secs(2);
+    let retries = (cfg.ping_timeout.as_secs() / interval.as_secs()).clamp(1, 20) as u32;
+    sock.set_tcp_keepalive(
+        &socket2::TcpKeepalive::new()
+            .with_time(cfg.idle_ping.max(Duration::from_secs(1)))
+            .with_interval(interval)
+            .with_retries(retries),
+    )?;
+    sock.set_tcp_user_timeout(Some(cfg.idle_ping + cfg.ping_timeout))
+}

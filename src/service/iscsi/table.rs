@@ -1,0 +1,151 @@
+//! The session table: live sessions by TSIH, for TSIH assignment and session and connection
+//! reinstatement, and the [`Kill`] switch a new login uses to close an old connection.
+
+use crate::iscsi::login::SessionTable;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::sync::Notify;
+use tracing::info;
+
+/// Live sessions by TSIH, for TSIH assignment and session reinstatement.
+#[derive(Default)]
+pub(super) struct Table {
+    inner: Mutex<TableInner>,
+}
+
+#[derive(Default)]
+struct TableInner {
+    next_tsih: u16,
+    sessions: HashMap<u16, TableEntry>,
+}
+
+struct TableEntry {
+    initiator: String,
+    isid: [u8; 6],
+    target: Option<String>,
+    kill: Arc<Kill>,
+}
+
+/// Asks a connection to close.
+#[derive(Default)]
+pub(super) struct Kill {
+    flag: AtomicBool,
+    pub(super) notify: Notify,
+}
+
+impl Kill {
+    pub(super) fn fire(&self) {
+        self.flag.store(true, Ordering::SeqCst);
+        // One waiter per connection: notify_one keeps a permit if it is not waiting right now.
+        self.notify.notify_one();
+    }
+    pub(super) fn fired(&self) -> bool {
+        self.flag.load(Ordering::SeqCst)
+    }
+}
+
+/// The table as the login state machine sees it, for one connection.
+pub(super) struct TableView<'a> {
+    pub(super) table: &'a Table,
+    pub(super) kill: Arc<Kill>,
+}
+
+impl SessionTable for TableView<'_> {
+    fn new_session(&self, initiator: &str, isid: [u8; 6], target: Option<&str>) -> u16 {
+        let mut t = self.table.inner.lock().unwrap_or_else(|e| e.into_inner());
+        // Session reinstatement: same initiator port (name + ISID) to the same target.
+        let old: Vec<u16> = t
+            .sessions
+            .iter()
+            .filter(|(_, e)| {
+                e.initiator.eq_ignore_ascii_case(initiator)
+                    && e.isid == isid
+                    && match (&e.target, target) {
+                        (Some(a), Some(b)) => a.eq_ignore_ascii_case(b),
+                        (None, None) => true,
+                        _ => false,
+                    }
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        for tsih in old {
+            if let Some(e) = t.sessions.remove(&tsih) {
+                info!(
+                    initiator,
+                    tsih, "session reinstatement: closing the old session"
+                );
+                e.kill.fire();
+            }
+        }
+        loop {
+            t.next_tsih = t.next_tsih.wrapping_add(1);
+            if t.next_tsih != 0 && !t.sessions.contains_key(&t.next_tsih) {
+                break;
+            }
+        }
+        let tsih = t.next_tsih;
+        t.sessions.insert(
+            tsih,
+            TableEntry {
+                initiator: initiator.to_owned(),
+                isid,
+                target: target.map(str::to_owned),
+                kill: self.kill.clone(),
+            },
+        );
+        tsih
+    }
+
+    fn exists(&self, tsih: u16) -> bool {
+        self.table
+            .inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .sessions
+            .contains_key(&tsih)
+    }
+}
+
+impl Table {
+    /// Make `kill` the connection of session `tsih` (a login that continued an existing TSIH
+    /// replaces that session's connection: ErrorRecoveryLevel 0, one connection per session).
+    pub(super) fn adopt(
+        &self,
+        tsih: u16,
+        initiator: &str,
+        isid: [u8; 6],
+        target: Option<&str>,
+        kill: &Arc<Kill>,
+    ) {
+        let mut t = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(old) = t.sessions.get(&tsih)
+            && !Arc::ptr_eq(&old.kill, kill)
+        {
+            info!(
+                initiator,
+                tsih, "connection reinstatement: closing the old connection"
+            );
+            old.kill.fire();
+        }
+        t.sessions.insert(
+            tsih,
+            TableEntry {
+                initiator: initiator.to_owned(),
+                isid,
+                target: target.map(str::to_owned),
+                kill: kill.clone(),
+            },
+        );
+    }
+
+    pub(super) fn remove(&self, tsih: u16, kill: &Arc<Kill>) {
+        let mut t = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if t.sessions
+            .get(&tsih)
+            .is_some_and(|e| Arc::ptr_eq(&e.kill, kill))
+        {
+            t.sessions.remove(&tsih);
+        }
+    }
+}
