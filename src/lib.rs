@@ -16,6 +16,7 @@ pub mod config;
 pub mod dhcp;
 pub mod initiator;
 pub mod iscsi;
+pub mod mac;
 pub mod scsi;
 pub mod service;
 pub mod store;

@@ -9,7 +9,9 @@ use dhcproto::v4::{
     Architecture, DhcpOption, Flags, Message, MessageType, OptionCode, UnknownOption,
 };
 use dhcproto::{Decodable, Encodable};
-use isboot::dhcp::{ClientDirectory, DhcpClient, DhcpConfig, DhcpHooks, DhcpMode, Mac, RelayPool};
+use isboot::dhcp::{
+    ClientDirectory, DhcpClient, DhcpConfig, DhcpHooks, DhcpMode, MacAddr, RelayPool,
+};
 use isboot::service::dhcp::run_dhcp;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
@@ -20,10 +22,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 const SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
-const WS1_MAC: Mac = [0x52, 0x54, 0x00, 0x77, 0x00, 0x01];
+const WS1_MAC: MacAddr = MacAddr([0x52, 0x54, 0x00, 0x77, 0x00, 0x01]);
 const WS1_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 10);
-const WS2_MAC: Mac = [0x52, 0x54, 0x00, 0x77, 0x00, 0x02];
-const UNKNOWN_MAC: Mac = [0x52, 0x54, 0x00, 0x77, 0x00, 0x99];
+const WS2_MAC: MacAddr = MacAddr([0x52, 0x54, 0x00, 0x77, 0x00, 0x02]);
+const UNKNOWN_MAC: MacAddr = MacAddr([0x52, 0x54, 0x00, 0x77, 0x00, 0x99]);
 
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
@@ -49,13 +51,6 @@ fn run(args: &[&str]) {
         "{args:?}: {}",
         String::from_utf8_lossy(&o.stderr)
     );
-}
-
-fn mac_str(m: &Mac) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
 }
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
@@ -157,15 +152,15 @@ fn wait_listening(proc_net_udp: &Path, port: u16) {
     }
 }
 
-struct Registry(Vec<(Mac, DhcpClient)>);
+struct Registry(Vec<(MacAddr, DhcpClient)>);
 impl ClientDirectory for Registry {
-    fn by_mac(&self, mac: Mac) -> Option<DhcpClient> {
+    fn by_mac(&self, mac: MacAddr) -> Option<DhcpClient> {
         self.0
             .iter()
             .find(|(m, _)| *m == mac)
             .map(|(_, c)| c.clone())
     }
-    fn by_ip(&self, ip: Ipv4Addr) -> Option<Mac> {
+    fn by_ip(&self, ip: Ipv4Addr) -> Option<MacAddr> {
         self.0
             .iter()
             .find(|(_, c)| c.ip == Some(ip))
@@ -286,7 +281,7 @@ fn full_config(ifname: &str) -> DhcpConfig {
 
 /// Server namespace `s` with `vs<id>` = 10.77.0.1/24, client namespace `c` with `vc<id>`
 /// (no address, MAC as given).
-fn two_namespaces(lab: &mut Lab, client_mac: Mac) -> (String, String, String, String) {
+fn two_namespaces(lab: &mut Lab, client_mac: MacAddr) -> (String, String, String, String) {
     let s = lab.ns("s");
     let c = lab.ns("c");
     let (vs, vc) = (lab.ifname("vs"), lab.ifname("vc"));
@@ -300,7 +295,7 @@ fn two_namespaces(lab: &mut Lab, client_mac: Mac) -> (String, String, String, St
         "set",
         &vc,
         "address",
-        &mac_str(&client_mac),
+        &client_mac.to_string(),
     ]);
     (s, c, vs, vc)
 }
@@ -485,14 +480,20 @@ enum Firmware {
     Ipxe(u16),
 }
 
-fn boot_msg(mac: Mac, xid: u32, t: MessageType, fw: Firmware, extra: Vec<DhcpOption>) -> Message {
+fn boot_msg(
+    mac: MacAddr,
+    xid: u32,
+    t: MessageType,
+    fw: Firmware,
+    extra: Vec<DhcpOption>,
+) -> Message {
     let mut m = Message::new_with_id(
         xid,
         Ipv4Addr::UNSPECIFIED,
         Ipv4Addr::UNSPECIFIED,
         Ipv4Addr::UNSPECIFIED,
         Ipv4Addr::UNSPECIFIED,
-        &mac,
+        &mac.0,
     );
     m.set_flags(Flags::default().set_broadcast());
     let o = m.opts_mut();
@@ -694,7 +695,7 @@ fn only_the_configured_interface_is_answered() {
         "set",
         &vc2,
         "address",
-        &mac_str(&WS1_MAC),
+        &WS1_MAC.to_string(),
     ]);
     let _srv = start_isboot(&s, full_config(&vs), None);
     let d = boot_msg(
@@ -779,7 +780,7 @@ fn floods_and_junk_do_not_stall_the_server() {
 fn relay_requests_get_the_relay_pool() {
     require_root!();
     let mut lab = Lab::new();
-    let (s, c, vs, vc) = two_namespaces(&mut lab, [0x52, 0x54, 0, 0x88, 0, 1]);
+    let (s, c, vs, vc) = two_namespaces(&mut lab, MacAddr([0x52, 0x54, 0, 0x88, 0, 1]));
     // The client namespace plays the relay agent on 10.88.0.1; the server reaches it on-link.
     run(&["ip", "-n", &c, "addr", "add", "10.88.0.1/24", "dev", &vc]);
     run(&["ip", "-n", &c, "addr", "add", "10.77.0.2/24", "dev", &vc]);
@@ -792,7 +793,7 @@ fn relay_requests_get_the_relay_pool() {
             (WS2_MAC, Ipv4Addr::new(10, 88, 0, 100)),
             (WS1_MAC, Ipv4Addr::new(10, 88, 0, 101)),
         ] {
-            let xid = 0x8800 + u32::from(mac[5]);
+            let xid = 0x8800 + u32::from(mac.0[5]);
             let mut d = boot_msg(mac, xid, MessageType::Discover, Firmware::Pxe(0), vec![]);
             d.set_giaddr(Ipv4Addr::new(10, 88, 0, 1))
                 .set_hops(1)
@@ -975,7 +976,7 @@ fn proxy_mode_beside_dnsmasq_never_offers_an_address() {
         "set",
         &pc,
         "address",
-        &mac_str(&WS1_MAC),
+        &WS1_MAC.to_string(),
     ]);
     spawn_dnsmasq(&mut lab, &d, &pd);
     let mut cfg = DhcpConfig::new(&ps, SERVER_IP, DhcpMode::Proxy);
@@ -1452,7 +1453,7 @@ fn qemu_bios_ipxe_rom_reaches_sanboot() {
             "-netdev".into(),
             format!("tap,id=n0,ifname={tap},script=no,downscript=no"),
             "-device".into(),
-            format!("e1000,netdev=n0,mac={}", mac_str(&WS1_MAC)),
+            format!("e1000,netdev=n0,mac={}", WS1_MAC),
         ],
     );
     let text = wait_login(&mut lab, &logins, 240);
@@ -1499,10 +1500,7 @@ fn qemu_uefi_pxe_tftp_ipxe_reaches_sanboot() {
             format!("tap,id=n0,ifname={tap},script=no,downscript=no"),
             // romfile= empty: OVMF's own PXE (stage 1), so the path goes through TFTP.
             "-device".into(),
-            format!(
-                "virtio-net-pci,netdev=n0,romfile=,mac={}",
-                mac_str(&WS1_MAC)
-            ),
+            format!("virtio-net-pci,netdev=n0,romfile=,mac={}", WS1_MAC),
         ],
     );
     let text = wait_login(&mut lab, &logins, 400);
@@ -1575,10 +1573,7 @@ fn qemu_uefi_proxy_mode_beside_dnsmasq_reaches_sanboot() {
             "-netdev".into(),
             format!("tap,id=n0,ifname={vm_tap},script=no,downscript=no"),
             "-device".into(),
-            format!(
-                "virtio-net-pci,netdev=n0,romfile=,mac={}",
-                mac_str(&WS1_MAC)
-            ),
+            format!("virtio-net-pci,netdev=n0,romfile=,mac={}", WS1_MAC),
         ],
     );
     let text = wait_login(&mut lab, &logins, 150);

@@ -5,14 +5,14 @@
 
 use dhcproto::v4::{DhcpOption, Flags, Message, MessageType};
 use dhcproto::{Decodable, Encodable};
-use isboot::dhcp::{ClientDirectory, DhcpClient, DhcpConfig, DhcpHooks, DhcpMode, Mac};
+use isboot::dhcp::{ClientDirectory, DhcpClient, DhcpConfig, DhcpHooks, DhcpMode, MacAddr};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const MAC: Mac = [0x52, 0x54, 0x00, 0x78, 0x00, 0x01];
+const MAC: MacAddr = MacAddr([0x52, 0x54, 0x00, 0x78, 0x00, 0x01]);
 
 fn run(args: &[&str]) {
     let o = Command::new(args[0])
@@ -44,7 +44,7 @@ fn enter(ns: &str) {
 
 struct Dir;
 impl ClientDirectory for Dir {
-    fn by_mac(&self, mac: Mac) -> Option<DhcpClient> {
+    fn by_mac(&self, mac: MacAddr) -> Option<DhcpClient> {
         (mac == MAC).then(|| DhcpClient {
             name: "ws".into(),
             ip: Some(Ipv4Addr::new(10, 78, 1, 10)),
@@ -54,7 +54,7 @@ impl ClientDirectory for Dir {
             san_filename: None,
         })
     }
-    fn by_ip(&self, ip: Ipv4Addr) -> Option<Mac> {
+    fn by_ip(&self, ip: Ipv4Addr) -> Option<MacAddr> {
         (ip == Ipv4Addr::new(10, 78, 1, 10)).then_some(MAC)
     }
 }
@@ -79,7 +79,7 @@ fn answered(ns: &str, ifname: &str, to: SocketAddrV4, xid: u32) -> bool {
             Ipv4Addr::UNSPECIFIED,
             Ipv4Addr::UNSPECIFIED,
             Ipv4Addr::UNSPECIFIED,
-            &MAC,
+            &MAC.0,
         );
         m.set_flags(Flags::default().set_broadcast());
         m.opts_mut()

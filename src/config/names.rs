@@ -1,5 +1,7 @@
-//! Validated names: MAC addresses, client and image names, iSCSI names (IQN), subnets.
+//! Validated names: client and image names, iSCSI names (IQN), subnets; MAC addresses are
+//! [`crate::mac::MacAddr`] (re-exported here).
 
+pub use crate::mac::MacAddr;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::net::Ipv4Addr;
@@ -9,80 +11,6 @@ use std::str::FromStr;
 pub const MAX_NAME_LEN: usize = 63;
 /// Longest iSCSI name (RFC 7143 §4.2.7.1).
 pub const MAX_IQN_LEN: usize = 223;
-
-/// An Ethernet (unicast) MAC address; parses `aa:bb:cc:dd:ee:ff` or `aa-bb-cc-dd-ee-ff`.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct MacAddr(pub [u8; 6]);
-
-impl MacAddr {
-    /// `aa-bb-cc-dd-ee-ff`, the default client name.
-    pub fn dashed(&self) -> String {
-        self.to_string().replace(':', "-")
-    }
-}
-
-impl FromStr for MacAddr {
-    type Err = String;
-    fn from_str(s: &str) -> Result<MacAddr, String> {
-        let bad =
-            || format!("bad MAC address {s:?} (expected six hex pairs like 52:54:00:12:34:56)");
-        let parts: Vec<&str> = if s.contains(':') {
-            s.split(':').collect()
-        } else {
-            s.split('-').collect()
-        };
-        if parts.len() != 6 {
-            return Err(bad());
-        }
-        let mut m = [0u8; 6];
-        for (i, p) in parts.iter().enumerate() {
-            if p.len() != 2 || !p.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Err(bad());
-            }
-            m[i] = u8::from_str_radix(p, 16).map_err(|_| bad())?;
-        }
-        if m[0] & 1 != 0 {
-            return Err(format!(
-                "bad MAC address {s:?}: a multicast/broadcast address, not a NIC's"
-            ));
-        }
-        if m == [0; 6] {
-            return Err(format!("bad MAC address {s:?}: all zeros"));
-        }
-        Ok(MacAddr(m))
-    }
-}
-
-impl fmt::Display for MacAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let m = self.0;
-        write!(
-            f,
-            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            m[0], m[1], m[2], m[3], m[4], m[5]
-        )
-    }
-}
-
-impl fmt::Debug for MacAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "MacAddr({self})")
-    }
-}
-
-impl TryFrom<String> for MacAddr {
-    type Error = String;
-    fn try_from(s: String) -> Result<MacAddr, String> {
-        s.parse()
-    }
-}
-
-impl From<MacAddr> for String {
-    fn from(m: MacAddr) -> String {
-        m.to_string()
-    }
-}
 
 /// Lower-case letters, digits, `-` and `.`; starts and ends with a letter or digit; at most
 /// [`MAX_NAME_LEN`]. Upper case is folded to lower case.

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use super::Mac;
+use super::MacAddr;
 
 /// Requests accepted from one MAC per window. A PXE ROM, then iPXE, then Linux make about a
 /// dozen requests per boot including retries.
@@ -15,7 +15,7 @@ pub const MAX_TRACKED_MACS: usize = 4096;
 
 #[derive(Debug, Default)]
 pub struct FloodGuard {
-    windows: HashMap<Mac, (u64, u32, bool)>, // (window start, count, warned)
+    windows: HashMap<MacAddr, (u64, u32, bool)>, // (window start, count, warned)
 }
 
 /// What to do with one request.
@@ -28,7 +28,7 @@ pub enum Verdict {
 }
 
 impl FloodGuard {
-    pub fn check(&mut self, mac: Mac, now: u64) -> Verdict {
+    pub fn check(&mut self, mac: MacAddr, now: u64) -> Verdict {
         if self.windows.len() >= MAX_TRACKED_MACS && !self.windows.contains_key(&mac) {
             self.windows
                 .retain(|_, (start, _, _)| now < *start + WINDOW_SECS);
@@ -59,14 +59,14 @@ mod tests {
     #[test]
     fn flood_from_one_mac_is_cut_then_forgiven() {
         let mut g = FloodGuard::default();
-        let m = [2, 0, 0, 0, 0, 1];
+        let m = MacAddr([2, 0, 0, 0, 0, 1]);
         for _ in 0..MAX_REQUESTS_PER_WINDOW {
             assert_eq!(g.check(m, 100), Verdict::Accept);
         }
         assert_eq!(g.check(m, 101), Verdict::DropAndWarn);
         assert_eq!(g.check(m, 102), Verdict::DropQuietly);
         assert_eq!(
-            g.check([2, 0, 0, 0, 0, 2], 102),
+            g.check(MacAddr([2, 0, 0, 0, 0, 2]), 102),
             Verdict::Accept,
             "other MACs unaffected"
         );
@@ -78,7 +78,7 @@ mod tests {
         let mut g = FloodGuard::default();
         for i in 0..(MAX_TRACKED_MACS as u32 + 10) {
             let b = i.to_be_bytes();
-            g.check([2, 0, b[0], b[1], b[2], b[3]], 5);
+            g.check(MacAddr([2, 0, b[0], b[1], b[2], b[3]]), 5);
         }
         assert!(g.windows.len() <= MAX_TRACKED_MACS);
     }

@@ -7,7 +7,7 @@ use std::io::Write;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
-use super::{DhcpError, Mac, mac_string};
+use super::{DhcpError, MacAddr};
 
 /// How long an offered (not yet requested) address is held for its client, in seconds.
 pub const OFFER_HOLD_SECS: u64 = 60;
@@ -19,8 +19,9 @@ pub const MAX_LEASE_FILE_BYTES: u64 = 16 * 1024 * 1024;
 /// One lease.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lease {
-    /// `aa:bb:cc:dd:ee:ff`.
-    pub mac: String,
+    /// Written `aa:bb:cc:dd:ee:ff`; any address (it is what the client put in chaddr).
+    #[serde(with = "crate::mac::any")]
+    pub mac: MacAddr,
     pub ip: Ipv4Addr,
     /// Unix time (seconds) when the lease or offer ends.
     pub expires: u64,
@@ -40,18 +41,9 @@ struct LeaseFile {
 /// The lease table.
 #[derive(Debug, Default, Clone)]
 pub struct Leases {
-    by_mac: HashMap<Mac, Lease>,
+    by_mac: HashMap<MacAddr, Lease>,
     declined: HashMap<Ipv4Addr, u64>,
     dirty: bool,
-}
-
-fn parse_mac(s: &str) -> Option<Mac> {
-    let mut mac = [0u8; 6];
-    let mut parts = s.split(':');
-    for b in mac.iter_mut() {
-        *b = u8::from_str_radix(parts.next()?, 16).ok()?;
-    }
-    parts.next().is_none().then_some(mac)
 }
 
 impl Leases {
@@ -81,10 +73,7 @@ impl Leases {
             .map_err(|e| DhcpError::ParsingLeases(path.to_path_buf(), e.to_string()))?;
         let mut by_mac = HashMap::new();
         for l in file.leases {
-            let mac = parse_mac(&l.mac).ok_or_else(|| {
-                DhcpError::ParsingLeases(path.to_path_buf(), format!("bad MAC {:?}", l.mac))
-            })?;
-            by_mac.insert(mac, l);
+            by_mac.insert(l.mac, l);
         }
         Ok(Leases {
             by_mac,
@@ -130,7 +119,7 @@ impl Leases {
     }
 
     /// The lease or offer for `mac`, if still valid at `now`.
-    pub fn get(&self, mac: &Mac, now: u64) -> Option<&Lease> {
+    pub fn get(&self, mac: &MacAddr, now: u64) -> Option<&Lease> {
         self.by_mac.get(mac).filter(|l| l.expires > now)
     }
 
@@ -140,7 +129,7 @@ impl Leases {
     }
 
     /// Is `ip` held by another MAC's valid lease/offer, or declined, at `now`?
-    pub fn ip_taken(&self, ip: Ipv4Addr, mac: &Mac, now: u64) -> bool {
+    pub fn ip_taken(&self, ip: Ipv4Addr, mac: &MacAddr, now: u64) -> bool {
         if self.declined.get(&ip).is_some_and(|&until| until > now) {
             return true;
         }
@@ -150,7 +139,7 @@ impl Leases {
     }
 
     /// Addresses held by other MACs' valid leases/offers, or declined, at `now`.
-    pub fn taken_ips(&self, mac: &Mac, now: u64) -> std::collections::HashSet<Ipv4Addr> {
+    pub fn taken_ips(&self, mac: &MacAddr, now: u64) -> std::collections::HashSet<Ipv4Addr> {
         let mut set: std::collections::HashSet<Ipv4Addr> = self
             .declined
             .iter()
@@ -168,7 +157,7 @@ impl Leases {
 
     /// Record an offer held for [`OFFER_HOLD_SECS`] (does not shorten a longer bound lease on
     /// the same address).
-    pub fn offer(&mut self, mac: Mac, ip: Ipv4Addr, client: Option<&str>, now: u64) {
+    pub fn offer(&mut self, mac: MacAddr, ip: Ipv4Addr, client: Option<&str>, now: u64) {
         if let Some(l) = self.by_mac.get(&mac)
             && l.ip == ip
             && l.bound
@@ -179,7 +168,7 @@ impl Leases {
         self.by_mac.insert(
             mac,
             Lease {
-                mac: mac_string(&mac),
+                mac,
                 ip,
                 expires: now + OFFER_HOLD_SECS,
                 bound: false,
@@ -192,7 +181,7 @@ impl Leases {
     /// Record an acknowledged lease.
     pub fn bind(
         &mut self,
-        mac: Mac,
+        mac: MacAddr,
         ip: Ipv4Addr,
         client: Option<&str>,
         now: u64,
@@ -201,7 +190,7 @@ impl Leases {
         self.by_mac.insert(
             mac,
             Lease {
-                mac: mac_string(&mac),
+                mac,
                 ip,
                 expires: now + u64::from(lease_secs),
                 bound: true,
@@ -212,7 +201,7 @@ impl Leases {
     }
 
     /// Forget `mac`'s offer if it is only an offer (the client chose another server).
-    pub fn drop_offer(&mut self, mac: &Mac) {
+    pub fn drop_offer(&mut self, mac: &MacAddr) {
         if self.by_mac.get(mac).is_some_and(|l| !l.bound) {
             self.by_mac.remove(mac);
             self.dirty = true;
@@ -220,7 +209,7 @@ impl Leases {
     }
 
     /// DHCPRELEASE: end `mac`'s lease if it is for `ip`.
-    pub fn release(&mut self, mac: &Mac, ip: Ipv4Addr) -> bool {
+    pub fn release(&mut self, mac: &MacAddr, ip: Ipv4Addr) -> bool {
         if self.by_mac.get(mac).is_some_and(|l| l.ip == ip) {
             self.by_mac.remove(mac);
             self.dirty = true;
@@ -230,7 +219,7 @@ impl Leases {
     }
 
     /// DHCPDECLINE: `ip` is in use by someone else; keep it out of the pool for a while.
-    pub fn decline(&mut self, mac: &Mac, ip: Ipv4Addr, now: u64) {
+    pub fn decline(&mut self, mac: &MacAddr, ip: Ipv4Addr, now: u64) {
         if self.by_mac.get(mac).is_some_and(|l| l.ip == ip) {
             self.by_mac.remove(mac);
         }
@@ -250,7 +239,7 @@ impl Leases {
     }
 
     /// The last address `mac` held, even if the lease ran out (to give it back when free).
-    pub fn last_ip(&self, mac: &Mac) -> Option<Ipv4Addr> {
+    pub fn last_ip(&self, mac: &MacAddr) -> Option<Ipv4Addr> {
         self.by_mac.get(mac).map(|l| l.ip)
     }
 }
@@ -259,8 +248,8 @@ impl Leases {
 mod tests {
     use super::*;
 
-    const A: Mac = [2, 0, 0, 0, 0, 0xa];
-    const B: Mac = [2, 0, 0, 0, 0, 0xb];
+    const A: MacAddr = MacAddr([2, 0, 0, 0, 0, 0xa]);
+    const B: MacAddr = MacAddr([2, 0, 0, 0, 0, 0xb]);
 
     #[test]
     fn offer_bind_release_decline() {

@@ -29,14 +29,7 @@ pub use server::{Arrival, Destination, DhcpServer, Reply};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
-/// A MAC address as it appears in chaddr.
-pub type Mac = [u8; 6];
-
-/// Format a MAC as `aa:bb:cc:dd:ee:ff`.
-pub fn mac_string(mac: &Mac) -> String {
-    let parts: Vec<String> = mac.iter().map(|b| format!("{b:02x}")).collect();
-    parts.join(":")
-}
+pub use crate::mac::MacAddr;
 
 /// Everything DHCP needs to know about one registered client.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,18 +51,18 @@ pub struct DhcpClient {
 /// Client lookup, implemented by the registry (config/store) side.
 pub trait ClientDirectory: Send + Sync {
     /// The registered client with this MAC, if any.
-    fn by_mac(&self, mac: Mac) -> Option<DhcpClient>;
+    fn by_mac(&self, mac: MacAddr) -> Option<DhcpClient>;
     /// The MAC of the client that has `ip` reserved, if any (dynamic allocation skips it).
-    fn by_ip(&self, ip: Ipv4Addr) -> Option<Mac>;
+    fn by_ip(&self, ip: Ipv4Addr) -> Option<MacAddr>;
 }
 
 /// Called on a client's power-on (its boot firmware's first DHCPDISCOVER of a boot).
 pub trait PowerOnHook: Send + Sync {
-    fn power_on(&self, mac: Mac, client: &DhcpClient);
+    fn power_on(&self, mac: MacAddr, client: &DhcpClient);
 }
 
-impl<F: Fn(Mac, &DhcpClient) + Send + Sync> PowerOnHook for F {
-    fn power_on(&self, mac: Mac, client: &DhcpClient) {
+impl<F: Fn(MacAddr, &DhcpClient) + Send + Sync> PowerOnHook for F {
+    fn power_on(&self, mac: MacAddr, client: &DhcpClient) {
         self(mac, client)
     }
 }
@@ -77,11 +70,11 @@ impl<F: Fn(Mac, &DhcpClient) + Send + Sync> PowerOnHook for F {
 /// Called for an unknown MAC when `auto_enroll` is on; returns the new client, or None to
 /// ignore the MAC after all.
 pub trait EnrollHook: Send + Sync {
-    fn enroll(&self, mac: Mac) -> Option<DhcpClient>;
+    fn enroll(&self, mac: MacAddr) -> Option<DhcpClient>;
 }
 
-impl<F: Fn(Mac) -> Option<DhcpClient> + Send + Sync> EnrollHook for F {
-    fn enroll(&self, mac: Mac) -> Option<DhcpClient> {
+impl<F: Fn(MacAddr) -> Option<DhcpClient> + Send + Sync> EnrollHook for F {
+    fn enroll(&self, mac: MacAddr) -> Option<DhcpClient> {
         self(mac)
     }
 }

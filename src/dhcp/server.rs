@@ -8,7 +8,7 @@ use super::config::{DhcpConfig, DhcpMode, Pool};
 use super::flood::{FloodGuard, Verdict};
 use super::leases::Leases;
 use super::wire::{self, ClientKind};
-use super::{ClientDirectory, DhcpClient, DhcpError, DhcpHooks, Mac, mac_string};
+use super::{ClientDirectory, DhcpClient, DhcpError, DhcpHooks, MacAddr};
 
 /// DHCP server port.
 pub const SERVER_PORT: u16 = 67;
@@ -42,7 +42,7 @@ pub enum Destination {
     Broadcast,
     /// Unicast to `ip` at hardware address `mac`, a client that has no address yet: the
     /// service may add an ARP entry and unicast, or broadcast instead.
-    Hardware { ip: Ipv4Addr, mac: Mac },
+    Hardware { ip: Ipv4Addr, mac: MacAddr },
 }
 
 /// A reply to send.
@@ -63,8 +63,8 @@ pub struct DhcpServer {
     cfg: DhcpConfig,
     leases: Leases,
     flood: FloodGuard,
-    logged_once: HashSet<(Mac, &'static str)>,
-    last_firmware_discover: HashMap<Mac, u64>,
+    logged_once: HashSet<(MacAddr, &'static str)>,
+    last_firmware_discover: HashMap<MacAddr, u64>,
 }
 
 /// What a reply is for.
@@ -108,7 +108,7 @@ impl DhcpServer {
         self.leases.take_dirty()
     }
 
-    fn log_once(&mut self, mac: Mac, what: &'static str) -> bool {
+    fn log_once(&mut self, mac: MacAddr, what: &'static str) -> bool {
         if self.logged_once.len() >= MAX_LOGGED_ONCE {
             self.logged_once.clear();
         }
@@ -135,7 +135,7 @@ impl DhcpServer {
         match self.flood.check(mac, now) {
             Verdict::Accept => {}
             Verdict::DropAndWarn => {
-                tracing::warn!(mac = %mac_string(&mac), "DHCP flood: more than {} requests in {} s, dropping", super::flood::MAX_REQUESTS_PER_WINDOW, super::flood::WINDOW_SECS);
+                tracing::warn!(mac = %mac, "DHCP flood: more than {} requests in {} s, dropping", super::flood::MAX_REQUESTS_PER_WINDOW, super::flood::WINDOW_SECS);
                 return None;
             }
             Verdict::DropQuietly => return None,
@@ -153,7 +153,7 @@ impl DhcpServer {
                 };
                 match enrolled {
                     Some(c) => {
-                        tracing::info!(mac = %mac_string(&mac), client = %c.name, "auto-enrolled unknown MAC");
+                        tracing::info!(mac = %mac, client = %c.name, "auto-enrolled unknown MAC");
                         c
                     }
                     None => {
@@ -161,9 +161,9 @@ impl DhcpServer {
                         // only unknown boot firmware is worth an info line.
                         let notable = kind.is_firmware() || self.cfg.mode == DhcpMode::Full;
                         if notable && self.log_once(mac, "unknown") {
-                            tracing::info!(mac = %mac_string(&mac), kind = ?kind, "ignoring DHCP from unknown MAC (not a registered client; add it with isboot add-client, or set auto_enroll)");
+                            tracing::info!(mac = %mac, kind = ?kind, "ignoring DHCP from unknown MAC (not a registered client; add it with isboot add-client, or set auto_enroll)");
                         } else if !notable {
-                            tracing::trace!(mac = %mac_string(&mac), "ignoring non-boot DHCP from unknown MAC");
+                            tracing::trace!(mac = %mac, "ignoring non-boot DHCP from unknown MAC");
                         }
                         return None;
                     }
@@ -181,7 +181,7 @@ impl DhcpServer {
 
     fn note_firmware_discover(
         &mut self,
-        mac: Mac,
+        mac: MacAddr,
         client: &DhcpClient,
         hooks: &DhcpHooks,
         now: u64,
@@ -196,7 +196,7 @@ impl DhcpServer {
                 .retain(|_, t| now.saturating_sub(*t) < POWER_ON_QUIET_SECS);
         }
         if new_boot {
-            tracing::info!(mac = %mac_string(&mac), client = %client.name, "client power-on (boot firmware DHCPDISCOVER)");
+            tracing::info!(mac = %mac, client = %client.name, "client power-on (boot firmware DHCPDISCOVER)");
             if let Some(h) = &hooks.power_on {
                 h.power_on(mac, client);
             }
@@ -204,7 +204,7 @@ impl DhcpServer {
     }
 
     /// The stage-1 boot file for an architecture, or None (logged once per MAC).
-    fn bootfile_for(&mut self, mac: Mac, arch: Option<u16>) -> Option<String> {
+    fn bootfile_for(&mut self, mac: MacAddr, arch: Option<u16>) -> Option<String> {
         let b = &self.cfg.bootfiles;
         let file = match arch.unwrap_or(0) {
             0 => Some(b.bios.clone()),
@@ -213,7 +213,7 @@ impl DhcpServer {
             _ => None,
         };
         if file.is_none() && self.log_once(mac, "arch") {
-            tracing::warn!(mac = %mac_string(&mac), arch = ?arch, "no boot file for this client architecture (option 93); not offering boot");
+            tracing::warn!(mac = %mac, arch = ?arch, "no boot file for this client architecture (option 93); not offering boot");
         }
         file
     }
@@ -226,7 +226,7 @@ impl DhcpServer {
         msg: &Message,
         mtype: MessageType,
         kind: ClientKind,
-        mac: Mac,
+        mac: MacAddr,
         client: &DhcpClient,
         dir: &dyn ClientDirectory,
         arrival: Arrival,
@@ -239,7 +239,7 @@ impl DhcpServer {
         let giaddr = msg.giaddr();
         let Some(pool) = self.cfg.pool_for(giaddr) else {
             if self.log_once(mac, "relay") {
-                tracing::warn!(mac = %mac_string(&mac), %giaddr, "DHCP via a relay whose network has no pool; ignoring");
+                tracing::warn!(mac = %mac, %giaddr, "DHCP via a relay whose network has no pool; ignoring");
             }
             return None;
         };
@@ -299,7 +299,7 @@ impl DhcpServer {
                 }
                 self.leases
                     .bind(mac, wanted, Some(&client.name), now, self.cfg.lease_time);
-                tracing::info!(mac = %mac_string(&mac), client = %client.name, ip = %wanted, kind = ?kind, "DHCPACK");
+                tracing::info!(mac = %mac, client = %client.name, ip = %wanted, kind = ?kind, "DHCPACK");
                 self.build(
                     msg,
                     MessageType::Ack,
@@ -315,7 +315,7 @@ impl DhcpServer {
                     return None;
                 }
                 if let Some(ip) = wire::requested_ip(msg) {
-                    tracing::warn!(mac = %mac_string(&mac), %ip, "DHCPDECLINE: address in use by another host; holding it back");
+                    tracing::warn!(mac = %mac, %ip, "DHCPDECLINE: address in use by another host; holding it back");
                     self.leases.decline(&mac, ip, now);
                 }
                 None
@@ -325,7 +325,7 @@ impl DhcpServer {
                     return None;
                 }
                 if self.leases.release(&mac, msg.ciaddr()) {
-                    tracing::info!(mac = %mac_string(&mac), ip = %msg.ciaddr(), "DHCPRELEASE");
+                    tracing::info!(mac = %mac, ip = %msg.ciaddr(), "DHCPRELEASE");
                 }
                 None
             }
@@ -347,7 +347,7 @@ impl DhcpServer {
         }
     }
 
-    fn free_for(&self, ip: Ipv4Addr, mac: Mac, dir: &dyn ClientDirectory, now: u64) -> bool {
+    fn free_for(&self, ip: Ipv4Addr, mac: MacAddr, dir: &dyn ClientDirectory, now: u64) -> bool {
         ip != self.cfg.server_ip
             && !self.leases.ip_taken(ip, &mac, now)
             && dir.by_ip(ip).is_none_or(|owner| owner == mac)
@@ -357,7 +357,7 @@ impl DhcpServer {
     /// this network, else its current lease or offer.
     fn known_ip(
         &self,
-        mac: Mac,
+        mac: MacAddr,
         client: &DhcpClient,
         pool: &Pool,
         dir: &dyn ClientDirectory,
@@ -377,7 +377,7 @@ impl DhcpServer {
 
     fn choose_ip(
         &mut self,
-        mac: Mac,
+        mac: MacAddr,
         client: &DhcpClient,
         pool: &Pool,
         requested: Option<Ipv4Addr>,
@@ -402,14 +402,14 @@ impl DhcpServer {
                 && dir.by_ip(*ip).is_none_or(|owner| owner == mac)
         });
         if found.is_none() && self.log_once(mac, "exhausted") {
-            tracing::warn!(mac = %mac_string(&mac), %range, "DHCP pool exhausted");
+            tracing::warn!(mac = %mac, %range, "DHCP pool exhausted");
         }
         found
     }
 
     fn nak(&mut self, req: &Message, why: &str) -> Option<Reply> {
         let mac = wire::mac_of(req);
-        tracing::info!(mac = %mac_string(&mac), why, "DHCPNAK");
+        tracing::info!(mac = %mac, why, "DHCPNAK");
         let mut m = reply_skeleton(req);
         m.set_ciaddr(Ipv4Addr::UNSPECIFIED);
         let opts = m.opts_mut();
@@ -432,7 +432,7 @@ impl DhcpServer {
         msg: &Message,
         mtype: MessageType,
         kind: ClientKind,
-        mac: Mac,
+        mac: MacAddr,
         client: &DhcpClient,
         arrival: Arrival,
     ) -> Option<Reply> {
@@ -462,7 +462,7 @@ impl DhcpServer {
         req: &Message,
         reply_type: MessageType,
         kind: ClientKind,
-        mac: Mac,
+        mac: MacAddr,
         client: &DhcpClient,
         pool: &Pool,
         purpose: Purpose,
@@ -646,7 +646,7 @@ fn reply_skeleton(req: &Message) -> Message {
 
 /// RFC 2131 section 4.1: relay first, then ciaddr, then broadcast flag, else unicast to the
 /// new address at the client's hardware address.
-fn destination(req: &Message, reply: &Message, mac: Mac) -> Destination {
+fn destination(req: &Message, reply: &Message, mac: MacAddr) -> Destination {
     if !req.giaddr().is_unspecified() {
         return Destination::Relay(SocketAddrV4::new(req.giaddr(), SERVER_PORT));
     }
@@ -671,15 +671,15 @@ mod tests {
     use dhcproto::v4::Architecture;
     use std::sync::{Arc, Mutex};
 
-    const KNOWN: Mac = [0x52, 0x54, 0, 0, 0, 1];
-    const DYN: Mac = [0x52, 0x54, 0, 0, 0, 2];
-    const UNKNOWN: Mac = [0x52, 0x54, 0, 0, 0, 9];
+    const KNOWN: MacAddr = MacAddr([0x52, 0x54, 0, 0, 0, 1]);
+    const DYN: MacAddr = MacAddr([0x52, 0x54, 0, 0, 0, 2]);
+    const UNKNOWN: MacAddr = MacAddr([0x52, 0x54, 0, 0, 0, 9]);
     const SERVER: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
     const RESERVED: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 10);
 
     struct Dir;
     impl ClientDirectory for Dir {
-        fn by_mac(&self, mac: Mac) -> Option<DhcpClient> {
+        fn by_mac(&self, mac: MacAddr) -> Option<DhcpClient> {
             match mac {
                 KNOWN => Some(DhcpClient {
                     name: "ws1".into(),
@@ -700,7 +700,7 @@ mod tests {
                 _ => None,
             }
         }
-        fn by_ip(&self, ip: Ipv4Addr) -> Option<Mac> {
+        fn by_ip(&self, ip: Ipv4Addr) -> Option<MacAddr> {
             (ip == RESERVED).then_some(KNOWN)
         }
     }
@@ -729,14 +729,14 @@ mod tests {
         Linux,
     }
 
-    fn req(mac: Mac, t: MessageType, who: Who, extra: Vec<DhcpOption>) -> Message {
+    fn req(mac: MacAddr, t: MessageType, who: Who, extra: Vec<DhcpOption>) -> Message {
         let mut m = Message::new_with_id(
             0xabcd,
             Ipv4Addr::UNSPECIFIED,
             Ipv4Addr::UNSPECIFIED,
             Ipv4Addr::UNSPECIFIED,
             Ipv4Addr::UNSPECIFIED,
-            &mac,
+            &mac.0,
         );
         let o = m.opts_mut();
         o.insert(DhcpOption::MessageType(t));
@@ -933,7 +933,7 @@ mod tests {
         assert!(send(&mut s, &DhcpHooks::default(), &d, 67, 1).is_none());
         let enrolled = Arc::new(Mutex::new(Vec::new()));
         let e2 = enrolled.clone();
-        let hook = move |mac: Mac| -> Option<DhcpClient> {
+        let hook = move |mac: MacAddr| -> Option<DhcpClient> {
             e2.lock().expect("lock").push(mac);
             Some(DhcpClient {
                 name: "new".into(),
@@ -969,7 +969,7 @@ mod tests {
     fn power_on_hook_once_per_boot() {
         let calls = Arc::new(Mutex::new(0u32));
         let c2 = calls.clone();
-        let hook = move |_mac: Mac, _c: &DhcpClient| *c2.lock().expect("lock") += 1;
+        let hook = move |_mac: MacAddr, _c: &DhcpClient| *c2.lock().expect("lock") += 1;
         let hooks = DhcpHooks {
             power_on: Some(Arc::new(hook) as Arc<dyn PowerOnHook>),
             enroll: None,

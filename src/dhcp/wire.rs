@@ -9,7 +9,7 @@
 use dhcproto::v4::{DhcpOption, Message, MessageType, Opcode, OptionCode};
 use dhcproto::{Decodable, Encodable};
 
-use super::{DhcpError, Mac};
+use super::{DhcpError, MacAddr};
 
 /// Fixed BOOTP header (236 bytes) plus the 4-byte magic cookie.
 pub const MIN_PACKET_LEN: usize = 240;
@@ -130,13 +130,13 @@ pub fn encode(msg: &Message) -> Result<Vec<u8>, DhcpError> {
 }
 
 /// The client's MAC (valid after [`check_packet`]: hlen is 6).
-pub fn mac_of(msg: &Message) -> Mac {
+pub fn mac_of(msg: &Message) -> MacAddr {
     let mut mac = [0u8; 6];
     let ch = msg.chaddr();
     if ch.len() >= 6 {
         mac.copy_from_slice(&ch[..6]);
     }
-    mac
+    MacAddr(mac)
 }
 
 /// Which kind of DHCP client sent a request.
@@ -230,7 +230,7 @@ pub(crate) mod tests {
     use std::net::Ipv4Addr;
 
     /// A DISCOVER with the given options, encoded.
-    pub(crate) fn packet(mac: Mac, opts: Vec<DhcpOption>) -> Vec<u8> {
+    pub(crate) fn packet(mac: [u8; 6], opts: Vec<DhcpOption>) -> Vec<u8> {
         let mut m = Message::new_with_id(
             0x1234_5678,
             Ipv4Addr::UNSPECIFIED,
@@ -257,7 +257,7 @@ pub(crate) mod tests {
     fn good_packet_parses() {
         let m = parse_request(&discover()).expect("parses");
         assert_eq!(msg_type(&m), Some(MessageType::Discover));
-        assert_eq!(mac_of(&m), [2, 0, 0, 0, 0, 1]);
+        assert_eq!(mac_of(&m), MacAddr([2, 0, 0, 0, 0, 1]));
         assert_eq!(classify(&m), ClientKind::Plain);
     }
 

@@ -1,9 +1,8 @@
 //! The PXE side of `isboot serve`: DHCP and TFTP on the configured boot interface, answering
 //! from the live client registry.
 
-use crate::config::MacAddr;
 use crate::dhcp::config::DhcpConfig;
-use crate::dhcp::{ClientDirectory, DhcpClient, DhcpHooks, Mac, PowerOnHook};
+use crate::dhcp::{ClientDirectory, DhcpClient, DhcpHooks, MacAddr, PowerOnHook};
 use crate::service::registry::StateRegistry;
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -15,8 +14,8 @@ use tracing::{info, warn};
 pub struct RegistryDirectory(pub Arc<StateRegistry>);
 
 impl ClientDirectory for RegistryDirectory {
-    fn by_mac(&self, mac: Mac) -> Option<DhcpClient> {
-        let b = self.0.current_state().boot_target(&MacAddr(mac))?;
+    fn by_mac(&self, mac: MacAddr) -> Option<DhcpClient> {
+        let b = self.0.current_state().boot_target(&mac)?;
         Some(DhcpClient {
             name: b.name.replace(':', "-"),
             ip: b.ip,
@@ -27,14 +26,14 @@ impl ClientDirectory for RegistryDirectory {
         })
     }
 
-    fn by_ip(&self, ip: Ipv4Addr) -> Option<Mac> {
+    fn by_ip(&self, ip: Ipv4Addr) -> Option<MacAddr> {
         let state = self.0.current_state();
         state
             .registry
             .clients
             .iter()
             .find(|c| c.ip == Some(ip))
-            .map(|c| c.mac.0)
+            .map(|c| c.mac)
     }
 }
 
@@ -42,11 +41,11 @@ impl ClientDirectory for RegistryDirectory {
 struct PowerOn(Arc<StateRegistry>);
 
 impl PowerOnHook for PowerOn {
-    fn power_on(&self, mac: Mac, client: &DhcpClient) {
+    fn power_on(&self, mac: MacAddr, client: &DhcpClient) {
         // A real reset writes and fsyncs a few files. It must finish before the DHCP answer
         // (iPXE logs in right after it), so it runs here, but off the executor's core
         // threads where the runtime allows it.
-        let reset = || self.0.power_on(&MacAddr(mac));
+        let reset = || self.0.power_on(&mac);
         let multi_thread = tokio::runtime::Handle::try_current()
             .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
         let result = if multi_thread {

@@ -18,7 +18,7 @@ use tokio::net::UdpSocket;
 use crate::dhcp::server::{CLIENT_PORT, PXE_PORT, SERVER_PORT};
 use crate::dhcp::{
     Arrival, ClientDirectory, Destination, DhcpConfig, DhcpError, DhcpHooks, DhcpMode, DhcpServer,
-    Leases, Mac, mac_string,
+    Leases, MacAddr,
 };
 
 /// Receive buffer: larger than any datagram the parser accepts, so oversize ones are seen
@@ -72,7 +72,12 @@ fn interface_exists(name: &str) -> bool {
 
 /// Add a completed ARP entry `ip -> mac` on `interface` (SIOCSARP), so a reply can be
 /// unicast to a client that has no address yet.
-fn add_arp_entry(sock: &UdpSocket, interface: &str, ip: Ipv4Addr, mac: Mac) -> std::io::Result<()> {
+fn add_arp_entry(
+    sock: &UdpSocket,
+    interface: &str,
+    ip: Ipv4Addr,
+    mac: MacAddr,
+) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
     const ATF_COM: libc::c_int = 0x02;
     if interface.len() >= 16 {
@@ -91,7 +96,7 @@ fn add_arp_entry(sock: &UdpSocket, interface: &str, ip: Ipv4Addr, mac: Mac) -> s
     // SAFETY: sockaddr_in (16 bytes) fits in sockaddr (16 bytes); both are POD.
     req.arp_pa = unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(pa) };
     req.arp_ha.sa_family = libc::ARPHRD_ETHER;
-    for (d, s) in req.arp_ha.sa_data.iter_mut().zip(mac.iter()) {
+    for (d, s) in req.arp_ha.sa_data.iter_mut().zip(mac.0.iter()) {
         *d = *s as libc::c_char;
     }
     req.arp_flags = ATF_COM;
@@ -282,7 +287,7 @@ async fn send_reply(socks: &Sockets, port: u16, reply: &crate::dhcp::Reply) {
         Destination::Hardware { ip, mac } => match add_arp_entry(sock, &socks.interface, ip, mac) {
             Ok(()) => SocketAddrV4::new(ip, CLIENT_PORT),
             Err(e) => {
-                tracing::debug!(mac = %mac_string(&mac), error = %e, "no ARP entry added; broadcasting the reply");
+                tracing::debug!(mac = %mac, error = %e, "no ARP entry added; broadcasting the reply");
                 SocketAddrV4::new(Ipv4Addr::BROADCAST, CLIENT_PORT)
             }
         },
@@ -322,10 +327,10 @@ mod tests {
 
     struct NoClients;
     impl ClientDirectory for NoClients {
-        fn by_mac(&self, _: Mac) -> Option<DhcpClient> {
+        fn by_mac(&self, _: MacAddr) -> Option<DhcpClient> {
             None
         }
-        fn by_ip(&self, _: Ipv4Addr) -> Option<Mac> {
+        fn by_ip(&self, _: Ipv4Addr) -> Option<MacAddr> {
             None
         }
     }
