@@ -1,0 +1,253 @@
+//! Clients: add, remove, reset (by hand, or at power-on for reset-mode clients).
+
+use super::{Locked, State, StateDir};
+use crate::config::names::{ClientName, ImageName, Iqn, MacAddr};
+use crate::config::registry::{Chap, Client, Mode};
+use crate::config::{ConfigError, now_unix};
+use crate::store::overlay::Overlay;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+/// Longest CHAP secret accepted (bytes).
+pub const MAX_CHAP_SECRET: usize = 255;
+/// Shortest CHAP secret accepted (RFC 7143 §12.1.3 asks for at least 96 bits).
+pub const MIN_CHAP_SECRET: usize = 12;
+
+/// What `add-client` asks for (already parsed).
+#[derive(Clone, Debug)]
+pub struct AddClient {
+    pub mac: MacAddr,
+    pub image: ImageName,
+    pub name: Option<ClientName>,
+    pub ip: Option<Ipv4Addr>,
+    pub mode: Mode,
+    /// Allowed initiators; empty = the default `<prefix>:initiator:<name>`.
+    pub initiators: Vec<Iqn>,
+    pub chap: Option<Chap>,
+}
+
+impl StateDir {
+    /// A reset-mode client powered on (its PXE ROM sent DHCP): drop its overlay and move it to
+    /// its image's newest version. Does nothing (returns `Ok(None)`) for persistent clients,
+    /// unknown MACs, and overlays that are still empty on the newest version. Returns the
+    /// client's new record when it was reset.
+    pub fn power_on(&self, mac: &MacAddr) -> Result<Option<Client>, ConfigError> {
+        // Cheap unlocked check first: DHCP calls this for every PXE request.
+        let st = self.load()?;
+        match st.registry.client_by_mac(mac) {
+            Some(c) if c.mode == Mode::Reset && st.needs_power_on_reset(c) => {}
+            _ => return Ok(None),
+        }
+        let mut l = self.lock()?;
+        let c = match l.state.registry.client_by_mac(mac) {
+            Some(c) if c.mode == Mode::Reset && l.state.needs_power_on_reset(c) => c.clone(),
+            _ => return Ok(None),
+        };
+        l.reset_client(c.name.as_str(), true).map(Some)
+    }
+}
+
+impl State {
+    /// Reset-mode power-on has work to do: the overlay holds writes or a newer version exists.
+    fn needs_power_on_reset(&self, c: &Client) -> bool {
+        let newest = self
+            .registry
+            .image(&c.image)
+            .and_then(|i| i.newest())
+            .map(|v| v.number);
+        if newest != Some(c.version) {
+            return true;
+        }
+        match Overlay::usage_at(&self.dir.path(&c.overlay)) {
+            Ok(u) => u.data_blocks + u.zero_blocks > 0,
+            Err(_) => true,
+        }
+    }
+}
+
+fn validate_chap(chap: &Chap) -> Result<(), ConfigError> {
+    let bad = |m: &str| Err(ConfigError::BadArgument(m.to_string()));
+    let user_ok =
+        |u: &str| !u.is_empty() && u.len() <= 255 && u.bytes().all(|b| b.is_ascii_graphic());
+    if !user_ok(&chap.user) {
+        return bad("bad CHAP user name (1 to 255 printable characters, no spaces)");
+    }
+    if !(MIN_CHAP_SECRET..=MAX_CHAP_SECRET).contains(&chap.secret.len()) {
+        return bad("CHAP secret must be 12 to 255 bytes long");
+    }
+    match (&chap.mutual_user, &chap.mutual_secret) {
+        (None, None) => Ok(()),
+        (Some(u), Some(s)) => {
+            if !user_ok(u) {
+                return bad("bad mutual CHAP user name (1 to 255 printable characters, no spaces)");
+            }
+            if !(MIN_CHAP_SECRET..=MAX_CHAP_SECRET).contains(&s.len()) {
+                return bad("mutual CHAP secret must be 12 to 255 bytes long");
+            }
+            if s == &chap.secret {
+                return bad("mutual CHAP secret must differ from the CHAP secret");
+            }
+            Ok(())
+        }
+        _ => bad("--mutual-user and --mutual-secret go together"),
+    }
+}
+
+impl Locked {
+    pub fn add_client(&mut self, req: AddClient) -> Result<Client, ConfigError> {
+        let st = &self.state;
+        let name = req.name.clone().unwrap_or_else(|| {
+            req.mac
+                .dashed()
+                .parse()
+                .unwrap_or_else(|_| unreachable!("a dashed MAC is a valid name"))
+        });
+        if st.registry.clients.iter().any(|c| c.name == name) {
+            return Err(ConfigError::NameTaken(name.to_string()));
+        }
+        if let Some(c) = st.registry.client_by_mac(&req.mac) {
+            return Err(ConfigError::MacTaken {
+                mac: req.mac,
+                client: c.name.to_string(),
+            });
+        }
+        let image = st.image(&req.image)?;
+        let version = image
+            .newest()
+            .map(|v| v.number)
+            .ok_or_else(|| ConfigError::UnknownImage(format!("{} (no versions)", req.image)))?;
+        if let Some(ip) = req.ip {
+            if let Some(net) = st.config.subnet {
+                if !net.host(ip) {
+                    return Err(ConfigError::IpOutsideSubnet { ip, subnet: net });
+                }
+            }
+            if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() {
+                return Err(ConfigError::BadArgument(format!(
+                    "{ip} cannot be a client address"
+                )));
+            }
+            if st.config.server_ip == Some(ip) {
+                return Err(ConfigError::IpTaken {
+                    ip,
+                    by: "this server".into(),
+                });
+            }
+            if let Some(c) = st.registry.clients.iter().find(|c| c.ip == Some(ip)) {
+                return Err(ConfigError::IpTaken {
+                    ip,
+                    by: format!("client {}", c.name),
+                });
+            }
+        }
+        let initiators = if req.initiators.is_empty() {
+            vec![st.default_initiator(name.as_str())]
+        } else {
+            let mut v = req.initiators.clone();
+            v.dedup();
+            v
+        };
+        let target = st.target_iqn(&name);
+        for i in &initiators {
+            if i == &target {
+                return Err(ConfigError::IqnTaken {
+                    iqn: i.to_string(),
+                    by: format!("client {name}'s target"),
+                });
+            }
+            if let Some(c) = st
+                .registry
+                .clients
+                .iter()
+                .find(|c| c.initiators.contains(i))
+            {
+                return Err(ConfigError::IqnTaken {
+                    iqn: i.to_string(),
+                    by: format!("client {}", c.name),
+                });
+            }
+            if let Some(c) = st
+                .registry
+                .clients
+                .iter()
+                .find(|c| &st.target_iqn(&c.name) == i)
+            {
+                return Err(ConfigError::IqnTaken {
+                    iqn: i.to_string(),
+                    by: format!("client {}'s target", c.name),
+                });
+            }
+        }
+        if let Some(ch) = &req.chap {
+            validate_chap(ch)?;
+        }
+        let rel = self.new_overlay("overlays", name.as_str(), &req.image, version)?;
+        let client = Client {
+            name,
+            mac: req.mac,
+            ip: req.ip,
+            image: req.image,
+            version,
+            mode: req.mode,
+            initiators,
+            overlay: rel.clone(),
+            created: now_unix(),
+            chap: req.chap,
+        };
+        self.state.registry.clients.push(client.clone());
+        self.save_or_forget(&[&rel])?;
+        Ok(client)
+    }
+
+    /// Remove a client; with `keep_overlay` its overlay file stays (its path is returned).
+    pub fn remove_client(
+        &mut self,
+        which: &str,
+        keep_overlay: bool,
+    ) -> Result<(Client, Option<PathBuf>), ConfigError> {
+        let c = self.state.client(which)?.clone();
+        self.state.registry.clients.retain(|x| x.name != c.name);
+        self.save()?;
+        if keep_overlay {
+            Ok((c.clone(), Some(self.state.dir.path(&c.overlay))))
+        } else {
+            self.forget(&c.overlay);
+            Ok((c, None))
+        }
+    }
+
+    /// Drop a client's writes: a fresh overlay on its image's newest version. Refused while the
+    /// client is logged in to a running server, unless `force` (the server then ends its
+    /// sessions when it sees the change).
+    pub fn reset_client(&mut self, which: &str, force: bool) -> Result<Client, ConfigError> {
+        let c = self.state.client(which)?.clone();
+        if !force {
+            let s = self.state.sessions_of(&self.state.target_iqn(&c.name));
+            if !s.is_empty() {
+                let from: Vec<String> = s.iter().map(|s| s.peer.clone()).collect();
+                return Err(ConfigError::LoggedIn {
+                    what: format!("client {}", c.name),
+                    from: from.join(", "),
+                });
+            }
+        }
+        let newest = self
+            .state
+            .image(&c.image)?
+            .newest()
+            .map(|v| v.number)
+            .ok_or_else(|| ConfigError::UnknownImage(c.image.to_string()))?;
+        let rel = self.new_overlay("overlays", c.name.as_str(), &c.image, newest)?;
+        let mut updated = c.clone();
+        updated.overlay = rel.clone();
+        updated.version = newest;
+        for x in self.state.registry.clients.iter_mut() {
+            if x.name == c.name {
+                *x = updated.clone();
+            }
+        }
+        self.save_or_forget(&[&rel])?;
+        self.forget(&c.overlay);
+        Ok(updated)
+    }
+}

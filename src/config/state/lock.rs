@@ -1,0 +1,69 @@
+//! The locks: the directory lock every change takes, and the lock one `isboot serve` holds.
+
+use super::{Locked, StateDir, io_write};
+use crate::config::ConfigError;
+use std::fs::{File, OpenOptions};
+use std::os::unix::io::AsRawFd;
+
+impl StateDir {
+    /// Take the directory lock (waiting for another command to finish) and read the state.
+    pub fn lock(&self) -> Result<Locked, ConfigError> {
+        if !self.config_path().exists() {
+            return Err(ConfigError::NotInitialised(self.root.clone()));
+        }
+        self.check_writable()?;
+        let lp = self.root.join(".lock");
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lp)
+            .map_err(|source| ConfigError::NotWritable {
+                path: self.root.clone(),
+                source,
+            })?;
+        // SAFETY: plain syscall on an fd we own.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(ConfigError::Writing {
+                path: lp,
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        Ok(Locked {
+            _lock: f,
+            state: self.load()?,
+        })
+    }
+
+    /// Claim the state directory for one `isboot serve` (two servers would open the same
+    /// overlays twice). Held until the returned file is dropped.
+    pub fn lock_server(&self) -> Result<File, ConfigError> {
+        let run = self.root.join("run");
+        std::fs::create_dir_all(&run).map_err(io_write(&run))?;
+        let p = run.join("serve.pid");
+        let mut f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&p)
+            .map_err(io_write(&p))?;
+        // SAFETY: plain syscall on an fd we own.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let pid = std::fs::read_to_string(&p)
+                .unwrap_or_default()
+                .trim()
+                .to_string();
+            return Err(ConfigError::ServerRunning(if pid.is_empty() {
+                "?".into()
+            } else {
+                pid
+            }));
+        }
+        use std::io::Write;
+        f.set_len(0).map_err(io_write(&p))?;
+        writeln!(f, "{}", std::process::id()).map_err(io_write(&p))?;
+        Ok(f)
+    }
+}

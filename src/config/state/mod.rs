@@ -1,0 +1,406 @@
+//! The state directory and every change to it. Readers take a [`State`] snapshot
+//! ([`StateDir::load`]); writers take the directory lock ([`StateDir::lock`]), validate
+//! everything, then change files so that each step is atomic and the registry rename is the
+//! commit point: new files are created before the registry points at them, old files are
+//! removed after it stops pointing at them.
+
+//!
+//! Files, by what they own: `clients.rs` (add, remove, reset, power-on), `images.rs` (import,
+//! publish, remove, prune), `maintenance.rs` (edit, commit, abort), `lock.rs` (the directory
+//! lock and the one-server lock), `poll.rs` (what a running server reports in its status
+//! file). This file: the directory layout, loading, and what every change shares.
+
+mod clients;
+mod images;
+mod lock;
+mod maintenance;
+mod poll;
+
+pub use clients::{AddClient, MAX_CHAP_SECRET, MIN_CHAP_SECRET};
+
+use super::file::Config;
+use super::names::{ClientName, ImageName, Iqn, MacAddr, Subnet};
+use super::registry::{Chap, Client, Image, Registry};
+use super::{ConfigError, sync_dir, write_atomic};
+use crate::store::base::{BaseId, BaseImage};
+use crate::store::overlay::{DEFAULT_BLOCK_SIZE, Overlay};
+use std::fs::{File, OpenOptions};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// A state directory on disk.
+#[derive(Clone, Debug)]
+pub struct StateDir {
+    root: PathBuf,
+}
+
+/// A consistent snapshot of the configuration and the registry.
+#[derive(Clone, Debug)]
+pub struct State {
+    pub dir: StateDir,
+    pub config: Config,
+    pub registry: Registry,
+}
+
+/// The state, with the directory lock held: the only way to change it.
+pub struct Locked {
+    _lock: File,
+    pub state: State,
+}
+
+/// What a target serves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TargetKind {
+    Client(ClientName),
+    Maintenance(ImageName),
+}
+
+/// Everything needed to serve one target.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TargetSpec {
+    pub iqn: Iqn,
+    pub kind: TargetKind,
+    pub image: ImageName,
+    pub version: u64,
+    pub base_path: PathBuf,
+    pub base_id: BaseId,
+    pub overlay_path: PathBuf,
+    pub initiators: Vec<Iqn>,
+    pub chap: Option<Chap>,
+}
+
+/// What DHCP hands a machine that powers on (see [`State::boot_target`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BootTarget {
+    /// Client name, or `maint-<image>` for a maintenance machine (a valid host name).
+    pub name: String,
+    pub target: Iqn,
+    /// Initiator name for iPXE (DHCP option 203).
+    pub initiator: Iqn,
+    pub ip: Option<Ipv4Addr>,
+    /// `iscsi:...` root-path (DHCP option 17), when `server_ip` is configured.
+    pub root_path: Option<String>,
+}
+
+fn io_write(path: &Path) -> impl FnOnce(std::io::Error) -> ConfigError + '_ {
+    move |source| ConfigError::Writing {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+impl StateDir {
+    pub fn new(root: impl Into<PathBuf>) -> StateDir {
+        StateDir { root: root.into() }
+    }
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    pub fn config_path(&self) -> PathBuf {
+        self.root.join("isboot.toml")
+    }
+    pub fn registry_path(&self) -> PathBuf {
+        self.root.join("registry.toml")
+    }
+    pub fn status_path(&self) -> PathBuf {
+        self.root.join("run").join("status.json")
+    }
+    pub fn tftp_dir(&self) -> PathBuf {
+        self.root.join("tftp")
+    }
+    /// A path stored relative to the state directory.
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.root.join(rel)
+    }
+
+    /// Fail with [`ConfigError::NotWritable`] unless files can be created in the directory.
+    pub fn check_writable(&self) -> Result<(), ConfigError> {
+        let probe = self.root.join(format!(".probe.{}", std::process::id()));
+        match OpenOptions::new().write(true).create_new(true).open(&probe) {
+            Ok(_) => {
+                let _ = std::fs::remove_file(&probe);
+                Ok(())
+            }
+            Err(source) => Err(ConfigError::NotWritable {
+                path: self.root.clone(),
+                source,
+            }),
+        }
+    }
+
+    /// Create the directory layout and a commented config file.
+    pub fn init(
+        &self,
+        server: Option<(Ipv4Addr, u8)>,
+        iqn_prefix: Option<Iqn>,
+        listen: Option<SocketAddr>,
+    ) -> Result<Config, ConfigError> {
+        if self.config_path().exists() {
+            return Err(ConfigError::AlreadyInitialised(self.root.clone()));
+        }
+        let mut config = Config::default();
+        if let Some((ip, prefix)) = server {
+            config.server_ip = Some(ip);
+            config.subnet = Some(Subnet::of(ip, prefix).map_err(ConfigError::BadArgument)?);
+        }
+        if let Some(p) = iqn_prefix {
+            config.iqn_prefix = p;
+        }
+        if let Some(l) = listen {
+            config.listen = l;
+        }
+        let existed = self.root.exists();
+        std::fs::create_dir_all(&self.root).map_err(|source| ConfigError::NotWritable {
+            path: self.root.clone(),
+            source,
+        })?;
+        if let Err(e) = self.check_writable() {
+            if !existed {
+                let _ = std::fs::remove_dir(&self.root);
+            }
+            return Err(e);
+        }
+        for d in ["images", "overlays", "maint", "run", "tftp"] {
+            let p = self.root.join(d);
+            std::fs::create_dir_all(&p).map_err(io_write(&p))?;
+        }
+        let lock = self.root.join(".lock");
+        OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock)
+            .map_err(io_write(&lock))?;
+        let reg = toml::to_string(&Registry::default()).unwrap_or_default();
+        write_atomic(&self.registry_path(), reg.as_bytes(), 0o600)?;
+        // The config file last: its presence means "initialised".
+        write_atomic(&self.config_path(), config.render().as_bytes(), 0o644)?;
+        Ok(config)
+    }
+
+    /// Read the configuration and registry.
+    pub fn load(&self) -> Result<State, ConfigError> {
+        let cp = self.config_path();
+        if !cp.exists() {
+            return Err(ConfigError::NotInitialised(self.root.clone()));
+        }
+        let config = Config::load(&cp)?;
+        let rp = self.registry_path();
+        let text = std::fs::read_to_string(&rp).map_err(|source| ConfigError::Reading {
+            path: rp.clone(),
+            source,
+        })?;
+        let registry: Registry = toml::from_str(&text).map_err(|e| ConfigError::Parsing {
+            path: rp,
+            message: e.to_string().trim().replace('\n', " "),
+        })?;
+        Ok(State {
+            dir: self.clone(),
+            config,
+            registry,
+        })
+    }
+}
+
+impl State {
+    pub fn target_iqn(&self, name: &ClientName) -> Iqn {
+        self.config
+            .iqn_prefix
+            .join(name.as_str())
+            .unwrap_or_else(|_| self.config.iqn_prefix.clone())
+    }
+    pub fn default_initiator(&self, name: &str) -> Iqn {
+        self.config
+            .iqn_prefix
+            .join(&format!("initiator:{name}"))
+            .unwrap_or_else(|_| self.config.iqn_prefix.clone())
+    }
+    pub fn maintenance_iqn(&self, image: &ImageName) -> Iqn {
+        self.config
+            .iqn_prefix
+            .join(&format!("maint:{image}"))
+            .unwrap_or_else(|_| self.config.iqn_prefix.clone())
+    }
+
+    pub fn client_root_path(&self, c: &Client) -> Option<String> {
+        self.config.root_path(&self.target_iqn(&c.name))
+    }
+
+    /// What a machine with this MAC boots: the maintenance target of an image being edited on
+    /// it, else its client target.
+    pub fn boot_target(&self, mac: &MacAddr) -> Option<BootTarget> {
+        for img in &self.registry.images {
+            if let Some(m) = &img.maintenance {
+                if m.mac.as_ref() == Some(mac) {
+                    let target = self.maintenance_iqn(&img.name);
+                    return Some(BootTarget {
+                        name: format!("maint-{}", img.name),
+                        initiator: m.initiators.first().cloned().unwrap_or_else(|| {
+                            self.default_initiator(&format!("maint:{}", img.name))
+                        }),
+                        ip: self.registry.client_by_mac(mac).and_then(|c| c.ip),
+                        root_path: self.config.root_path(&target),
+                        target,
+                    });
+                }
+            }
+        }
+        let c = self.registry.client_by_mac(mac)?;
+        let target = self.target_iqn(&c.name);
+        Some(BootTarget {
+            name: c.name.to_string(),
+            initiator: c
+                .initiators
+                .first()
+                .cloned()
+                .unwrap_or_else(|| self.default_initiator(c.name.as_str())),
+            ip: c.ip,
+            root_path: self.config.root_path(&target),
+            target,
+        })
+    }
+
+    /// Every target to serve.
+    pub fn targets(&self) -> Vec<TargetSpec> {
+        let mut out = Vec::new();
+        for c in &self.registry.clients {
+            let Some(v) = self
+                .registry
+                .image(&c.image)
+                .and_then(|i| i.version(c.version))
+            else {
+                continue;
+            };
+            let Some(id) = BaseId::parse(&v.id) else {
+                continue;
+            };
+            out.push(TargetSpec {
+                iqn: self.target_iqn(&c.name),
+                kind: TargetKind::Client(c.name.clone()),
+                image: c.image.clone(),
+                version: c.version,
+                base_path: self.dir.path(&v.file),
+                base_id: id,
+                overlay_path: self.dir.path(&c.overlay),
+                initiators: c.initiators.clone(),
+                chap: c.chap.clone(),
+            });
+        }
+        for img in &self.registry.images {
+            let Some(m) = &img.maintenance else { continue };
+            let Some(v) = img.version(m.from_version) else {
+                continue;
+            };
+            let Some(id) = BaseId::parse(&v.id) else {
+                continue;
+            };
+            out.push(TargetSpec {
+                iqn: self.maintenance_iqn(&img.name),
+                kind: TargetKind::Maintenance(img.name.clone()),
+                image: img.name.clone(),
+                version: m.from_version,
+                base_path: self.dir.path(&v.file),
+                base_id: id,
+                overlay_path: self.dir.path(&m.overlay),
+                initiators: m.initiators.clone(),
+                chap: None,
+            });
+        }
+        out
+    }
+
+    /// The newest published version number of `image`.
+    pub fn newest_version(&self, image: &ImageName) -> Option<u64> {
+        self.registry
+            .image(image)
+            .and_then(|i| i.newest())
+            .map(|v| v.number)
+    }
+
+    /// Names of clients on `image` (any version when `version` is `None`).
+    pub fn clients_using(&self, image: &ImageName, version: Option<u64>) -> Vec<String> {
+        self.registry
+            .clients
+            .iter()
+            .filter(|c| &c.image == image && version.is_none_or(|v| v == c.version))
+            .map(|c| c.name.to_string())
+            .collect()
+    }
+
+    fn image(&self, name: &ImageName) -> Result<&Image, ConfigError> {
+        self.registry
+            .image(name)
+            .ok_or_else(|| ConfigError::UnknownImage(name.to_string()))
+    }
+
+    fn client(&self, which: &str) -> Result<&Client, ConfigError> {
+        self.registry
+            .find_client(which)
+            .ok_or_else(|| ConfigError::UnknownClient(which.to_string()))
+    }
+
+    fn open_base(&self, image: &ImageName, number: u64) -> Result<Arc<BaseImage>, ConfigError> {
+        let v = self
+            .image(image)?
+            .version(number)
+            .ok_or_else(|| ConfigError::UnknownImage(format!("{image} version {number}")))?;
+        let id = BaseId::parse(&v.id).ok_or_else(|| ConfigError::Parsing {
+            path: self.dir.registry_path(),
+            message: format!("image {image} version {number} has a bad id"),
+        })?;
+        Ok(Arc::new(BaseImage::open(
+            &self.dir.path(&v.file),
+            id,
+            number,
+        )?))
+    }
+}
+
+impl Locked {
+    fn save(&self) -> Result<(), ConfigError> {
+        let text = toml::to_string(&self.state.registry)
+            .map_err(|e| ConfigError::BadArgument(format!("cannot encode registry: {e}")))?;
+        write_atomic(&self.state.dir.registry_path(), text.as_bytes(), 0o600)
+    }
+
+    fn new_overlay(
+        &mut self,
+        sub: &str,
+        stem: &str,
+        image: &ImageName,
+        version: u64,
+    ) -> Result<String, ConfigError> {
+        let base = self.state.open_base(image, version)?;
+        let serial = self.state.registry.next_serial();
+        let rel = format!("{sub}/{stem}.{serial}.ovl");
+        let path = self.state.dir.path(&rel);
+        if let Some(d) = path.parent() {
+            std::fs::create_dir_all(d).map_err(io_write(d))?;
+        }
+        Overlay::create_at(&path, base, DEFAULT_BLOCK_SIZE)?;
+        Ok(rel)
+    }
+
+    /// Remove a file the registry no longer points at (best effort: an orphan wastes space,
+    /// nothing more).
+    fn forget(&self, rel: &str) {
+        let p = self.state.dir.path(rel);
+        if std::fs::remove_file(&p).is_ok() {
+            if let Some(d) = p.parent() {
+                let _ = sync_dir(d);
+            }
+        }
+    }
+
+    /// Save the registry; on failure remove files created for it.
+    fn save_or_forget(&self, created: &[&str]) -> Result<(), ConfigError> {
+        let r = self.save();
+        if r.is_err() {
+            for rel in created {
+                self.forget(rel);
+            }
+        }
+        r
+    }
+}
