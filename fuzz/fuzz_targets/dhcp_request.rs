@@ -3,24 +3,25 @@
 #![no_main]
 
 use isboot::dhcp::{
-    Arrival, ClientDirectory, DhcpClient, DhcpConfig, DhcpHooks, DhcpMode, DhcpServer, Leases, Mac,
+    Arrival, ClientDirectory, DhcpClient, DhcpConfig, DhcpHooks, DhcpMode, DhcpServer, Leases,
+    MacAddr,
 };
 use libfuzzer_sys::fuzz_target;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 struct EveryoneKnown;
 impl ClientDirectory for EveryoneKnown {
-    fn by_mac(&self, mac: Mac) -> Option<DhcpClient> {
+    fn by_mac(&self, mac: MacAddr) -> Option<DhcpClient> {
         Some(DhcpClient {
-            name: format!("c{}", mac[5]),
-            ip: (mac[5] & 1 == 0).then(|| Ipv4Addr::new(10, 0, 0, 20 + (mac[5] >> 2))),
+            name: format!("c{}", mac.0[5]),
+            ip: (mac.0[5] & 1 == 0).then(|| Ipv4Addr::new(10, 0, 0, 20 + (mac.0[5] >> 2))),
             target_iqn: "iqn.2026-11.fuzz:t".into(),
             initiator_iqn: Some("iqn.2026-11.fuzz:i".into()),
             root_path: None,
-            san_filename: (mac[4] & 1 == 1).then(|| "\\EFI\\BOOT\\BOOTX64.EFI".to_string()),
+            san_filename: (mac.0[4] & 1 == 1).then(|| "\\EFI\\BOOT\\BOOTX64.EFI".to_string()),
         })
     }
-    fn by_ip(&self, _: Ipv4Addr) -> Option<Mac> {
+    fn by_ip(&self, _: Ipv4Addr) -> Option<MacAddr> {
         None
     }
 }
