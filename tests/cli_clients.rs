@@ -1,7 +1,7 @@
 //! add-client, list-clients, show-client, remove-client, reset-client.
 
-mod cli_common;
-use cli_common::*;
+mod fixture;
+use fixture::*;
 
 #[test]
 fn add_client_defaults_and_output() {

@@ -1,7 +1,7 @@
 //! `isboot image ...`: add, list, remove, edit, commit, abort, prune.
 
-mod cli_common;
-use cli_common::*;
+mod fixture;
+use fixture::*;
 use isboot::store::BlockDevice;
 use isboot::store::base::{BaseId, BaseImage};
 use isboot::store::overlay::Overlay;

@@ -1,7 +1,7 @@
 //! `isboot init`, the state dir checks every verb makes, `serve` argument errors, and help.
 
-mod cli_common;
-use cli_common::*;
+mod fixture;
+use fixture::*;
 
 #[test]
 fn init_writes_a_commented_config_and_refuses_twice() {

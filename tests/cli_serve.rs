@@ -2,76 +2,14 @@
 //! base image untouched, changes made with the CLI while it runs, `isboot status`, restarts,
 //! maintenance, and a real `kill -9` under a durable-write load.
 
-mod cli_common;
-use cli_common::*;
+mod fixture;
+use fixture::*;
 use isboot::initiator::{Initiator, LoginOptions, write16_cdb};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const P: &str = "iqn.2026-11.org.isboot";
-
-/// A running `isboot serve` (killed by PID when dropped).
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Server {
-    fn start(lab: &Lab) -> Server {
-        Server::start_with(lab, &[])
-    }
-
-    fn start_with(lab: &Lab, extra: &[&str]) -> Server {
-        let _ = std::fs::remove_file(lab.dir.join("run/status.json"));
-        let child = Command::new(env!("CARGO_BIN_EXE_isboot"))
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .args(extra)
-            .env("ISBOOT_STATE_DIR", &lab.dir)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        // Killed by Drop if it never comes up.
-        let mut srv = Server {
-            child,
-            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
-        };
-        // The bound address is published in run/status.json.
-        let until = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(t) = std::fs::read_to_string(lab.dir.join("run/status.json")) {
-                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&t) {
-                    if v["pid"] == srv.child.id() {
-                        srv.addr = v["listen"].as_str().unwrap().parse().unwrap();
-                        return srv;
-                    }
-                }
-            }
-            assert!(Instant::now() < until, "isboot serve did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn kill9(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    fn stop(mut self) {
-        // SAFETY: signalling our own child by its PID.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn login(addr: SocketAddr, initiator: &str, target: &str) -> Initiator {
     let o = LoginOptions::new(initiator, Some(target)).linux_profile();
@@ -128,7 +66,7 @@ fn private_disks_over_iscsi_follow_the_cli_and_survive_restarts() {
     let base_sum = crc(&base_file);
     lab.add("52:54:00:00:00:01", "pc1", &[]);
     lab.add("52:54:00:00:00:02", "pc2", &["--mode", "reset"]);
-    let srv = Server::start(&lab);
+    let mut srv = Serve::start(&lab.dir);
 
     // Two clients write different data to the same LBAs; each reads its own back.
     let mut a = client(srv.addr, "pc1");
@@ -228,7 +166,7 @@ fn private_disks_over_iscsi_follow_the_cli_and_survive_restarts() {
         "a stopped server leaves its status"
     );
     assert!(lab.run(&["status"]).ok().contains("server: not running"));
-    let srv = Server::start(&lab);
+    let srv = Serve::start(&lab.dir);
     let mut a = client(srv.addr, "pc1");
     let mut b = client(srv.addr, "pc2");
     assert_eq!(read(&mut a, 16, 16), vec![0xA1; 8192]);
@@ -241,7 +179,7 @@ fn maintenance_publishes_a_version_fresh_clients_boot_and_old_ones_keep_working(
     let lab = Lab::with_image();
     let base = pattern(4 << 20, 1);
     lab.add("52:54:00:00:00:01", "old", &[]);
-    let srv = Server::start(&lab);
+    let srv = Serve::start(&lab.dir);
     let mut old = client(srv.addr, "old");
     write(&mut old, 100, &[0x0D; 4096], true);
 
@@ -321,7 +259,7 @@ fn kill9_of_serve_under_load_loses_no_acknowledged_durable_write() {
     };
     let mut tag = 0u8;
     for round in 0..rounds {
-        let srv = Server::start(&lab);
+        let mut srv = Serve::start(&lab.dir);
         let addr = srv.addr;
         let pid = srv.child.id();
         let mut i = client(addr, "pc1");
@@ -370,7 +308,7 @@ fn kill9_of_serve_under_load_loses_no_acknowledged_durable_write() {
         killer.join().unwrap();
         srv.kill9();
         // Restart and check every block of the region.
-        let srv = Server::start(&lab);
+        let mut srv = Serve::start(&lab.dir);
         let mut i = client(srv.addr, "pc1");
         let got = read(&mut i, 0, BLOCKS as u32);
         for b in 0..BLOCKS as usize {
@@ -409,7 +347,7 @@ fn read_trace_records_reads_and_replays_them() {
     lab.add("52:54:00:00:00:01", "pc1", &[]);
     lab.add("52:54:00:00:00:02", "pc2", &[]);
     let trace = lab.dir.join("trace.csv");
-    let srv = Server::start_with(&lab, &["--read-trace", trace.to_str().unwrap()]);
+    let mut srv = Serve::start_with(&lab.dir, "warn", &["--read-trace", trace.to_str().unwrap()]);
     let mut a = client(srv.addr, "pc1");
     read(&mut a, 16, 8);
     // Three reads in flight at once, then a write (not traced).

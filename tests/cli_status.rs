@@ -1,7 +1,7 @@
 //! `isboot status`, from the state dir alone and from what a running server publishes.
 
-mod cli_common;
-use cli_common::*;
+mod fixture;
+use fixture::*;
 
 #[test]
 fn status_without_a_server() {

@@ -4,9 +4,9 @@
 //! Every test named in `tests/conformance/expected-pass.txt` must pass; a test that newly
 //! passes is reported so the list can grow. `ISBOOT_CONFORMANCE_OUT=FILE` keeps the raw output.
 
-mod common;
+mod fixture;
 
-use common::*;
+use fixture::*;
 use std::collections::BTreeMap;
 use std::process::Command;
 

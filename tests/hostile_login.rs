@@ -3,11 +3,9 @@
 //! or the exact way the connection must end; the server keeps serving a good initiator after
 //! each case.
 
-mod common;
-mod hostile_common;
+mod fixture;
 
-use common::*;
-use hostile_common::*;
+use fixture::*;
 use isboot::initiator::{LoginOptions, write16_cdb};
 use isboot::iscsi::negotiate::TargetLimits;
 use isboot::wire::pdu::{Bhs, DataOut, reject_reason};

@@ -3,9 +3,9 @@
 //! hostile CHAP values, secrets never logged and stored mode 0600, and no way to reach another
 //! client's target by guessing its name.
 
-mod hostile_common;
+mod fixture;
 
-use hostile_common::*;
+use fixture::*;
 use isboot::initiator::{Initiator, LoginOptions, chap_md5};
 use isboot::iscsi::chap::decode_binary;
 use std::os::unix::fs::PermissionsExt;
@@ -42,7 +42,7 @@ fn lab() -> (tempfile::TempDir, std::path::PathBuf, Serve) {
     );
     add_client(&dir, 3, "pc3", &[]);
     // Trace level: everything the server can log, so the secret check below sees it all.
-    let srv = Serve::start_with(&dir, "trace");
+    let srv = Serve::start_with(&dir, "trace", &[]);
     (tmp, dir, srv)
 }
 

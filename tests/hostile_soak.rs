@@ -11,9 +11,9 @@
 //! Knobs (environment): ISBOOT_SOAK_SECS (600), ISBOOT_SOAK_CLIENTS (64),
 //! ISBOOT_CRASH_ROUNDS (100), ISBOOT_CRASH_WRITERS (4), ISBOOT_TEST_SEED.
 
-mod hostile_common;
+mod fixture;
 
-use hostile_common::*;
+use fixture::*;
 use isboot::initiator::{Initiator, LoginOptions, write16_cdb};
 use isboot::store::fault::TestRng;
 use std::collections::{HashMap, HashSet};
@@ -439,7 +439,7 @@ fn crash_test() {
         .collect();
     let mut verified_blocks = 0u64;
     for round in 0..rounds {
-        let mut srv = Serve::start_with(&dir, "warn,isboot::cli::serve=info");
+        let mut srv = Serve::start_with(&dir, "warn", &[]);
         // Everything acknowledged as durable before the previous kill is there.
         for (n, st) in states.iter().enumerate() {
             let s = st.lock().unwrap();
@@ -486,7 +486,7 @@ fn crash_test() {
         );
     }
     // Final check after the last kill.
-    let srv = Serve::start_with(&dir, "warn,isboot::cli::serve=info");
+    let srv = Serve::start_with(&dir, "warn", &[]);
     for (n, st) in states.iter().enumerate() {
         let s = st.lock().unwrap();
         let floor: HashMap<u64, u64> = s.floor.clone();

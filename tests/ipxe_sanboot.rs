@@ -5,9 +5,9 @@
 //! User-mode networking: QEMU's slirp hands iPXE a TFTP script that sanboots
 //! `iscsi:10.0.2.2::PORT::IQN`; 10.0.2.2 is the host's loopback.
 
-mod common;
+mod fixture;
 
-use common::*;
+use fixture::*;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 

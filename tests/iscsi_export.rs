@@ -1,10 +1,10 @@
 //! `isboot export` end to end over loopback TCP: our own initiator in both initiator profiles,
 //! libiscsi's tools and QEMU's iSCSI driver.
 
-mod common;
+mod fixture;
 
 use bytes::Bytes;
-use common::*;
+use fixture::*;
 use isboot::initiator::{Initiator, LoginOptions, read16_cdb, write16_cdb};
 
 const MIB: usize = 1 << 20;

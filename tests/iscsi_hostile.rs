@@ -1,10 +1,10 @@
 //! Hostile and malformed input against a running `isboot export`: every case gets a protocol
 //! answer or a closed connection, and the server keeps serving everyone else.
 
-mod common;
+mod fixture;
 
 use bytes::Bytes;
-use common::*;
+use fixture::*;
 use isboot::initiator::{Initiator, InitiatorError, LoginOptions, read16_cdb, write16_cdb};
 use isboot::wire::pdu::{
     Bhs, DataOut, LoginRequest, NopOut, RESERVED_TAG, ScsiCommand, reject_reason,
