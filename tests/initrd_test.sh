@@ -36,7 +36,8 @@ scripts=(
     "$REPO/initrd-hooks/rootfs/usr/lib/isboot/isboot-seal"
     "$REPO/images/debian-12/build.sh"
     "$REPO/images/debian-12/isboot-marker"
-    "$REPO"/scripts/lab-tgt.sh
+    "$REPO"/scripts/lab-reference
+    "$REPO"/scripts/lib/qemu-lab.sh
     "$REPO"/tests/*.sh
 )
 if command -v shellcheck > /dev/null; then
@@ -44,7 +45,7 @@ if command -v shellcheck > /dev/null; then
         shell="sh"
         head -n 1 "$s" | grep -q bash && shell=bash
         [[ ${s##*/} == module-setup.sh ]] && shell=bash
-        if out=$(shellcheck -s "$shell" "$s" 2>&1); then ok "shellcheck ${s#"$REPO"/}"; else notok "shellcheck ${s#"$REPO"/}"; echo "$out"; fi
+        if out=$(shellcheck -x -s "$shell" "$s" 2>&1); then ok "shellcheck ${s#"$REPO"/}"; else notok "shellcheck ${s#"$REPO"/}"; echo "$out"; fi
     done
 else
     notok "shellcheck is not installed (apt-get install -y shellcheck)"
