@@ -5,20 +5,21 @@
 //! `Drop`, so a failing assertion still cleans up. The isboot DHCP server runs in-process on a
 //! thread that has `setns`'d into the server namespace.
 
+mod fixture;
+
 use dhcproto::v4::{
     Architecture, DhcpOption, Flags, Message, MessageType, OptionCode, UnknownOption,
 };
 use dhcproto::{Decodable, Encodable};
+use fixture::netns::{Netns, enter_netns, in_ns, is_root, must as run};
 use isboot::dhcp::{
     ClientDirectory, DhcpClient, DhcpConfig, DhcpHooks, DhcpMode, MacAddr, RelayPool,
 };
 use isboot::service::dhcp::run_dhcp;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 const SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
@@ -26,11 +27,6 @@ const WS1_MAC: MacAddr = MacAddr([0x52, 0x54, 0x00, 0x77, 0x00, 0x01]);
 const WS1_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 10);
 const WS2_MAC: MacAddr = MacAddr([0x52, 0x54, 0x00, 0x77, 0x00, 0x02]);
 const UNKNOWN_MAC: MacAddr = MacAddr([0x52, 0x54, 0x00, 0x77, 0x00, 0x99]);
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
 
 macro_rules! require_root {
     () => {
@@ -41,48 +37,24 @@ macro_rules! require_root {
     };
 }
 
-fn run(args: &[&str]) {
-    let o = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .expect("spawn");
-    assert!(
-        o.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
-
-static SEQ: AtomicU32 = AtomicU32::new(0);
-
 /// Namespaces, links and processes of one test; all removed on drop.
 struct Lab {
-    id: String,
-    namespaces: Vec<String>,
     children: Vec<Child>,
     dir: tempfile::TempDir,
+    /// Dropped after the children are stopped.
+    net: Netns,
 }
 
 impl Lab {
     fn new() -> Lab {
-        let id = format!(
-            "{}{}",
-            std::process::id() % 100_000,
-            SEQ.fetch_add(1, Ordering::SeqCst)
-        );
         Lab {
-            id,
-            namespaces: Vec::new(),
             children: Vec::new(),
             dir: tempfile::tempdir().expect("tmp"),
+            net: Netns::new("isbt"),
         }
     }
     fn ns(&mut self, role: &str) -> String {
-        let name = format!("isbt-{}-{role}", self.id);
-        run(&["ip", "netns", "add", &name]);
-        self.namespaces.push(name.clone());
-        run(&["ip", "-n", &name, "link", "set", "lo", "up"]);
-        name
+        self.net.ns(role)
     }
     /// A veth pair `<a_if>` in `a`, `<b_if>` in `b`, both up.
     fn veth(&self, a: &str, a_if: &str, b: &str, b_if: &str) {
@@ -93,7 +65,7 @@ impl Lab {
         run(&["ip", "-n", b, "link", "set", b_if, "up"]);
     }
     fn ifname(&self, tag: &str) -> String {
-        format!("{tag}{}", self.id) // <= 15 chars
+        self.net.ifname(tag)
     }
     fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
@@ -106,28 +78,7 @@ impl Drop for Lab {
             let _ = c.kill();
             let _ = c.wait();
         }
-        for ns in &self.namespaces {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
     }
-}
-
-fn enter_netns(ns: &str) {
-    let f = std::fs::File::open(format!("/var/run/netns/{ns}")).expect("netns file");
-    // SAFETY: setns on a valid namespace fd; affects only the calling thread.
-    let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-    assert_eq!(rc, 0, "setns {ns}: {}", std::io::Error::last_os_error());
-}
-
-/// Run `f` on a thread inside `ns`.
-fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let ns = ns.to_string();
-    std::thread::spawn(move || {
-        enter_netns(&ns);
-        f()
-    })
-    .join()
-    .expect("thread in netns")
 }
 
 /// Is something listening on UDP `port` in the netns of /proc/<pid>/task/<tid>?
