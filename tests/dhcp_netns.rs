@@ -7,11 +7,11 @@
 
 mod fixture;
 
-use dhcproto::v4::{
-    Architecture, DhcpOption, Flags, Message, MessageType, OptionCode, UnknownOption,
-};
+use dhcproto::v4::{DhcpOption, Flags, Message, MessageType, OptionCode};
 use dhcproto::{Decodable, Encodable};
-use fixture::netns::{Netns, enter_netns, in_ns, is_root, must as run};
+use fixture::netns::{
+    Firmware, Netns, boot_msg, client_socket, enter_netns, in_ns, is_root, must as run,
+};
 use isboot::dhcp::{
     ClientDirectory, DhcpClient, DhcpConfig, DhcpHooks, DhcpMode, MacAddr, RelayPool,
 };
@@ -407,82 +407,6 @@ fn dhclient_unknown_mac_gets_nothing() {
 }
 
 // ------------------------------------------------------------------ scripted clients
-
-/// A UDP socket in the current netns bound to `bind`, on `ifname`, broadcast allowed.
-fn client_socket(ifname: &str, bind: SocketAddrV4) -> UdpSocket {
-    let s = socket2::Socket::new(
-        socket2::Domain::IPV4,
-        socket2::Type::DGRAM,
-        Some(socket2::Protocol::UDP),
-    )
-    .expect("socket");
-    s.set_reuse_address(true).expect("reuse");
-    s.set_broadcast(true).expect("broadcast");
-    s.bind_device(Some(ifname.as_bytes())).expect("bind_device");
-    s.bind(&SocketAddr::V4(bind).into()).expect("bind");
-    s.set_read_timeout(Some(Duration::from_millis(200)))
-        .expect("timeout");
-    s.into()
-}
-
-#[derive(Clone, Copy)]
-enum Firmware {
-    Pxe(u16),
-    Ipxe(u16),
-}
-
-fn boot_msg(
-    mac: MacAddr,
-    xid: u32,
-    t: MessageType,
-    fw: Firmware,
-    extra: Vec<DhcpOption>,
-) -> Message {
-    let mut m = Message::new_with_id(
-        xid,
-        Ipv4Addr::UNSPECIFIED,
-        Ipv4Addr::UNSPECIFIED,
-        Ipv4Addr::UNSPECIFIED,
-        Ipv4Addr::UNSPECIFIED,
-        &mac.0,
-    );
-    m.set_flags(Flags::default().set_broadcast());
-    let o = m.opts_mut();
-    o.insert(DhcpOption::MessageType(t));
-    let arch = match fw {
-        Firmware::Pxe(a) | Firmware::Ipxe(a) => a,
-    };
-    o.insert(DhcpOption::ClassIdentifier(
-        format!("PXEClient:Arch:{arch:05}:UNDI:003010").into_bytes(),
-    ));
-    o.insert(DhcpOption::ClientSystemArchitecture(Architecture(arch)));
-    o.insert(DhcpOption::ClientMachineIdentifier(
-        [vec![0u8], vec![0x11; 16]].concat(),
-    ));
-    o.insert(DhcpOption::ParameterRequestList(vec![
-        OptionCode::SubnetMask,
-        OptionCode::Router,
-        OptionCode::Hostname,
-        OptionCode::RootPath,
-        OptionCode::ClassIdentifier,
-        OptionCode::VendorExtensions,
-        OptionCode::TFTPServerName,
-        OptionCode::BootfileName,
-        OptionCode::Unknown(175),
-        OptionCode::Unknown(203),
-    ]));
-    if let Firmware::Ipxe(_) = fw {
-        o.insert(DhcpOption::UserClass(b"iPXE".to_vec()));
-        o.insert(DhcpOption::Unknown(UnknownOption::new(
-            OptionCode::Unknown(175),
-            vec![177, 5, 1, 0x1a, 0xf4, 0x10, 0x00, 19, 1, 1],
-        )));
-    }
-    for x in extra {
-        o.insert(x);
-    }
-    m
-}
 
 /// Send `msg` to `to` and collect replies with its xid for `wait` (or until `enough` replies).
 fn exchange(

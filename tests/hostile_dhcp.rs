@@ -3,44 +3,17 @@
 //! server's own address) arriving on the other get no reply, while the configured one is served.
 //! Needs root for the network namespaces the test creates (prints SKIPPED otherwise).
 
-use dhcproto::v4::{DhcpOption, Flags, Message, MessageType};
+mod fixture;
+
+use dhcproto::v4::{Message, MessageType};
 use dhcproto::{Decodable, Encodable};
+use fixture::netns::{Firmware, Netns, boot_msg, client_socket, enter_netns, in_ns, is_root, must};
 use isboot::dhcp::{ClientDirectory, DhcpClient, DhcpConfig, DhcpHooks, DhcpMode, MacAddr};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
-use std::os::fd::AsRawFd;
-use std::process::Command;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const MAC: MacAddr = MacAddr([0x52, 0x54, 0x00, 0x78, 0x00, 0x01]);
-
-fn run(args: &[&str]) {
-    let o = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .expect(args[0]);
-    assert!(
-        o.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
-
-/// Namespaces of this test, deleted on drop.
-struct Netns(Vec<String>);
-impl Drop for Netns {
-    fn drop(&mut self) {
-        for ns in &self.0 {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-    }
-}
-
-fn enter(ns: &str) {
-    let f = std::fs::File::open(format!("/var/run/netns/{ns}")).expect("netns");
-    // SAFETY: setns on a valid namespace fd; affects only the calling thread.
-    assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
-}
 
 struct Dir;
 impl ClientDirectory for Dir {
@@ -61,32 +34,10 @@ impl ClientDirectory for Dir {
 
 /// DISCOVER from `ns` on `ifname` to `to`; true if any BOOTREPLY with our xid came back.
 fn answered(ns: &str, ifname: &str, to: SocketAddrV4, xid: u32) -> bool {
-    let (ns, ifname) = (ns.to_string(), ifname.to_string());
-    std::thread::spawn(move || {
-        enter(&ns);
-        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
-        s.set_reuse_address(true).unwrap();
-        s.set_broadcast(true).unwrap();
-        s.bind_device(Some(ifname.as_bytes())).unwrap();
-        s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, 68)).into())
-            .unwrap();
-        s.set_read_timeout(Some(Duration::from_millis(200)))
-            .unwrap();
-        let sock: UdpSocket = s.into();
-        let mut m = Message::new_with_id(
-            xid,
-            Ipv4Addr::UNSPECIFIED,
-            Ipv4Addr::UNSPECIFIED,
-            Ipv4Addr::UNSPECIFIED,
-            Ipv4Addr::UNSPECIFIED,
-            &MAC.0,
-        );
-        m.set_flags(Flags::default().set_broadcast());
-        m.opts_mut()
-            .insert(DhcpOption::MessageType(MessageType::Discover));
-        m.opts_mut().insert(DhcpOption::ClassIdentifier(
-            b"PXEClient:Arch:00000:UNDI:002001".to_vec(),
-        ));
+    let ifname = ifname.to_string();
+    in_ns(ns, move || {
+        let sock = client_socket(&ifname, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68));
+        let m = boot_msg(MAC, xid, MessageType::Discover, Firmware::Pxe(0), vec![]);
         let until = Instant::now() + Duration::from_secs(3);
         let mut buf = [0u8; 1600];
         // Retransmit like a client would, once a second.
@@ -106,45 +57,34 @@ fn answered(ns: &str, ifname: &str, to: SocketAddrV4, xid: u32) -> bool {
         }
         false
     })
-    .join()
-    .unwrap()
 }
 
 #[test]
 fn dhcp_never_answers_on_an_interface_that_was_not_configured() {
-    if unsafe { libc::geteuid() } != 0 {
+    if !is_root() {
         println!("SKIPPED: needs root to create network namespaces");
         return;
     }
-    let id = std::process::id() % 100_000;
-    let (s, ca, cb) = (
-        format!("isbh-{id}-s"),
-        format!("isbh-{id}-a"),
-        format!("isbh-{id}-b"),
-    );
-    let _guard = Netns(vec![s.clone(), ca.clone(), cb.clone()]);
-    for ns in [&s, &ca, &cb] {
-        run(&["ip", "netns", "add", ns]);
-        run(&["ip", "-n", ns, "link", "set", "lo", "up"]);
-    }
+    let mut net = Netns::new("isbh");
+    let (s, ca, cb) = (net.ns("s"), net.ns("a"), net.ns("b"));
     let (vsa, vca, vsb, vcb) = (
-        format!("hsa{id}"),
-        format!("hca{id}"),
-        format!("hsb{id}"),
-        format!("hcb{id}"),
+        net.ifname("hsa"),
+        net.ifname("hca"),
+        net.ifname("hsb"),
+        net.ifname("hcb"),
     );
     for (sv, cv, cns) in [(&vsa, &vca, &ca), (&vsb, &vcb, &cb)] {
-        run(&[
+        must(&[
             "ip", "link", "add", sv, "netns", &s, "type", "veth", "peer", "name", cv, "netns", cns,
         ]);
-        run(&["ip", "-n", &s, "link", "set", sv, "up"]);
-        run(&["ip", "-n", cns, "link", "set", cv, "up"]);
+        must(&["ip", "-n", &s, "link", "set", sv, "up"]);
+        must(&["ip", "-n", cns, "link", "set", cv, "up"]);
     }
     // Both server links have addresses; the client side of B has one too, so it can unicast.
-    run(&["ip", "-n", &s, "addr", "add", "10.78.1.1/24", "dev", &vsa]);
-    run(&["ip", "-n", &s, "addr", "add", "10.78.2.1/24", "dev", &vsb]);
-    run(&["ip", "-n", &cb, "addr", "add", "10.78.2.50/24", "dev", &vcb]);
-    run(&[
+    must(&["ip", "-n", &s, "addr", "add", "10.78.1.1/24", "dev", &vsa]);
+    must(&["ip", "-n", &s, "addr", "add", "10.78.2.1/24", "dev", &vsb]);
+    must(&["ip", "-n", &cb, "addr", "add", "10.78.2.50/24", "dev", &vcb]);
+    must(&[
         "ip",
         "-n",
         &cb,
@@ -154,7 +94,7 @@ fn dhcp_never_answers_on_an_interface_that_was_not_configured() {
         "address",
         "52:54:00:78:00:01",
     ]);
-    run(&[
+    must(&[
         "ip",
         "-n",
         &ca,
@@ -170,7 +110,7 @@ fn dhcp_never_answers_on_an_interface_that_was_not_configured() {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let sns = s.clone();
     let server = std::thread::spawn(move || {
-        enter(&sns);
+        enter_netns(&sns);
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

@@ -12,16 +12,14 @@
 
 mod fixture;
 
-use dhcproto::v4::{
-    Architecture, DhcpOption, Flags, Message, MessageType, OptionCode, UnknownOption,
-};
+use dhcproto::v4::{DhcpOption, Message, MessageType, OptionCode};
 use dhcproto::{Decodable, Encodable};
-use fixture::netns::{Netns, in_ns, is_root, must};
+use fixture::netns::{Firmware, Netns, boot_msg, client_socket, in_ns, is_root, must};
 use fixture::*;
 use isboot::initiator::{Initiator, InitiatorError, LoginOptions};
 use isboot::mac::MacAddr;
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -807,54 +805,14 @@ fn the_maintenance_target_is_closed_to_the_lan() {
 
 // ---- DHCP from the hostile host -----------------------------------------------------------
 
-/// A DHCP socket on `h`'s interface (port 68, broadcast); call inside `h`'s namespace.
-fn dhcp_socket(h: &Host) -> UdpSocket {
-    let s = socket2::Socket::new(
-        socket2::Domain::IPV4,
-        socket2::Type::DGRAM,
-        Some(socket2::Protocol::UDP),
-    )
-    .expect("socket");
-    s.set_reuse_address(true).expect("reuse");
-    s.set_broadcast(true).expect("broadcast");
-    s.bind_device(Some(h.ifname.as_bytes()))
-        .expect("bind_device");
-    let any = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68));
-    s.bind(&any.into()).expect("bind :68");
-    s.set_read_timeout(Some(Duration::from_millis(100)))
-        .expect("timeout");
-    s.into()
-}
-
-/// A firmware DHCP message for `mac` (PXE ROM, or iPXE when `ipxe`).
+/// A firmware DHCP message for `mac` (a BIOS PXE ROM, or iPXE when `ipxe`).
 fn dhcp_msg(mac: MacAddr, xid: u32, t: MessageType, ipxe: bool, extra: Vec<DhcpOption>) -> Message {
-    let z = Ipv4Addr::UNSPECIFIED;
-    let mut m = Message::new_with_id(xid, z, z, z, z, &mac.0);
-    m.set_flags(Flags::default().set_broadcast());
-    let o = m.opts_mut();
-    o.insert(DhcpOption::MessageType(t));
-    o.insert(DhcpOption::ClassIdentifier(
-        b"PXEClient:Arch:00000:UNDI:002001".to_vec(),
-    ));
-    o.insert(DhcpOption::ClientSystemArchitecture(Architecture(0)));
-    o.insert(DhcpOption::ParameterRequestList(vec![
-        OptionCode::SubnetMask,
-        OptionCode::RootPath,
-        OptionCode::BootfileName,
-        OptionCode::Unknown(175),
-        OptionCode::Unknown(203),
-    ]));
-    if ipxe {
-        o.insert(DhcpOption::UserClass(b"iPXE".to_vec()));
-        o.insert(DhcpOption::Unknown(UnknownOption::new(
-            OptionCode::Unknown(175),
-            vec![177, 5, 1, 0x1a, 0xf4, 0x10, 0x00, 19, 1, 1],
-        )));
-    }
-    for x in extra {
-        o.insert(x);
-    }
-    m
+    let fw = if ipxe {
+        Firmware::Ipxe(0)
+    } else {
+        Firmware::Pxe(0)
+    };
+    boot_msg(mac, xid, t, fw, extra)
 }
 
 const BCAST67: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::BROADCAST, 67);
@@ -863,7 +821,7 @@ const BCAST67: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::BROADCAST, 67);
 fn dhcp_send(h: &Host, m: Message, want_reply: bool) -> Option<Message> {
     let h = h.clone();
     in_ns(&h.ns.clone(), move || {
-        let sock = dhcp_socket(&h);
+        let sock = client_socket(&h.ifname, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68));
         sock.send_to(&m.to_vec().expect("encode"), BCAST67)
             .expect("send");
         let until = Instant::now() + Duration::from_secs(3);
