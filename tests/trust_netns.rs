@@ -535,6 +535,15 @@ fn stated_names_known_iqns_and_wrong_chap_are_refused() {
             LIBISCSI_AUTH_FAILURE,
         );
     }
+    // From A's own address (where attacker B stands once it forges A's MAC and IP) with A's
+    // credentials but another initiator name, while A's session is live.
+    let mut o = s.a.login_options();
+    o.initiator_name = format!("{PREFIX}:initiator:impostor");
+    refused(
+        "another initiator name with A's CHAP secret, from A's address, A live",
+        login_from(&s.a.host, o),
+        NOT_AUTHORIZED,
+    );
     // A's credentials at B's target, from the hostile host and from A's own: a client never
     // reaches another client's disk.
     for from in [h, &s.a.host] {
