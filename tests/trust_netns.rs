@@ -603,6 +603,51 @@ fn stolen_credentials_from_another_address_are_refused() {
     s.finish();
 }
 
+/// The way attacker B gets credentials: DHCP as A's iPXE (A's MAC). While A runs, whatever the
+/// reply hands out is useless from the hostile address, and A's disk is not reset.
+#[test]
+#[ignore = "needs trust (issue 12 items 2 and 5): address binding, no reset under a live session"]
+fn credentials_from_a_spoofed_ipxe_dhcp_are_useless_elsewhere() {
+    let Some(s) = Suite::start() else { return };
+    let h = &s.hostile;
+    wait_log(&s.serve, "DHCP listening");
+    let (offer, ack) = dhcp_dora(h, s.a.host.mac, 0x1600, true);
+    let settings: Vec<(u8, Vec<u8>)> = [offer, ack]
+        .iter()
+        .flatten()
+        .flat_map(ipxe_settings)
+        .collect();
+    let get = |code: u8| {
+        settings
+            .iter()
+            .find(|(c, _)| *c == code)
+            .map(|(_, v)| v.clone())
+    };
+    println!(
+        "attempt: DHCP as A's iPXE from the hostile host -> CHAP user {}, secret {}",
+        if get(190).is_some() {
+            "handed out"
+        } else {
+            "withheld"
+        },
+        if get(191).is_some() {
+            "handed out"
+        } else {
+            "withheld"
+        },
+    );
+    if let (Some(user), Some(secret)) = (get(190), get(191)) {
+        let mut o = LoginOptions::new(&s.a.initiator, Some(&s.a.iqn));
+        o.chap = Some((String::from_utf8_lossy(&user).into_owned(), secret));
+        refused(
+            "A's credentials from a spoofed iPXE DHCP, from the hostile address",
+            login_from(h, o),
+            BOUND_ELSEWHERE,
+        );
+    }
+    s.finish();
+}
+
 /// One scripted login up to full feature phase, stopping at the first refusal: the statuses
 /// the target answered (the CHAP challenge itself is random and left out).
 fn login_transcript(
