@@ -3,12 +3,11 @@
 use super::progress::{Progress, human};
 use super::{AddClientArgs, CliError, ImageCommand, InitArgs, ModeArg};
 use crate::config::{
-    AddClient, Chap, Client, ClientName, ImageName, Iqn, MacAddr, Mode, ServerStatus, State,
-    StateDir,
+    AddClient, Chap, ClientName, ClientView, ImageName, Iqn, MacAddr, Mode, ServerStatus, StateDir,
+    StatusView,
 };
 use serde::Serialize;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::os::unix::fs::MetadataExt;
 
 type R = Result<(), CliError>;
 
@@ -355,47 +354,9 @@ pub fn add_client(dir: &StateDir, a: AddClientArgs) -> R {
     Ok(())
 }
 
-#[derive(Serialize)]
-struct ClientView {
-    name: String,
-    mac: String,
-    ip: Option<String>,
-    image: String,
-    version: u64,
-    mode: String,
-    target: String,
-    initiators: Vec<String>,
-    root_path: Option<String>,
-    chap_user: Option<String>,
-    mutual_chap_user: Option<String>,
-    overlay: String,
-    overlay_bytes: u64,
-}
-
-fn view(st: &State, c: &Client) -> ClientView {
-    let path = st.dir.path(&c.overlay);
-    ClientView {
-        name: c.name.to_string(),
-        mac: c.mac.to_string(),
-        ip: c.ip.map(|i| i.to_string()),
-        image: c.image.to_string(),
-        version: c.version,
-        mode: c.mode.to_string(),
-        target: st.target_iqn(&c.name).to_string(),
-        initiators: c.initiators.iter().map(|i| i.to_string()).collect(),
-        root_path: st.client_root_path(c),
-        chap_user: c.chap.as_ref().map(|c| c.user.clone()),
-        mutual_chap_user: c.chap.as_ref().and_then(|c| c.mutual_user.clone()),
-        overlay: path.display().to_string(),
-        overlay_bytes: std::fs::metadata(&path)
-            .map(|m| m.blocks() * 512)
-            .unwrap_or(0),
-    }
-}
-
 pub fn list_clients(dir: &StateDir, as_json: bool) -> R {
     let st = dir.load()?;
-    let views: Vec<ClientView> = st.registry.clients.iter().map(|c| view(&st, c)).collect();
+    let views = ClientView::all(&st);
     if as_json {
         return json(&views);
     }
@@ -427,7 +388,7 @@ pub fn show_client(dir: &StateDir, which: &str, as_json: bool) -> R {
         .registry
         .find_client(which)
         .ok_or_else(|| bad(format!("unknown client {which}")))?;
-    let v = view(&st, c);
+    let v = ClientView::of(&st, c);
     if as_json {
         return json(&v);
     }
@@ -509,68 +470,22 @@ pub fn reset_client(dir: &StateDir, which: &str, force: bool) -> R {
     Ok(())
 }
 
-#[derive(Serialize)]
-struct StatusRow {
-    name: String,
-    kind: String,
-    target: String,
-    logged_in: bool,
-    sessions: Vec<crate::config::SessionStatus>,
-    bytes_read: u64,
-    bytes_written: u64,
-    overlay_bytes: u64,
-    image: String,
-    base_version: u64,
-    /// The server's view of this disk hit an I/O error and refuses writes.
-    disk_error: bool,
-}
-
-#[derive(Serialize)]
-struct StatusView {
-    server_running: bool,
-    listen: Option<String>,
-    targets: Vec<StatusRow>,
-    total_sessions: usize,
-    total_bytes_read: u64,
-    total_bytes_written: u64,
-    total_overlay_bytes: u64,
+/// The running server's answer to `GET /api/v1/status`; without one (no server, or its
+/// admin routes unreachable: said on stderr), the view from the state files.
+fn status_view(dir: &StateDir) -> Result<StatusView, CliError> {
+    let st = dir.load()?;
+    let live = ServerStatus::load_live(&dir.status_path());
+    if let Some(addr) = live.as_ref().and_then(super::api::admin_addr) {
+        match super::api::get_json(addr, "/api/v1/status") {
+            Ok(v) => return Ok(v),
+            Err(e) => eprintln!("isboot: {e}; showing the status file instead"),
+        }
+    }
+    Ok(StatusView::of(&st, live.as_ref()))
 }
 
 pub fn status(dir: &StateDir, as_json: bool) -> R {
-    let st = dir.load()?;
-    let live = ServerStatus::load_live(&dir.status_path());
-    let mut rows = Vec::new();
-    for spec in st.targets() {
-        let t = live.as_ref().and_then(|s| s.target(spec.iqn.as_str()));
-        let (kind, name) = match &spec.kind {
-            crate::config::TargetKind::Client(n) => ("client", n.to_string()),
-            crate::config::TargetKind::Maintenance(i) => ("maintenance", i.to_string()),
-        };
-        rows.push(StatusRow {
-            name,
-            kind: kind.into(),
-            target: spec.iqn.to_string(),
-            logged_in: t.is_some_and(|t| !t.sessions.is_empty()),
-            sessions: t.map(|t| t.sessions.clone()).unwrap_or_default(),
-            bytes_read: t.map_or(0, |t| t.bytes_read),
-            bytes_written: t.map_or(0, |t| t.bytes_written),
-            overlay_bytes: std::fs::metadata(&spec.overlay_path)
-                .map(|m| m.blocks() * 512)
-                .unwrap_or(0),
-            image: spec.image.to_string(),
-            base_version: spec.version,
-            disk_error: t.is_some_and(|t| t.failed),
-        });
-    }
-    let v = StatusView {
-        server_running: live.is_some(),
-        listen: live.as_ref().map(|s| s.listen.clone()),
-        total_sessions: rows.iter().map(|r| r.sessions.len()).sum(),
-        total_bytes_read: rows.iter().map(|r| r.bytes_read).sum(),
-        total_bytes_written: rows.iter().map(|r| r.bytes_written).sum(),
-        total_overlay_bytes: rows.iter().map(|r| r.overlay_bytes).sum(),
-        targets: rows,
-    };
+    let v = status_view(dir)?;
     if as_json {
         return json(&v);
     }

@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod api;
 mod commands;
 mod export;
 mod prepare;
@@ -262,6 +263,10 @@ pub struct ServeArgs {
     /// Address and port to listen on (default: `listen` from the config file).
     #[arg(long, value_name = "ADDR:PORT")]
     pub listen: Option<String>,
+    /// Address and port of the admin HTTP routes: metrics and status API (default: `listen`
+    /// in the config's [http] section, 127.0.0.1:9260).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub http_listen: Option<String>,
     /// Do not answer DHCP even though an interface is configured.
     #[arg(long)]
     pub no_dhcp: bool,

@@ -4,6 +4,7 @@
 use super::CliError;
 use crate::config::StateDir;
 use crate::iscsi::target::TargetRegistry;
+use crate::service::http::{AdminGate, Audience, HttpServer, Routes, binds};
 use crate::service::iscsi::ServerConfig;
 use crate::service::read_trace::ReadTrace;
 use crate::service::registry::{StateRegistry, maintain};
@@ -21,6 +22,13 @@ pub fn run(dir: &StateDir, args: &super::ServeArgs) -> Result<(), CliError> {
             .map_err(|_| CliError::Bad(format!("bad --listen {s:?} (expected ADDR:PORT)")))?,
         None => state.config.listen,
     };
+    let http_listen: Option<SocketAddr> =
+        match args.http_listen.as_deref() {
+            Some(s) => Some(s.parse().map_err(|_| {
+                CliError::Bad(format!("bad --http-listen {s:?} (expected ADDR:PORT)"))
+            })?),
+            None => None,
+        };
     let _server_lock = dir.lock_server()?;
     let read_trace = match &args.read_trace {
         Some(p) => Some(Arc::new(ReadTrace::create(p).map_err(|e| {
@@ -38,6 +46,8 @@ pub fn run(dir: &StateDir, args: &super::ServeArgs) -> Result<(), CliError> {
             .await
             .map_err(|e| CliError::Failed(e.to_string()))??;
         let registry = Arc::new(registry);
+        // Bind every listener before serving anything: a port that is taken stops the start
+        // with one clear error, and READY tells systemd that all of them are up.
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| CliError::Failed(format!("cannot listen on {addr}: {e}")))?;
@@ -46,6 +56,16 @@ pub fn run(dir: &StateDir, args: &super::ServeArgs) -> Result<(), CliError> {
             .map(|a| a.to_string())
             .unwrap_or_else(|_| addr.to_string());
         registry.set_listen(&bound);
+        let boot_services =
+            crate::service::boot::start(registry.clone(), args.no_dhcp, args.no_tftp)
+                .await
+                .map_err(CliError::Failed)?;
+        let http = http_server(&registry, http_listen).await?;
+        for (audience, a) in http.local_addrs() {
+            if audience == Audience::Admin {
+                registry.set_http(&a.to_string());
+            }
+        }
         tracing::info!(listen = %bound, targets = registry.all().len(), "serving");
         let (tx, rx) = tokio::sync::watch::channel(false);
         let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -57,15 +77,13 @@ pub fn run(dir: &StateDir, args: &super::ServeArgs) -> Result<(), CliError> {
         let keeper = tokio::spawn(maintain(registry.clone(), stopped(keeper_rx)));
         tokio::spawn(async move {
             super::shutdown_signal().await;
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
             let _ = tx.send(true);
         });
         // DHCP and TFTP on the boot interface, when one is configured.
-        let boot = tokio::spawn(crate::service::boot::run(
-            registry.clone(),
-            args.no_dhcp,
-            args.no_tftp,
-            stopped(rx.clone()),
-        ));
+        let boot = tokio::spawn(boot_services.run(stopped(rx.clone())));
+        let http = tokio::spawn(http.serve(stopped(rx.clone())));
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
         let cfg = ServerConfig {
             read_trace,
             ..Default::default()
@@ -79,12 +97,39 @@ pub fn run(dir: &StateDir, args: &super::ServeArgs) -> Result<(), CliError> {
                 Ok(Err(e)) => Err(std::io::Error::other(e)),
                 _ => iscsi.await,
             },
+            h = http => match h {
+                Ok(Err(e)) => Err(std::io::Error::other(format!("HTTP: {e}"))),
+                _ => iscsi.await,
+            },
         };
         // Stop the keeper: it flushes every overlay and removes the status file.
         let _ = keeper_tx.send(true);
         let _ = keeper.await;
         res.map_err(|e| CliError::Failed(e.to_string()))
     })
+}
+
+/// The embedded HTTP listener with the admin routes (metrics, status API), bound.
+async fn http_server(
+    registry: &Arc<StateRegistry>,
+    listen: Option<SocketAddr>,
+) -> Result<HttpServer, CliError> {
+    let metrics = Arc::new(crate::service::metrics::registry(registry.clone()));
+    let routes = Routes::default()
+        .add(Audience::Admin, crate::service::metrics::router(metrics))
+        .add(
+            Audience::Admin,
+            crate::service::api::router(registry.clone()),
+        );
+    let mut cfg = registry.current_state().config.http.clone();
+    if let Some(l) = listen {
+        cfg.listen = l;
+    }
+    let gate_reg = registry.clone();
+    let gate: AdminGate = Arc::new(move |ip| gate_reg.current_state().config.http.allows(ip));
+    crate::service::http::bind(routes, &binds(&cfg), gate)
+        .await
+        .map_err(|e| CliError::Failed(e.to_string()))
 }
 
 /// The iSCSI service.

@@ -3,7 +3,7 @@
 //! (and the `[dhcp]` section, owned by the DHCP service) are kept as they are.
 
 use super::ConfigError;
-use super::names::{Iqn, Subnet};
+use super::names::{Iqn, Net, Subnet};
 use serde::{Deserialize, Serialize};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
@@ -11,6 +11,9 @@ use std::path::Path;
 pub const DEFAULT_IQN_PREFIX: &str = "iqn.2026-11.org.isboot";
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:3260";
 pub const ISCSI_PORT: u16 = 3260;
+/// Default address of the embedded HTTP listener's admin routes (metrics, status API):
+/// loopback only, so the boot LAN never reaches them unless the admin says so.
+pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:9260";
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Config {
@@ -29,9 +32,76 @@ pub struct Config {
     /// DHCP settings (defined by the DHCP service).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dhcp: Option<toml::Value>,
+    /// The embedded HTTP listener.
+    #[serde(default)]
+    pub http: HttpConfig,
     /// Anything else found in the file, kept.
     #[serde(flatten)]
     pub extra: toml::Table,
+}
+
+/// `[http]`: the embedded HTTP listener (`service::http`). Its admin routes (`/metrics`,
+/// `/api/v1/...`) listen on `listen` and answer only peers inside `allow`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HttpConfig {
+    /// Address of the admin routes.
+    #[serde(default = "default_http_listen")]
+    pub listen: SocketAddr,
+    /// Networks whose hosts may use the admin routes (others get 403 Forbidden).
+    #[serde(default = "default_http_allow")]
+    pub allow: Vec<Net>,
+    /// Keys of this section this version does not know, kept.
+    #[serde(flatten)]
+    pub extra: toml::Table,
+}
+
+fn default_http_listen() -> SocketAddr {
+    DEFAULT_HTTP_LISTEN
+        .parse()
+        .unwrap_or_else(|_| unreachable!("constant is valid"))
+}
+
+fn default_http_allow() -> Vec<Net> {
+    vec![Net::LOOPBACK_V4, Net::LOOPBACK_V6]
+}
+
+impl Default for HttpConfig {
+    fn default() -> HttpConfig {
+        HttpConfig {
+            listen: default_http_listen(),
+            allow: default_http_allow(),
+            extra: toml::Table::new(),
+        }
+    }
+}
+
+impl HttpConfig {
+    /// May `peer` use the admin routes?
+    pub fn allows(&self, peer: std::net::IpAddr) -> bool {
+        self.allow.iter().any(|n| n.contains(peer))
+    }
+
+    fn render(&self, s: &mut String) {
+        s.push_str(
+            "\n# The embedded HTTP listener: Prometheus metrics (GET /metrics) and the status\n",
+        );
+        s.push_str("# API (GET /api/v1/status, GET /api/v1/clients).\n[http]\n");
+        s.push_str(&format!(
+            "# Address and port of those admin routes. Default \"{DEFAULT_HTTP_LISTEN}\" (this host\n"
+        ));
+        s.push_str(
+            "# only); set e.g. \"0.0.0.0:9260\" for a Prometheus server elsewhere, and add it to\n",
+        );
+        s.push_str("# `allow`.\n");
+        s.push_str(&format!("listen = \"{}\"\n", self.listen));
+        s.push_str("# Networks whose hosts may use them; anyone else gets 403 Forbidden.\n");
+        s.push_str("# Default [\"127.0.0.0/8\", \"::1/128\"].\n");
+        let nets: Vec<String> = self.allow.iter().map(|n| format!("\"{n}\"")).collect();
+        s.push_str(&format!("allow = [{}]\n", nets.join(", ")));
+        if !self.extra.is_empty() {
+            s.push_str(&toml::to_string(&self.extra).unwrap_or_default());
+        }
+    }
 }
 
 fn default_prefix() -> Iqn {
@@ -52,6 +122,7 @@ impl Default for Config {
             iqn_prefix: default_prefix(),
             listen: default_listen(),
             dhcp: None,
+            http: HttpConfig::default(),
             extra: toml::Table::new(),
         }
     }
@@ -130,6 +201,7 @@ impl Config {
             s.push_str("\n# Other settings.\n");
             s.push_str(&toml::to_string(&plain).unwrap_or_default());
         }
+        self.http.render(&mut s);
         if !tables.is_empty() {
             s.push('\n');
             s.push_str(&toml::to_string(&tables).unwrap_or_default());

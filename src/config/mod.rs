@@ -19,12 +19,14 @@ pub mod file;
 pub mod import;
 pub mod names;
 pub mod registry;
+pub mod report;
 pub mod state;
 pub mod status;
 
-pub use file::Config;
-pub use names::{ClientName, ImageName, Iqn, MacAddr, Subnet};
+pub use file::{Config, HttpConfig};
+pub use names::{ClientName, ImageName, Iqn, MacAddr, Net, Subnet};
 pub use registry::{Chap, Client, Image, Maintenance, Mode, Registry, Version};
+pub use report::{ClientView, StatusRow, StatusView};
 pub use state::{AddClient, BootTarget, State, StateDir, TargetKind, TargetSpec};
 pub use status::{ServerStatus, SessionStatus, TargetStatus};
 

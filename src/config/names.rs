@@ -1,10 +1,10 @@
-//! Validated names: client and image names, iSCSI names (IQN), subnets; MAC addresses are
-//! [`crate::mac::MacAddr`] (re-exported here).
+//! Validated names: client and image names, iSCSI names (IQN), subnets, address ranges of
+//! either family ([`Net`]); MAC addresses are [`crate::mac::MacAddr`] (re-exported here).
 
 pub use crate::mac::MacAddr;
 use serde::{Deserialize, Serialize};
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
 /// Longest client or image name (it becomes part of a target IQN and of file names).
@@ -246,9 +246,135 @@ impl fmt::Debug for Subnet {
     }
 }
 
+/// A block of addresses of either family, `10.0.0.0/8` or `fd00::/8` (a bare address is a
+/// block of one). Used for "who may use this" lists.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Net {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl Net {
+    pub const LOOPBACK_V4: Net = Net {
+        addr: IpAddr::V4(Ipv4Addr::new(127, 0, 0, 0)),
+        prefix: 8,
+    };
+    pub const LOOPBACK_V6: Net = Net {
+        addr: IpAddr::V6(Ipv6Addr::LOCALHOST),
+        prefix: 128,
+    };
+
+    /// The block of `addr` with `prefix` leading bits (host bits are cleared).
+    pub fn new(addr: IpAddr, prefix: u8) -> Result<Net, String> {
+        let bits = if addr.is_ipv4() { 32 } else { 128 };
+        if prefix > bits {
+            return Err(format!(
+                "prefix length /{prefix} is longer than {bits} bits"
+            ));
+        }
+        let masked = match addr {
+            IpAddr::V4(a) => IpAddr::V4(Ipv4Addr::from(u32::from(a) & Net::mask32(prefix))),
+            IpAddr::V6(a) => IpAddr::V6(Ipv6Addr::from(u128::from(a) & Net::mask128(prefix))),
+        };
+        Ok(Net {
+            addr: masked,
+            prefix,
+        })
+    }
+    fn mask32(prefix: u8) -> u32 {
+        u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0)
+    }
+    fn mask128(prefix: u8) -> u128 {
+        u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0)
+    }
+    /// Is `ip` inside? An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`, how a dual-stack socket
+    /// reports IPv4 peers) counts as its IPv4 address.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                u32::from(a) & Net::mask32(self.prefix) == u32::from(n)
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => {
+                u128::from(a) & Net::mask128(self.prefix) == u128::from(n)
+            }
+            _ => false,
+        }
+    }
+}
+
+impl FromStr for Net {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Net, String> {
+        let bad = || format!("bad network {s:?} (expected like 10.0.0.0/8, fd00::/8 or 10.0.0.5)");
+        let (a, p) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = a.parse().map_err(|_| bad())?;
+        let prefix = match p {
+            Some(p) => p.parse().map_err(|_| bad())?,
+            None if addr.is_ipv4() => 32,
+            None => 128,
+        };
+        Net::new(addr, prefix)
+    }
+}
+impl TryFrom<String> for Net {
+    type Error = String;
+    fn try_from(s: String) -> Result<Net, String> {
+        s.parse()
+    }
+}
+impl From<Net> for String {
+    fn from(n: Net) -> String {
+        n.to_string()
+    }
+}
+impl fmt::Display for Net {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+impl fmt::Debug for Net {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Net({self})")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nets() {
+        let n: Net = "10.1.2.3/8".parse().unwrap();
+        assert_eq!(n.to_string(), "10.0.0.0/8");
+        assert!(n.contains("10.255.0.1".parse().unwrap()));
+        assert!(!n.contains("11.0.0.1".parse().unwrap()));
+        assert!(
+            n.contains("::ffff:10.9.9.9".parse().unwrap()),
+            "v4-mapped peers"
+        );
+        assert!(!n.contains("fd00::1".parse().unwrap()));
+        let one: Net = "192.168.1.5".parse().unwrap();
+        assert!(one.contains("192.168.1.5".parse().unwrap()));
+        assert!(!one.contains("192.168.1.6".parse().unwrap()));
+        let v6: Net = "fd00::/8".parse().unwrap();
+        assert!(v6.contains("fdab::1".parse().unwrap()));
+        assert!(!v6.contains("fe80::1".parse().unwrap()));
+        assert!(Net::LOOPBACK_V6.contains("::1".parse().unwrap()));
+        assert!(Net::LOOPBACK_V4.contains("127.0.0.2".parse().unwrap()));
+        let any: Net = "0.0.0.0/0".parse().unwrap();
+        assert!(any.contains("8.8.8.8".parse().unwrap()));
+        for bad in ["10.0.0.0/33", "::/129", "x/8", "10.0.0.0/", ""] {
+            assert!(bad.parse::<Net>().is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn macs() {

@@ -18,6 +18,9 @@ pub struct ServerStatus {
     #[serde(default)]
     pub updated_ms: u64,
     pub listen: String,
+    /// Where the admin HTTP routes (metrics, status API) listen, when they do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<String>,
     pub targets: Vec<TargetStatus>,
 }
 

@@ -42,6 +42,7 @@ struct PowerOn(Arc<StateRegistry>);
 
 impl PowerOnHook for PowerOn {
     fn power_on(&self, mac: MacAddr, client: &DhcpClient) {
+        crate::service::metrics::get().power_on(&client.name, &client.target_iqn);
         // A real reset writes and fsyncs a few files. It must finish before the DHCP answer
         // (iPXE logs in right after it), so it runs here, but off the executor's core
         // threads where the runtime allows it.
@@ -72,99 +73,143 @@ fn dhcp_config(reg: &StateRegistry) -> Option<Result<DhcpConfig, String>> {
     )
 }
 
-/// Run DHCP and TFTP as configured until `shutdown`. Without a `[dhcp]` section nothing runs
-/// (DHCP never answers on an interface nobody named); `no_dhcp` / `no_tftp` turn either off.
-pub async fn run(
+/// DHCP and TFTP with their sockets bound ([`start`]), ready to [`BootServices::run`].
+pub struct BootServices {
+    registry: Arc<StateRegistry>,
+    /// None: nothing configured or both turned off.
+    cfg: Option<DhcpConfig>,
+    tftp: Option<tokio::net::UdpSocket>,
+    dhcp: Option<crate::service::dhcp::Sockets>,
+}
+
+/// Bind DHCP and TFTP as configured. Without a `[dhcp]` section nothing is bound (DHCP never
+/// answers on an interface nobody named); `no_dhcp` / `no_tftp` turn either off.
+pub async fn start(
     registry: Arc<StateRegistry>,
     no_dhcp: bool,
     no_tftp: bool,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), String> {
+) -> Result<BootServices, String> {
     let cfg = match dhcp_config(&registry) {
         None => {
             info!(
                 "no [dhcp] section in the config: DHCP and TFTP are off (isboot init --interface IF --server-ip IP turns them on)"
             );
-            shutdown.await;
-            return Ok(());
+            None
         }
         Some(Err(e)) => return Err(format!("the [dhcp] section of the config is invalid: {e}")),
-        Some(Ok(c)) => c,
+        Some(Ok(c)) => Some(c),
     };
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = move || {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|v| *v).await;
+    let mut tftp = None;
+    let mut dhcp = None;
+    if let Some(cfg) = &cfg {
+        if !no_tftp {
+            let addr = SocketAddr::new(cfg.server_ip.into(), 69);
+            tftp = Some(
+                crate::service::tftp::bind_tftp(addr)
+                    .await
+                    .map_err(|e| format!("TFTP: {e}"))?,
+            );
         }
-    };
-    let mut tasks = tokio::task::JoinSet::new();
-    if !no_tftp {
-        let addr = SocketAddr::new(cfg.server_ip.into(), 69);
-        let sock = crate::service::tftp::bind_tftp(addr)
-            .await
-            .map_err(|e| format!("TFTP: {e}"))?;
-        let root = registry.state_dir().tftp_dir();
-        let stop = stopped();
-        tasks.spawn(async move {
-            crate::service::tftp::run_tftp(sock, root, Default::default(), stop)
-                .await
-                .map_err(|e| format!("TFTP: {e}"))
-        });
+        if !no_dhcp {
+            dhcp =
+                Some(crate::service::dhcp::Sockets::open(cfg).map_err(|e| format!("DHCP: {e}"))?);
+        }
     }
-    if !no_dhcp {
-        let (cfg_tx, cfg_rx) = tokio::sync::watch::channel(cfg.clone());
-        let ra_rx = cfg_tx.subscribe();
-        let stop = stopped();
-        tasks.spawn(async move {
-            crate::service::ra::run_ra_watched(ra_rx, stop).await;
-            Ok(())
-        });
-        let dir: Arc<dyn ClientDirectory> = Arc::new(RegistryDirectory(registry.clone()));
-        let hooks = DhcpHooks {
-            power_on: Some(Arc::new(PowerOn(registry.clone()))),
-            enroll: None,
+    Ok(BootServices {
+        registry,
+        cfg,
+        tftp,
+        dhcp,
+    })
+}
+
+impl BootServices {
+    /// Serve until `shutdown`; an error when a service stops on its own.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), String> {
+        let BootServices {
+            registry,
+            cfg,
+            tftp,
+            dhcp,
+        } = self;
+        let Some(cfg) = cfg else {
+            shutdown.await;
+            return Ok(());
         };
-        let leases = Some(registry.state_dir().path("dhcp-leases.json"));
-        let stop = stopped();
-        tasks.spawn(async move {
-            crate::service::dhcp::run_dhcp_watched(cfg_rx, leases, dir, hooks, stop)
-                .await
-                .map_err(|e| format!("DHCP: {e}"))
-        });
-        // Follow edits of the [dhcp] section without a restart.
-        let reg = registry.clone();
-        let stop = stopped();
-        tasks.spawn(async move {
-            tokio::pin!(stop);
-            let mut last = cfg;
-            loop {
-                tokio::select! {
-                    _ = &mut stop => return Ok(()),
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                }
-                match dhcp_config(&reg) {
-                    Some(Ok(c)) if c != last => {
-                        info!("DHCP configuration changed");
-                        last = c.clone();
-                        let _ = cfg_tx.send(c);
-                    }
-                    Some(Err(e)) => warn!("ignoring an invalid [dhcp] section: {e}"),
-                    _ => {}
-                }
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stopped = move || {
+            let mut rx = stop_rx.clone();
+            async move {
+                let _ = rx.wait_for(|v| *v).await;
             }
-        });
-    }
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
-    });
-    while let Some(r) = tasks.join_next().await {
-        match r {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(e),
-            Err(e) => return Err(e.to_string()),
+        };
+        let mut tasks = tokio::task::JoinSet::new();
+        if let Some(sock) = tftp {
+            let root = registry.state_dir().tftp_dir();
+            let stop = stopped();
+            tasks.spawn(async move {
+                crate::service::tftp::run_tftp(sock, root, Default::default(), stop)
+                    .await
+                    .map_err(|e| format!("TFTP: {e}"))
+            });
         }
+        if let Some(socks) = dhcp {
+            let (cfg_tx, cfg_rx) = tokio::sync::watch::channel(cfg.clone());
+            let ra_rx = cfg_tx.subscribe();
+            let stop = stopped();
+            tasks.spawn(async move {
+                crate::service::ra::run_ra_watched(ra_rx, stop).await;
+                Ok(())
+            });
+            let dir: Arc<dyn ClientDirectory> = Arc::new(RegistryDirectory(registry.clone()));
+            let hooks = DhcpHooks {
+                power_on: Some(Arc::new(PowerOn(registry.clone()))),
+                enroll: None,
+            };
+            let leases = Some(registry.state_dir().path("dhcp-leases.json"));
+            let stop = stopped();
+            tasks.spawn(async move {
+                crate::service::dhcp::run_dhcp_on(socks, cfg_rx, leases, dir, hooks, stop)
+                    .await
+                    .map_err(|e| format!("DHCP: {e}"))
+            });
+            // Follow edits of the [dhcp] section without a restart.
+            let reg = registry.clone();
+            let stop = stopped();
+            tasks.spawn(async move {
+                tokio::pin!(stop);
+                let mut last = cfg;
+                loop {
+                    tokio::select! {
+                        _ = &mut stop => return Ok(()),
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                    match dhcp_config(&reg) {
+                        Some(Ok(c)) if c != last => {
+                            info!("DHCP configuration changed");
+                            last = c.clone();
+                            let _ = cfg_tx.send(c);
+                        }
+                        Some(Err(e)) => warn!("ignoring an invalid [dhcp] section: {e}"),
+                        _ => {}
+                    }
+                }
+            });
+        }
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        });
+        while let Some(r) = tasks.join_next().await {
+            match r {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(e),
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Ok(())
     }
-    Ok(())
 }

@@ -141,7 +141,7 @@ pub async fn run_dhcp(
 }
 
 /// The sockets for one (interface, mode).
-struct Sockets {
+pub struct Sockets {
     interface: String,
     mode: DhcpMode,
     s67: UdpSocket,
@@ -149,7 +149,8 @@ struct Sockets {
 }
 
 impl Sockets {
-    fn open(cfg: &DhcpConfig) -> Result<Sockets, DhcpServiceError> {
+    /// Bind the DHCP sockets `cfg` asks for (port 67, and 4011 in proxy mode).
+    pub fn open(cfg: &DhcpConfig) -> Result<Sockets, DhcpServiceError> {
         cfg.validate()?;
         if !interface_exists(&cfg.interface) {
             return Err(DhcpServiceError::NoSuchInterface(cfg.interface.clone()));
@@ -180,8 +181,20 @@ pub async fn run_dhcp_watched(
     hooks: DhcpHooks,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DhcpServiceError> {
+    let socks = Sockets::open(&config.borrow_and_update())?;
+    run_dhcp_on(socks, config, lease_file, directory, hooks, shutdown).await
+}
+
+/// [`run_dhcp_watched`] on sockets already bound for the current configuration.
+pub async fn run_dhcp_on(
+    mut socks: Sockets,
+    mut config: tokio::sync::watch::Receiver<DhcpConfig>,
+    lease_file: Option<PathBuf>,
+    directory: Arc<dyn ClientDirectory>,
+    hooks: DhcpHooks,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), DhcpServiceError> {
     let cfg = config.borrow_and_update().clone();
-    let mut socks = Sockets::open(&cfg)?;
     let leases = match &lease_file {
         Some(p) => Leases::load(p)?,
         None => Leases::new(),
@@ -225,6 +238,13 @@ pub async fn run_dhcp_watched(
             Arrival { port, src },
             unix_now(),
         );
+        crate::service::metrics::get().dhcp_message(
+            request_type(bytes),
+            reply
+                .as_ref()
+                .and_then(|r| r.msg.opts().msg_type())
+                .map_or("ignored", type_label),
+        );
         if let Some(reply) = reply {
             send_reply(&socks, port, &reply).await;
         }
@@ -242,6 +262,30 @@ pub async fn run_dhcp_watched(
     }
     tracing::info!(interface = %socks.interface, "DHCP stopped");
     Ok(())
+}
+
+/// A DHCP message type as a metric label.
+fn type_label(t: dhcproto::v4::MessageType) -> &'static str {
+    use dhcproto::v4::MessageType as M;
+    match t {
+        M::Discover => "discover",
+        M::Offer => "offer",
+        M::Request => "request",
+        M::Decline => "decline",
+        M::Ack => "ack",
+        M::Nak => "nak",
+        M::Release => "release",
+        M::Inform => "inform",
+        _ => "other",
+    }
+}
+
+/// The type of a received datagram, "malformed" when it does not parse as a DHCP request.
+fn request_type(bytes: &[u8]) -> &'static str {
+    match crate::dhcp::wire::parse_request(bytes) {
+        Ok(m) => crate::dhcp::wire::msg_type(&m).map_or("malformed", type_label),
+        Err(_) => "malformed",
+    }
 }
 
 fn apply_update(server: &mut DhcpServer, socks: &mut Sockets, new: DhcpConfig) {

@@ -57,6 +57,7 @@ pub struct StateRegistry {
     /// Serialises reloads (they open files; lookups keep using the old list meanwhile).
     reload_lock: Mutex<()>,
     listen: Mutex<String>,
+    http: Mutex<Option<String>>,
 }
 
 fn fnv1a(s: &str) -> u64 {
@@ -93,6 +94,7 @@ impl StateRegistry {
             }),
             reload_lock: Mutex::new(()),
             listen: Mutex::new(String::new()),
+            http: Mutex::new(None),
         };
         r.reload()?;
         Ok(r)
@@ -111,6 +113,11 @@ impl StateRegistry {
     /// Record the address the server listens on (shown by `isboot status`).
     pub fn set_listen(&self, addr: &str) {
         *self.listen.lock().unwrap_or_else(|e| e.into_inner()) = addr.to_string();
+    }
+
+    /// Record the address of the admin HTTP routes (published in the status).
+    pub fn set_http(&self, addr: &str) {
+        *self.http.lock().unwrap_or_else(|e| e.into_inner()) = Some(addr.to_string());
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
@@ -372,6 +379,7 @@ impl StateRegistry {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .clone(),
+            http: self.http.lock().unwrap_or_else(|e| e.into_inner()).clone(),
             targets,
         }
     }

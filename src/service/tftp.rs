@@ -115,6 +115,18 @@ pub async fn run_tftp(
     Ok(())
 }
 
+/// Counts a transfer in the metrics when it ends, however it ends.
+struct Tally {
+    outcome: &'static str,
+    bytes: u64,
+}
+
+impl Drop for Tally {
+    fn drop(&mut self) {
+        crate::service::metrics::get().tftp_transfer(self.outcome, self.bytes);
+    }
+}
+
 /// One transfer on its own socket (the server's new transfer ID).
 async fn serve_one(
     req: crate::tftp::Request,
@@ -123,6 +135,10 @@ async fn serve_one(
     root: &std::path::Path,
     limits: TransferLimits,
 ) {
+    let mut tally = Tally {
+        outcome: "failed",
+        bytes: 0,
+    };
     let sock = match UdpSocket::bind(SocketAddr::new(local_ip, 0)).await {
         Ok(s) => s,
         Err(e) => {
@@ -143,6 +159,7 @@ async fn serve_one(
         Ok(Err(e)) => {
             tracing::info!(%peer, file = %filename, error = %e, "TFTP request refused");
             let _ = sock.send(&e.to_packet()).await;
+            tally.outcome = "refused";
             return;
         }
         Err(e) => {
@@ -153,7 +170,7 @@ async fn serve_one(
     let len = prepared.len;
     let (mut t, first) = Transfer::start(prepared, &limits, std::time::Instant::now());
     tracing::info!(%peer, file = %filename, bytes = len, blksize = t.negotiated().blksize, windowsize = t.negotiated().windowsize, "TFTP transfer started");
-    send_all(&sock, &first).await;
+    tally.bytes += send_all(&sock, &first).await;
     let mut buf = vec![0u8; RECV_BUF];
     while !t.is_finished() {
         let deadline = tokio::time::Instant::from_std(t.deadline());
@@ -185,20 +202,25 @@ async fn serve_one(
                 return;
             }
         };
-        send_all(&sock, &out).await;
+        tally.bytes += send_all(&sock, &out).await;
     }
     match t.status() {
         transfer::Status::Done => {
+            tally.outcome = "complete";
             tracing::info!(%peer, file = %filename, bytes = len, "TFTP transfer done")
         }
         other => tracing::info!(%peer, file = %filename, status = ?other, "TFTP transfer ended"),
     }
 }
 
-async fn send_all(sock: &UdpSocket, pkts: &[Vec<u8>]) {
+/// Send `pkts`; the bytes that went out.
+async fn send_all(sock: &UdpSocket, pkts: &[Vec<u8>]) -> u64 {
+    let mut sent = 0;
     for p in pkts {
-        if let Err(e) = sock.send(p).await {
-            tracing::debug!(error = %e, "TFTP send failed");
+        match sock.send(p).await {
+            Ok(n) => sent += n as u64,
+            Err(e) => tracing::debug!(error = %e, "TFTP send failed"),
         }
     }
+    sent
 }

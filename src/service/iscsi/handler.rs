@@ -13,6 +13,7 @@ use crate::iscsi::login::{Login, LoginOutcome, SessionParams};
 use crate::iscsi::session::{Action, ExecJob, OutPdu, Session, SessionEnd, Stamp};
 use crate::iscsi::target::{SessionInfo, TargetStats};
 use crate::scsi::{Nexus, Outcome, TargetLus};
+use crate::service::metrics::{self, Op};
 use crate::service::read_trace::SessionTrace;
 use crate::wire::frame::{self, FrameLimits, RawPdu};
 use crate::wire::pdu::{AsyncMessage, Bhs};
@@ -209,6 +210,10 @@ impl Handler {
                 kill: self.kill.clone(),
             };
             let step = login.handle(&req, &pdu.data, &view);
+            let status = step
+                .responses
+                .last()
+                .map(|(h, _)| (h.status_class, h.status_detail));
             let pdus: Vec<OutPdu> = step
                 .responses
                 .into_iter()
@@ -217,8 +222,16 @@ impl Handler {
             self.writer.send(pdus, (0, 0)).await?;
             match step.outcome {
                 LoginOutcome::Continue => {}
-                LoginOutcome::Done(p) => return Ok(LoginEnd::Session(Box::new(p))),
-                LoginOutcome::Failed => return Ok(LoginEnd::Refused),
+                LoginOutcome::Done(p) => {
+                    metrics::get()
+                        .login_accepted(p.target.as_ref().map(|t| t.iqn.as_str()), p.isid);
+                    return Ok(LoginEnd::Session(Box::new(p)));
+                }
+                LoginOutcome::Failed => {
+                    let (class, detail) = status.unwrap_or((2, 0));
+                    metrics::get().login_refused(metrics::login_reason(class, detail));
+                    return Ok(LoginEnd::Refused);
+                }
             }
         }
     }
@@ -244,8 +257,13 @@ impl Executor {
     /// report through [`Executor::next`].
     fn start(&mut self, job: ExecJob) -> Option<(u32, Outcome)> {
         let lus = self.lus.as_ref()?;
+        let op = Op::of_cdb(&job.cdb);
+        let t0 = std::time::Instant::now();
         if job.nonblocking {
             let outcome = lus.execute(&self.nexus, job.lun, &job.cdb, &job.data_out);
+            if let Some(op) = op {
+                metrics::get().command(op, t0.elapsed());
+            }
             count(&self.stats, &outcome, 0);
             return Some((job.itt, outcome));
         }
@@ -254,6 +272,9 @@ impl Executor {
         let (lus, nexus, done) = (lus.clone(), self.nexus.clone(), self.done_tx.clone());
         tokio::task::spawn_blocking(move || {
             let o = lus.execute(&nexus, job.lun, &job.cdb, &job.data_out);
+            if let Some(op) = op {
+                metrics::get().command(op, t0.elapsed());
+            }
             let _ = done.send((job.itt, o, written));
         });
         None

@@ -1,0 +1,139 @@
+//! What `isboot status --json` and `isboot list-clients --json` print, and what the running
+//! server's status API serves (`GET /api/v1/status`, `GET /api/v1/clients`): one schema,
+//! built here from a [`State`] and, for traffic and sessions, a server's [`ServerStatus`].
+//! No secrets: CHAP user names appear, secrets never.
+
+use super::registry::Client;
+use super::state::{State, TargetKind};
+use super::status::{ServerStatus, SessionStatus};
+use serde::{Deserialize, Serialize};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+/// One registered client (`list-clients --json`, `GET /api/v1/clients`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientView {
+    pub name: String,
+    pub mac: String,
+    pub ip: Option<String>,
+    pub image: String,
+    pub version: u64,
+    /// "persistent" or "reset".
+    pub mode: String,
+    pub target: String,
+    pub initiators: Vec<String>,
+    pub root_path: Option<String>,
+    pub chap_user: Option<String>,
+    pub mutual_chap_user: Option<String>,
+    /// Path of the client's overlay file.
+    pub overlay: String,
+    /// Bytes the overlay occupies on disk.
+    pub overlay_bytes: u64,
+}
+
+/// Bytes a file occupies on disk (0 when it cannot be read).
+fn on_disk(p: &Path) -> u64 {
+    std::fs::metadata(p).map(|m| m.blocks() * 512).unwrap_or(0)
+}
+
+impl ClientView {
+    pub fn of(st: &State, c: &Client) -> ClientView {
+        let path = st.dir.path(&c.overlay);
+        ClientView {
+            name: c.name.to_string(),
+            mac: c.mac.to_string(),
+            ip: c.ip.map(|i| i.to_string()),
+            image: c.image.to_string(),
+            version: c.version,
+            mode: c.mode.to_string(),
+            target: st.target_iqn(&c.name).to_string(),
+            initiators: c.initiators.iter().map(|i| i.to_string()).collect(),
+            root_path: st.client_root_path(c),
+            chap_user: c.chap.as_ref().map(|c| c.user.clone()),
+            mutual_chap_user: c.chap.as_ref().and_then(|c| c.mutual_user.clone()),
+            overlay: path.display().to_string(),
+            overlay_bytes: on_disk(&path),
+        }
+    }
+
+    /// Every registered client, in registry order.
+    pub fn all(st: &State) -> Vec<ClientView> {
+        st.registry
+            .clients
+            .iter()
+            .map(|c| ClientView::of(st, c))
+            .collect()
+    }
+}
+
+/// One served disk (a client's, or an image's maintenance disk) in [`StatusView`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusRow {
+    /// Client name, or image name for a maintenance disk.
+    pub name: String,
+    /// "client" or "maintenance".
+    pub kind: String,
+    pub target: String,
+    pub logged_in: bool,
+    pub sessions: Vec<SessionStatus>,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+    pub overlay_bytes: u64,
+    pub image: String,
+    pub base_version: u64,
+    /// The server's view of this disk hit an I/O error and refuses writes.
+    pub disk_error: bool,
+}
+
+/// `isboot status --json`, `GET /api/v1/status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusView {
+    pub server_running: bool,
+    /// The iSCSI listen address of the running server.
+    pub listen: Option<String>,
+    pub targets: Vec<StatusRow>,
+    pub total_sessions: usize,
+    pub total_bytes_read: u64,
+    pub total_bytes_written: u64,
+    pub total_overlay_bytes: u64,
+}
+
+impl StatusView {
+    /// The disks `st` defines, with sessions and traffic from `live` (the running server's
+    /// status; None when no server runs).
+    pub fn of(st: &State, live: Option<&ServerStatus>) -> StatusView {
+        let rows: Vec<StatusRow> = st
+            .targets()
+            .into_iter()
+            .map(|spec| {
+                let t = live.and_then(|s| s.target(spec.iqn.as_str()));
+                let (kind, name) = match &spec.kind {
+                    TargetKind::Client(n) => ("client", n.to_string()),
+                    TargetKind::Maintenance(i) => ("maintenance", i.to_string()),
+                };
+                StatusRow {
+                    name,
+                    kind: kind.into(),
+                    target: spec.iqn.to_string(),
+                    logged_in: t.is_some_and(|t| !t.sessions.is_empty()),
+                    sessions: t.map(|t| t.sessions.clone()).unwrap_or_default(),
+                    bytes_read: t.map_or(0, |t| t.bytes_read),
+                    bytes_written: t.map_or(0, |t| t.bytes_written),
+                    overlay_bytes: on_disk(&spec.overlay_path),
+                    image: spec.image.to_string(),
+                    base_version: spec.version,
+                    disk_error: t.is_some_and(|t| t.failed),
+                }
+            })
+            .collect();
+        StatusView {
+            server_running: live.is_some(),
+            listen: live.map(|s| s.listen.clone()),
+            total_sessions: rows.iter().map(|r| r.sessions.len()).sum(),
+            total_bytes_read: rows.iter().map(|r| r.bytes_read).sum(),
+            total_bytes_written: rows.iter().map(|r| r.bytes_written).sum(),
+            total_overlay_bytes: rows.iter().map(|r| r.overlay_bytes).sum(),
+            targets: rows,
+        }
+    }
+}
