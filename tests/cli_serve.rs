@@ -130,6 +130,12 @@ fn private_disks_over_iscsi_follow_the_cli_and_survive_restarts() {
     );
 
     // Reset of a logged-in client: refused, then forced (its session ends), then pristine.
+    // (Commands see sessions in the status file, which the server rewrites every second; the
+    // status API above may be ahead of it.)
+    eventually("the status file shows both sessions", || {
+        std::fs::read_to_string(lab.dir.join("run/status.json"))
+            .is_ok_and(|t| t.matches("\"initiator\"").count() == 2)
+    });
     lab.run(&["reset-client", "pc2"])
         .fails(1, "logged in from 127.0.0.1:");
     let out = lab
@@ -172,6 +178,151 @@ fn private_disks_over_iscsi_follow_the_cli_and_survive_restarts() {
     assert_eq!(read(&mut a, 16, 16), vec![0xA1; 8192]);
     assert_eq!(read(&mut b, 40, 8), vec![0xB3; 4096]);
     assert_eq!(crc(&base_file), base_sum, "the base image changed");
+}
+
+/// `GET path` from `addr` (HTTP/1.1): status code and body.
+fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap();
+    let code = head.split(' ').nth(1).unwrap().parse().unwrap();
+    // Small bodies come in one chunk at most; unwrap chunked encoding if used.
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        let mut rest = body;
+        let mut b = String::new();
+        while let Some((len, tail)) = rest.split_once("\r\n") {
+            let n = usize::from_str_radix(len.trim(), 16).unwrap();
+            if n == 0 {
+                break;
+            }
+            b.push_str(&tail[..n]);
+            rest = &tail[n + 2..];
+        }
+        b
+    } else {
+        body.to_string()
+    };
+    (code, body)
+}
+
+/// The value of the sample `name` (with its labels, as printed) in a metrics text.
+fn sample(metrics: &str, name: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[test]
+fn metrics_and_the_status_api_on_the_admin_routes() {
+    let lab = Lab::with_image();
+    lab.add("52:54:00:00:00:01", "pc1", &[]);
+    let mut srv = Serve::start(&lab.dir);
+    let mut a = client(srv.addr, "pc1");
+    write(&mut a, 16, &[0xA1; 8192], true);
+    assert_eq!(read(&mut a, 16, 16), vec![0xA1; 8192]);
+    // A login to a target that does not exist is refused, and counted with its reason.
+    let o = LoginOptions::new(&format!("{P}:initiator:pc1"), Some(&format!("{P}:nobody")));
+    assert!(Initiator::connect(srv.addr, &o).is_err());
+
+    let (code, m) = http_get(srv.http, "/metrics");
+    assert_eq!(code, 200);
+    let pc1 = "{client=\"pc1\",kind=\"client\"}";
+    assert!(
+        sample(&m, &format!("isboot_client_read_bytes_total{pc1}")).unwrap() >= 8192.0,
+        "{m}"
+    );
+    assert!(
+        sample(&m, &format!("isboot_client_written_bytes_total{pc1}")).unwrap() >= 8192.0,
+        "{m}"
+    );
+    assert_eq!(
+        sample(&m, &format!("isboot_client_sessions{pc1}")),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(sample(&m, "isboot_sessions"), Some(1.0), "{m}");
+    assert!(
+        sample(&m, &format!("isboot_client_overlay_bytes{pc1}")).unwrap() > 0.0,
+        "{m}"
+    );
+    assert!(
+        sample(&m, "isboot_iscsi_read_latency_seconds_count").unwrap() >= 1.0,
+        "{m}"
+    );
+    assert!(
+        sample(&m, "isboot_iscsi_write_latency_seconds_count").unwrap() >= 1.0,
+        "{m}"
+    );
+    assert!(
+        sample(
+            &m,
+            "isboot_iscsi_logins_total{result=\"accepted\",reason=\"ok\"}"
+        )
+        .unwrap()
+            >= 1.0,
+        "{m}"
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "isboot_iscsi_logins_total{result=\"refused\",reason=\"target_not_found\"}"
+        ),
+        Some(1.0),
+        "{m}"
+    );
+    assert!(
+        sample(&m, "isboot_state_fs_available_bytes").unwrap() > 0.0,
+        "{m}"
+    );
+    assert!(
+        m.contains("# TYPE isboot_client_read_bytes_total counter"),
+        "{m}"
+    );
+
+    // The status API serves what the CLI prints (one schema); `isboot status` asks it.
+    let (code, api) = http_get(srv.http, "/api/v1/status");
+    assert_eq!(code, 200);
+    let api: serde_json::Value = serde_json::from_str(&api).unwrap();
+    let cli: serde_json::Value = serde_json::from_str(lab.run(&["status", "--json"]).ok()).unwrap();
+    assert_eq!(api["server_running"], true);
+    assert_eq!(api["targets"][0]["sessions"].as_array().unwrap().len(), 1);
+    assert_eq!(api["targets"][0]["name"], cli["targets"][0]["name"]);
+    assert_eq!(api["total_bytes_read"], cli["total_bytes_read"]);
+    let (code, clients) = http_get(srv.http, "/api/v1/clients");
+    assert_eq!(code, 200);
+    let clients: serde_json::Value = serde_json::from_str(&clients).unwrap();
+    let listed: serde_json::Value =
+        serde_json::from_str(lab.run(&["list-clients", "--json"]).ok()).unwrap();
+    assert_eq!(clients, listed);
+    assert_eq!(http_get(srv.http, "/api/v1/nothing").0, 404);
+
+    // Only hosts in [http] allow get answers: with loopback left out, 403, and `isboot status`
+    // says so and falls back to the status file.
+    let cfg = std::fs::read_to_string(lab.dir.join("isboot.toml")).unwrap();
+    let cfg = cfg.replace(
+        "allow = [\"127.0.0.0/8\", \"::1/128\"]",
+        "allow = [\"192.0.2.1/32\"]",
+    );
+    std::fs::write(lab.dir.join("isboot.toml"), cfg).unwrap();
+    eventually("the new allow list applies", || {
+        http_get(srv.http, "/metrics").0 == 403
+    });
+    assert_eq!(http_get(srv.http, "/api/v1/clients").0, 403);
+    let r = lab.run(&["status"]);
+    assert!(r.ok().contains("server: running"), "{}", r.stdout);
+    assert!(r.stderr.contains("403"), "{}", r.stderr);
+    drop(a);
+    srv.stop();
 }
 
 #[test]
