@@ -11,11 +11,23 @@
 //! ([`HttpError::Shared`]), so the boot LAN never reaches the admin routes by accident. Every
 //! router sees the peer's address as `axum::extract::ConnectInfo<SocketAddr>`.
 //!
+//! # Adding routes (e.g. the boot menu's)
+//! 1. Write `pub fn router(..) -> axum::Router` in your own service module (state through
+//!    `Router::with_state`, as `service::api::router` does).
+//! 2. Add it in `cli/serve.rs`'s `http_server`: `.add(Audience::Boot, my::router(..))`.
+//!    Routers of one audience are merged; a path added twice panics at start.
+//! 3. For a new audience's addresses (the boot routes listen on the boot interface): add a
+//!    key to `HttpConfig` (`config/file.rs`, with its commented default in the config template)
+//!    and push a `Bind { audience: Audience::Boot, addr }` for it in [`binds`]. An audience with
+//!    routes but no address is not served; an address without routes binds nothing.
+//!
+//! The listener is bound before `isboot serve` reports READY (sd_notify) and stops with it.
+//!
 //! ```ignore
 //! let routes = Routes::default()
 //!     .add(Audience::Admin, metrics_router)
 //!     .add(Audience::Boot, menu_router);
-//! let server = bind(routes, &binds(&config.http)).await?;   // all sockets bound: READY
+//! let server = bind(routes, &binds(&config.http), gate).await?;   // all sockets bound: READY
 //! server.serve(shutdown).await
 //! ```
 
