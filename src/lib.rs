@@ -11,6 +11,7 @@
 //! `wire`, `iscsi`, `scsi`, `store`, `dhcp` and `tftp` do no socket I/O; `service` is the only
 //! layer that owns sockets and spawns tasks.
 
+pub mod boot;
 pub mod cli;
 pub mod config;
 pub mod dhcp;
