@@ -14,6 +14,10 @@
 //! - anything else that is a known client (the initrd's dhclient): the reserved address and
 //!   the usual options, no boot file.
 //! - unknown MACs: nothing, unless `auto_enroll` is on and [`EnrollHook::enroll`] adds them.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
 
 pub mod config;
 pub mod flood;

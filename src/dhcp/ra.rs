@@ -45,19 +45,22 @@ pub fn router_advertisement() -> [u8; 16] {
 /// fits in the message. (The hop-limit-255 check needs the IPv6 header: the service asks the
 /// kernel for it.)
 pub fn is_router_solicitation(msg: &[u8]) -> bool {
-    if msg.len() < 8 || msg[0] != ROUTER_SOLICITATION || msg[1] != 0 {
+    let Some((&[kind, code, ..], mut opts)) = msg.split_first_chunk::<8>() else {
+        return false;
+    };
+    if kind != ROUTER_SOLICITATION || code != 0 {
         return false;
     }
-    let mut opts = &msg[8..];
     while !opts.is_empty() {
-        if opts.len() < 2 {
+        // Type, length in units of 8 bytes.
+        let Some(&[_, units]) = opts.first_chunk::<2>() else {
             return false;
+        };
+        let len = usize::from(units) * 8;
+        match opts.get(len..) {
+            Some(rest) if len > 0 => opts = rest,
+            _ => return false,
         }
-        let len = usize::from(opts[1]) * 8;
-        if len == 0 || len > opts.len() {
-            return false;
-        }
-        opts = &opts[len..];
     }
     true
 }

@@ -38,22 +38,21 @@ const FIXED_LENGTHS: &[(u8, usize, usize)] = &[
 
 /// Walk the datagram: header, cookie, every option's length; refuse what does not fit.
 pub fn check_packet(bytes: &[u8]) -> Result<(), DhcpError> {
-    if bytes.len() < MIN_PACKET_LEN {
-        return Err(DhcpError::PacketTooShort(bytes.len()));
-    }
     if bytes.len() > MAX_PACKET_LEN {
         return Err(DhcpError::PacketTooLong(bytes.len()));
     }
-    if bytes[0] != 1 {
+    let Some(fixed) = bytes.first_chunk::<MIN_PACKET_LEN>() else {
+        return Err(DhcpError::PacketTooShort(bytes.len()));
+    };
+    // op, htype, hlen (RFC 2131 §2).
+    let &[op, htype, hlen, ..] = fixed;
+    if op != 1 {
         return Err(DhcpError::NotARequest);
     }
-    if bytes[1] != 1 || bytes[2] != 6 {
-        return Err(DhcpError::NotEthernet {
-            htype: bytes[1],
-            hlen: bytes[2],
-        });
+    if htype != 1 || hlen != 6 {
+        return Err(DhcpError::NotEthernet { htype, hlen });
     }
-    if bytes[COOKIE_OFFSET..COOKIE_OFFSET + 4] != MAGIC {
+    if fixed.get(COOKIE_OFFSET..COOKIE_OFFSET + 4) != Some(&MAGIC[..]) {
         return Err(DhcpError::NoMagicCookie);
     }
     // (code, accumulated length) of the current run of same-code options (RFC 3396
@@ -61,8 +60,7 @@ pub fn check_packet(bytes: &[u8]) -> Result<(), DhcpError> {
     let mut run: Option<(u8, usize)> = None;
     let mut pos = MIN_PACKET_LEN;
     let mut saw_type = false;
-    while pos < bytes.len() {
-        let code = bytes[pos];
+    while let Some(&code) = bytes.get(pos) {
         if code == 0 {
             finish_run(run.take())?;
             pos += 1;
@@ -131,12 +129,7 @@ pub fn encode(msg: &Message) -> Result<Vec<u8>, DhcpError> {
 
 /// The client's MAC (valid after [`check_packet`]: hlen is 6).
 pub fn mac_of(msg: &Message) -> MacAddr {
-    let mut mac = [0u8; 6];
-    let ch = msg.chaddr();
-    if ch.len() >= 6 {
-        mac.copy_from_slice(&ch[..6]);
-    }
-    MacAddr(mac)
+    MacAddr(msg.chaddr().first_chunk::<6>().copied().unwrap_or_default())
 }
 
 /// Which kind of DHCP client sent a request.
@@ -165,14 +158,13 @@ fn user_class_is_ipxe(uc: &[u8]) -> bool {
     }
     let mut rest = uc;
     while let Some((&len, tail)) = rest.split_first() {
-        let len = len as usize;
-        if len > tail.len() {
+        let Some((entry, next)) = tail.split_at_checked(len as usize) else {
             return false;
-        }
-        if &tail[..len] == b"iPXE" {
+        };
+        if entry == b"iPXE" {
             return true;
         }
-        rest = &tail[len..];
+        rest = next;
     }
     false
 }

@@ -238,7 +238,7 @@ impl TextExchange {
             return TextStep::Reject(reject_reason::PROTOCOL_ERROR);
         };
         let end = (p.sent + self.max_xmit).min(p.data.len());
-        let piece = p.data[p.sent..end].to_vec();
+        let piece = p.data.get(p.sent..end).unwrap_or_default().to_vec();
         if end < p.data.len() {
             p.sent = end;
             resp.cont = true;

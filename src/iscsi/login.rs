@@ -696,7 +696,7 @@ impl Login {
         };
         let max = LOGIN_MAX_DATA as usize;
         let end = (p.sent + max).min(p.data.len());
-        let piece = p.data[p.sent..end].to_vec();
+        let piece = p.data.get(p.sent..end).unwrap_or_default().to_vec();
         if end < p.data.len() {
             p.sent = end;
             self.pending = Some(p);

@@ -6,6 +6,10 @@
 //! reactor beside tokio), its transfer state cannot be driven without sockets and real time,
 //! and serving a root read-only with symlink containment would need a custom handler anyway.
 //! A sans-IO state machine is tested here with explicit time and scripted packets.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
 
 pub mod ipxe;
 pub mod packet;

@@ -81,8 +81,10 @@ fn take_str<'a>(buf: &'a [u8], what: &'static str) -> Result<(&'a str, &'a [u8])
         .iter()
         .position(|&b| b == 0)
         .ok_or(TftpError::Unterminated(what))?;
-    let s = std::str::from_utf8(&buf[..nul]).map_err(|_| TftpError::NotText(what))?;
-    Ok((s, &buf[nul + 1..]))
+    let (text, rest) = buf.split_at(nul);
+    let s = std::str::from_utf8(text).map_err(|_| TftpError::NotText(what))?;
+    // `rest` starts with the NUL.
+    Ok((s, rest.get(1..).unwrap_or_default()))
 }
 
 fn parse_request(body: &[u8]) -> Result<Request, TftpError> {
@@ -120,16 +122,16 @@ fn parse_request(body: &[u8]) -> Result<Request, TftpError> {
 
 impl<'a> Packet<'a> {
     pub fn parse(buf: &'a [u8]) -> Result<Packet<'a>, TftpError> {
-        if buf.len() < 2 {
+        let Some((op, body)) = buf.split_first_chunk::<2>() else {
             return Err(TftpError::Truncated(buf.len()));
-        }
-        let op = u16::from_be_bytes([buf[0], buf[1]]);
-        let body = &buf[2..];
-        let block = || -> Result<u16, TftpError> {
-            if body.len() < 2 {
-                return Err(TftpError::Truncated(buf.len()));
+        };
+        let op = u16::from_be_bytes(*op);
+        // DATA, ACK and ERROR: a 2-byte block number or error code, then the rest.
+        let numbered = || -> Result<(u16, &'a [u8]), TftpError> {
+            match body.split_first_chunk::<2>() {
+                Some((n, rest)) => Ok((u16::from_be_bytes(*n), rest)),
+                None => Err(TftpError::Truncated(buf.len())),
             }
-            Ok(u16::from_be_bytes([body[0], body[1]]))
         };
         match op {
             OP_RRQ | OP_WRQ => {
@@ -143,18 +145,20 @@ impl<'a> Packet<'a> {
                     Packet::Wrq(r)
                 })
             }
-            OP_DATA => Ok(Packet::Data {
-                block: block()?,
-                data: &body[2.min(body.len())..],
+            OP_DATA => {
+                let (block, data) = numbered()?;
+                Ok(Packet::Data { block, data })
+            }
+            OP_ACK => Ok(Packet::Ack {
+                block: numbered()?.0,
             }),
-            OP_ACK => Ok(Packet::Ack { block: block()? }),
             OP_ERROR => {
-                let code = block()?;
-                let msg = &body[2..];
+                let (code, msg) = numbered()?;
                 let end = msg.iter().position(|&b| b == 0).unwrap_or(msg.len());
+                let text = msg.get(..end.min(512)).unwrap_or_default();
                 Ok(Packet::Error {
                     code,
-                    message: String::from_utf8_lossy(&msg[..end.min(512)]).into_owned(),
+                    message: String::from_utf8_lossy(text).into_owned(),
                 })
             }
             OP_OACK => {

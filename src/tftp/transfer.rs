@@ -57,8 +57,8 @@ impl Source for std::fs::File {
     fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
         use std::os::unix::fs::FileExt;
         let mut done = 0;
-        while done < buf.len() {
-            match FileExt::read_at(self, &mut buf[done..], offset + done as u64) {
+        while let Some(rest @ [_, ..]) = buf.get_mut(done..) {
+            match FileExt::read_at(self, rest, offset + done as u64) {
                 Ok(0) => break,
                 Ok(n) => done += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -74,8 +74,11 @@ impl Source for Vec<u8> {
         let start = usize::try_from(offset)
             .unwrap_or(usize::MAX)
             .min(self.len());
-        let n = buf.len().min(self.len() - start);
-        buf[..n].copy_from_slice(&self[start..start + n]);
+        let src = self.get(start..).unwrap_or_default();
+        let n = buf.len().min(src.len());
+        if let (Some(d), Some(s)) = (buf.get_mut(..n), src.get(..n)) {
+            d.copy_from_slice(s);
+        }
         Ok(n)
     }
 }
@@ -321,7 +324,7 @@ impl Transfer {
                     "file changed while being sent",
                 )];
             }
-            out.push(packet::data(k as u16, &buf[..n]));
+            out.push(packet::data(k as u16, buf.get(..n).unwrap_or_default()));
         }
         self.sent = self.sent.max(end);
         out

@@ -57,11 +57,9 @@ pub fn pad_len(len: usize) -> usize {
 /// A data digest mismatch is reported as [`WireError::DataDigest`] *after* the PDU has been
 /// consumed, so the caller can answer with a Reject and carry on (§7.8).
 pub fn decode(buf: &mut BytesMut, lim: &FrameLimits) -> Result<Option<RawPdu>, WireError> {
-    if buf.len() < BHS_LEN {
+    let Some(&bhs) = buf.first_chunk::<BHS_LEN>() else {
         return Ok(None);
-    }
-    let mut bhs = [0u8; BHS_LEN];
-    bhs.copy_from_slice(&buf[..BHS_LEN]);
+    };
     let c = common(&bhs);
     let ahs_len = c.total_ahs_words as usize * 4;
     if ahs_len > MAX_AHS_LEN {
@@ -90,9 +88,12 @@ pub fn decode(buf: &mut BytesMut, lim: &FrameLimits) -> Result<Option<RawPdu>, W
         return Ok(None);
     }
     if lim.header_digest {
-        let want = digest::crc32c(&buf[..BHS_LEN + ahs_len]);
-        let at = BHS_LEN + ahs_len;
-        let got = digest::from_wire([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]);
+        // The whole header is in `buf` (checked above).
+        let Some((header, rest)) = buf.split_at_checked(BHS_LEN + ahs_len) else {
+            return Ok(None);
+        };
+        let want = digest::crc32c(header);
+        let got = digest::from_wire(rest.first_chunk::<4>().copied().unwrap_or_default());
         if got != want {
             return Err(WireError::HeaderDigest { got, want });
         }
@@ -109,13 +110,18 @@ pub fn decode(buf: &mut BytesMut, lim: &FrameLimits) -> Result<Option<RawPdu>, W
     let mut data = padded.freeze();
     if dd == 4 {
         let want = digest::crc32c(&data);
-        let got = digest::from_wire([pdu[0], pdu[1], pdu[2], pdu[3]]);
+        let got = digest::from_wire(pdu.first_chunk::<4>().copied().unwrap_or_default());
         if got != want {
             return Err(WireError::DataDigest { got, want });
         }
     }
     data.truncate(data_len);
     Ok(Some(RawPdu { bhs, ahs, data }))
+}
+
+/// `pad` (0..=3) zero bytes of padding.
+fn padding(pad: usize) -> &'static [u8] {
+    [0u8; 3].get(..pad).unwrap_or_default()
 }
 
 /// Append a whole PDU with a contiguous data segment to `out`.
@@ -125,7 +131,7 @@ pub fn encode(out: &mut BytesMut, bhs: &[u8; BHS_LEN], ahs: &[u8], data: &[u8], 
     let pad = pad_len(data.len());
     out.put_bytes(0, pad);
     if lim.data_digest && !data.is_empty() {
-        let crc = digest::crc32c_append(digest::crc32c(data), &[0u8; 3][..pad]);
+        let crc = digest::crc32c_append(digest::crc32c(data), padding(pad));
         out.put_slice(&digest::to_wire(crc));
     }
 }
@@ -152,9 +158,11 @@ pub fn data_trailer<S: AsRef<[u8]>>(segments: &[S], data_digest: bool) -> ([u8; 
         for s in segments {
             crc = digest::crc32c_append(crc, s.as_ref());
         }
-        crc = digest::crc32c_append(crc, &[0u8; 3][..pad]);
-        t[n..n + 4].copy_from_slice(&digest::to_wire(crc));
-        n += 4;
+        crc = digest::crc32c_append(crc, padding(pad));
+        if let Some(d) = t.get_mut(n..n + 4) {
+            d.copy_from_slice(&digest::to_wire(crc));
+            n += 4;
+        }
     }
     (t, n)
 }

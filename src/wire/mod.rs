@@ -8,6 +8,10 @@
 //! * [`digest`]: CRC32C as iSCSI uses it.
 //!
 //! Imports nothing else from the crate.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
 
 pub mod digest;
 pub mod frame;

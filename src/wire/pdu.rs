@@ -89,31 +89,45 @@ pub mod tmf_response {
     pub const REJECTED: u8 = 255;
 }
 
+/// `N` bytes of `b` from `at` (every caller names a field inside the 48-byte header; outside
+/// it, zeros).
+#[inline]
+fn bytes_at<const N: usize>(b: &[u8], at: usize) -> [u8; N] {
+    b.get(at..)
+        .and_then(|s| s.first_chunk::<N>())
+        .copied()
+        .unwrap_or([0; N])
+}
 #[inline]
 fn u16_at(b: &[u8; BHS_LEN], at: usize) -> u16 {
-    u16::from_be_bytes([b[at], b[at + 1]])
+    u16::from_be_bytes(bytes_at(b, at))
 }
 #[inline]
 fn u32_at(b: &[u8; BHS_LEN], at: usize) -> u32 {
-    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+    u32::from_be_bytes(bytes_at(b, at))
 }
 #[inline]
 fn u64_at(b: &[u8; BHS_LEN], at: usize) -> u64 {
-    let mut v = [0u8; 8];
-    v.copy_from_slice(&b[at..at + 8]);
-    u64::from_be_bytes(v)
+    u64::from_be_bytes(bytes_at(b, at))
+}
+/// Write `v` at `at` (a field inside the header; outside it, nothing).
+#[inline]
+fn put<const N: usize>(b: &mut [u8], at: usize, v: [u8; N]) {
+    if let Some(d) = b.get_mut(at..).and_then(|s| s.first_chunk_mut::<N>()) {
+        *d = v;
+    }
 }
 #[inline]
 fn put16(b: &mut [u8; BHS_LEN], at: usize, v: u16) {
-    b[at..at + 2].copy_from_slice(&v.to_be_bytes());
+    put(b, at, v.to_be_bytes());
 }
 #[inline]
 fn put32(b: &mut [u8; BHS_LEN], at: usize, v: u32) {
-    b[at..at + 4].copy_from_slice(&v.to_be_bytes());
+    put(b, at, v.to_be_bytes());
 }
 #[inline]
 fn put64(b: &mut [u8; BHS_LEN], at: usize, v: u64) {
-    b[at..at + 8].copy_from_slice(&v.to_be_bytes());
+    put(b, at, v.to_be_bytes());
 }
 
 /// Fields common to the BHS of every PDU.
@@ -183,11 +197,16 @@ impl ScsiCommand {
     pub fn cdb_len(&self) -> usize {
         16 + self.ext_cdb.len()
     }
-    /// Copy the whole CDB into `buf`, returning the used part.
+    /// Copy the whole CDB into `buf`, returning the used part (an extension longer than
+    /// `buf` has room for, which parsing refuses, is cut).
     pub fn full_cdb<'a>(&self, buf: &'a mut [u8; MAX_CDB_LEN]) -> &'a [u8] {
-        buf[..16].copy_from_slice(&self.cdb);
-        buf[16..16 + self.ext_cdb.len()].copy_from_slice(&self.ext_cdb);
-        &buf[..16 + self.ext_cdb.len()]
+        let (head, tail) = buf.split_at_mut(16);
+        head.copy_from_slice(&self.cdb);
+        let n = self.ext_cdb.len().min(tail.len());
+        for (d, s) in tail.iter_mut().zip(&self.ext_cdb) {
+            *d = *s;
+        }
+        buf.get(..16 + n).unwrap_or_default()
     }
 }
 
@@ -930,36 +949,37 @@ impl Bhs {
 /// AHS-Specific field, then padding to a multiple of 4 bytes.
 fn parse_ahs(mut ahs: &[u8], cmd: &mut ScsiCommand) -> Result<(), WireError> {
     while !ahs.is_empty() {
-        if ahs.len() < 4 {
+        let Some(&[l0, l1, kind, _]) = ahs.first_chunk::<4>() else {
             return Err(WireError::BadAhs);
-        }
-        let len = u16::from_be_bytes([ahs[0], ahs[1]]) as usize;
-        let kind = ahs[2] & 0x3f;
+        };
+        let len = u16::from_be_bytes([l0, l1]) as usize;
+        let kind = kind & 0x3f;
         // The AHS-specific field starts at byte 3 and is `len` bytes long.
         let body_end = 3 + len;
         let padded = body_end.div_ceil(4) * 4;
-        if len == 0 || padded > ahs.len() {
+        let (Some(body), Some(rest)) = (ahs.get(3..body_end), ahs.get(padded..)) else {
+            return Err(WireError::BadAhs);
+        };
+        if len == 0 {
             return Err(WireError::BadAhs);
         }
-        let body = &ahs[3..body_end];
+        // The first byte of each AHS-specific field is reserved.
+        let field = body.get(1..).unwrap_or_default();
         match kind {
             AHS_EXTENDED_CDB => {
-                // First byte is reserved, the rest is CDB bytes 16..
-                let ext = &body[1..];
-                if 16 + ext.len() > MAX_CDB_LEN || !cmd.ext_cdb.is_empty() {
+                // CDB bytes 16..
+                if 16 + field.len() > MAX_CDB_LEN || !cmd.ext_cdb.is_empty() {
                     return Err(WireError::BadAhs);
                 }
-                cmd.ext_cdb = ext.to_vec();
+                cmd.ext_cdb = field.to_vec();
             }
-            AHS_BIDI_READ_LEN => {
-                if len != 5 {
-                    return Err(WireError::BadAhs);
-                }
-                cmd.bidi_read_len = Some(u32::from_be_bytes([body[1], body[2], body[3], body[4]]));
-            }
+            AHS_BIDI_READ_LEN => match field.first_chunk::<4>() {
+                Some(v) if len == 5 => cmd.bidi_read_len = Some(u32::from_be_bytes(*v)),
+                _ => return Err(WireError::BadAhs),
+            },
             _ => return Err(WireError::BadAhs),
         }
-        ahs = &ahs[padded..];
+        ahs = rest;
     }
     Ok(())
 }

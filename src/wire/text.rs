@@ -28,7 +28,8 @@ pub struct Pair {
 
 fn pair(input: &[u8]) -> IResult<&[u8], (&[u8], &[u8])> {
     let (rest, key) = take_until("=").parse(input)?;
-    let rest = &rest[1..];
+    // `rest` starts with the '=' take_until stopped at.
+    let rest = rest.get(1..).unwrap_or_default();
     let (rest, value) = take_till(|b| b == 0).parse(rest)?;
     Ok((rest, (key, value)))
 }
@@ -42,8 +43,8 @@ pub fn parse(mut data: &[u8]) -> Result<Vec<Pair>, WireError> {
     let mut pairs = Vec::new();
     while !data.is_empty() {
         // Padding NULs between pairs are tolerated.
-        if data[0] == 0 {
-            data = &data[1..];
+        if let Some((0, rest)) = data.split_first() {
+            data = rest;
             continue;
         }
         let (rest, (k, v)) = match pair(data) {
