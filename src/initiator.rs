@@ -14,7 +14,6 @@ use bytes::{Bytes, BytesMut};
 use std::collections::HashMap;
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -199,30 +198,11 @@ impl Initiator {
             }
             // Read straight into the spare capacity: zero-filling it first (resize) cost a
             // memset of up to 1 MiB per read(2), half of a replay client's CPU.
-            let len = self.buf.len();
-            let spare = self.buf.spare_capacity_mut();
-            // SAFETY: read(2) writes at most `spare.len()` bytes into the spare capacity,
-            // which is valid for writes; it returns how many it wrote.
-            let n = unsafe {
-                libc::read(
-                    self.stream.as_raw_fd(),
-                    spare.as_mut_ptr().cast::<libc::c_void>(),
-                    spare.len(),
-                )
-            };
-            match n {
-                0 => return Err(InitiatorError::Closed),
-                n if n > 0 => {
-                    // SAFETY: the kernel initialised these `n` bytes just past `len`.
-                    unsafe { self.buf.set_len(len + n as usize) };
-                }
-                _ => {
-                    let e = io::Error::last_os_error();
-                    if e.kind() == io::ErrorKind::Interrupted {
-                        continue;
-                    }
-                    return Err(e.into());
-                }
+            match crate::sys::read_into_spare(&self.stream, &mut self.buf) {
+                Ok(0) => return Err(InitiatorError::Closed),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e.into()),
             }
         }
     }

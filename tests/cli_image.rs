@@ -275,7 +275,7 @@ fn abort_drops_the_maintenance_writes() {
 fn prepare_refuses_unknown_images_and_publishes_nothing_when_the_rebuild_fails() {
     let lab = Lab::with_image();
     lab.refused(&["image", "prepare", "nope"], 2, "nope");
-    if unsafe { libc::geteuid() } != 0 {
+    if !isboot::sys::is_root() {
         eprintln!("SKIPPED: image prepare needs root");
         return;
     }

@@ -1,6 +1,8 @@
 //! `isboot serve` end to end on loopback: clients' private copy-on-write disks over iSCSI, the
 //! base image untouched, changes made with the CLI while it runs, `isboot status`, restarts,
 //! maintenance, and a real `kill -9` under a durable-write load.
+// The test harness signals its own child by PID from another thread: the crate denies unsafe code elsewhere.
+#![allow(unsafe_code)]
 
 mod fixture;
 use fixture::*;

@@ -4,6 +4,8 @@
 //! Each test builds its own namespaces and veth pairs with unique names and deletes them in
 //! `Drop`, so a failing assertion still cleans up. The isboot DHCP server runs in-process on a
 //! thread that has `setns`'d into the server namespace.
+// The test harness enters network namespaces (setns) and names threads (gettid): the crate denies unsafe code elsewhere.
+#![allow(unsafe_code)]
 
 mod fixture;
 

@@ -2,6 +2,8 @@
 //! (open-iscsi while iscsid restarts or the initrd hands over to the real root) keeps its
 //! session; a peer that vanishes from the network (powered off) is dropped by TCP keepalive /
 //! TCP_USER_TIMEOUT, so its session does not linger.
+// The test harness enters network namespaces (setns): the crate denies unsafe code elsewhere.
+#![allow(unsafe_code)]
 
 use isboot::initiator::{Initiator, LoginOptions};
 use isboot::iscsi::target::{StaticRegistry, TargetConfig, TargetStats};
@@ -124,8 +126,7 @@ fn an_initiator_that_does_not_answer_pings_keeps_its_session_while_tcp_is_alive(
 }
 
 fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
+    isboot::sys::is_root()
 }
 
 fn ip(args: &[&str]) {

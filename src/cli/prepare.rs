@@ -39,8 +39,7 @@ pub fn run(dir: &StateDir, a: &ImagePrepareArgs) -> Result<(), CliError> {
                 .into(),
         )
     })?;
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !crate::sys::is_root() {
         return Err(CliError::Failed(
             "image prepare must run as root (it attaches the image to a loop device and chroots into it)".into(),
         ));

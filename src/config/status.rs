@@ -63,9 +63,7 @@ impl ServerStatus {
     }
 
     pub fn is_live(&self, now: u64) -> bool {
-        // SAFETY: kill(pid, 0) only checks that the process exists.
-        let alive = self.pid != 0
-            && i32::try_from(self.pid).is_ok_and(|p| unsafe { libc::kill(p, 0) } == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM));
+        let alive = crate::sys::process_exists(self.pid);
         alive && now.saturating_sub(self.updated) <= STALE_AFTER_SECS
     }
 

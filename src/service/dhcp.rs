@@ -18,7 +18,7 @@ use tokio::net::UdpSocket;
 use crate::dhcp::server::{CLIENT_PORT, PXE_PORT, SERVER_PORT};
 use crate::dhcp::{
     Arrival, ClientDirectory, Destination, DhcpConfig, DhcpError, DhcpHooks, DhcpMode, DhcpServer,
-    Leases, MacAddr,
+    Leases,
 };
 
 /// Receive buffer: larger than any datagram the parser accepts, so oversize ones are seen
@@ -63,59 +63,7 @@ pub fn bind_interface_socket(interface: &str, port: u16) -> Result<UdpSocket, Dh
 }
 
 fn interface_exists(name: &str) -> bool {
-    let Ok(c) = std::ffi::CString::new(name) else {
-        return false;
-    };
-    // SAFETY: `c` is a valid NUL-terminated string for the duration of the call.
-    unsafe { libc::if_nametoindex(c.as_ptr()) != 0 }
-}
-
-/// Add a completed ARP entry `ip -> mac` on `interface` (SIOCSARP), so a reply can be
-/// unicast to a client that has no address yet.
-fn add_arp_entry(
-    sock: &UdpSocket,
-    interface: &str,
-    ip: Ipv4Addr,
-    mac: MacAddr,
-) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    const ATF_COM: libc::c_int = 0x02;
-    if interface.len() >= 16 {
-        return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
-    }
-    // SAFETY: arpreq is plain old data; all-zero is a valid value.
-    let mut req: libc::arpreq = unsafe { std::mem::zeroed() };
-    let pa = libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: 0,
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(ip).to_be(),
-        },
-        sin_zero: [0; 8],
-    };
-    // SAFETY: sockaddr_in (16 bytes) fits in sockaddr (16 bytes); both are POD.
-    req.arp_pa = unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(pa) };
-    req.arp_ha.sa_family = libc::ARPHRD_ETHER;
-    for (d, s) in req.arp_ha.sa_data.iter_mut().zip(mac.0.iter()) {
-        *d = *s as libc::c_char;
-    }
-    req.arp_flags = ATF_COM;
-    for (d, s) in req.arp_dev.iter_mut().zip(interface.as_bytes()) {
-        *d = *s as libc::c_char;
-    }
-    // SAFETY: SIOCSARP takes a pointer to an arpreq, which lives across the call.
-    let rc = unsafe {
-        libc::ioctl(
-            sock.as_raw_fd(),
-            libc::SIOCSARP as _,
-            &req as *const libc::arpreq,
-        )
-    };
-    if rc < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
+    crate::sys::if_index(name).is_ok()
 }
 
 fn unix_now() -> u64 {
@@ -328,13 +276,15 @@ async fn send_reply(socks: &Sockets, port: u16, reply: &crate::dhcp::Reply) {
     let to = match reply.dest {
         Destination::Relay(a) | Destination::Unicast(a) => a,
         Destination::Broadcast => SocketAddrV4::new(Ipv4Addr::BROADCAST, CLIENT_PORT),
-        Destination::Hardware { ip, mac } => match add_arp_entry(sock, &socks.interface, ip, mac) {
-            Ok(()) => SocketAddrV4::new(ip, CLIENT_PORT),
-            Err(e) => {
-                tracing::debug!(mac = %mac, error = %e, "no ARP entry added; broadcasting the reply");
-                SocketAddrV4::new(Ipv4Addr::BROADCAST, CLIENT_PORT)
+        Destination::Hardware { ip, mac } => {
+            match crate::sys::add_arp_entry(sock, &socks.interface, ip, mac) {
+                Ok(()) => SocketAddrV4::new(ip, CLIENT_PORT),
+                Err(e) => {
+                    tracing::debug!(mac = %mac, error = %e, "no ARP entry added; broadcasting the reply");
+                    SocketAddrV4::new(Ipv4Addr::BROADCAST, CLIENT_PORT)
+                }
             }
-        },
+        }
     };
     tracing::debug!(
         %to,
@@ -367,7 +317,7 @@ fn recv_error(interface: &str, e: std::io::Error) -> Result<(), DhcpServiceError
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dhcp::DhcpClient;
+    use crate::dhcp::{DhcpClient, MacAddr};
 
     struct NoClients;
     impl ClientDirectory for NoClients {

@@ -22,19 +22,10 @@ use tracing::{debug, info, warn};
 const ALL_NODES: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
 const ALL_ROUTERS: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 2);
 
-fn if_index(name: &str) -> io::Result<u32> {
-    let c = std::ffi::CString::new(name).map_err(|_| io::ErrorKind::InvalidInput)?;
-    // SAFETY: `c` is a valid NUL-terminated string for the duration of the call.
-    match unsafe { libc::if_nametoindex(c.as_ptr()) } {
-        0 => Err(io::Error::last_os_error()),
-        i => Ok(i),
-    }
-}
-
 /// A raw ICMPv6 socket bound to `interface`, in the all-routers group, sending with hop limit
 /// 255 (receivers drop neighbour-discovery messages with any other, RFC 4861 6.1.2).
 pub fn open_socket(interface: &str) -> io::Result<(UdpSocket, u32)> {
-    let index = if_index(interface)?;
+    let index = crate::sys::if_index(interface)?;
     let s = Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::ICMPV6))?;
     s.bind_device(Some(interface.as_bytes()))?;
     s.set_multicast_hops_v6(255)?;

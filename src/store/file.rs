@@ -3,11 +3,9 @@
 //! on demand and forgets unsynced writes ([`super::fault::FaultyFile`]) under a real overlay.
 
 use bytes::Bytes;
-use memmap2::MmapOptions;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::os::unix::io::AsRawFd;
 use std::sync::Arc;
 
 /// What an overlay needs from the file holding it.
@@ -67,33 +65,17 @@ impl OverlayFile for RealFile {
     }
 
     fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
-        let (Ok(off), Ok(l)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
-            return Err(io::Error::from(io::ErrorKind::InvalidInput));
-        };
-        // SAFETY: plain syscall on an fd we own.
-        let rc = unsafe {
-            libc::fallocate(
-                self.0.as_raw_fd(),
-                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                off,
-                l,
-            )
-        };
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        }
+        crate::sys::punch_hole(&self.0, offset, len)
     }
 
     fn map(&self, offset: u64, len: usize) -> Option<io::Result<Bytes>> {
         if len == 0 {
             return Some(Ok(Bytes::new()));
         }
-        // SAFETY: a read-only shared map. The overlay only writes through `write_at` (visible
-        // through the map by the unified page cache), never truncates a live overlay file, and
-        // replaces an overlay by renaming a new file over it (the old inode lives while mapped).
-        let map = unsafe { MmapOptions::new().offset(offset).len(len).map(&self.0) };
+        // The overlay only writes through `write_at` (visible through the map by the unified
+        // page cache), never truncates a live overlay file, and replaces an overlay by renaming
+        // a new file over it (the old inode lives while mapped): sys::map_readonly's contract.
+        let map = crate::sys::map_readonly(&self.0, offset, len);
         Some(map.map(|m| super::raw::map_bytes(&Arc::new(m), 0, len)))
     }
 }

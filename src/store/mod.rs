@@ -12,6 +12,7 @@ use std::io;
 pub mod base;
 #[cfg(test)]
 mod crash_test;
+#[cfg(any(test, feature = "test-tools"))]
 pub mod fault;
 pub mod file;
 pub mod overlay;

@@ -6,7 +6,6 @@ use bytes::Bytes;
 use memmap2::Mmap;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
-use std::os::unix::io::AsRawFd;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -63,9 +62,9 @@ impl MappedFile {
         if size == 0 || size % SECTOR != 0 || usize::try_from(size).is_err() {
             return Err(StoreError::BadImageSize { path: shown, size });
         }
-        // SAFETY: a read-only map; see the contract above: the file is never truncated while
+        // The contract above is sys::map_readonly's: the file is never truncated while
         // mapped, and in-place writes go through the page cache the map shows.
-        let map = unsafe { Mmap::map(&file) }.map_err(|source| StoreError::Mapping {
+        let map = crate::sys::map_whole_readonly(&file).map_err(|source| StoreError::Mapping {
             path: shown,
             source,
         })?;
@@ -158,16 +157,7 @@ impl BlockDevice for RawFile {
         if len == 0 {
             return Ok(());
         }
-        // SAFETY: plain syscall on an fd we own; arguments are range-checked above.
-        let rc = unsafe {
-            libc::fallocate(
-                self.file.as_raw_fd(),
-                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                offset as libc::off_t,
-                len as libc::off_t,
-            )
-        };
-        if rc == 0 {
+        if crate::sys::punch_hole(&*self.file, offset, len).is_ok() {
             return Ok(());
         }
         // Filesystems without hole punching: write zeros.

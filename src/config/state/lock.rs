@@ -3,7 +3,6 @@
 use super::{Locked, StateDir, io_write};
 use crate::config::ConfigError;
 use std::fs::{File, OpenOptions};
-use std::os::unix::io::AsRawFd;
 
 impl StateDir {
     /// Take the directory lock (waiting for another command to finish) and read the state.
@@ -23,12 +22,8 @@ impl StateDir {
                 path: self.root.clone(),
                 source,
             })?;
-        // SAFETY: plain syscall on an fd we own.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(ConfigError::Writing {
-                path: lp,
-                source: std::io::Error::last_os_error(),
-            });
+        if let Err(source) = crate::sys::lock_exclusive(&f) {
+            return Err(ConfigError::Writing { path: lp, source });
         }
         Ok(Locked {
             _lock: f,
@@ -49,8 +44,7 @@ impl StateDir {
             .truncate(false)
             .open(&p)
             .map_err(io_write(&p))?;
-        // SAFETY: plain syscall on an fd we own.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        if !crate::sys::try_lock_exclusive(&f).map_err(io_write(&p))? {
             let pid = std::fs::read_to_string(&p)
                 .unwrap_or_default()
                 .trim()
