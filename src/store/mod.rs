@@ -45,7 +45,7 @@ pub enum StoreError {
     #[error("discarding: {0}")]
     Discarding(io::Error),
     #[error("overlay header: {0}")]
-    BadOverlayHeader(String),
+    BadOverlayHeader(#[from] overlay::HeaderError),
     #[error("overlay was made on base {found}, not on {expected}")]
     OverlayBaseMismatch { expected: String, found: String },
     #[error("reading overlay map: {0}")]
@@ -56,8 +56,6 @@ pub enum StoreError {
     CreatingOverlay { path: String, source: io::Error },
     #[error("overlay failed an earlier I/O and refuses writes until reopened")]
     OverlayFailed,
-    #[error("{0}")]
-    Other(String),
 }
 
 /// A byte-addressed block device. Offsets and lengths passed in by the SCSI layer are always

@@ -86,6 +86,34 @@ const ST_ZERO: u64 = 2;
 
 static ZEROS: [u8; 1 << 20] = [0; 1 << 20];
 
+/// Why an overlay file's header (or its map) is refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HeaderError {
+    #[error("{len} bytes, need {HEADER_CRC_AT_END}")]
+    TooShort { len: usize },
+    #[error("not an isboot overlay (bad magic)")]
+    BadMagic,
+    #[error("checksum mismatch")]
+    BadChecksum,
+    #[error("format version {0}, this isboot reads {FORMAT_VERSION}")]
+    UnsupportedVersion(u32),
+    #[error("block size {0} is not a power of two in 512..=1048576")]
+    BadBlockSize(u32),
+    #[error("device size {0} is not a positive multiple of 512 <= 16 TiB")]
+    BadDeviceSize(u64),
+    #[error("region offsets do not match the block size and device size")]
+    RegionMismatch,
+    #[error("file is {len} bytes, the header needs {need}")]
+    FileTooShort { len: u64, need: u64 },
+    #[error("map word {0} holds an invalid entry")]
+    InvalidMapEntry(usize),
+    #[error("device too large to map")]
+    TooLargeToMap,
+}
+
+/// Bytes of the header that must be present: the checksummed part and the CRC.
+const HEADER_CRC_AT_END: usize = HEADER_CRC_AT + 4;
+
 /// The overlay header (see the module documentation for its layout).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Header {
@@ -123,18 +151,13 @@ impl Header {
         self.data_offset() + self.blocks() * self.block_size as u64
     }
 
-    fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), HeaderError> {
         let bs = self.block_size;
         if !bs.is_power_of_two() || !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&bs) {
-            return Err(format!(
-                "block size {bs} is not a power of two in 512..=1048576"
-            ));
+            return Err(HeaderError::BadBlockSize(bs));
         }
         if self.size == 0 || self.size % SECTOR != 0 || self.size > MAX_DEVICE_SIZE {
-            return Err(format!(
-                "device size {} is not a positive multiple of 512 <= 16 TiB",
-                self.size
-            ));
+            return Err(HeaderError::BadDeviceSize(self.size));
         }
         Ok(())
     }
@@ -155,10 +178,9 @@ impl Header {
         b
     }
 
-    pub fn decode(b: &[u8]) -> Result<Header, StoreError> {
-        let bad = |m: String| StoreError::BadOverlayHeader(m);
-        if b.len() < 76 {
-            return Err(bad(format!("{} bytes, need 76", b.len())));
+    pub fn decode(b: &[u8]) -> Result<Header, HeaderError> {
+        if b.len() < HEADER_CRC_AT_END {
+            return Err(HeaderError::TooShort { len: b.len() });
         }
         let u32_at = |o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
         let u64_at = |o: usize| {
@@ -167,17 +189,15 @@ impl Header {
             u64::from_le_bytes(a)
         };
         if b[0..8] != MAGIC {
-            return Err(bad("not an isboot overlay (bad magic)".into()));
+            return Err(HeaderError::BadMagic);
         }
         let crc = crc32c::crc32c(&b[..HEADER_CRC_AT]);
         if u32_at(72) != crc {
-            return Err(bad("checksum mismatch".into()));
+            return Err(HeaderError::BadChecksum);
         }
         let version = u32_at(8);
         if version != FORMAT_VERSION {
-            return Err(bad(format!(
-                "format version {version}, this isboot reads {FORMAT_VERSION}"
-            )));
+            return Err(HeaderError::UnsupportedVersion(version));
         }
         let mut id = [0u8; 16];
         id.copy_from_slice(&b[32..48]);
@@ -187,14 +207,12 @@ impl Header {
             base_version: u64_at(24),
             base_id: BaseId(id),
         };
-        h.validate().map_err(bad)?;
+        h.validate()?;
         if u64_at(48) != h.map_offset()
             || u64_at(56) != h.map_len()
             || u64_at(64) != h.data_offset()
         {
-            return Err(bad(
-                "region offsets do not match the block size and device size".into(),
-            ));
+            return Err(HeaderError::RegionMismatch);
         }
         Ok(h)
     }
@@ -268,7 +286,7 @@ impl Overlay {
             base_version: base.version(),
             base_id: base.id(),
         };
-        hdr.validate().map_err(StoreError::BadOverlayHeader)?;
+        hdr.validate()?;
         file.set_len(0).map_err(StoreError::Writing)?;
         file.set_len(hdr.file_len()).map_err(StoreError::Writing)?;
         file.write_at(&hdr.encode(), 0)
@@ -294,10 +312,11 @@ impl Overlay {
         }
         let flen = file.file_len().map_err(StoreError::Reading)?;
         if flen < hdr.file_len() {
-            return Err(StoreError::BadOverlayHeader(format!(
-                "file is {flen} bytes, the header needs {}",
-                hdr.file_len()
-            )));
+            return Err(HeaderError::FileTooShort {
+                len: flen,
+                need: hdr.file_len(),
+            }
+            .into());
         }
         let words = hdr.words();
         let mut raw = vec![0u8; words * 8];
@@ -318,15 +337,13 @@ impl Overlay {
             }
             // 0b11 in any entry is invalid.
             if (w & (w >> 1)) & 0x5555_5555_5555_5555 != 0 {
-                return Err(StoreError::BadOverlayHeader(format!(
-                    "map word {i} holds an invalid entry"
-                )));
+                return Err(HeaderError::InvalidMapEntry(i).into());
             }
             state.push(AtomicU64::new(w));
             persisted.push(AtomicU64::new(w));
         }
         let data_len = usize::try_from(blocks * hdr.block_size as u64)
-            .map_err(|_| StoreError::BadOverlayHeader("device too large to map".into()))?;
+            .map_err(|_| HeaderError::TooLargeToMap)?;
         let data_map = match file.map(hdr.data_offset(), data_len) {
             Some(Ok(b)) => Some(b),
             Some(Err(source)) => {
@@ -416,20 +433,6 @@ impl Overlay {
         Overlay::open(Arc::new(RealFile(f)), base, read_only)
     }
 
-    /// Read just the header of the overlay file at `path`.
-    pub fn read_header_at(path: &Path) -> Result<Header, StoreError> {
-        let shown = path.display().to_string();
-        let f = File::open(path).map_err(|source| StoreError::Opening {
-            path: shown,
-            source,
-        })?;
-        let mut hb = vec![0u8; HEADER_LEN as usize];
-        RealFile(f)
-            .read_at(&mut hb, 0)
-            .map_err(StoreError::Reading)?;
-        Header::decode(&hb)
-    }
-
     /// Block counts of the overlay file at `path`, from its header and map (no base needed).
     pub fn usage_at(path: &Path) -> Result<OverlayUsage, StoreError> {
         let shown = path.display().to_string();
@@ -443,10 +446,11 @@ impl Overlay {
         let hdr = Header::decode(&hb)?;
         let flen = f.file_len().map_err(StoreError::Reading)?;
         if flen < hdr.file_len() {
-            return Err(StoreError::BadOverlayHeader(format!(
-                "file is {flen} bytes, the header needs {}",
-                hdr.file_len()
-            )));
+            return Err(HeaderError::FileTooShort {
+                len: flen,
+                need: hdr.file_len(),
+            }
+            .into());
         }
         let mut raw = vec![0u8; hdr.words() * 8];
         f.read_at(&mut raw, hdr.map_offset())
@@ -1106,5 +1110,105 @@ mod tests {
             }
             proptest::prop_assert_eq!(read_all(&ov), model);
         }
+    }
+}
+
+#[cfg(test)]
+mod header_tests {
+    use super::*;
+
+    /// A version-1 header, byte by byte (little-endian), as `Header::encode` must write it.
+    fn valid_header() -> Vec<u8> {
+        let mut h = vec![
+            0x49, 0x53, 0x42, 0x4f, 0x4f, 0x54, 0x4f, 0x56, // magic "ISBOOTOV"
+            0x01, 0x00, 0x00, 0x00, // format version 1
+            0x00, 0x10, 0x00, 0x00, // block size 4096
+            0x00, 0x00, 0x10, 0x00, 0x00, 0x00, 0x00, 0x00, // device size 1 MiB (256 blocks)
+            0x07, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // base version 7
+            0xa0, 0xa1, 0xa2, 0xa3, 0xa4, 0xa5, 0xa6, 0xa7, // base id (16 bytes)
+            0xa8, 0xa9, 0xaa, 0xab, 0xac, 0xad, 0xae, 0xaf, //
+            0x00, 0x10, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // map offset 4096
+            0x00, 0x10, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // map length 4096 (8 words)
+            0x00, 0x20, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // data offset 8192
+            0x08, 0x2a, 0xce, 0xd9, // CRC32C of bytes 0..72
+        ];
+        h.resize(HEADER_LEN as usize, 0); // zero up to 4096
+        h
+    }
+
+    fn header() -> Header {
+        let mut id = [0u8; 16];
+        for (b, v) in id.iter_mut().zip(0xa0u8..) {
+            *b = v;
+        }
+        Header {
+            block_size: 4096,
+            size: 1 << 20,
+            base_version: 7,
+            base_id: BaseId(id),
+        }
+    }
+
+    #[test]
+    fn golden_header_decodes_and_encodes() {
+        assert_eq!(Header::decode(&valid_header()), Ok(header()));
+        assert_eq!(header().encode(), valid_header());
+        assert_eq!(header().file_len(), 8192 + (1 << 20));
+    }
+
+    #[test]
+    fn each_bad_header_has_its_error() {
+        let mut h = valid_header();
+        h[0] = b'X';
+        assert_eq!(Header::decode(&h), Err(HeaderError::BadMagic));
+
+        let mut h = valid_header();
+        h[24] = 8; // base version, covered by the checksum
+        assert_eq!(Header::decode(&h), Err(HeaderError::BadChecksum));
+
+        let mut h = valid_header();
+        h[8] = 2; // version 2, with its checksum
+        h[72..76].copy_from_slice(&[0x0e, 0x1b, 0xdd, 0x45]);
+        assert_eq!(Header::decode(&h), Err(HeaderError::UnsupportedVersion(2)));
+
+        assert_eq!(
+            Header::decode(&valid_header()[..75]),
+            Err(HeaderError::TooShort { len: 75 })
+        );
+
+        let reencode = |f: &dyn Fn(&mut Header)| {
+            let mut hd = header();
+            f(&mut hd);
+            // encode() writes offsets from the (bad) values; decode must refuse them.
+            Header::decode(&hd.encode())
+        };
+        assert_eq!(
+            reencode(&|h| h.block_size = 3000),
+            Err(HeaderError::BadBlockSize(3000))
+        );
+        assert_eq!(
+            reencode(&|h| h.size = 1000),
+            Err(HeaderError::BadDeviceSize(1000))
+        );
+
+        let mut h = valid_header();
+        h[64] = 0x00;
+        h[65] = 0x30; // data offset 12288
+        let crc = crc32c::crc32c(&h[..HEADER_CRC_AT]);
+        h[72..76].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(Header::decode(&h), Err(HeaderError::RegionMismatch));
+    }
+
+    #[test]
+    fn errors_keep_their_messages() {
+        let e = StoreError::from(HeaderError::UnsupportedVersion(2));
+        assert_eq!(
+            e.to_string(),
+            "overlay header: format version 2, this isboot reads 1"
+        );
+        assert_eq!(
+            HeaderError::TooShort { len: 10 }.to_string(),
+            "10 bytes, need 76"
+        );
     }
 }

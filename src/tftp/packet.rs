@@ -39,22 +39,6 @@ pub enum ErrorCode {
     OptionNegotiation = 8,
 }
 
-impl ErrorCode {
-    pub fn from_u16(v: u16) -> ErrorCode {
-        match v {
-            1 => ErrorCode::FileNotFound,
-            2 => ErrorCode::AccessViolation,
-            3 => ErrorCode::DiskFull,
-            4 => ErrorCode::IllegalOperation,
-            5 => ErrorCode::UnknownTransferId,
-            6 => ErrorCode::FileExists,
-            7 => ErrorCode::NoSuchUser,
-            8 => ErrorCode::OptionNegotiation,
-            _ => ErrorCode::NotDefined,
-        }
-    }
-}
-
 /// A read or write request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {

@@ -193,10 +193,6 @@ pub struct ScsiCommand {
 }
 
 impl ScsiCommand {
-    /// The whole CDB (16 bytes plus any extension).
-    pub fn cdb_len(&self) -> usize {
-        16 + self.ext_cdb.len()
-    }
     /// Copy the whole CDB into `buf`, returning the used part (an extension longer than
     /// `buf` has room for, which parsing refuses, is cut).
     pub fn full_cdb<'a>(&self, buf: &'a mut [u8; MAX_CDB_LEN]) -> &'a [u8] {
