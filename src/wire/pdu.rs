@@ -29,26 +29,66 @@ pub const MAX_CDB_LEN: usize = 260;
 /// Reserved tag value (RFC 7143 §11.2.1.8).
 pub const RESERVED_TAG: u32 = 0xffff_ffff;
 
-/// Opcodes (RFC 7143 §11.2.1.2).
-pub mod opcode {
-    pub const NOP_OUT: u8 = 0x00;
-    pub const SCSI_COMMAND: u8 = 0x01;
-    pub const TASK_MGMT_REQUEST: u8 = 0x02;
-    pub const LOGIN_REQUEST: u8 = 0x03;
-    pub const TEXT_REQUEST: u8 = 0x04;
-    pub const DATA_OUT: u8 = 0x05;
-    pub const LOGOUT_REQUEST: u8 = 0x06;
-    pub const SNACK_REQUEST: u8 = 0x10;
-    pub const NOP_IN: u8 = 0x20;
-    pub const SCSI_RESPONSE: u8 = 0x21;
-    pub const TASK_MGMT_RESPONSE: u8 = 0x22;
-    pub const LOGIN_RESPONSE: u8 = 0x23;
-    pub const TEXT_RESPONSE: u8 = 0x24;
-    pub const DATA_IN: u8 = 0x25;
-    pub const LOGOUT_RESPONSE: u8 = 0x26;
-    pub const R2T: u8 = 0x31;
-    pub const ASYNC_MESSAGE: u8 = 0x32;
-    pub const REJECT: u8 = 0x3f;
+/// An opcode (RFC 7143 §11.2.1.2): the low six bits of byte 0. Any value parses as an
+/// `Opcode`; [`Bhs::parse`] refuses the ones it does not know.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Opcode(pub u8);
+
+impl Opcode {
+    // Initiator to target.
+    pub const NOP_OUT: Opcode = Opcode(0x00);
+    pub const SCSI_COMMAND: Opcode = Opcode(0x01);
+    pub const TASK_MGMT_REQUEST: Opcode = Opcode(0x02);
+    pub const LOGIN_REQUEST: Opcode = Opcode(0x03);
+    pub const TEXT_REQUEST: Opcode = Opcode(0x04);
+    pub const DATA_OUT: Opcode = Opcode(0x05);
+    pub const LOGOUT_REQUEST: Opcode = Opcode(0x06);
+    pub const SNACK_REQUEST: Opcode = Opcode(0x10);
+    // Target to initiator.
+    pub const NOP_IN: Opcode = Opcode(0x20);
+    pub const SCSI_RESPONSE: Opcode = Opcode(0x21);
+    pub const TASK_MGMT_RESPONSE: Opcode = Opcode(0x22);
+    pub const LOGIN_RESPONSE: Opcode = Opcode(0x23);
+    pub const TEXT_RESPONSE: Opcode = Opcode(0x24);
+    pub const DATA_IN: Opcode = Opcode(0x25);
+    pub const LOGOUT_RESPONSE: Opcode = Opcode(0x26);
+    pub const R2T: Opcode = Opcode(0x31);
+    pub const ASYNC_MESSAGE: Opcode = Opcode(0x32);
+    pub const REJECT: Opcode = Opcode(0x3f);
+
+    /// The RFC's name of a known opcode.
+    pub fn name(self) -> Option<&'static str> {
+        Some(match self {
+            Opcode::NOP_OUT => "NOP-Out",
+            Opcode::SCSI_COMMAND => "SCSI Command",
+            Opcode::TASK_MGMT_REQUEST => "Task Management Function Request",
+            Opcode::LOGIN_REQUEST => "Login Request",
+            Opcode::TEXT_REQUEST => "Text Request",
+            Opcode::DATA_OUT => "SCSI Data-Out",
+            Opcode::LOGOUT_REQUEST => "Logout Request",
+            Opcode::SNACK_REQUEST => "SNACK Request",
+            Opcode::NOP_IN => "NOP-In",
+            Opcode::SCSI_RESPONSE => "SCSI Response",
+            Opcode::TASK_MGMT_RESPONSE => "Task Management Function Response",
+            Opcode::LOGIN_RESPONSE => "Login Response",
+            Opcode::TEXT_RESPONSE => "Text Response",
+            Opcode::DATA_IN => "SCSI Data-In",
+            Opcode::LOGOUT_RESPONSE => "Logout Response",
+            Opcode::R2T => "Ready To Transfer",
+            Opcode::ASYNC_MESSAGE => "Asynchronous Message",
+            Opcode::REJECT => "Reject",
+            _ => return None,
+        })
+    }
+}
+
+impl std::fmt::Debug for Opcode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.name() {
+            Some(n) => write!(f, "Opcode({n})"),
+            None => write!(f, "Opcode(0x{:02x})", self.0),
+        }
+    }
 }
 
 /// Reject reasons (RFC 7143 §11.17.1).
@@ -89,6 +129,120 @@ pub mod tmf_response {
     pub const REJECTED: u8 = 255;
 }
 
+/// Where each BHS field sits (RFC 7143 §11; the diagram above): the byte of a one-byte field,
+/// the range of a longer one. Several PDUs put different fields in the same bytes; each field
+/// has its own name, so `parse` and `emit` name every field once.
+pub mod field {
+    /// A multi-byte field (big-endian).
+    pub type Field = core::ops::Range<usize>;
+
+    // Every PDU.
+    /// I bit and opcode ([`super::flag::IMMEDIATE`], [`super::flag::OPCODE`]).
+    pub const OPCODE: usize = 0;
+    /// F bit and the opcode-specific flags ([`super::flag`]).
+    pub const FLAGS: usize = 1;
+    pub const TOTAL_AHS_LEN: usize = 4;
+    pub const DATA_SEGMENT_LEN: Field = 5..8;
+    pub const LUN: Field = 8..16;
+    pub const ITT: Field = 16..20;
+
+    // Bytes 2 and 3.
+    /// SCSI, Task Management and Logout Responses.
+    pub const RESPONSE: usize = 2;
+    pub const REJECT_REASON: usize = 2;
+    /// SCSI Response; Data-In with the S bit.
+    pub const STATUS: usize = 3;
+    /// Login Request and Response.
+    pub const VERSION_MAX: usize = 2;
+    pub const VERSION_MIN: usize = 3;
+    pub const VERSION_ACTIVE: usize = 3;
+
+    // Login: the ISID and TSIH take the LUN's place.
+    pub const ISID: Field = 8..14;
+    pub const TSIH: Field = 14..16;
+
+    // Bytes 20..24.
+    pub const TTT: Field = 20..24;
+    /// SCSI Command.
+    pub const EXPECTED_DATA_LEN: Field = 20..24;
+    /// Task Management Function Request.
+    pub const REFERENCED_TASK_TAG: Field = 20..24;
+    /// SCSI Response.
+    pub const SNACK_TAG: Field = 20..24;
+    /// Login and Logout Requests.
+    pub const CID: Field = 20..22;
+
+    // Bytes 24..32: requests carry CmdSN and ExpStatSN, responses StatSN and ExpCmdSN.
+    pub const CMD_SN: Field = 24..28;
+    pub const STAT_SN: Field = 24..28;
+    pub const EXP_STAT_SN: Field = 28..32;
+    pub const EXP_CMD_SN: Field = 28..32;
+
+    // Bytes 32..48.
+    pub const MAX_CMD_SN: Field = 32..36;
+    /// Task Management Function Request.
+    pub const REF_CMD_SN: Field = 32..36;
+    /// SCSI Command: the first 16 bytes of the CDB.
+    pub const CDB: Field = 32..48;
+    pub const DATA_SN: Field = 36..40;
+    pub const EXP_DATA_SN: Field = 36..40;
+    pub const R2T_SN: Field = 36..40;
+    /// Login Response.
+    pub const STATUS_CLASS: usize = 36;
+    pub const STATUS_DETAIL: usize = 37;
+    /// Asynchronous Message.
+    pub const ASYNC_EVENT: usize = 36;
+    pub const ASYNC_VCODE: usize = 37;
+    pub const PARAMETER1: Field = 38..40;
+    pub const PARAMETER2: Field = 40..42;
+    pub const PARAMETER3: Field = 42..44;
+    pub const BUFFER_OFFSET: Field = 40..44;
+    pub const BIDI_RESIDUAL: Field = 40..44;
+    /// SNACK Request.
+    pub const BEG_RUN: Field = 40..44;
+    /// Logout Response.
+    pub const TIME2WAIT: Field = 40..42;
+    pub const TIME2RETAIN: Field = 42..44;
+    pub const RESIDUAL: Field = 44..48;
+    /// R2T.
+    pub const DESIRED_DATA_LEN: Field = 44..48;
+    /// SNACK Request.
+    pub const RUN_LENGTH: Field = 44..48;
+}
+
+/// Bits of byte 0 ([`field::OPCODE`]) and of the flags byte ([`field::FLAGS`]).
+pub mod flag {
+    // Byte 0.
+    pub const IMMEDIATE: u8 = 0x40;
+    pub const OPCODE: u8 = 0x3f;
+    // Byte 1.
+    pub const FINAL: u8 = 0x80;
+    /// Login: T (transit).
+    pub const TRANSIT: u8 = 0x80;
+    /// Login, Text: C (continue).
+    pub const CONTINUE: u8 = 0x40;
+    /// SCSI Command: R, W, task attribute.
+    pub const READ: u8 = 0x40;
+    pub const WRITE: u8 = 0x20;
+    pub const ATTR: u8 = 0x07;
+    /// Data-In: A (acknowledge).
+    pub const ACK: u8 = 0x40;
+    /// SCSI Response and Data-In: o, u, O, U, and Data-In's S (status present).
+    pub const BIDI_OVERFLOW: u8 = 0x10;
+    pub const BIDI_UNDERFLOW: u8 = 0x08;
+    pub const OVERFLOW: u8 = 0x04;
+    pub const UNDERFLOW: u8 = 0x02;
+    pub const STATUS: u8 = 0x01;
+    /// Task Management function, Logout reason code.
+    pub const FUNCTION: u8 = 0x7f;
+    pub const SNACK_TYPE: u8 = 0x0f;
+    /// Login: CSG (bits 3-2) and NSG (bits 1-0).
+    pub const STAGE: u8 = 0x03;
+    pub const CSG_SHIFT: u8 = 2;
+}
+
+use field::Field;
+
 /// `N` bytes of `b` from `at` (every caller names a field inside the 48-byte header; outside
 /// it, zeros).
 #[inline]
@@ -99,16 +253,21 @@ fn bytes_at<const N: usize>(b: &[u8], at: usize) -> [u8; N] {
         .unwrap_or([0; N])
 }
 #[inline]
-fn u16_at(b: &[u8; BHS_LEN], at: usize) -> u16 {
-    u16::from_be_bytes(bytes_at(b, at))
+fn get16(b: &[u8; BHS_LEN], f: Field) -> u16 {
+    u16::from_be_bytes(bytes_at(b, f.start))
 }
 #[inline]
-fn u32_at(b: &[u8; BHS_LEN], at: usize) -> u32 {
-    u32::from_be_bytes(bytes_at(b, at))
+fn get24(b: &[u8; BHS_LEN], f: Field) -> u32 {
+    let [x, y, z] = bytes_at(b, f.start);
+    u32::from_be_bytes([0, x, y, z])
 }
 #[inline]
-fn u64_at(b: &[u8; BHS_LEN], at: usize) -> u64 {
-    u64::from_be_bytes(bytes_at(b, at))
+fn get32(b: &[u8; BHS_LEN], f: Field) -> u32 {
+    u32::from_be_bytes(bytes_at(b, f.start))
+}
+#[inline]
+fn get64(b: &[u8; BHS_LEN], f: Field) -> u64 {
+    u64::from_be_bytes(bytes_at(b, f.start))
 }
 /// Write `v` at `at` (a field inside the header; outside it, nothing).
 #[inline]
@@ -118,22 +277,22 @@ fn put<const N: usize>(b: &mut [u8], at: usize, v: [u8; N]) {
     }
 }
 #[inline]
-fn put16(b: &mut [u8; BHS_LEN], at: usize, v: u16) {
-    put(b, at, v.to_be_bytes());
+fn set16(b: &mut [u8; BHS_LEN], f: Field, v: u16) {
+    put(b, f.start, v.to_be_bytes());
 }
 #[inline]
-fn put32(b: &mut [u8; BHS_LEN], at: usize, v: u32) {
-    put(b, at, v.to_be_bytes());
+fn set32(b: &mut [u8; BHS_LEN], f: Field, v: u32) {
+    put(b, f.start, v.to_be_bytes());
 }
 #[inline]
-fn put64(b: &mut [u8; BHS_LEN], at: usize, v: u64) {
-    put(b, at, v.to_be_bytes());
+fn set64(b: &mut [u8; BHS_LEN], f: Field, v: u64) {
+    put(b, f.start, v.to_be_bytes());
 }
 
 /// Fields common to the BHS of every PDU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Common {
-    pub opcode: u8,
+    pub opcode: Opcode,
     pub immediate: bool,
     pub total_ahs_words: u8,
     pub data_len: u32,
@@ -143,19 +302,19 @@ pub struct Common {
 /// Read the fields every PDU has. Never fails: every byte pattern is some header.
 pub fn common(b: &[u8; BHS_LEN]) -> Common {
     Common {
-        opcode: b[0] & 0x3f,
-        immediate: b[0] & 0x40 != 0,
-        total_ahs_words: b[4],
-        data_len: u32::from_be_bytes([0, b[5], b[6], b[7]]),
-        itt: u32_at(b, 16),
+        opcode: Opcode(b[field::OPCODE] & flag::OPCODE),
+        immediate: b[field::OPCODE] & flag::IMMEDIATE != 0,
+        total_ahs_words: b[field::TOTAL_AHS_LEN],
+        data_len: get24(b, field::DATA_SEGMENT_LEN),
+        itt: get32(b, field::ITT),
     }
 }
 
 /// Set the DataSegmentLength and TotalAHSLength of an emitted header.
 pub fn set_lengths(b: &mut [u8; BHS_LEN], ahs_words: u8, data_len: u32) {
-    b[4] = ahs_words;
-    let d = data_len.to_be_bytes();
-    b[5..8].copy_from_slice(&d[1..4]);
+    b[field::TOTAL_AHS_LEN] = ahs_words;
+    let [_, d @ ..] = data_len.to_be_bytes();
+    put(b, field::DATA_SEGMENT_LEN.start, d);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -461,33 +620,31 @@ impl Bhs {
     /// Parse a header and its additional header segments (already cut off the stream).
     pub fn parse(b: &[u8; BHS_LEN], ahs: &[u8]) -> Result<Bhs, WireError> {
         let c = common(b);
-        let f = b[1] & 0x80 != 0;
-        let lun = u64_at(b, 8);
+        let f = b[field::FLAGS] & flag::FINAL != 0;
+        let lun = get64(b, field::LUN);
         let itt = c.itt;
-        use opcode::*;
         let pdu = match c.opcode {
-            NOP_OUT => Bhs::NopOut(NopOut {
+            Opcode::NOP_OUT => Bhs::NopOut(NopOut {
                 immediate: c.immediate,
                 lun,
                 itt,
-                ttt: u32_at(b, 20),
-                cmd_sn: u32_at(b, 24),
-                exp_stat_sn: u32_at(b, 28),
+                ttt: get32(b, field::TTT),
+                cmd_sn: get32(b, field::CMD_SN),
+                exp_stat_sn: get32(b, field::EXP_STAT_SN),
             }),
-            SCSI_COMMAND => {
-                let mut cdb = [0u8; 16];
-                cdb.copy_from_slice(&b[32..48]);
+            Opcode::SCSI_COMMAND => {
+                let cdb: [u8; 16] = bytes_at(b, field::CDB.start);
                 let mut cmd = ScsiCommand {
                     immediate: c.immediate,
                     final_: f,
-                    read: b[1] & 0x40 != 0,
-                    write: b[1] & 0x20 != 0,
-                    attr: b[1] & 0x07,
+                    read: b[field::FLAGS] & flag::READ != 0,
+                    write: b[field::FLAGS] & flag::WRITE != 0,
+                    attr: b[field::FLAGS] & flag::ATTR,
                     lun,
                     itt,
-                    expected_len: u32_at(b, 20),
-                    cmd_sn: u32_at(b, 24),
-                    exp_stat_sn: u32_at(b, 28),
+                    expected_len: get32(b, field::EXPECTED_DATA_LEN),
+                    cmd_sn: get32(b, field::CMD_SN),
+                    exp_stat_sn: get32(b, field::EXP_STAT_SN),
                     cdb,
                     ext_cdb: Vec::new(),
                     bidi_read_len: None,
@@ -495,215 +652,216 @@ impl Bhs {
                 parse_ahs(ahs, &mut cmd)?;
                 Bhs::ScsiCommand(cmd)
             }
-            TASK_MGMT_REQUEST => Bhs::TaskMgmtRequest(TaskMgmtRequest {
+            Opcode::TASK_MGMT_REQUEST => Bhs::TaskMgmtRequest(TaskMgmtRequest {
                 immediate: c.immediate,
-                function: b[1] & 0x7f,
+                function: b[field::FLAGS] & flag::FUNCTION,
                 lun,
                 itt,
-                referenced_tt: u32_at(b, 20),
-                cmd_sn: u32_at(b, 24),
-                exp_stat_sn: u32_at(b, 28),
-                ref_cmd_sn: u32_at(b, 32),
-                exp_data_sn: u32_at(b, 36),
+                referenced_tt: get32(b, field::REFERENCED_TASK_TAG),
+                cmd_sn: get32(b, field::CMD_SN),
+                exp_stat_sn: get32(b, field::EXP_STAT_SN),
+                ref_cmd_sn: get32(b, field::REF_CMD_SN),
+                exp_data_sn: get32(b, field::EXP_DATA_SN),
             }),
-            LOGIN_REQUEST => {
-                let mut isid = [0u8; 6];
-                isid.copy_from_slice(&b[8..14]);
+            Opcode::LOGIN_REQUEST => {
+                let isid: [u8; 6] = bytes_at(b, field::ISID.start);
                 Bhs::LoginRequest(LoginRequest {
                     transit: f,
-                    cont: b[1] & 0x40 != 0,
-                    csg: (b[1] >> 2) & 3,
-                    nsg: b[1] & 3,
-                    version_max: b[2],
-                    version_min: b[3],
+                    cont: b[field::FLAGS] & flag::CONTINUE != 0,
+                    csg: (b[field::FLAGS] >> flag::CSG_SHIFT) & flag::STAGE,
+                    nsg: b[field::FLAGS] & flag::STAGE,
+                    version_max: b[field::VERSION_MAX],
+                    version_min: b[field::VERSION_MIN],
                     isid,
-                    tsih: u16_at(b, 14),
+                    tsih: get16(b, field::TSIH),
                     itt,
-                    cid: u16_at(b, 20),
-                    cmd_sn: u32_at(b, 24),
-                    exp_stat_sn: u32_at(b, 28),
+                    cid: get16(b, field::CID),
+                    cmd_sn: get32(b, field::CMD_SN),
+                    exp_stat_sn: get32(b, field::EXP_STAT_SN),
                 })
             }
-            TEXT_REQUEST => Bhs::TextRequest(TextRequest {
+            Opcode::TEXT_REQUEST => Bhs::TextRequest(TextRequest {
                 immediate: c.immediate,
                 final_: f,
-                cont: b[1] & 0x40 != 0,
+                cont: b[field::FLAGS] & flag::CONTINUE != 0,
                 lun,
                 itt,
-                ttt: u32_at(b, 20),
-                cmd_sn: u32_at(b, 24),
-                exp_stat_sn: u32_at(b, 28),
+                ttt: get32(b, field::TTT),
+                cmd_sn: get32(b, field::CMD_SN),
+                exp_stat_sn: get32(b, field::EXP_STAT_SN),
             }),
-            DATA_OUT => Bhs::DataOut(DataOut {
+            Opcode::DATA_OUT => Bhs::DataOut(DataOut {
                 final_: f,
                 lun,
                 itt,
-                ttt: u32_at(b, 20),
-                exp_stat_sn: u32_at(b, 28),
-                data_sn: u32_at(b, 36),
-                buffer_offset: u32_at(b, 40),
+                ttt: get32(b, field::TTT),
+                exp_stat_sn: get32(b, field::EXP_STAT_SN),
+                data_sn: get32(b, field::DATA_SN),
+                buffer_offset: get32(b, field::BUFFER_OFFSET),
             }),
-            LOGOUT_REQUEST => Bhs::LogoutRequest(LogoutRequest {
+            Opcode::LOGOUT_REQUEST => Bhs::LogoutRequest(LogoutRequest {
                 immediate: c.immediate,
-                reason: b[1] & 0x7f,
+                reason: b[field::FLAGS] & flag::FUNCTION,
                 itt,
-                cid: u16_at(b, 20),
-                cmd_sn: u32_at(b, 24),
-                exp_stat_sn: u32_at(b, 28),
+                cid: get16(b, field::CID),
+                cmd_sn: get32(b, field::CMD_SN),
+                exp_stat_sn: get32(b, field::EXP_STAT_SN),
             }),
-            SNACK_REQUEST => Bhs::Snack(Snack {
-                kind: b[1] & 0x0f,
+            Opcode::SNACK_REQUEST => Bhs::Snack(Snack {
+                kind: b[field::FLAGS] & flag::SNACK_TYPE,
                 lun,
                 itt,
-                ttt: u32_at(b, 20),
-                exp_stat_sn: u32_at(b, 28),
-                beg_run: u32_at(b, 40),
-                run_length: u32_at(b, 44),
+                ttt: get32(b, field::TTT),
+                exp_stat_sn: get32(b, field::EXP_STAT_SN),
+                beg_run: get32(b, field::BEG_RUN),
+                run_length: get32(b, field::RUN_LENGTH),
             }),
-            NOP_IN => Bhs::NopIn(NopIn {
+            Opcode::NOP_IN => Bhs::NopIn(NopIn {
                 lun,
                 itt,
-                ttt: u32_at(b, 20),
-                stat_sn: u32_at(b, 24),
-                exp_cmd_sn: u32_at(b, 28),
-                max_cmd_sn: u32_at(b, 32),
+                ttt: get32(b, field::TTT),
+                stat_sn: get32(b, field::STAT_SN),
+                exp_cmd_sn: get32(b, field::EXP_CMD_SN),
+                max_cmd_sn: get32(b, field::MAX_CMD_SN),
             }),
-            SCSI_RESPONSE => Bhs::ScsiResponse(ScsiResponse {
-                bidi_overflow: b[1] & 0x10 != 0,
-                bidi_underflow: b[1] & 0x08 != 0,
-                overflow: b[1] & 0x04 != 0,
-                underflow: b[1] & 0x02 != 0,
-                response: b[2],
-                status: b[3],
+            Opcode::SCSI_RESPONSE => Bhs::ScsiResponse(ScsiResponse {
+                bidi_overflow: b[field::FLAGS] & flag::BIDI_OVERFLOW != 0,
+                bidi_underflow: b[field::FLAGS] & flag::BIDI_UNDERFLOW != 0,
+                overflow: b[field::FLAGS] & flag::OVERFLOW != 0,
+                underflow: b[field::FLAGS] & flag::UNDERFLOW != 0,
+                response: b[field::RESPONSE],
+                status: b[field::STATUS],
                 itt,
-                snack_tag: u32_at(b, 20),
-                stat_sn: u32_at(b, 24),
-                exp_cmd_sn: u32_at(b, 28),
-                max_cmd_sn: u32_at(b, 32),
-                exp_data_sn: u32_at(b, 36),
-                bidi_residual: u32_at(b, 40),
-                residual: u32_at(b, 44),
+                snack_tag: get32(b, field::SNACK_TAG),
+                stat_sn: get32(b, field::STAT_SN),
+                exp_cmd_sn: get32(b, field::EXP_CMD_SN),
+                max_cmd_sn: get32(b, field::MAX_CMD_SN),
+                exp_data_sn: get32(b, field::EXP_DATA_SN),
+                bidi_residual: get32(b, field::BIDI_RESIDUAL),
+                residual: get32(b, field::RESIDUAL),
             }),
-            TASK_MGMT_RESPONSE => Bhs::TaskMgmtResponse(TaskMgmtResponse {
-                response: b[2],
+            Opcode::TASK_MGMT_RESPONSE => Bhs::TaskMgmtResponse(TaskMgmtResponse {
+                response: b[field::RESPONSE],
                 itt,
-                stat_sn: u32_at(b, 24),
-                exp_cmd_sn: u32_at(b, 28),
-                max_cmd_sn: u32_at(b, 32),
+                stat_sn: get32(b, field::STAT_SN),
+                exp_cmd_sn: get32(b, field::EXP_CMD_SN),
+                max_cmd_sn: get32(b, field::MAX_CMD_SN),
             }),
-            LOGIN_RESPONSE => {
-                let mut isid = [0u8; 6];
-                isid.copy_from_slice(&b[8..14]);
+            Opcode::LOGIN_RESPONSE => {
+                let isid: [u8; 6] = bytes_at(b, field::ISID.start);
                 Bhs::LoginResponse(LoginResponse {
                     transit: f,
-                    cont: b[1] & 0x40 != 0,
-                    csg: (b[1] >> 2) & 3,
-                    nsg: b[1] & 3,
-                    version_max: b[2],
-                    version_active: b[3],
+                    cont: b[field::FLAGS] & flag::CONTINUE != 0,
+                    csg: (b[field::FLAGS] >> flag::CSG_SHIFT) & flag::STAGE,
+                    nsg: b[field::FLAGS] & flag::STAGE,
+                    version_max: b[field::VERSION_MAX],
+                    version_active: b[field::VERSION_ACTIVE],
                     isid,
-                    tsih: u16_at(b, 14),
+                    tsih: get16(b, field::TSIH),
                     itt,
-                    stat_sn: u32_at(b, 24),
-                    exp_cmd_sn: u32_at(b, 28),
-                    max_cmd_sn: u32_at(b, 32),
-                    status_class: b[36],
-                    status_detail: b[37],
+                    stat_sn: get32(b, field::STAT_SN),
+                    exp_cmd_sn: get32(b, field::EXP_CMD_SN),
+                    max_cmd_sn: get32(b, field::MAX_CMD_SN),
+                    status_class: b[field::STATUS_CLASS],
+                    status_detail: b[field::STATUS_DETAIL],
                 })
             }
-            TEXT_RESPONSE => Bhs::TextResponse(TextResponse {
+            Opcode::TEXT_RESPONSE => Bhs::TextResponse(TextResponse {
                 final_: f,
-                cont: b[1] & 0x40 != 0,
+                cont: b[field::FLAGS] & flag::CONTINUE != 0,
                 lun,
                 itt,
-                ttt: u32_at(b, 20),
-                stat_sn: u32_at(b, 24),
-                exp_cmd_sn: u32_at(b, 28),
-                max_cmd_sn: u32_at(b, 32),
+                ttt: get32(b, field::TTT),
+                stat_sn: get32(b, field::STAT_SN),
+                exp_cmd_sn: get32(b, field::EXP_CMD_SN),
+                max_cmd_sn: get32(b, field::MAX_CMD_SN),
             }),
-            DATA_IN => Bhs::DataIn(DataIn {
+            Opcode::DATA_IN => Bhs::DataIn(DataIn {
                 final_: f,
-                ack: b[1] & 0x40 != 0,
-                overflow: b[1] & 0x04 != 0,
-                underflow: b[1] & 0x02 != 0,
-                status_present: b[1] & 0x01 != 0,
+                ack: b[field::FLAGS] & flag::ACK != 0,
+                overflow: b[field::FLAGS] & flag::OVERFLOW != 0,
+                underflow: b[field::FLAGS] & flag::UNDERFLOW != 0,
+                status_present: b[field::FLAGS] & flag::STATUS != 0,
                 // Without the S bit the status byte is reserved.
-                status: if b[1] & 0x01 != 0 { b[3] } else { 0 },
+                status: if b[field::FLAGS] & flag::STATUS != 0 {
+                    b[field::STATUS]
+                } else {
+                    0
+                },
                 lun,
                 itt,
-                ttt: u32_at(b, 20),
-                stat_sn: u32_at(b, 24),
-                exp_cmd_sn: u32_at(b, 28),
-                max_cmd_sn: u32_at(b, 32),
-                data_sn: u32_at(b, 36),
-                buffer_offset: u32_at(b, 40),
-                residual: u32_at(b, 44),
+                ttt: get32(b, field::TTT),
+                stat_sn: get32(b, field::STAT_SN),
+                exp_cmd_sn: get32(b, field::EXP_CMD_SN),
+                max_cmd_sn: get32(b, field::MAX_CMD_SN),
+                data_sn: get32(b, field::DATA_SN),
+                buffer_offset: get32(b, field::BUFFER_OFFSET),
+                residual: get32(b, field::RESIDUAL),
             }),
-            LOGOUT_RESPONSE => Bhs::LogoutResponse(LogoutResponse {
-                response: b[2],
+            Opcode::LOGOUT_RESPONSE => Bhs::LogoutResponse(LogoutResponse {
+                response: b[field::RESPONSE],
                 itt,
-                stat_sn: u32_at(b, 24),
-                exp_cmd_sn: u32_at(b, 28),
-                max_cmd_sn: u32_at(b, 32),
-                time2wait: u16_at(b, 40),
-                time2retain: u16_at(b, 42),
+                stat_sn: get32(b, field::STAT_SN),
+                exp_cmd_sn: get32(b, field::EXP_CMD_SN),
+                max_cmd_sn: get32(b, field::MAX_CMD_SN),
+                time2wait: get16(b, field::TIME2WAIT),
+                time2retain: get16(b, field::TIME2RETAIN),
             }),
-            R2T => Bhs::R2t(R2t {
+            Opcode::R2T => Bhs::R2t(R2t {
                 lun,
                 itt,
-                ttt: u32_at(b, 20),
-                stat_sn: u32_at(b, 24),
-                exp_cmd_sn: u32_at(b, 28),
-                max_cmd_sn: u32_at(b, 32),
-                r2t_sn: u32_at(b, 36),
-                buffer_offset: u32_at(b, 40),
-                desired_len: u32_at(b, 44),
+                ttt: get32(b, field::TTT),
+                stat_sn: get32(b, field::STAT_SN),
+                exp_cmd_sn: get32(b, field::EXP_CMD_SN),
+                max_cmd_sn: get32(b, field::MAX_CMD_SN),
+                r2t_sn: get32(b, field::R2T_SN),
+                buffer_offset: get32(b, field::BUFFER_OFFSET),
+                desired_len: get32(b, field::DESIRED_DATA_LEN),
             }),
-            ASYNC_MESSAGE => Bhs::AsyncMessage(AsyncMessage {
+            Opcode::ASYNC_MESSAGE => Bhs::AsyncMessage(AsyncMessage {
                 lun,
-                stat_sn: u32_at(b, 24),
-                exp_cmd_sn: u32_at(b, 28),
-                max_cmd_sn: u32_at(b, 32),
-                event: b[36],
-                vcode: b[37],
-                param1: u16_at(b, 38),
-                param2: u16_at(b, 40),
-                param3: u16_at(b, 42),
+                stat_sn: get32(b, field::STAT_SN),
+                exp_cmd_sn: get32(b, field::EXP_CMD_SN),
+                max_cmd_sn: get32(b, field::MAX_CMD_SN),
+                event: b[field::ASYNC_EVENT],
+                vcode: b[field::ASYNC_VCODE],
+                param1: get16(b, field::PARAMETER1),
+                param2: get16(b, field::PARAMETER2),
+                param3: get16(b, field::PARAMETER3),
             }),
-            REJECT => Bhs::Reject(Reject {
-                reason: b[2],
-                stat_sn: u32_at(b, 24),
-                exp_cmd_sn: u32_at(b, 28),
-                max_cmd_sn: u32_at(b, 32),
-                data_sn: u32_at(b, 36),
+            Opcode::REJECT => Bhs::Reject(Reject {
+                reason: b[field::REJECT_REASON],
+                stat_sn: get32(b, field::STAT_SN),
+                exp_cmd_sn: get32(b, field::EXP_CMD_SN),
+                max_cmd_sn: get32(b, field::MAX_CMD_SN),
+                data_sn: get32(b, field::DATA_SN),
             }),
-            other => return Err(WireError::UnknownOpcode(other)),
+            Opcode(other) => return Err(WireError::UnknownOpcode(other)),
         };
         Ok(pdu)
     }
 
     /// The opcode of this header.
-    pub fn opcode(&self) -> u8 {
-        use opcode::*;
+    pub fn opcode(&self) -> Opcode {
         match self {
-            Bhs::NopOut(_) => NOP_OUT,
-            Bhs::ScsiCommand(_) => SCSI_COMMAND,
-            Bhs::TaskMgmtRequest(_) => TASK_MGMT_REQUEST,
-            Bhs::LoginRequest(_) => LOGIN_REQUEST,
-            Bhs::TextRequest(_) => TEXT_REQUEST,
-            Bhs::DataOut(_) => DATA_OUT,
-            Bhs::LogoutRequest(_) => LOGOUT_REQUEST,
-            Bhs::Snack(_) => SNACK_REQUEST,
-            Bhs::NopIn(_) => NOP_IN,
-            Bhs::ScsiResponse(_) => SCSI_RESPONSE,
-            Bhs::TaskMgmtResponse(_) => TASK_MGMT_RESPONSE,
-            Bhs::LoginResponse(_) => LOGIN_RESPONSE,
-            Bhs::TextResponse(_) => TEXT_RESPONSE,
-            Bhs::DataIn(_) => DATA_IN,
-            Bhs::LogoutResponse(_) => LOGOUT_RESPONSE,
-            Bhs::R2t(_) => R2T,
-            Bhs::AsyncMessage(_) => ASYNC_MESSAGE,
-            Bhs::Reject(_) => REJECT,
+            Bhs::NopOut(_) => Opcode::NOP_OUT,
+            Bhs::ScsiCommand(_) => Opcode::SCSI_COMMAND,
+            Bhs::TaskMgmtRequest(_) => Opcode::TASK_MGMT_REQUEST,
+            Bhs::LoginRequest(_) => Opcode::LOGIN_REQUEST,
+            Bhs::TextRequest(_) => Opcode::TEXT_REQUEST,
+            Bhs::DataOut(_) => Opcode::DATA_OUT,
+            Bhs::LogoutRequest(_) => Opcode::LOGOUT_REQUEST,
+            Bhs::Snack(_) => Opcode::SNACK_REQUEST,
+            Bhs::NopIn(_) => Opcode::NOP_IN,
+            Bhs::ScsiResponse(_) => Opcode::SCSI_RESPONSE,
+            Bhs::TaskMgmtResponse(_) => Opcode::TASK_MGMT_RESPONSE,
+            Bhs::LoginResponse(_) => Opcode::LOGIN_RESPONSE,
+            Bhs::TextResponse(_) => Opcode::TEXT_RESPONSE,
+            Bhs::DataIn(_) => Opcode::DATA_IN,
+            Bhs::LogoutResponse(_) => Opcode::LOGOUT_RESPONSE,
+            Bhs::R2t(_) => Opcode::R2T,
+            Bhs::AsyncMessage(_) => Opcode::ASYNC_MESSAGE,
+            Bhs::Reject(_) => Opcode::REJECT,
         }
     }
 
@@ -712,33 +870,36 @@ impl Bhs {
     pub fn emit(&self, data_len: u32) -> ([u8; BHS_LEN], Vec<u8>) {
         let mut b = [0u8; BHS_LEN];
         let mut ahs = Vec::new();
-        b[0] = self.opcode();
+        b[field::OPCODE] = self.opcode().0;
         let imm = |b: &mut [u8; BHS_LEN], i: bool| {
             if i {
-                b[0] |= 0x40
+                b[field::OPCODE] |= flag::IMMEDIATE
             }
         };
-        let fbit = |x: bool| if x { 0x80u8 } else { 0 };
+        let fbit = |x: bool| if x { flag::FINAL } else { 0 };
         let bit = |x: bool, m: u8| if x { m } else { 0 };
         match self {
             Bhs::NopOut(p) => {
                 imm(&mut b, p.immediate);
-                b[1] = 0x80;
-                put64(&mut b, 8, p.lun);
-                put32(&mut b, 16, p.itt);
-                put32(&mut b, 20, p.ttt);
-                put32(&mut b, 24, p.cmd_sn);
-                put32(&mut b, 28, p.exp_stat_sn);
+                b[field::FLAGS] = flag::FINAL;
+                set64(&mut b, field::LUN, p.lun);
+                set32(&mut b, field::ITT, p.itt);
+                set32(&mut b, field::TTT, p.ttt);
+                set32(&mut b, field::CMD_SN, p.cmd_sn);
+                set32(&mut b, field::EXP_STAT_SN, p.exp_stat_sn);
             }
             Bhs::ScsiCommand(p) => {
                 imm(&mut b, p.immediate);
-                b[1] = fbit(p.final_) | bit(p.read, 0x40) | bit(p.write, 0x20) | (p.attr & 7);
-                put64(&mut b, 8, p.lun);
-                put32(&mut b, 16, p.itt);
-                put32(&mut b, 20, p.expected_len);
-                put32(&mut b, 24, p.cmd_sn);
-                put32(&mut b, 28, p.exp_stat_sn);
-                b[32..48].copy_from_slice(&p.cdb);
+                b[field::FLAGS] = fbit(p.final_)
+                    | bit(p.read, flag::READ)
+                    | bit(p.write, flag::WRITE)
+                    | (p.attr & flag::ATTR);
+                set64(&mut b, field::LUN, p.lun);
+                set32(&mut b, field::ITT, p.itt);
+                set32(&mut b, field::EXPECTED_DATA_LEN, p.expected_len);
+                set32(&mut b, field::CMD_SN, p.cmd_sn);
+                set32(&mut b, field::EXP_STAT_SN, p.exp_stat_sn);
+                put(&mut b, field::CDB.start, p.cdb);
                 if !p.ext_cdb.is_empty() {
                     let l = (p.ext_cdb.len() + 1) as u16;
                     ahs.extend_from_slice(&l.to_be_bytes());
@@ -758,180 +919,186 @@ impl Bhs {
             }
             Bhs::TaskMgmtRequest(p) => {
                 imm(&mut b, p.immediate);
-                b[1] = 0x80 | (p.function & 0x7f);
-                put64(&mut b, 8, p.lun);
-                put32(&mut b, 16, p.itt);
-                put32(&mut b, 20, p.referenced_tt);
-                put32(&mut b, 24, p.cmd_sn);
-                put32(&mut b, 28, p.exp_stat_sn);
-                put32(&mut b, 32, p.ref_cmd_sn);
-                put32(&mut b, 36, p.exp_data_sn);
+                b[field::FLAGS] = flag::FINAL | (p.function & flag::FUNCTION);
+                set64(&mut b, field::LUN, p.lun);
+                set32(&mut b, field::ITT, p.itt);
+                set32(&mut b, field::REFERENCED_TASK_TAG, p.referenced_tt);
+                set32(&mut b, field::CMD_SN, p.cmd_sn);
+                set32(&mut b, field::EXP_STAT_SN, p.exp_stat_sn);
+                set32(&mut b, field::REF_CMD_SN, p.ref_cmd_sn);
+                set32(&mut b, field::EXP_DATA_SN, p.exp_data_sn);
             }
             Bhs::LoginRequest(p) => {
-                b[0] |= 0x40; // Login requests are always immediate.
-                b[1] = fbit(p.transit) | bit(p.cont, 0x40) | ((p.csg & 3) << 2) | (p.nsg & 3);
-                b[2] = p.version_max;
-                b[3] = p.version_min;
-                b[8..14].copy_from_slice(&p.isid);
-                put16(&mut b, 14, p.tsih);
-                put32(&mut b, 16, p.itt);
-                put16(&mut b, 20, p.cid);
-                put32(&mut b, 24, p.cmd_sn);
-                put32(&mut b, 28, p.exp_stat_sn);
+                b[field::OPCODE] |= flag::IMMEDIATE; // Login requests are always immediate.
+                b[field::FLAGS] = fbit(p.transit)
+                    | bit(p.cont, flag::CONTINUE)
+                    | ((p.csg & flag::STAGE) << flag::CSG_SHIFT)
+                    | (p.nsg & flag::STAGE);
+                b[field::VERSION_MAX] = p.version_max;
+                b[field::VERSION_MIN] = p.version_min;
+                put(&mut b, field::ISID.start, p.isid);
+                set16(&mut b, field::TSIH, p.tsih);
+                set32(&mut b, field::ITT, p.itt);
+                set16(&mut b, field::CID, p.cid);
+                set32(&mut b, field::CMD_SN, p.cmd_sn);
+                set32(&mut b, field::EXP_STAT_SN, p.exp_stat_sn);
             }
             Bhs::TextRequest(p) => {
                 imm(&mut b, p.immediate);
-                b[1] = fbit(p.final_) | bit(p.cont, 0x40);
-                put64(&mut b, 8, p.lun);
-                put32(&mut b, 16, p.itt);
-                put32(&mut b, 20, p.ttt);
-                put32(&mut b, 24, p.cmd_sn);
-                put32(&mut b, 28, p.exp_stat_sn);
+                b[field::FLAGS] = fbit(p.final_) | bit(p.cont, flag::CONTINUE);
+                set64(&mut b, field::LUN, p.lun);
+                set32(&mut b, field::ITT, p.itt);
+                set32(&mut b, field::TTT, p.ttt);
+                set32(&mut b, field::CMD_SN, p.cmd_sn);
+                set32(&mut b, field::EXP_STAT_SN, p.exp_stat_sn);
             }
             Bhs::DataOut(p) => {
-                b[1] = fbit(p.final_);
-                put64(&mut b, 8, p.lun);
-                put32(&mut b, 16, p.itt);
-                put32(&mut b, 20, p.ttt);
-                put32(&mut b, 28, p.exp_stat_sn);
-                put32(&mut b, 36, p.data_sn);
-                put32(&mut b, 40, p.buffer_offset);
+                b[field::FLAGS] = fbit(p.final_);
+                set64(&mut b, field::LUN, p.lun);
+                set32(&mut b, field::ITT, p.itt);
+                set32(&mut b, field::TTT, p.ttt);
+                set32(&mut b, field::EXP_STAT_SN, p.exp_stat_sn);
+                set32(&mut b, field::DATA_SN, p.data_sn);
+                set32(&mut b, field::BUFFER_OFFSET, p.buffer_offset);
             }
             Bhs::LogoutRequest(p) => {
                 imm(&mut b, p.immediate);
-                b[1] = 0x80 | (p.reason & 0x7f);
-                put32(&mut b, 16, p.itt);
-                put16(&mut b, 20, p.cid);
-                put32(&mut b, 24, p.cmd_sn);
-                put32(&mut b, 28, p.exp_stat_sn);
+                b[field::FLAGS] = flag::FINAL | (p.reason & flag::FUNCTION);
+                set32(&mut b, field::ITT, p.itt);
+                set16(&mut b, field::CID, p.cid);
+                set32(&mut b, field::CMD_SN, p.cmd_sn);
+                set32(&mut b, field::EXP_STAT_SN, p.exp_stat_sn);
             }
             Bhs::Snack(p) => {
-                b[1] = 0x80 | (p.kind & 0x0f);
-                put64(&mut b, 8, p.lun);
-                put32(&mut b, 16, p.itt);
-                put32(&mut b, 20, p.ttt);
-                put32(&mut b, 28, p.exp_stat_sn);
-                put32(&mut b, 40, p.beg_run);
-                put32(&mut b, 44, p.run_length);
+                b[field::FLAGS] = flag::FINAL | (p.kind & flag::SNACK_TYPE);
+                set64(&mut b, field::LUN, p.lun);
+                set32(&mut b, field::ITT, p.itt);
+                set32(&mut b, field::TTT, p.ttt);
+                set32(&mut b, field::EXP_STAT_SN, p.exp_stat_sn);
+                set32(&mut b, field::BEG_RUN, p.beg_run);
+                set32(&mut b, field::RUN_LENGTH, p.run_length);
             }
             Bhs::NopIn(p) => {
-                b[1] = 0x80;
-                put64(&mut b, 8, p.lun);
-                put32(&mut b, 16, p.itt);
-                put32(&mut b, 20, p.ttt);
-                put32(&mut b, 24, p.stat_sn);
-                put32(&mut b, 28, p.exp_cmd_sn);
-                put32(&mut b, 32, p.max_cmd_sn);
+                b[field::FLAGS] = flag::FINAL;
+                set64(&mut b, field::LUN, p.lun);
+                set32(&mut b, field::ITT, p.itt);
+                set32(&mut b, field::TTT, p.ttt);
+                set32(&mut b, field::STAT_SN, p.stat_sn);
+                set32(&mut b, field::EXP_CMD_SN, p.exp_cmd_sn);
+                set32(&mut b, field::MAX_CMD_SN, p.max_cmd_sn);
             }
             Bhs::ScsiResponse(p) => {
-                b[1] = 0x80
-                    | bit(p.bidi_overflow, 0x10)
-                    | bit(p.bidi_underflow, 0x08)
-                    | bit(p.overflow, 0x04)
-                    | bit(p.underflow, 0x02);
-                b[2] = p.response;
-                b[3] = p.status;
-                put32(&mut b, 16, p.itt);
-                put32(&mut b, 20, p.snack_tag);
-                put32(&mut b, 24, p.stat_sn);
-                put32(&mut b, 28, p.exp_cmd_sn);
-                put32(&mut b, 32, p.max_cmd_sn);
-                put32(&mut b, 36, p.exp_data_sn);
-                put32(&mut b, 40, p.bidi_residual);
-                put32(&mut b, 44, p.residual);
+                b[field::FLAGS] = flag::FINAL
+                    | bit(p.bidi_overflow, flag::BIDI_OVERFLOW)
+                    | bit(p.bidi_underflow, flag::BIDI_UNDERFLOW)
+                    | bit(p.overflow, flag::OVERFLOW)
+                    | bit(p.underflow, flag::UNDERFLOW);
+                b[field::RESPONSE] = p.response;
+                b[field::STATUS] = p.status;
+                set32(&mut b, field::ITT, p.itt);
+                set32(&mut b, field::SNACK_TAG, p.snack_tag);
+                set32(&mut b, field::STAT_SN, p.stat_sn);
+                set32(&mut b, field::EXP_CMD_SN, p.exp_cmd_sn);
+                set32(&mut b, field::MAX_CMD_SN, p.max_cmd_sn);
+                set32(&mut b, field::EXP_DATA_SN, p.exp_data_sn);
+                set32(&mut b, field::BIDI_RESIDUAL, p.bidi_residual);
+                set32(&mut b, field::RESIDUAL, p.residual);
             }
             Bhs::TaskMgmtResponse(p) => {
-                b[1] = 0x80;
-                b[2] = p.response;
-                put32(&mut b, 16, p.itt);
-                put32(&mut b, 24, p.stat_sn);
-                put32(&mut b, 28, p.exp_cmd_sn);
-                put32(&mut b, 32, p.max_cmd_sn);
+                b[field::FLAGS] = flag::FINAL;
+                b[field::RESPONSE] = p.response;
+                set32(&mut b, field::ITT, p.itt);
+                set32(&mut b, field::STAT_SN, p.stat_sn);
+                set32(&mut b, field::EXP_CMD_SN, p.exp_cmd_sn);
+                set32(&mut b, field::MAX_CMD_SN, p.max_cmd_sn);
             }
             Bhs::LoginResponse(p) => {
-                b[1] = fbit(p.transit) | bit(p.cont, 0x40) | ((p.csg & 3) << 2) | (p.nsg & 3);
-                b[2] = p.version_max;
-                b[3] = p.version_active;
-                b[8..14].copy_from_slice(&p.isid);
-                put16(&mut b, 14, p.tsih);
-                put32(&mut b, 16, p.itt);
-                put32(&mut b, 24, p.stat_sn);
-                put32(&mut b, 28, p.exp_cmd_sn);
-                put32(&mut b, 32, p.max_cmd_sn);
-                b[36] = p.status_class;
-                b[37] = p.status_detail;
+                b[field::FLAGS] = fbit(p.transit)
+                    | bit(p.cont, flag::CONTINUE)
+                    | ((p.csg & flag::STAGE) << flag::CSG_SHIFT)
+                    | (p.nsg & flag::STAGE);
+                b[field::VERSION_MAX] = p.version_max;
+                b[field::VERSION_ACTIVE] = p.version_active;
+                put(&mut b, field::ISID.start, p.isid);
+                set16(&mut b, field::TSIH, p.tsih);
+                set32(&mut b, field::ITT, p.itt);
+                set32(&mut b, field::STAT_SN, p.stat_sn);
+                set32(&mut b, field::EXP_CMD_SN, p.exp_cmd_sn);
+                set32(&mut b, field::MAX_CMD_SN, p.max_cmd_sn);
+                b[field::STATUS_CLASS] = p.status_class;
+                b[field::STATUS_DETAIL] = p.status_detail;
             }
             Bhs::TextResponse(p) => {
-                b[1] = fbit(p.final_) | bit(p.cont, 0x40);
-                put64(&mut b, 8, p.lun);
-                put32(&mut b, 16, p.itt);
-                put32(&mut b, 20, p.ttt);
-                put32(&mut b, 24, p.stat_sn);
-                put32(&mut b, 28, p.exp_cmd_sn);
-                put32(&mut b, 32, p.max_cmd_sn);
+                b[field::FLAGS] = fbit(p.final_) | bit(p.cont, flag::CONTINUE);
+                set64(&mut b, field::LUN, p.lun);
+                set32(&mut b, field::ITT, p.itt);
+                set32(&mut b, field::TTT, p.ttt);
+                set32(&mut b, field::STAT_SN, p.stat_sn);
+                set32(&mut b, field::EXP_CMD_SN, p.exp_cmd_sn);
+                set32(&mut b, field::MAX_CMD_SN, p.max_cmd_sn);
             }
             Bhs::DataIn(p) => {
-                b[1] = fbit(p.final_)
-                    | bit(p.ack, 0x40)
-                    | bit(p.overflow, 0x04)
-                    | bit(p.underflow, 0x02)
-                    | bit(p.status_present, 0x01);
+                b[field::FLAGS] = fbit(p.final_)
+                    | bit(p.ack, flag::ACK)
+                    | bit(p.overflow, flag::OVERFLOW)
+                    | bit(p.underflow, flag::UNDERFLOW)
+                    | bit(p.status_present, flag::STATUS);
                 if p.status_present {
-                    b[3] = p.status;
+                    b[field::STATUS] = p.status;
                 }
-                put64(&mut b, 8, p.lun);
-                put32(&mut b, 16, p.itt);
-                put32(&mut b, 20, p.ttt);
-                put32(&mut b, 24, p.stat_sn);
-                put32(&mut b, 28, p.exp_cmd_sn);
-                put32(&mut b, 32, p.max_cmd_sn);
-                put32(&mut b, 36, p.data_sn);
-                put32(&mut b, 40, p.buffer_offset);
-                put32(&mut b, 44, p.residual);
+                set64(&mut b, field::LUN, p.lun);
+                set32(&mut b, field::ITT, p.itt);
+                set32(&mut b, field::TTT, p.ttt);
+                set32(&mut b, field::STAT_SN, p.stat_sn);
+                set32(&mut b, field::EXP_CMD_SN, p.exp_cmd_sn);
+                set32(&mut b, field::MAX_CMD_SN, p.max_cmd_sn);
+                set32(&mut b, field::DATA_SN, p.data_sn);
+                set32(&mut b, field::BUFFER_OFFSET, p.buffer_offset);
+                set32(&mut b, field::RESIDUAL, p.residual);
             }
             Bhs::LogoutResponse(p) => {
-                b[1] = 0x80;
-                b[2] = p.response;
-                put32(&mut b, 16, p.itt);
-                put32(&mut b, 24, p.stat_sn);
-                put32(&mut b, 28, p.exp_cmd_sn);
-                put32(&mut b, 32, p.max_cmd_sn);
-                put16(&mut b, 40, p.time2wait);
-                put16(&mut b, 42, p.time2retain);
+                b[field::FLAGS] = flag::FINAL;
+                b[field::RESPONSE] = p.response;
+                set32(&mut b, field::ITT, p.itt);
+                set32(&mut b, field::STAT_SN, p.stat_sn);
+                set32(&mut b, field::EXP_CMD_SN, p.exp_cmd_sn);
+                set32(&mut b, field::MAX_CMD_SN, p.max_cmd_sn);
+                set16(&mut b, field::TIME2WAIT, p.time2wait);
+                set16(&mut b, field::TIME2RETAIN, p.time2retain);
             }
             Bhs::R2t(p) => {
-                b[1] = 0x80;
-                put64(&mut b, 8, p.lun);
-                put32(&mut b, 16, p.itt);
-                put32(&mut b, 20, p.ttt);
-                put32(&mut b, 24, p.stat_sn);
-                put32(&mut b, 28, p.exp_cmd_sn);
-                put32(&mut b, 32, p.max_cmd_sn);
-                put32(&mut b, 36, p.r2t_sn);
-                put32(&mut b, 40, p.buffer_offset);
-                put32(&mut b, 44, p.desired_len);
+                b[field::FLAGS] = flag::FINAL;
+                set64(&mut b, field::LUN, p.lun);
+                set32(&mut b, field::ITT, p.itt);
+                set32(&mut b, field::TTT, p.ttt);
+                set32(&mut b, field::STAT_SN, p.stat_sn);
+                set32(&mut b, field::EXP_CMD_SN, p.exp_cmd_sn);
+                set32(&mut b, field::MAX_CMD_SN, p.max_cmd_sn);
+                set32(&mut b, field::R2T_SN, p.r2t_sn);
+                set32(&mut b, field::BUFFER_OFFSET, p.buffer_offset);
+                set32(&mut b, field::DESIRED_DATA_LEN, p.desired_len);
             }
             Bhs::AsyncMessage(p) => {
-                b[1] = 0x80;
-                put64(&mut b, 8, p.lun);
-                put32(&mut b, 16, RESERVED_TAG);
-                put32(&mut b, 24, p.stat_sn);
-                put32(&mut b, 28, p.exp_cmd_sn);
-                put32(&mut b, 32, p.max_cmd_sn);
-                b[36] = p.event;
-                b[37] = p.vcode;
-                put16(&mut b, 38, p.param1);
-                put16(&mut b, 40, p.param2);
-                put16(&mut b, 42, p.param3);
+                b[field::FLAGS] = flag::FINAL;
+                set64(&mut b, field::LUN, p.lun);
+                set32(&mut b, field::ITT, RESERVED_TAG);
+                set32(&mut b, field::STAT_SN, p.stat_sn);
+                set32(&mut b, field::EXP_CMD_SN, p.exp_cmd_sn);
+                set32(&mut b, field::MAX_CMD_SN, p.max_cmd_sn);
+                b[field::ASYNC_EVENT] = p.event;
+                b[field::ASYNC_VCODE] = p.vcode;
+                set16(&mut b, field::PARAMETER1, p.param1);
+                set16(&mut b, field::PARAMETER2, p.param2);
+                set16(&mut b, field::PARAMETER3, p.param3);
             }
             Bhs::Reject(p) => {
-                b[1] = 0x80;
-                b[2] = p.reason;
-                put32(&mut b, 16, RESERVED_TAG);
-                put32(&mut b, 24, p.stat_sn);
-                put32(&mut b, 28, p.exp_cmd_sn);
-                put32(&mut b, 32, p.max_cmd_sn);
-                put32(&mut b, 36, p.data_sn);
+                b[field::FLAGS] = flag::FINAL;
+                b[field::REJECT_REASON] = p.reason;
+                set32(&mut b, field::ITT, RESERVED_TAG);
+                set32(&mut b, field::STAT_SN, p.stat_sn);
+                set32(&mut b, field::EXP_CMD_SN, p.exp_cmd_sn);
+                set32(&mut b, field::MAX_CMD_SN, p.max_cmd_sn);
+                set32(&mut b, field::DATA_SN, p.data_sn);
             }
         }
         let words = (ahs.len() / 4) as u8;
@@ -1301,7 +1468,7 @@ mod tests {
             let (b, ahs) = p.emit(48);
             assert_eq!(common(&b).data_len, 48);
             assert_eq!(common(&b).total_ahs_words as usize * 4, ahs.len());
-            assert_eq!(Bhs::parse(&b, &ahs).unwrap(), p, "opcode {:#x}", p.opcode());
+            assert_eq!(Bhs::parse(&b, &ahs).unwrap(), p, "{:?}", p.opcode());
         }
     }
 
@@ -1321,7 +1488,7 @@ mod tests {
             );
         }
         let mut b = [0u8; BHS_LEN];
-        b[0] = opcode::SCSI_COMMAND;
+        b[0] = Opcode::SCSI_COMMAND.0;
         // AHS length pointing past the end, zero length, unknown type, short header.
         for ahs in [
             &[0x00, 0x40, 0x01, 0x00][..],
@@ -1365,5 +1532,107 @@ mod fuzz_regressions {
             n += 1;
         }
         assert!(n > 0);
+    }
+}
+
+#[cfg(test)]
+mod golden {
+    use super::*;
+
+    /// A SCSI Command (READ(10) of 8 blocks at LBA 0x1234, 4096 bytes expected), byte by byte.
+    const SCSI_COMMAND: [u8; BHS_LEN] = [
+        0x01, // opcode 0x01 (I bit clear)
+        0xc1, // F, R, task attribute 1 (simple)
+        0x00, 0x00, // reserved
+        0x00, // TotalAHSLength
+        0x00, 0x00, 0x00, // DataSegmentLength 0
+        0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // LUN (encoded LUN 1)
+        0x00, 0x00, 0x00, 0x2a, // Initiator Task Tag 42
+        0x00, 0x00, 0x10, 0x00, // Expected Data Transfer Length 4096
+        0x00, 0x00, 0x00, 0x07, // CmdSN 7
+        0x00, 0x00, 0x00, 0x05, // ExpStatSN 5
+        0x28, 0x00, 0x00, 0x00, 0x12, 0x34, 0x00, 0x00, // CDB: READ(10) LBA 0x1234,
+        0x08, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, //      8 blocks, padded to 16
+    ];
+
+    /// A SCSI Data-In with status (phase collapse), byte by byte.
+    const DATA_IN: [u8; BHS_LEN] = [
+        0x25, // opcode 0x25
+        0x83, // F, U (underflow), S (status present)
+        0x00, // reserved
+        0x00, // status GOOD
+        0x00, // TotalAHSLength
+        0x00, 0x02, 0x00, // DataSegmentLength 512
+        0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // LUN
+        0x00, 0x00, 0x00, 0x2a, // Initiator Task Tag 42
+        0xff, 0xff, 0xff, 0xff, // Target Transfer Tag (reserved)
+        0x00, 0x00, 0x00, 0x09, // StatSN 9
+        0x00, 0x00, 0x00, 0x08, // ExpCmdSN 8
+        0x00, 0x00, 0x00, 0x87, // MaxCmdSN 135
+        0x00, 0x00, 0x00, 0x03, // DataSN 3
+        0x00, 0x00, 0x06, 0x00, // Buffer Offset 1536
+        0x00, 0x00, 0x0e, 0x00, // Residual Count 3584
+    ];
+
+    fn scsi_command() -> ScsiCommand {
+        let mut cdb = [0u8; 16];
+        cdb[..10].copy_from_slice(&[0x28, 0, 0, 0, 0x12, 0x34, 0, 0, 8, 0]);
+        ScsiCommand {
+            immediate: false,
+            final_: true,
+            read: true,
+            write: false,
+            attr: 1,
+            lun: 0x0001_0000_0000_0000,
+            itt: 42,
+            expected_len: 4096,
+            cmd_sn: 7,
+            exp_stat_sn: 5,
+            cdb,
+            ext_cdb: Vec::new(),
+            bidi_read_len: None,
+        }
+    }
+
+    fn data_in() -> DataIn {
+        DataIn {
+            final_: true,
+            ack: false,
+            overflow: false,
+            underflow: true,
+            status_present: true,
+            status: 0,
+            lun: 0x0001_0000_0000_0000,
+            itt: 42,
+            ttt: RESERVED_TAG,
+            stat_sn: 9,
+            exp_cmd_sn: 8,
+            max_cmd_sn: 135,
+            data_sn: 3,
+            buffer_offset: 1536,
+            residual: 3584,
+        }
+    }
+
+    #[test]
+    fn scsi_command_matches_its_golden_bytes() {
+        assert_eq!(
+            Bhs::parse(&SCSI_COMMAND, &[]),
+            Ok(Bhs::ScsiCommand(scsi_command()))
+        );
+        assert_eq!(
+            Bhs::ScsiCommand(scsi_command()).emit(0),
+            (SCSI_COMMAND, Vec::new())
+        );
+    }
+
+    #[test]
+    fn data_in_matches_its_golden_bytes() {
+        assert_eq!(Bhs::parse(&DATA_IN, &[]), Ok(Bhs::DataIn(data_in())));
+        assert_eq!(Bhs::DataIn(data_in()).emit(512), (DATA_IN, Vec::new()));
+        let c = common(&DATA_IN);
+        assert_eq!((c.opcode, c.data_len, c.itt), (Opcode::DATA_IN, 512, 42));
+        assert_eq!(format!("{:?}", c.opcode), "Opcode(SCSI Data-In)");
+        assert_eq!(format!("{:?}", Opcode(0x3e)), "Opcode(0x3e)");
     }
 }

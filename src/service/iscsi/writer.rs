@@ -4,7 +4,7 @@
 use crate::iscsi::session::{OutPdu, Stamp};
 use crate::store::Segment;
 use crate::wire::frame;
-use crate::wire::pdu::BHS_LEN;
+use crate::wire::pdu::{BHS_LEN, field};
 use bytes::{Bytes, BytesMut};
 use socket2::SockRef;
 use std::io::{self, IoSlice};
@@ -159,14 +159,14 @@ fn stamp(bhs: &mut [u8; BHS_LEN], s: Stamp, stat_sn: &mut u32, exp: u32, max: u3
     match s {
         Stamp::None => return,
         Stamp::Advance => {
-            bhs[24..28].copy_from_slice(&stat_sn.to_be_bytes());
+            bhs[field::STAT_SN].copy_from_slice(&stat_sn.to_be_bytes());
             *stat_sn = stat_sn.wrapping_add(1);
         }
-        Stamp::Current => bhs[24..28].copy_from_slice(&stat_sn.to_be_bytes()),
+        Stamp::Current => bhs[field::STAT_SN].copy_from_slice(&stat_sn.to_be_bytes()),
         Stamp::WindowOnly => {}
     }
-    bhs[28..32].copy_from_slice(&exp.to_be_bytes());
-    bhs[32..36].copy_from_slice(&max.to_be_bytes());
+    bhs[field::EXP_CMD_SN].copy_from_slice(&exp.to_be_bytes());
+    bhs[field::MAX_CMD_SN].copy_from_slice(&max.to_be_bytes());
 }
 
 /// Puts batches of segments on the socket: runs of in-memory bytes with one vectored `sendmsg`
