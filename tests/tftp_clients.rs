@@ -1,5 +1,7 @@
 //! TFTP against real clients (curl, tftp-hpa, atftp) and a scripted client, on 127.0.0.1.
 
+mod fixture;
+use fixture::have;
 use isboot::service::tftp::{bind_tftp, run_tftp};
 use isboot::tftp::packet::{self, Packet};
 use isboot::tftp::transfer::TransferLimits;
@@ -80,15 +82,6 @@ fn start_server() -> Option<Server> {
         _dir: dir,
         root,
     })
-}
-
-fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
 }
 
 fn same(a: &Path, b: &Path) {

@@ -1284,32 +1284,19 @@ fn only_plain_reads_through_a_mapped_device_are_planned_nonblocking() {
     assert!(!plan(&rw10(op::WRITE10, 0, 8, 0)).nonblocking);
     assert!(!plan(&inquiry(false, 0, 96)).nonblocking);
     assert!(!plan(&[op::SYNC_CACHE10, 0, 0, 0, 0, 0, 0, 0, 0, 0]).nonblocking);
-    // A device that reads from a file (not a mapping) blocks: its reads go to a pool.
-    struct Unmapped(RawFile);
-    impl BlockDevice for Unmapped {
-        fn size(&self) -> u64 {
-            self.0.size()
-        }
-        fn read_only(&self) -> bool {
-            true
-        }
-        fn read(&self, o: u64, l: usize, out: &mut Vec<Segment>) -> Result<(), StoreError> {
-            self.0.read(o, l, out)
-        }
-        fn write(&self, _: u64, _: &[u8], _: bool) -> Result<(), StoreError> {
-            Err(StoreError::ReadOnly)
-        }
-        fn flush(&self) -> Result<(), StoreError> {
-            Ok(())
-        }
-        fn discard(&self, _: u64, _: u64) -> Result<(), StoreError> {
-            Err(StoreError::ReadOnly)
-        }
-    }
-    let file = tempfile::NamedTempFile::new().unwrap();
-    file.as_file().set_len(BLOCKS * SECTOR).unwrap();
-    let raw = RawFile::open(file.path(), true).unwrap();
-    let t = TargetLus::single(Arc::new(LogicalUnit::new(Arc::new(Unmapped(raw)), ident())));
+    // An overlay whose file cannot be mapped (the crash tests' in-memory file) reads its
+    // data blocks with pread: it blocks, so its reads go to a pool.
+    let base = Arc::new(
+        crate::store::base::BaseImage::from_bytes(
+            bytes::Bytes::from(vec![0u8; (BLOCKS * SECTOR) as usize]),
+            crate::store::base::BaseId([1; 16]),
+            1,
+        )
+        .unwrap(),
+    );
+    let file = Arc::new(crate::store::fault::FaultyFile::new(1));
+    let ov = crate::store::overlay::Overlay::create(file, base, 4096).unwrap();
+    let t = TargetLus::single(Arc::new(LogicalUnit::new(Arc::new(ov), ident())));
     let p = t.plan(0, &rw10(op::READ10, 0, 8, 0)).unwrap();
     assert_eq!((p.dir, p.nonblocking), (DataDir::Read, false));
 }

@@ -20,6 +20,25 @@ struct TableInner {
     sessions: HashMap<u16, TableEntry>,
 }
 
+impl TableInner {
+    fn insert(
+        &mut self,
+        tsih: u16,
+        initiator: &str,
+        isid: [u8; 6],
+        target: Option<&str>,
+        kill: &Arc<Kill>,
+    ) {
+        let entry = TableEntry {
+            initiator: initiator.to_owned(),
+            isid,
+            target: target.map(str::to_owned),
+            kill: kill.clone(),
+        };
+        self.sessions.insert(tsih, entry);
+    }
+}
+
 struct TableEntry {
     initiator: String,
     isid: [u8; 6],
@@ -85,15 +104,7 @@ impl SessionTable for TableView<'_> {
             }
         }
         let tsih = t.next_tsih;
-        t.sessions.insert(
-            tsih,
-            TableEntry {
-                initiator: initiator.to_owned(),
-                isid,
-                target: target.map(str::to_owned),
-                kill: self.kill.clone(),
-            },
-        );
+        t.insert(tsih, initiator, isid, target, &self.kill);
         tsih
     }
 
@@ -128,15 +139,7 @@ impl Table {
             );
             old.kill.fire();
         }
-        t.sessions.insert(
-            tsih,
-            TableEntry {
-                initiator: initiator.to_owned(),
-                isid,
-                target: target.map(str::to_owned),
-                kill: kill.clone(),
-            },
-        );
+        t.insert(tsih, initiator, isid, target, kill);
     }
 
     pub(super) fn remove(&self, tsih: u16, kill: &Arc<Kill>) {
