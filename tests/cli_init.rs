@@ -15,7 +15,11 @@ fn init_writes_a_commented_config_and_refuses_twice() {
     assert!(cfg.contains("server_ip = \"192.168.50.1\""));
     assert!(cfg.contains("subnet = \"192.168.50.0/24\""));
     assert!(cfg.contains("iqn_prefix = \"iqn.2026-11.org.isboot\""));
-    assert!(cfg.contains("listen = \"0.0.0.0:3260\""));
+    // Not every address: the boot network's own (commented, as a default).
+    assert!(cfg.contains("# listen = \"192.168.50.1:3260\""), "{cfg}");
+    let top = cfg.split("[http]").next().unwrap();
+    assert!(!top.lines().any(|l| l.starts_with("listen")), "{cfg}");
+    assert!(out.contains("listen:     192.168.50.1:3260"), "{out}");
     assert!(
         cfg.lines().filter(|l| l.starts_with('#')).count() >= 8,
         "config is not commented:\n{cfg}"

@@ -60,10 +60,13 @@ pub fn init(dir: &StateDir, a: InitArgs) -> R {
             "bad --iqn-prefix {prefix}: target names need the iqn. form (iqn.YYYY-MM.<reversed domain>)"
         )));
     }
-    let listen: SocketAddr = a
-        .listen
-        .parse()
-        .map_err(|_| bad(format!("bad --listen {:?} (expected ADDR:PORT)", a.listen)))?;
+    let listen: Option<SocketAddr> = match &a.listen {
+        None => None,
+        Some(l) => Some(
+            l.parse()
+                .map_err(|_| bad(format!("bad --listen {l:?} (expected ADDR:PORT)")))?,
+        ),
+    };
     // DHCP settings are checked before anything is written: a refused init changes nothing.
     let dhcp = match &a.interface {
         None => None,
@@ -86,7 +89,7 @@ pub fn init(dir: &StateDir, a: InitArgs) -> R {
             Some(cfg)
         }
     };
-    let mut c = dir.init(server, Some(prefix), Some(listen))?;
+    let mut c = dir.init(server, Some(prefix), listen)?;
     if let Some(cfg) = &dhcp {
         c.dhcp = Some(
             toml::Value::try_from(cfg)
@@ -126,7 +129,7 @@ pub fn init(dir: &StateDir, a: InitArgs) -> R {
     if let (Some(ip), Some(net)) = (c.server_ip, c.subnet) {
         println!("  server ip:  {ip} (subnet {net})");
     }
-    println!("  listen:     {}", c.listen);
+    println!("  listen:     {}", c.listen_addr());
     Ok(())
 }
 

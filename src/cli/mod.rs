@@ -82,9 +82,10 @@ pub struct InitArgs {
     /// Prefix of target names: a client's target is <prefix>:<client name>.
     #[arg(long, value_name = "IQN", default_value = crate::config::file::DEFAULT_IQN_PREFIX)]
     pub iqn_prefix: String,
-    /// Address and port the iSCSI target listens on.
-    #[arg(long, value_name = "ADDR:PORT", default_value = crate::config::file::DEFAULT_LISTEN)]
-    pub listen: String,
+    /// Address and port the iSCSI target listens on (default: --server-ip, port 3260: the
+    /// boot network only; 127.0.0.1:3260 without --server-ip).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Option<String>,
     /// Network interface of the boot network: `isboot serve` answers DHCP (and serves TFTP)
     /// there and nowhere else. Needs --server-ip.
     #[arg(long, value_name = "IF")]
@@ -260,7 +261,8 @@ pub struct ResetClientArgs {
 
 #[derive(clap::Args, Debug)]
 pub struct ServeArgs {
-    /// Address and port to listen on (default: `listen` from the config file).
+    /// Address and port to listen on (default: `listen` from the config file, else its
+    /// server_ip port 3260).
     #[arg(long, value_name = "ADDR:PORT")]
     pub listen: Option<String>,
     /// Address and port of the admin HTTP routes: metrics and status API (default: `listen`

@@ -20,8 +20,13 @@ pub fn run(dir: &StateDir, args: &super::ServeArgs) -> Result<(), CliError> {
         Some(s) => s
             .parse()
             .map_err(|_| CliError::Bad(format!("bad --listen {s:?} (expected ADDR:PORT)")))?,
-        None => state.config.listen,
+        None => state.config.listen_addr(),
     };
+    if addr.ip().is_unspecified() {
+        tracing::warn!(
+            "iSCSI listens on every address ({addr}): hosts on any network of this server can try the clients' targets; remove `listen` from the config (or pass --listen SERVER_IP:3260) to serve the boot network only"
+        );
+    }
     let http_listen: Option<SocketAddr> =
         match args.http_listen.as_deref() {
             Some(s) => Some(s.parse().map_err(|_| {

@@ -9,7 +9,6 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 
 pub const DEFAULT_IQN_PREFIX: &str = "iqn.2026-11.org.isboot";
-pub const DEFAULT_LISTEN: &str = "0.0.0.0:3260";
 pub const ISCSI_PORT: u16 = 3260;
 /// Default address of the embedded HTTP listener's admin routes (metrics, status API):
 /// loopback only, so the boot LAN never reaches them unless the admin says so.
@@ -26,9 +25,9 @@ pub struct Config {
     /// Prefix of every target name: `<prefix>:<client>`.
     #[serde(default = "default_prefix")]
     pub iqn_prefix: Iqn,
-    /// iSCSI listen address.
-    #[serde(default = "default_listen")]
-    pub listen: SocketAddr,
+    /// iSCSI listen address; None: [`Config::listen_addr`]'s default (the boot address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
     /// DHCP settings (defined by the DHCP service).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dhcp: Option<toml::Value>,
@@ -110,17 +109,13 @@ fn default_prefix() -> Iqn {
         .unwrap_or_else(|_| unreachable!("constant is valid"))
 }
 
-fn default_listen() -> SocketAddr {
-    SocketAddr::from(([0, 0, 0, 0], ISCSI_PORT))
-}
-
 impl Default for Config {
     fn default() -> Config {
         Config {
             server_ip: None,
             subnet: None,
             iqn_prefix: default_prefix(),
-            listen: default_listen(),
+            listen: None,
             dhcp: None,
             http: HttpConfig::default(),
             extra: toml::Table::new(),
@@ -185,10 +180,17 @@ impl Config {
         s.push_str("# its initiator name <iqn_prefix>:initiator:<client name>. Default\n");
         s.push_str(&format!("# \"{DEFAULT_IQN_PREFIX}\".\n"));
         s.push_str(&format!("iqn_prefix = \"{}\"\n\n", self.iqn_prefix));
-        s.push_str(&format!(
-            "# Address and port the iSCSI target listens on. Default \"{DEFAULT_LISTEN}\".\n"
-        ));
-        s.push_str(&format!("listen = \"{}\"\n", self.listen));
+        s.push_str(
+            "# Address and port the iSCSI target listens on. Default: server_ip, port 3260\n",
+        );
+        s.push_str(
+            "# (the boot network only; 127.0.0.1:3260 without a server_ip). \"0.0.0.0:3260\"\n",
+        );
+        s.push_str("# would offer the targets on every network this host is on.\n");
+        match self.listen {
+            Some(l) => s.push_str(&format!("listen = \"{l}\"\n")),
+            None => s.push_str(&format!("# listen = \"{}\"\n", self.listen_addr())),
+        }
         let mut rest = self.extra.clone();
         if let Some(d) = &self.dhcp {
             rest.insert("dhcp".into(), d.clone());
@@ -209,11 +211,20 @@ impl Config {
         s
     }
 
+    /// Where the iSCSI target listens: `listen` when set, else this server's address on the
+    /// boot network (`server_ip`) port 3260, else loopback. Never every address by default: a
+    /// host on another network of the server must not reach the clients' disks.
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.listen.unwrap_or_else(|| {
+            SocketAddr::from((self.server_ip.unwrap_or(Ipv4Addr::LOCALHOST), ISCSI_PORT))
+        })
+    }
+
     /// `iscsi:<server>::<port>:0:<target>` as iPXE's `sanboot` takes it (port left out when
     /// it is 3260). `None` without a `server_ip`.
     pub fn root_path(&self, target: &Iqn) -> Option<String> {
         let ip = self.server_ip?;
-        let port = self.listen.port();
+        let port = self.listen_addr().port();
         Some(if port == ISCSI_PORT {
             format!("iscsi:{ip}::::{target}")
         } else {
@@ -233,6 +244,24 @@ mod tests {
         assert!(text.contains("iqn_prefix = \"iqn.2026-11.org.isboot\""));
         assert!(text.contains("# server_ip"));
         assert_eq!(Config::parse(&text, Path::new("x")).unwrap(), c);
+    }
+
+    #[test]
+    fn listens_on_the_boot_address_unless_told() {
+        let mut c = Config::default();
+        assert_eq!(c.listen_addr().to_string(), "127.0.0.1:3260");
+        c.server_ip = Some(Ipv4Addr::new(10, 0, 0, 1));
+        assert_eq!(c.listen_addr().to_string(), "10.0.0.1:3260");
+        assert!(c.render().contains("# listen = \"10.0.0.1:3260\""));
+        let text = "server_ip = \"10.0.0.1\"\nlisten = \"0.0.0.0:3261\"\n";
+        let c = Config::parse(text, Path::new("x")).unwrap();
+        assert_eq!(c.listen_addr().to_string(), "0.0.0.0:3261");
+        assert_eq!(
+            c.root_path(&"iqn.2026-11.org.isboot:pc1".parse().unwrap())
+                .unwrap(),
+            "iscsi:10.0.0.1::3261::iqn.2026-11.org.isboot:pc1"
+        );
+        assert_eq!(Config::parse(&c.render(), Path::new("x")).unwrap(), c);
     }
 
     #[test]

@@ -147,9 +147,7 @@ impl StateDir {
         if let Some(p) = iqn_prefix {
             config.iqn_prefix = p;
         }
-        if let Some(l) = listen {
-            config.listen = l;
-        }
+        config.listen = listen;
         let existed = self.root.exists();
         std::fs::create_dir_all(&self.root).map_err(|source| ConfigError::NotWritable {
             path: self.root.clone(),
