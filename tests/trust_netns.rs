@@ -606,7 +606,7 @@ fn stolen_credentials_from_another_address_are_refused() {
 /// The way attacker B gets credentials: DHCP as A's iPXE (A's MAC). While A runs, whatever the
 /// reply hands out is useless from the hostile address, and A's disk is not reset.
 #[test]
-#[ignore = "needs trust (issue 12 items 2 and 5): address binding, no reset under a live session"]
+#[ignore = "needs trust (issue 12 item 2): address binding"]
 fn credentials_from_a_spoofed_ipxe_dhcp_are_useless_elsewhere() {
     let Some(s) = Suite::start() else { return };
     let h = &s.hostile;
@@ -948,7 +948,6 @@ fn wait_log(serve: &Serve, what: &str) {
 const RESET_LOG: &str = "power-on: reset-mode client starts from a pristine disk";
 
 #[test]
-#[ignore = "needs trust (issue 12 item 5): a PXE request resets a reset-mode client only without a live session"]
 fn spoofed_pxe_requests_do_not_reset_a_live_disk() {
     let Some(s) = Suite::start() else { return };
     wait_log(&s.serve, "DHCP listening");
@@ -977,7 +976,6 @@ fn spoofed_pxe_requests_do_not_reset_a_live_disk() {
 }
 
 #[test]
-#[ignore = "needs trust (issue 12 item 5): requests that did not reset do not extend the quiet window"]
 fn spoofed_pxe_requests_do_not_keep_a_disk_from_its_next_reset() {
     let Some(mut s) = Suite::start() else { return };
     wait_log(&s.serve, "DHCP listening");
@@ -1055,7 +1053,6 @@ fn dhcp_decline_of_a_reserved_address_takes_nothing_away() {
 }
 
 #[test]
-#[ignore = "needs trust (issue 12 item 6): DHCPDECLINE is honoured only for the address offered or leased to that MAC"]
 fn dhcp_decline_of_another_clients_lease_is_ignored() {
     let Some(s) = Suite::start() else { return };
     wait_log(&s.serve, "DHCP listening");
@@ -1075,7 +1072,6 @@ fn dhcp_decline_of_another_clients_lease_is_ignored() {
 }
 
 #[test]
-#[ignore = "needs trust (issue 12 item 7): serve listens on the [dhcp] server address by default"]
 fn serve_listens_on_the_boot_address_only() {
     let Some(s) = Suite::start() else { return };
     let status: serde_json::Value =

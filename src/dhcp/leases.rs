@@ -218,13 +218,18 @@ impl Leases {
         false
     }
 
-    /// DHCPDECLINE: `ip` is in use by someone else; keep it out of the pool for a while.
-    pub fn decline(&mut self, mac: &MacAddr, ip: Ipv4Addr, now: u64) {
-        if self.by_mac.get(mac).is_some_and(|l| l.ip == ip) {
-            self.by_mac.remove(mac);
+    /// DHCPDECLINE: `ip`, offered or leased to `mac`, is in use by someone else; keep it out of
+    /// the pool for a while. Honoured only for the address `mac` holds (RFC 2131 4.3.3: the
+    /// client declines what it was given), so no host can take another client's address away
+    /// by declining it. Returns whether it was honoured.
+    pub fn decline(&mut self, mac: &MacAddr, ip: Ipv4Addr, now: u64) -> bool {
+        if self.by_mac.get(mac).is_none_or(|l| l.ip != ip) {
+            return false;
         }
+        self.by_mac.remove(mac);
         self.declined.insert(ip, now + DECLINE_HOLD_SECS);
         self.dirty = true;
+        true
     }
 
     /// Drop expired offers and declines (bound leases are kept, so an address comes back to the
@@ -267,7 +272,12 @@ mod tests {
         assert!(!l.release(&A, Ipv4Addr::new(10, 0, 0, 51)));
         assert!(l.release(&A, ip));
         assert!(l.get(&A, 1000).is_none());
-        l.decline(&A, ip, 2000);
+        assert!(!l.decline(&A, ip, 2000), "A holds nothing any more");
+        assert!(!l.ip_taken(ip, &A, 2000));
+        l.bind(A, ip, Some("a"), 2000, 3600);
+        assert!(!l.decline(&B, ip, 2000), "B cannot decline A's lease");
+        assert_eq!(l.get(&A, 2000).map(|l| l.ip), Some(ip));
+        assert!(l.decline(&A, ip, 2000));
         assert!(l.ip_taken(ip, &A, 2000));
         l.expire(2000 + DECLINE_HOLD_SECS);
         assert!(!l.ip_taken(ip, &A, 2000 + DECLINE_HOLD_SECS));
@@ -286,7 +296,8 @@ mod tests {
         );
         let mut l = Leases::new();
         l.bind(A, Ipv4Addr::new(10, 0, 0, 50), Some("a"), 1000, 3600);
-        l.decline(&B, Ipv4Addr::new(10, 0, 0, 60), 1000);
+        l.offer(B, Ipv4Addr::new(10, 0, 0, 60), Some("b"), 1000);
+        assert!(l.decline(&B, Ipv4Addr::new(10, 0, 0, 60), 1000));
         l.save(&path).expect("save");
         assert!(!path.with_extension("json.tmp").exists());
         let back = Leases::load(&path).expect("load");

@@ -60,13 +60,26 @@ pub trait ClientDirectory: Send + Sync {
     fn by_ip(&self, ip: Ipv4Addr) -> Option<MacAddr>;
 }
 
-/// Called on a client's power-on (its boot firmware's first DHCPDISCOVER of a boot).
-pub trait PowerOnHook: Send + Sync {
-    fn power_on(&self, mac: MacAddr, client: &DhcpClient);
+/// What a client's power-on did to its disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PowerOn {
+    /// A reset-mode client's disk was reset: a new boot starts pristine.
+    Reset,
+    /// Nothing to do: a persistent client, or a disk that is already pristine.
+    Unchanged,
+    /// The client's disk has a live session: nothing was reset. A DHCP packet, which anyone
+    /// on the LAN can send with any MAC in it, never takes a running client's disk away.
+    InUse,
 }
 
-impl<F: Fn(MacAddr, &DhcpClient) + Send + Sync> PowerOnHook for F {
-    fn power_on(&self, mac: MacAddr, client: &DhcpClient) {
+/// Called on a client's power-on (its boot firmware's DHCPDISCOVER, at most once per
+/// [`server::POWER_ON_QUIET_SECS`] after a reset).
+pub trait PowerOnHook: Send + Sync {
+    fn power_on(&self, mac: MacAddr, client: &DhcpClient) -> PowerOn;
+}
+
+impl<F: Fn(MacAddr, &DhcpClient) -> PowerOn + Send + Sync> PowerOnHook for F {
+    fn power_on(&self, mac: MacAddr, client: &DhcpClient) -> PowerOn {
         self(mac, client)
     }
 }

@@ -8,7 +8,7 @@ use super::config::{DhcpConfig, DhcpMode, Pool};
 use super::flood::{FloodGuard, Verdict};
 use super::leases::Leases;
 use super::wire::{self, ClientKind};
-use super::{ClientDirectory, DhcpClient, DhcpError, DhcpHooks, MacAddr};
+use super::{ClientDirectory, DhcpClient, DhcpError, DhcpHooks, MacAddr, PowerOn};
 
 /// DHCP server port.
 pub const SERVER_PORT: u16 = 67;
@@ -64,7 +64,7 @@ pub struct DhcpServer {
     leases: Leases,
     flood: FloodGuard,
     logged_once: HashSet<(MacAddr, &'static str)>,
-    last_firmware_discover: HashMap<MacAddr, u64>,
+    last_power_on_reset: HashMap<MacAddr, u64>,
 }
 
 /// What a reply is for.
@@ -85,7 +85,7 @@ impl DhcpServer {
             leases,
             flood: FloodGuard::default(),
             logged_once: HashSet::new(),
-            last_firmware_discover: HashMap::new(),
+            last_power_on_reset: HashMap::new(),
         }
     }
 
@@ -186,19 +186,32 @@ impl DhcpServer {
         hooks: &DhcpHooks,
         now: u64,
     ) {
-        let last = self.last_firmware_discover.insert(mac, now);
-        let new_boot = match last {
-            Some(t) => now.saturating_sub(t) >= POWER_ON_QUIET_SECS || t > now,
-            None => true,
-        };
-        if self.last_firmware_discover.len() > MAX_LOGGED_ONCE {
-            self.last_firmware_discover
+        // Only a reset opens the quiet window: requests that reset nothing (a spoofed one
+        // against a running client, say) never keep the client's real power-on from its reset.
+        let quiet = self
+            .last_power_on_reset
+            .get(&mac)
+            .is_some_and(|&t| t <= now && now - t < POWER_ON_QUIET_SECS);
+        if quiet {
+            return;
+        }
+        if self.last_power_on_reset.len() > MAX_LOGGED_ONCE {
+            self.last_power_on_reset
                 .retain(|_, t| now.saturating_sub(*t) < POWER_ON_QUIET_SECS);
         }
-        if new_boot {
-            tracing::info!(mac = %mac, client = %client.name, "client power-on (boot firmware DHCPDISCOVER)");
-            if let Some(h) = &hooks.power_on {
-                h.power_on(mac, client);
+        let Some(h) = &hooks.power_on else { return };
+        match h.power_on(mac, client) {
+            PowerOn::Reset => {
+                tracing::info!(mac = %mac, client = %client.name, "client power-on (boot firmware DHCPDISCOVER)");
+                self.last_power_on_reset.insert(mac, now);
+            }
+            PowerOn::Unchanged => {
+                tracing::debug!(mac = %mac, client = %client.name, "client power-on (boot firmware DHCPDISCOVER), disk unchanged");
+            }
+            PowerOn::InUse => {
+                if self.log_once(mac, "power-on in use") {
+                    tracing::warn!(mac = %mac, client = %client.name, "boot firmware DHCPDISCOVER for a client whose disk is in use: not reset (a running client keeps its disk; if it really rebooted, its new boot's login resets it)");
+                }
             }
         }
     }
@@ -315,8 +328,11 @@ impl DhcpServer {
                     return None;
                 }
                 if let Some(ip) = wire::requested_ip(msg) {
-                    tracing::warn!(mac = %mac, %ip, "DHCPDECLINE: address in use by another host; holding it back");
-                    self.leases.decline(&mac, ip, now);
+                    if self.leases.decline(&mac, ip, now) {
+                        tracing::warn!(mac = %mac, %ip, "DHCPDECLINE: address in use by another host; holding it back");
+                    } else if self.log_once(mac, "foreign decline") {
+                        tracing::warn!(mac = %mac, %ip, "DHCPDECLINE for an address that was not offered or leased to this MAC: ignored");
+                    }
                 }
                 None
             }
@@ -969,7 +985,10 @@ mod tests {
     fn power_on_hook_once_per_boot() {
         let calls = Arc::new(Mutex::new(0u32));
         let c2 = calls.clone();
-        let hook = move |_mac: MacAddr, _c: &DhcpClient| *c2.lock().expect("lock") += 1;
+        let hook = move |_mac: MacAddr, _c: &DhcpClient| {
+            *c2.lock().expect("lock") += 1;
+            PowerOn::Reset
+        };
         let hooks = DhcpHooks {
             power_on: Some(Arc::new(hook) as Arc<dyn PowerOnHook>),
             enroll: None,
@@ -1012,6 +1031,85 @@ mod tests {
             2000,
         ); // reboot, iPXE ROM
         assert_eq!(*calls.lock().expect("lock"), 2);
+    }
+
+    /// Power-on requests that reset nothing (the disk is in use, or already pristine) do not
+    /// open the quiet window: a spoofed request against a running client never keeps that
+    /// client's real power-on from its reset.
+    #[test]
+    fn only_a_reset_opens_the_quiet_window() {
+        let answers = Arc::new(Mutex::new(vec![
+            PowerOn::Reset,
+            PowerOn::Unchanged,
+            PowerOn::InUse,
+            PowerOn::InUse,
+        ]));
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let (a2, c2) = (answers.clone(), calls.clone());
+        let hook = move |_mac: MacAddr, _c: &DhcpClient| {
+            let a = a2.lock().expect("lock").pop().unwrap_or(PowerOn::Unchanged);
+            c2.lock().expect("lock").push(a);
+            a
+        };
+        let hooks = DhcpHooks {
+            power_on: Some(Arc::new(hook) as Arc<dyn PowerOnHook>),
+            enroll: None,
+        };
+        let mut s = DhcpServer::new(cfg(DhcpMode::Full), Leases::new());
+        let pxe = req(KNOWN, MessageType::Discover, Who::Pxe(0), vec![]);
+        // In use, in use (a spoofer, 5 s apart), nothing to do, then the real power-on resets;
+        // a retry right after the reset is quiet.
+        for t in [1000, 1005, 1010, 1015, 1020] {
+            send(&mut s, &hooks, &pxe, 67, t);
+        }
+        assert_eq!(
+            calls.lock().expect("lock").as_slice(),
+            &[
+                PowerOn::InUse,
+                PowerOn::InUse,
+                PowerOn::Unchanged,
+                PowerOn::Reset
+            ]
+        );
+        send(&mut s, &hooks, &pxe, 67, 1015 + POWER_ON_QUIET_SECS);
+        assert_eq!(calls.lock().expect("lock").len(), 5, "after the window");
+    }
+
+    #[test]
+    fn decline_is_honoured_only_for_the_senders_own_address() {
+        let hooks = DhcpHooks::default();
+        let mut s = DhcpServer::new(cfg(DhcpMode::Full), Leases::new());
+        let off = send(
+            &mut s,
+            &hooks,
+            &req(DYN, MessageType::Discover, Who::Linux, vec![]),
+            67,
+            100,
+        )
+        .expect("offer");
+        let ip = off.msg.yiaddr();
+        // Another registered client declines DYN's offered address: ignored.
+        let decline = |mac| {
+            req(
+                mac,
+                MessageType::Decline,
+                Who::Linux,
+                vec![
+                    DhcpOption::ServerIdentifier(SERVER),
+                    DhcpOption::RequestedIpAddress(ip),
+                ],
+            )
+        };
+        send(&mut s, &hooks, &decline(KNOWN), 67, 101);
+        let again = send(
+            &mut s,
+            &hooks,
+            &req(DYN, MessageType::Discover, Who::Linux, vec![]),
+            67,
+            102,
+        )
+        .expect("offer");
+        assert_eq!(again.msg.yiaddr(), ip, "KNOWN's DECLINE took nothing away");
     }
 
     #[test]

@@ -61,11 +61,36 @@ pub trait TargetRegistry: Send + Sync + 'static {
     fn lookup(&self, iqn: &str) -> Option<Arc<TargetConfig>>;
     /// Every target (SendTargets filters them with [`TargetConfig::allows`]).
     fn all(&self) -> Vec<Arc<TargetConfig>>;
+    /// A login to `iqn` with `isid` has been accepted and its session is about to start: the
+    /// registry may start the target afresh first (a reset-mode client's new boot, see
+    /// [`boot_firmware_isid`]). Returns true when it did; the caller looks the target up again.
+    fn login_accepted(&self, _iqn: &str, _isid: [u8; 6]) -> bool {
+        false
+    }
+}
+
+/// Is `isid` the one iPXE uses (IANA enterprise-number format, RFC 7143 10.12.5, with Fen
+/// Systems' number 10019)? iPXE logs in once per boot, at its start; the initrd and the OS
+/// (open-iscsi) use the OUI format.
+pub fn boot_firmware_isid(isid: [u8; 6]) -> bool {
+    // Type 01b (IANA EN) in the top two bits, then the 22-bit enterprise number.
+    isid[0] & 0xc0 == 0x40
+        && u32::from_be_bytes([isid[0] & 0x3f, isid[1], isid[2], isid[3]]) == 10019
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ipxe_isid_is_recognised() {
+        // iPXE: 0x40000000 | 10019, random qualifier.
+        assert!(boot_firmware_isid([0x40, 0x00, 0x27, 0x23, 0x12, 0x34]));
+        // open-iscsi's default (OUI format, 00:02:3d).
+        assert!(!boot_firmware_isid([0x00, 0x02, 0x3d, 0x00, 0x00, 0x01]));
+        assert!(!boot_firmware_isid([0x80, 0x00, 0x27, 0x23, 0x00, 0x00]));
+        assert!(!boot_firmware_isid([0x40, 0x00, 0x27, 0x24, 0x00, 0x00]));
+    }
 
     #[test]
     fn chap_debug_hides_secrets() {

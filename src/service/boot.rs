@@ -2,7 +2,7 @@
 //! from the live client registry.
 
 use crate::dhcp::config::DhcpConfig;
-use crate::dhcp::{ClientDirectory, DhcpClient, DhcpHooks, MacAddr, PowerOnHook};
+use crate::dhcp::{ClientDirectory, DhcpClient, DhcpHooks, MacAddr, PowerOn, PowerOnHook};
 use crate::service::registry::StateRegistry;
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -38,11 +38,10 @@ impl ClientDirectory for RegistryDirectory {
 }
 
 /// A PXE ROM's DHCP is the machine's power-on: a reset-mode client's disk starts pristine.
-struct PowerOn(Arc<StateRegistry>);
+struct PowerOnReset(Arc<StateRegistry>);
 
-impl PowerOnHook for PowerOn {
-    fn power_on(&self, mac: MacAddr, client: &DhcpClient) {
-        crate::service::metrics::get().power_on(&client.name, &client.target_iqn);
+impl PowerOnHook for PowerOnReset {
+    fn power_on(&self, mac: MacAddr, client: &DhcpClient) -> PowerOn {
         // A real reset writes and fsyncs a few files. It must finish before the DHCP answer
         // (iPXE logs in right after it), so it runs here, but off the executor's core
         // threads where the runtime allows it.
@@ -55,11 +54,19 @@ impl PowerOnHook for PowerOn {
             reset()
         };
         match result {
-            Ok(true) => {
-                info!(client = %client.name, "power-on: reset-mode client starts from a pristine disk")
+            Ok(outcome) => {
+                if outcome != PowerOn::InUse {
+                    crate::service::metrics::get().power_on(&client.name, &client.target_iqn);
+                }
+                if outcome == PowerOn::Reset {
+                    info!(client = %client.name, "power-on: reset-mode client starts from a pristine disk");
+                }
+                outcome
             }
-            Ok(false) => {}
-            Err(e) => warn!(client = %client.name, "power-on reset failed: {e}"),
+            Err(e) => {
+                warn!(client = %client.name, "power-on reset failed: {e}");
+                PowerOn::Unchanged
+            }
         }
     }
 }
@@ -166,7 +173,7 @@ impl BootServices {
             });
             let dir: Arc<dyn ClientDirectory> = Arc::new(RegistryDirectory(registry.clone()));
             let hooks = DhcpHooks {
-                power_on: Some(Arc::new(PowerOn(registry.clone()))),
+                power_on: Some(Arc::new(PowerOnReset(registry.clone()))),
                 enroll: None,
             };
             let leases = Some(registry.state_dir().path("dhcp-leases.json"));

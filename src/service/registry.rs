@@ -9,6 +9,7 @@ use crate::config::{
     ConfigError, ServerStatus, SessionStatus, State, StateDir, TargetKind, TargetSpec, TargetStatus,
 };
 use crate::config::{MacAddr, Mode, now_unix, write_atomic};
+use crate::dhcp::PowerOn;
 use crate::iscsi::target::{ChapConfig, TargetConfig, TargetRegistry, TargetStats};
 use crate::scsi::{LogicalUnit, LuIdentity, TargetLus};
 use crate::store::BlockDevice;
@@ -20,6 +21,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
+
+/// How long a power-on request seen while the disk was in use waits for the new boot's first
+/// login ([`StateRegistry::login_accepted`]): PXE to iPXE's login takes seconds.
+pub const PENDING_POWER_ON: Duration = Duration::from_secs(120);
 
 /// How often [`maintain`] looks at the state files and publishes the status.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -58,6 +63,8 @@ pub struct StateRegistry {
     reload_lock: Mutex<()>,
     listen: Mutex<String>,
     http: Mutex<Option<String>>,
+    /// Power-on requests seen while the target was in use: target IQN -> when.
+    pending_power_on: Mutex<HashMap<String, std::time::Instant>>,
 }
 
 fn fnv1a(s: &str) -> u64 {
@@ -95,6 +102,7 @@ impl StateRegistry {
             reload_lock: Mutex::new(()),
             listen: Mutex::new(String::new()),
             http: Mutex::new(None),
+            pending_power_on: Mutex::new(HashMap::new()),
         };
         r.reload()?;
         Ok(r)
@@ -266,40 +274,65 @@ impl StateRegistry {
     }
 
     /// A reset-mode client powered on (the DHCP service saw its PXE ROM's request): drop its
-    /// overlay, move it to the newest version, and serve the fresh target at once (ending any
-    /// session on the old one). Blocking (file I/O and fsync): call it from `spawn_blocking`.
-    /// Returns whether the client was reset.
-    pub fn power_on(&self, mac: &MacAddr) -> Result<bool, ConfigError> {
+    /// overlay, move it to the newest version, and serve the fresh target at once. Never while
+    /// its target has a live session: a DHCP request carries whatever MAC its sender wrote in
+    /// it, so it cannot take a running client's disk away ([`PowerOn::InUse`]; the power-on is
+    /// noted, see [`StateRegistry::pending_power_on`]). Blocking (file I/O and fsync): call it
+    /// from `spawn_blocking` or `block_in_place`.
+    pub fn power_on(&self, mac: &MacAddr) -> Result<PowerOn, ConfigError> {
         // Two stat calls when nothing changed: cheap enough for every firmware DHCPDISCOVER.
         if let Err(e) = self.reload_if_changed() {
             tracing::warn!("reloading state: {e}");
         }
         let st = self.current_state();
         let Some(c) = st.registry.client_by_mac(mac) else {
-            return Ok(false);
+            return Ok(PowerOn::Unchanged);
         };
         if c.mode != Mode::Reset {
-            return Ok(false);
+            return Ok(PowerOn::Unchanged);
         }
         let iqn = st.target_iqn(&c.name);
         // Ask the live view (its map may hold writes not flushed yet), not the file.
-        let written = self
+        let (written, live) = self
             .read()
             .targets
             .iter()
             .find(|l| l.spec.iqn == iqn)
             .map(|l| {
                 let u = l.overlay.usage();
-                u.data_blocks + u.zero_blocks > 0
+                (
+                    u.data_blocks + u.zero_blocks > 0,
+                    !l.target.stats.sessions().is_empty(),
+                )
             })
-            .unwrap_or(true);
+            .unwrap_or((true, false));
+        if live {
+            self.pending_power_on
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(iqn.to_string(), std::time::Instant::now());
+            return Ok(PowerOn::InUse);
+        }
         if !written && st.newest_version(&c.image) == Some(c.version) {
-            return Ok(false);
+            return Ok(PowerOn::Unchanged);
         }
         let name = c.name.to_string();
         self.dir.lock()?.reset_client(&name, true)?;
         self.reload()?;
-        Ok(true)
+        Ok(PowerOn::Reset)
+    }
+
+    /// Did the DHCP service see a power-on request for `target`'s client within `within`
+    /// while the target had a live session (so nothing was reset)? For the login path: a new
+    /// boot's first login (iPXE's) may then reset the disk, once it has authenticated and the
+    /// old sessions are gone. Taking it clears it.
+    pub fn pending_power_on(&self, target: &str, within: Duration) -> bool {
+        let mut p = self
+            .pending_power_on
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        p.retain(|_, t| t.elapsed() < within);
+        p.remove(target).is_some()
     }
 
     /// Flush overlays of targets nobody is logged in to (so `image commit` and a crash see
@@ -449,6 +482,50 @@ impl TargetRegistry for StateRegistry {
             .map(|l| l.target.clone())
             .collect()
     }
+    /// A reset-mode client whose power-on request came while its disk still had a session
+    /// (a warm reboot: the old boot's connection has not been dropped yet) is reset at its new
+    /// boot's first login, iPXE's, once that login has passed every check. Its old sessions end.
+    fn login_accepted(&self, iqn: &str, isid: [u8; 6]) -> bool {
+        if !crate::iscsi::target::boot_firmware_isid(isid)
+            || !self.pending_power_on(iqn, PENDING_POWER_ON)
+        {
+            return false;
+        }
+        let st = self.current_state();
+        let Some(c) = st
+            .registry
+            .clients
+            .iter()
+            .find(|c| st.target_iqn(&c.name).as_str().eq_ignore_ascii_case(iqn))
+        else {
+            return false;
+        };
+        if c.mode != Mode::Reset {
+            return false;
+        }
+        let name = c.name.to_string();
+        let reset = || -> Result<(), ConfigError> {
+            self.dir.lock()?.reset_client(&name, true)?;
+            self.reload()
+        };
+        let multi_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        let result = if multi_thread {
+            tokio::task::block_in_place(reset)
+        } else {
+            reset()
+        };
+        match result {
+            Ok(()) => {
+                tracing::info!(client = %name, "power-on: reset-mode client starts from a pristine disk (reset at its new boot's first login; the old boot's session ended)");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(client = %name, "power-on reset at login failed: {e}");
+                false
+            }
+        }
+    }
 }
 
 /// Keep `registry` in step with its state directory and publish status every
@@ -581,7 +658,7 @@ mod tests {
         let mac2: MacAddr = "52:54:00:00:00:02".parse().unwrap();
         let t2 = reg.lookup(&format!("{p}:pc2")).unwrap();
         // Nothing written yet: nothing to do.
-        assert!(!reg.power_on(&mac2).unwrap());
+        assert_eq!(reg.power_on(&mac2).unwrap(), PowerOn::Unchanged);
         t2.lus
             .get(0)
             .unwrap()
@@ -595,12 +672,52 @@ mod tests {
             .device()
             .write(4096, &[8u8; 512], true)
             .unwrap();
-        assert!(
-            !reg.power_on(&mac1).unwrap(),
+        assert_eq!(
+            reg.power_on(&mac1).unwrap(),
+            PowerOn::Unchanged,
             "persistent clients keep their writes"
         );
-        assert!(!reg.power_on(&"52:54:00:00:00:09".parse().unwrap()).unwrap());
-        assert!(reg.power_on(&mac2).unwrap());
+        assert_eq!(
+            reg.power_on(&"52:54:00:00:00:09".parse().unwrap()).unwrap(),
+            PowerOn::Unchanged
+        );
+        // A live session: a DHCP request (anyone can send one with pc2's MAC) resets nothing,
+        // and the login path learns that a power-on was seen.
+        let kill = fake_session(&t2);
+        assert_eq!(reg.power_on(&mac2).unwrap(), PowerOn::InUse);
+        assert!(!kill.load(Ordering::SeqCst), "the live session goes on");
+        assert_eq!(read(&t2, 4096, 512), vec![9; 512]);
+        let name2 = format!("{p}:pc2");
+        assert!(reg.pending_power_on(&name2, Duration::from_secs(60)));
+        assert!(
+            !reg.pending_power_on(&name2, Duration::from_secs(60)),
+            "taken"
+        );
+        // A new boot's first login (iPXE's ISID) after such a request resets the disk and
+        // ends the old boot's session; the OS's logins (open-iscsi's ISID) never do.
+        const IPXE: [u8; 6] = [0x40, 0x00, 0x27, 0x23, 0xab, 0xcd];
+        const OPEN_ISCSI: [u8; 6] = [0x00, 0x02, 0x3d, 0x00, 0x00, 0x01];
+        assert!(!reg.login_accepted(&name2, IPXE), "no power-on was seen");
+        assert_eq!(reg.power_on(&mac2).unwrap(), PowerOn::InUse);
+        assert!(!reg.login_accepted(&name2, OPEN_ISCSI));
+        assert_eq!(read(&reg.lookup(&name2).unwrap(), 4096, 512), vec![9; 512]);
+        assert!(!kill.load(Ordering::SeqCst));
+        assert_eq!(reg.power_on(&mac2).unwrap(), PowerOn::InUse);
+        assert!(reg.login_accepted(&name2, IPXE));
+        assert!(kill.load(Ordering::SeqCst), "the old boot's session ends");
+        assert_eq!(
+            read(&reg.lookup(&name2).unwrap(), 4096, 512),
+            vec![0x5A; 512]
+        );
+        // Written again, then a cold power-on (no session): reset at the DHCP request.
+        let t2 = reg.lookup(&name2).unwrap();
+        t2.lus
+            .get(0)
+            .unwrap()
+            .device()
+            .write(4096, &[9u8; 512], true)
+            .unwrap();
+        assert_eq!(reg.power_on(&mac2).unwrap(), PowerOn::Reset);
         let t2b = reg.lookup(&format!("{p}:pc2")).unwrap();
         assert_eq!(read(&t2b, 4096, 512), vec![0x5A; 512]);
         assert_eq!(

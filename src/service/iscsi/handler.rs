@@ -222,7 +222,19 @@ impl Handler {
             self.writer.send(pdus, (0, 0)).await?;
             match step.outcome {
                 LoginOutcome::Continue => {}
-                LoginOutcome::Done(p) => {
+                LoginOutcome::Done(mut p) => {
+                    // A reset-mode client's new boot may start its disk afresh here, before
+                    // the session has read anything.
+                    let renewed = p.target.as_ref().and_then(|t| {
+                        self.shared
+                            .registry
+                            .login_accepted(&t.iqn, p.isid)
+                            .then(|| self.shared.registry.lookup(&t.iqn))
+                            .flatten()
+                    });
+                    if renewed.is_some() {
+                        p.target = renewed;
+                    }
                     metrics::get()
                         .login_accepted(p.target.as_ref().map(|t| t.iqn.as_str()), p.isid);
                     return Ok(LoginEnd::Session(Box::new(p)));
