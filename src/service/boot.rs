@@ -45,15 +45,7 @@ impl PowerOnHook for PowerOnReset {
         // A real reset writes and fsyncs a few files. It must finish before the DHCP answer
         // (iPXE logs in right after it), so it runs here, but off the executor's core
         // threads where the runtime allows it.
-        let reset = || self.0.power_on(&mac);
-        let multi_thread = tokio::runtime::Handle::try_current()
-            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-        let result = if multi_thread {
-            tokio::task::block_in_place(reset)
-        } else {
-            reset()
-        };
-        match result {
+        match crate::service::blocking(|| self.0.power_on(&mac)) {
             Ok(outcome) => {
                 if outcome != PowerOn::InUse {
                     crate::service::metrics::get().power_on(&client.name, &client.target_iqn);

@@ -508,14 +508,7 @@ impl TargetRegistry for StateRegistry {
             self.dir.lock()?.reset_client(&name, true)?;
             self.reload()
         };
-        let multi_thread = tokio::runtime::Handle::try_current()
-            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-        let result = if multi_thread {
-            tokio::task::block_in_place(reset)
-        } else {
-            reset()
-        };
-        match result {
+        match crate::service::blocking(reset) {
             Ok(()) => {
                 tracing::info!(client = %name, "power-on: reset-mode client starts from a pristine disk (reset at its new boot's first login; the old boot's session ended)");
                 true
