@@ -63,14 +63,13 @@ fn add_client_with_everything() {
             "iqn.1993-08.org.debian:01:lab7",
             "--initiator",
             "iqn.2026-11.org.isboot:initiator:lab7",
-            "--chap-user",
-            "lab7",
-            "--chap-secret",
-            "0123456789abcdef",
-            "--mutual-user",
-            "srv",
-            "--mutual-secret",
-            "fedcba9876543210",
+            "--chap-secret-file",
+            &chap_file(
+                lab.tmp.path(),
+                "lab7",
+                "0123456789abcdef",
+                Some(("srv", "fedcba9876543210")),
+            ),
         ])
         .ok()
         .to_string();
@@ -81,10 +80,7 @@ fn add_client_with_everything() {
         .ok()
         .to_string();
     assert!(show.contains("mode:       reset"), "{show}");
-    assert!(
-        show.contains("chap:       user lab7, mutual user srv"),
-        "{show}"
-    );
+    assert!(show.contains("chap:       on, user lab7, mutual"), "{show}");
     assert!(show.contains("session:    not logged in"), "{show}");
     assert!(!show.contains("0123456789abcdef"), "secret shown");
     let listed = lab.run(&["list-clients", "--json"]).ok().to_string();
@@ -92,11 +88,17 @@ fn add_client_with_everything() {
         !listed.contains("0123456789abcdef") && !listed.contains("fedcba9876543210"),
         "secret listed"
     );
-    // The secrets are kept in a file only root can read.
+    // The secrets are kept in a file only root can read, not in the registry.
     use std::os::unix::fs::PermissionsExt;
-    assert!(lab.registry().contains("0123456789abcdef"));
+    assert!(!lab.registry().contains("0123456789abcdef"));
+    let secret_file = lab.dir.join("secrets/lab7.toml");
+    assert!(
+        std::fs::read_to_string(&secret_file)
+            .unwrap()
+            .contains("0123456789abcdef")
+    );
     assert_eq!(
-        std::fs::metadata(lab.dir.join("registry.toml"))
+        std::fs::metadata(&secret_file)
             .unwrap()
             .permissions()
             .mode()
@@ -106,7 +108,10 @@ fn add_client_with_everything() {
     let j: serde_json::Value =
         serde_json::from_str(lab.run(&["show-client", "lab7", "--json"]).ok()).unwrap();
     assert_eq!(j["initiators"].as_array().unwrap().len(), 2);
-    assert_eq!(j["chap_user"], "lab7");
+    assert_eq!(j["chap"]["user"], "lab7");
+    assert_eq!(j["chap"]["enabled"], true);
+    assert_eq!(j["chap"]["mutual"], true);
+    assert!(j["chap"].get("secret").is_none());
 }
 
 #[test]
@@ -114,6 +119,18 @@ fn add_client_refuses_each_bad_argument_and_changes_nothing() {
     let lab = Lab::with_image();
     lab.add("52:54:00:00:00:01", "pc1", &["--ip", "10.7.0.21"]);
     let m = "52:54:00:00:00:02";
+    let short = chap_file(lab.tmp.path(), "short", "0123456789ab", None);
+    let same = chap_file(
+        lab.tmp.path(),
+        "same",
+        "0123456789abcdef",
+        Some(("s", "0123456789abcdef")),
+    );
+    let open = chap_file(lab.tmp.path(), "open", "0123456789abcdef", None);
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (
             vec!["--mac", "52:54:00:00:00", "--image", "deb"],
@@ -190,34 +207,16 @@ fn add_client_refuses_each_bad_argument_and_changes_nothing() {
             "bad iSCSI name",
         ),
         (
-            vec![
-                "--mac",
-                m,
-                "--image",
-                "deb",
-                "--chap-user",
-                "u",
-                "--chap-secret",
-                "short",
-            ],
-            "12 to 255 bytes",
+            vec!["--mac", m, "--image", "deb", "--chap-secret-file", &short],
+            "16 to 255 bytes",
         ),
         (
-            vec![
-                "--mac",
-                m,
-                "--image",
-                "deb",
-                "--chap-user",
-                "u",
-                "--chap-secret",
-                "0123456789ab",
-                "--mutual-user",
-                "s",
-                "--mutual-secret",
-                "0123456789ab",
-            ],
+            vec!["--mac", m, "--image", "deb", "--chap-secret-file", &same],
             "must differ",
+        ),
+        (
+            vec!["--mac", m, "--image", "deb", "--chap-secret-file", &open],
+            "chmod 600",
         ),
     ];
     for (extra, msg) in cases {
@@ -225,21 +224,18 @@ fn add_client_refuses_each_bad_argument_and_changes_nothing() {
         a.extend(extra);
         lab.refused(&a, 2, msg);
     }
-    // clap refuses half a CHAP pair (usage error, exit 2) without touching anything.
+    // clap refuses secrets on the command line and contradictions (usage error, exit 2)
+    // without touching anything.
     let before = lab.snapshot();
-    assert_eq!(
-        lab.run(&[
-            "add-client",
-            "--mac",
-            m,
-            "--image",
-            "deb",
-            "--chap-user",
-            "u"
-        ])
-        .code,
-        2
-    );
+    for extra in [
+        &["--chap-user", "u"][..],
+        &["--chap-secret", "0123456789abcdef"],
+        &["--no-chap", "--chap-secret-file", &short],
+    ] {
+        let mut a = vec!["add-client", "--mac", m, "--image", "deb"];
+        a.extend_from_slice(extra);
+        assert_eq!(lab.run(&a).code, 2, "{extra:?}");
+    }
     assert_eq!(
         lab.run(&[
             "add-client",

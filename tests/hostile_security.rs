@@ -19,27 +19,10 @@ const SECRET2: &str = "pc2-initiator-secret";
 fn lab() -> (tempfile::TempDir, std::path::PathBuf, Serve) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = state_with_image(tmp.path(), 4 << 20);
-    add_client(
-        &dir,
-        1,
-        "pc1",
-        &[
-            "--chap-user",
-            "user1",
-            "--chap-secret",
-            SECRET1,
-            "--mutual-user",
-            "tgt1",
-            "--mutual-secret",
-            MUTUAL1,
-        ],
-    );
-    add_client(
-        &dir,
-        2,
-        "pc2",
-        &["--chap-user", "user2", "--chap-secret", SECRET2],
-    );
+    let f1 = chap_file(tmp.path(), "user1", SECRET1, Some(("tgt1", MUTUAL1)));
+    add_client(&dir, 1, "pc1", &["--chap-secret-file", &f1]);
+    let f2 = chap_file(tmp.path(), "user2", SECRET2, None);
+    add_client(&dir, 2, "pc2", &["--chap-secret-file", &f2]);
     add_client(&dir, 3, "pc3", &[]);
     // Trace level: everything the server can log, so the secret check below sees it all.
     let srv = Serve::start_with(&dir, "trace", &[]);
@@ -316,8 +299,17 @@ fn secrets_are_never_logged_and_files_holding_them_are_0600() {
     assert_status(&a, 2, 1);
     // The CLI shows and changes clients: nothing prints a secret either.
     let shown = isboot(&dir, &["show-client", "pc1"])
+        + &isboot(&dir, &["show-client", "pc1", "--json"])
         + &isboot(&dir, &["list-clients"])
-        + &isboot(&dir, &["status"]);
+        + &isboot(&dir, &["list-clients", "--json"])
+        + &isboot(&dir, &["status"])
+        + &isboot(&dir, &["status", "--json"]);
+    // Only --show-secrets prints them.
+    let asked = isboot(&dir, &["show-client", "pc1", "--json", "--show-secrets"]);
+    assert!(
+        asked.contains(SECRET1) && asked.contains(MUTUAL1),
+        "{asked}"
+    );
     isboot(&dir, &["reset-client", "pc2"]);
     srv.stop();
     let log = srv.log_text();
@@ -348,6 +340,12 @@ fn secrets_are_never_logged_and_files_holding_them_are_0600() {
         }
     });
     assert!(!holders.is_empty(), "no file holds the secrets?");
+    let sd = std::fs::metadata(dir.join("secrets"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(sd, 0o700, "the secrets directory");
 }
 
 fn visit(p: &Path, f: &mut dyn FnMut(&Path)) {

@@ -1,10 +1,11 @@
 //! The state-changing and reporting verbs.
 
 use super::progress::{Progress, human};
-use super::{AddClientArgs, CliError, ImageCommand, InitArgs, ModeArg};
+use super::{AddClientArgs, CliError, ImageCommand, InitArgs, ModeArg, SetClientArgs};
+use crate::config::secret::{generate_chap, read_secret_file, secret_path};
 use crate::config::{
-    AddClient, Chap, ClientName, ClientView, ImageName, Iqn, MacAddr, Mode, ServerStatus, StateDir,
-    StatusView,
+    AddClient, Chap, ChapView, ClientName, ClientView, ImageName, Iqn, MacAddr, Mode, ServerStatus,
+    StateDir, StatusView,
 };
 use serde::Serialize;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -246,11 +247,20 @@ pub fn image(dir: &StateDir, c: ImageCommand) -> R {
             let mac = a.mac.as_deref().map(parse::<MacAddr>).transpose()?;
             let initiators = parse_iqns(&a.initiators)?;
             let mut l = dir.lock()?;
-            let m = l.image_edit(&name, mac, initiators)?;
+            let m = l.image_edit(&name, mac, initiators, a.chap)?;
             let st = &l.state;
             let target = st.maintenance_iqn(&name);
             println!("editing {name} version {} (writable)", m.from_version);
             println!("  target:    {target}");
+            let secret_name = crate::config::maint_secret_name(&name);
+            if a.chap {
+                println!(
+                    "  chap:      user {secret_name}, secret in {} (0600; iPXE gets it by DHCP when --mac is given)",
+                    secret_path(dir.root(), &secret_name).display()
+                );
+            } else {
+                println!("  chap:      OFF (--chap turns it on)");
+            }
             for i in &m.initiators {
                 println!("  initiator: {i}");
             }
@@ -308,20 +318,18 @@ pub fn add_client(dir: &StateDir, a: AddClientArgs) -> R {
             })
             .transpose()?;
     let initiators = parse_iqns(&a.initiators)?;
-    let chap = match (a.chap_user, a.chap_secret) {
-        (Some(user), Some(secret)) => Some(Chap {
-            user,
-            secret,
-            mutual_user: a.mutual_user,
-            mutual_secret: a.mutual_secret,
-        }),
-        (None, None) => None,
-        _ => return Err(bad("--chap-user and --chap-secret go together")),
-    };
+    let default_off = !a.chap && !a.no_chap && a.chap_secret_file.is_none();
+    let chap = chap_choice(
+        !a.chap && a.chap_secret_file.is_none(),
+        a.chap_secret_file.as_deref(),
+        name.as_ref()
+            .map_or_else(|| mac.dashed(), |n| n.to_string()),
+    )?;
     let mode = match a.mode {
         ModeArg::Persistent => Mode::Persistent,
         ModeArg::Reset => Mode::Reset,
     };
+    let chap_user = chap.as_ref().map(|c| c.user.clone());
     let mut l = dir.lock()?;
     let c = l.add_client(AddClient {
         mac,
@@ -335,6 +343,10 @@ pub fn add_client(dir: &StateDir, a: AddClientArgs) -> R {
     let st = &l.state;
     println!("added client {} ({})", c.name, c.mac);
     println!("  target:    {}", st.target_iqn(&c.name));
+    print_chap_line(dir, c.name.as_str(), chap_user.as_deref());
+    if chap_user.is_none() {
+        warn_chap_off(default_off);
+    }
     for i in &c.initiators {
         println!("  initiator: {i}");
     }
@@ -357,6 +369,78 @@ pub fn add_client(dir: &StateDir, a: AddClientArgs) -> R {
     Ok(())
 }
 
+/// The CHAP credentials a command asked for: none (`off`), the admin's own file, or generated
+/// ones (user = the client name).
+fn chap_choice(
+    off: bool,
+    file: Option<&std::path::Path>,
+    user: String,
+) -> Result<Option<Chap>, CliError> {
+    if off {
+        return Ok(None);
+    }
+    match file {
+        Some(p) => match read_secret_file(p, true)? {
+            Some(c) => Ok(Some(c)),
+            None => Err(bad(format!("{} is empty", p.display()))),
+        },
+        None => Ok(Some(generate_chap(&user)?)),
+    }
+}
+
+/// After a change that left a client without CHAP.
+fn warn_chap_off(by_default: bool) {
+    eprintln!(
+        "isboot: warning: CHAP is off for this client{}: any host that states its initiator name can log in to its disk{}",
+        if by_default {
+            " (the default until the installed system's iscsid takes CHAP over from the iBFT)"
+        } else {
+            ""
+        },
+        if by_default {
+            "; --chap turns it on"
+        } else {
+            ""
+        }
+    );
+}
+
+fn print_chap_line(dir: &StateDir, name: &str, user: Option<&str>) {
+    match user {
+        Some(u) => println!(
+            "  chap:      on, user {u} (secret in {}; print it with `isboot show-client {name} --show-secrets`)",
+            secret_path(dir.root(), name).display()
+        ),
+        None => println!("  chap:      OFF (turn it on: isboot set-client {name} --chap)"),
+    }
+}
+
+pub fn set_client(dir: &StateDir, a: SetClientArgs) -> R {
+    if !a.chap && !a.no_chap && a.chap_secret_file.is_none() {
+        return Err(bad(
+            "say what to change: --chap, --chap-secret-file PATH or --no-chap",
+        ));
+    }
+    let mut l = dir.lock()?;
+    let name = l
+        .state
+        .registry
+        .find_client(&a.client)
+        .ok_or_else(|| bad(format!("unknown client {}", a.client)))?
+        .name
+        .to_string();
+    let chap = chap_choice(a.no_chap, a.chap_secret_file.as_deref(), name.clone())?;
+    let user = chap.as_ref().map(|c| c.user.clone());
+    l.set_client_chap(&name, chap)?;
+    println!("client {name}:");
+    print_chap_line(dir, &name, user.as_deref());
+    if user.is_none() {
+        warn_chap_off(false);
+    }
+    println!("  (a running server uses it at the client's next login)");
+    Ok(())
+}
+
 pub fn list_clients(dir: &StateDir, as_json: bool) -> R {
     let st = dir.load()?;
     let views = ClientView::all(&st);
@@ -368,30 +452,52 @@ pub fn list_clients(dir: &StateDir, as_json: bool) -> R {
         return Ok(());
     }
     println!(
-        "{:<20} {:<17} {:<15} {:<16} {:<10} TARGET",
-        "NAME", "MAC", "IP", "IMAGE", "MODE"
+        "{:<20} {:<17} {:<15} {:<16} {:<10} {:<4} TARGET",
+        "NAME", "MAC", "IP", "IMAGE", "MODE", "CHAP"
     );
-    for v in views {
+    for v in &views {
         println!(
-            "{:<20} {:<17} {:<15} {:<16} {:<10} {}",
+            "{:<20} {:<17} {:<15} {:<16} {:<10} {:<4} {}",
             v.name,
             v.mac,
-            v.ip.unwrap_or_else(|| "-".into()),
+            v.ip.clone().unwrap_or_else(|| "-".into()),
             format!("{}@{}", v.image, v.version),
             v.mode,
+            if v.chap.enabled { "on" } else { "OFF" },
             v.target
         );
     }
+    print_without_chap(
+        &views
+            .iter()
+            .filter(|v| !v.chap.enabled)
+            .map(|v| v.name.clone())
+            .collect::<Vec<_>>(),
+    );
     Ok(())
 }
 
-pub fn show_client(dir: &StateDir, which: &str, as_json: bool) -> R {
+fn print_without_chap(names: &[String]) {
+    if !names.is_empty() {
+        println!(
+            "{} client{} without CHAP: {} (turn it on: isboot set-client NAME --chap)",
+            names.len(),
+            if names.len() == 1 { " runs" } else { "s run" },
+            names.join(", ")
+        );
+    }
+}
+
+pub fn show_client(dir: &StateDir, which: &str, as_json: bool, show_secrets: bool) -> R {
     let st = dir.load()?;
     let c = st
         .registry
         .find_client(which)
         .ok_or_else(|| bad(format!("unknown client {which}")))?;
-    let v = ClientView::of(&st, c);
+    let mut v = ClientView::of(&st, c);
+    if show_secrets {
+        v.chap = ChapView::reveal(&st, c.name.as_str(), c.chap.as_ref());
+    }
     if as_json {
         return json(&v);
     }
@@ -413,10 +519,21 @@ pub fn show_client(dir: &StateDir, which: &str, as_json: bool) -> R {
             .as_deref()
             .unwrap_or("(no server_ip configured)")
     );
-    match (&v.chap_user, &v.mutual_chap_user) {
-        (Some(u), Some(m)) => println!("chap:       user {u}, mutual user {m}"),
-        (Some(u), None) => println!("chap:       user {u}"),
-        _ => println!("chap:       off"),
+    let ch = &v.chap;
+    match (&ch.error, &ch.user) {
+        (Some(e), _) => println!("chap:       on, but its secret file is unreadable ({e})"),
+        (None, Some(u)) if ch.mutual => println!("chap:       on, user {u}, mutual"),
+        (None, Some(u)) => println!("chap:       on, user {u}"),
+        (None, None) => println!(
+            "chap:       OFF (turn it on: isboot set-client {} --chap)",
+            v.name
+        ),
+    }
+    if let Some(s) = &ch.secret {
+        println!("secret:     {s}");
+    }
+    if let (Some(u), Some(s)) = (&ch.mutual_user, &ch.mutual_secret) {
+        println!("mutual:     user {u}, secret {s}");
     }
     println!(
         "overlay:    {} ({} on disk)",
@@ -497,8 +614,8 @@ pub fn status(dir: &StateDir, as_json: bool) -> R {
         None => println!("server: not running (traffic counters need `isboot serve`)"),
     }
     println!(
-        "{:<20} {:<28} {:>10} {:>10} {:>10}  BASE",
-        "CLIENT", "SESSION", "READ", "WRITTEN", "OVERLAY"
+        "{:<20} {:<4} {:<28} {:>10} {:>10} {:>10}  BASE",
+        "CLIENT", "CHAP", "SESSION", "READ", "WRITTEN", "OVERLAY"
     );
     for r in &v.targets {
         let who = if r.kind == "maintenance" {
@@ -516,8 +633,9 @@ pub fn status(dir: &StateDir, as_json: bool) -> R {
                 .join(",")
         };
         println!(
-            "{:<20} {:<28} {:>10} {:>10} {:>10}  {}@{}{}",
+            "{:<20} {:<4} {:<28} {:>10} {:>10} {:>10}  {}@{}{}",
             who,
+            if r.chap { "on" } else { "OFF" },
             session,
             human(r.bytes_read),
             human(r.bytes_written),
@@ -532,8 +650,9 @@ pub fn status(dir: &StateDir, as_json: bool) -> R {
         );
     }
     println!(
-        "{:<20} {:<28} {:>10} {:>10} {:>10}",
+        "{:<20} {:<4} {:<28} {:>10} {:>10} {:>10}",
         "TOTAL",
+        "",
         format!(
             "{} session{}",
             v.total_sessions,
@@ -543,5 +662,6 @@ pub fn status(dir: &StateDir, as_json: bool) -> R {
         human(v.total_bytes_written),
         human(v.total_overlay_bytes)
     );
+    print_without_chap(&v.clients_without_chap);
     Ok(())
 }

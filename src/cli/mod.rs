@@ -58,6 +58,9 @@ pub enum Command {
     /// Show one client's settings, target and disk.
     #[command(name = "show-client")]
     ShowClient(ShowClientArgs),
+    /// Turn CHAP on (a generated secret, or --chap-secret-file) or off for a client.
+    #[command(name = "set-client")]
+    SetClient(SetClientArgs),
     /// Remove a client and (unless --keep-overlay) its disk.
     #[command(name = "remove-client")]
     RemoveClient(RemoveClientArgs),
@@ -167,6 +170,10 @@ pub struct ImageEditArgs {
     /// Initiator allowed to log in (repeatable; default <prefix>:initiator:maint:<image>).
     #[arg(long = "initiator", value_name = "IQN")]
     pub initiators: Vec<String>,
+    /// Generate a CHAP secret for the maintenance target (secrets/maint-<image>.toml, 0600;
+    /// DHCP hands it to the --mac machine's iPXE).
+    #[arg(long)]
+    pub chap: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -205,18 +212,19 @@ pub struct AddClientArgs {
     /// hands to iPXE).
     #[arg(long = "initiator", value_name = "IQN")]
     pub initiators: Vec<String>,
-    /// CHAP user the client must log in with.
-    #[arg(long, value_name = "USER", requires = "chap_secret")]
-    pub chap_user: Option<String>,
-    /// CHAP secret (12 to 255 bytes).
-    #[arg(long, value_name = "SECRET", requires = "chap_user")]
-    pub chap_secret: Option<String>,
-    /// User the target answers with when the client asks for mutual CHAP.
-    #[arg(long, value_name = "USER", requires_all = ["mutual_secret", "chap_user"])]
-    pub mutual_user: Option<String>,
-    /// Secret for mutual CHAP (12 to 255 bytes, different from the CHAP secret).
-    #[arg(long, value_name = "SECRET", requires_all = ["mutual_user", "chap_user"])]
-    pub mutual_secret: Option<String>,
+    /// Turn CHAP on with a generated random secret (read it with `show-client NAME
+    /// --show-secrets`); DHCP hands it to the client's iPXE.
+    #[arg(long, conflicts_with_all = ["no_chap", "chap_secret_file"])]
+    pub chap: bool,
+    /// Turn CHAP on with your own credentials: a TOML file (mode 0600 or stricter) with
+    /// `user`, `secret` (16 to 255 bytes) and optionally `mutual_user`, `mutual_secret`.
+    #[arg(long, value_name = "PATH", conflicts_with = "no_chap")]
+    pub chap_secret_file: Option<std::path::PathBuf>,
+    /// Run this client without CHAP (the default for now, with a warning: anyone who knows
+    /// its initiator name can log in to its disk; status lists such clients). `--no-chap`
+    /// says so on purpose and silences the warning.
+    #[arg(long)]
+    pub no_chap: bool,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -239,6 +247,26 @@ pub struct ShowClientArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+    /// Also print the CHAP secrets (the only command that does).
+    #[arg(long)]
+    pub show_secrets: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct SetClientArgs {
+    /// Client name or MAC address.
+    pub client: String,
+    /// Turn CHAP on with a newly generated secret (replaces the old one; the client picks it
+    /// up at its next boot).
+    #[arg(long, conflicts_with_all = ["no_chap", "chap_secret_file"])]
+    pub chap: bool,
+    /// Turn CHAP on with your own credentials (TOML file, mode 0600 or stricter, as for
+    /// add-client).
+    #[arg(long, value_name = "PATH", conflicts_with = "no_chap")]
+    pub chap_secret_file: Option<std::path::PathBuf>,
+    /// Turn CHAP off for this client.
+    #[arg(long)]
+    pub no_chap: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -341,7 +369,8 @@ pub fn main() -> ExitCode {
         Command::Image(c) => commands::image(&dir, c),
         Command::AddClient(a) => commands::add_client(&dir, a),
         Command::ListClients(a) => commands::list_clients(&dir, a.json),
-        Command::ShowClient(a) => commands::show_client(&dir, &a.client, a.json),
+        Command::ShowClient(a) => commands::show_client(&dir, &a.client, a.json, a.show_secrets),
+        Command::SetClient(a) => commands::set_client(&dir, a),
         Command::RemoveClient(a) => commands::remove_client(&dir, &a.client, a.keep_overlay),
         Command::ResetClient(a) => commands::reset_client(&dir, &a.client, a.force),
         Command::Serve(a) => serve::run(&dir, &a),

@@ -3,7 +3,8 @@
 //! ```text
 //! <state dir>/                      (default /var/lib/isboot, env ISBOOT_STATE_DIR)
 //!   isboot.toml                     configuration (commented; the admin may edit it)
-//!   registry.toml                   images, versions, clients (mode 0600: CHAP secrets)
+//!   registry.toml                   images, versions, clients (mode 0600)
+//!   secrets/<target>.toml           CHAP credentials per target (0600, directory 0700)
 //!   images/<image>/v<N>.raw         published base versions (immutable)
 //!   overlays/<client>.<serial>.ovl  per-client copy-on-write overlays
 //!   maint/<image>.<serial>.ovl      maintenance overlay while `image edit` is open
@@ -20,14 +21,18 @@ pub mod import;
 pub mod names;
 pub mod registry;
 pub mod report;
+pub mod secret;
 pub mod state;
 pub mod status;
 
 pub use file::{Config, HttpConfig};
 pub use names::{ClientName, ImageName, Iqn, MacAddr, Net, Subnet};
 pub use registry::{Chap, Client, Image, Maintenance, Mode, Registry, Version};
-pub use report::{ClientView, StatusRow, StatusView};
-pub use state::{AddClient, BootTarget, State, StateDir, TargetKind, TargetSpec};
+pub use report::{ChapView, ClientView, StatusRow, StatusView};
+pub use secret::Secret;
+pub use state::{
+    AddClient, BootTarget, State, StateDir, TargetKind, TargetSpec, maint_secret_name,
+};
 pub use status::{ServerStatus, SessionStatus, TargetStatus};
 
 use std::fs::{File, OpenOptions};

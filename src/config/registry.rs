@@ -2,6 +2,7 @@
 //! for reset-mode power-ons, by `isboot serve`), mode 0600 because it holds CHAP secrets.
 
 use super::names::{ClientName, ImageName, Iqn, MacAddr};
+use super::secret::Secret;
 use serde::{Deserialize, Serialize};
 use std::net::Ipv4Addr;
 
@@ -117,11 +118,11 @@ pub struct Client {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Chap {
     pub user: String,
-    pub secret: String,
+    pub secret: Secret,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mutual_user: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mutual_secret: Option<String>,
+    pub mutual_secret: Option<Secret>,
 }
 
 impl Registry {
@@ -187,7 +188,7 @@ mod tests {
                 created: 5,
                 chap: Some(Chap {
                     user: "u".into(),
-                    secret: "s".repeat(12),
+                    secret: Secret::new("s".repeat(12)),
                     mutual_user: None,
                     mutual_secret: None,
                 }),

@@ -1,9 +1,9 @@
 //! What `isboot status --json` and `isboot list-clients --json` print, and what the running
 //! server's status API serves (`GET /api/v1/status`, `GET /api/v1/clients`): one schema,
 //! built here from a [`State`] and, for traffic and sessions, a server's [`ServerStatus`].
-//! No secrets: CHAP user names appear, secrets never.
+//! No secrets: CHAP user names appear, secrets only in `show-client --show-secrets`.
 
-use super::registry::Client;
+use super::registry::{Chap, Client};
 use super::state::{State, TargetKind};
 use super::status::{ServerStatus, SessionStatus};
 use serde::{Deserialize, Serialize};
@@ -23,12 +23,59 @@ pub struct ClientView {
     pub target: String,
     pub initiators: Vec<String>,
     pub root_path: Option<String>,
-    pub chap_user: Option<String>,
-    pub mutual_chap_user: Option<String>,
+    pub chap: ChapView,
     /// Path of the client's overlay file.
     pub overlay: String,
     /// Bytes the overlay occupies on disk.
     pub overlay_bytes: u64,
+}
+
+/// Whether and how a target authenticates its initiator. Secrets only with
+/// [`ChapView::reveal`] (`show-client --show-secrets`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChapView {
+    pub enabled: bool,
+    pub user: Option<String>,
+    pub mutual: bool,
+    /// The secret file could not be read: the target is not served until it is fixed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mutual_user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mutual_secret: Option<String>,
+}
+
+impl ChapView {
+    /// The CHAP state of a target, without secrets.
+    pub fn of(st: &State, name: &str, legacy: Option<&Chap>) -> ChapView {
+        let (chap, error) = match st.chap_of(name, legacy) {
+            Ok(c) => (c, None),
+            Err(e) => (None, Some(e.to_string())),
+        };
+        ChapView {
+            enabled: chap.is_some() || error.is_some(),
+            user: chap.as_ref().map(|c| c.user.clone()),
+            mutual: chap.as_ref().is_some_and(|c| c.mutual_secret.is_some()),
+            error,
+            secret: None,
+            mutual_user: None,
+            mutual_secret: None,
+        }
+    }
+
+    /// The same, with the secrets (only for `show-client --show-secrets`).
+    pub fn reveal(st: &State, name: &str, legacy: Option<&Chap>) -> ChapView {
+        let mut v = ChapView::of(st, name, legacy);
+        if let Ok(Some(c)) = st.chap_of(name, legacy) {
+            v.secret = Some(c.secret.expose().to_string());
+            v.mutual_user = c.mutual_user.clone();
+            v.mutual_secret = c.mutual_secret.as_ref().map(|s| s.expose().to_string());
+        }
+        v
+    }
 }
 
 /// Bytes a file occupies on disk (0 when it cannot be read).
@@ -49,8 +96,7 @@ impl ClientView {
             target: st.target_iqn(&c.name).to_string(),
             initiators: c.initiators.iter().map(|i| i.to_string()).collect(),
             root_path: st.client_root_path(c),
-            chap_user: c.chap.as_ref().map(|c| c.user.clone()),
-            mutual_chap_user: c.chap.as_ref().and_then(|c| c.mutual_user.clone()),
+            chap: ChapView::of(st, c.name.as_str(), c.chap.as_ref()),
             overlay: path.display().to_string(),
             overlay_bytes: on_disk(&path),
         }
@@ -83,6 +129,8 @@ pub struct StatusRow {
     pub base_version: u64,
     /// The server's view of this disk hit an I/O error and refuses writes.
     pub disk_error: bool,
+    /// The target asks for CHAP.
+    pub chap: bool,
 }
 
 /// `isboot status --json`, `GET /api/v1/status`.
@@ -96,6 +144,9 @@ pub struct StatusView {
     pub total_bytes_read: u64,
     pub total_bytes_written: u64,
     pub total_overlay_bytes: u64,
+    /// Clients whose targets run without CHAP (`add-client --no-chap`, or added before CHAP
+    /// was the default; `isboot set-client NAME --chap` turns it on).
+    pub clients_without_chap: Vec<String>,
 }
 
 impl StatusView {
@@ -123,6 +174,7 @@ impl StatusView {
                     image: spec.image.to_string(),
                     base_version: spec.version,
                     disk_error: t.is_some_and(|t| t.failed),
+                    chap: spec.chap.is_some(),
                 }
             })
             .collect();
@@ -134,6 +186,7 @@ impl StatusView {
             total_bytes_written: rows.iter().map(|r| r.bytes_written).sum(),
             total_overlay_bytes: rows.iter().map(|r| r.overlay_bytes).sum(),
             targets: rows,
+            clients_without_chap: st.clients_without_chap(),
         }
     }
 }

@@ -79,9 +79,9 @@ fn fnv1a(s: &str) -> u64 {
 fn chap_config(c: &crate::config::Chap) -> ChapConfig {
     ChapConfig {
         user: c.user.clone(),
-        secret: c.secret.as_bytes().to_vec(),
+        secret: c.secret.expose().as_bytes().to_vec(),
         mutual: match (&c.mutual_user, &c.mutual_secret) {
-            (Some(u), Some(s)) => Some((u.clone(), s.as_bytes().to_vec())),
+            (Some(u), Some(s)) => Some((u.clone(), s.expose().as_bytes().to_vec())),
             _ => None,
         },
     }
@@ -814,7 +814,7 @@ mod tests {
         // While an image is edited on pc1's machine, pc1 boots the maintenance target.
         dir.lock()
             .unwrap()
-            .image_edit(&"deb".parse().unwrap(), Some(mac1), vec![])
+            .image_edit(&"deb".parse().unwrap(), Some(mac1), vec![], false)
             .unwrap();
         reg.reload_if_changed().unwrap();
         let b = reg.current_state().boot_target(&mac1).unwrap();

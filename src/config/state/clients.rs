@@ -3,6 +3,7 @@
 use super::{Locked, State, StateDir};
 use crate::config::names::{ClientName, ImageName, Iqn, MacAddr};
 use crate::config::registry::{Chap, Client, Mode};
+use crate::config::secret::{remove_secret_file, secret_path, write_secret_file};
 use crate::config::{ConfigError, now_unix};
 use crate::store::overlay::Overlay;
 use std::net::Ipv4Addr;
@@ -10,8 +11,9 @@ use std::path::PathBuf;
 
 /// Longest CHAP secret accepted (bytes).
 pub const MAX_CHAP_SECRET: usize = 255;
-/// Shortest CHAP secret accepted (RFC 7143 §12.1.3 asks for at least 96 bits).
-pub const MIN_CHAP_SECRET: usize = 12;
+/// Shortest CHAP secret accepted (RFC 7143 §12.1.3 asks for at least 96 bits; isboot asks
+/// for 16 bytes and generates 24 random bytes).
+pub const MIN_CHAP_SECRET: usize = 16;
 
 /// What `add-client` asks for (already parsed).
 #[derive(Clone, Debug)]
@@ -73,7 +75,7 @@ fn validate_chap(chap: &Chap) -> Result<(), ConfigError> {
         return bad("bad CHAP user name (1 to 255 printable characters, no spaces)");
     }
     if !(MIN_CHAP_SECRET..=MAX_CHAP_SECRET).contains(&chap.secret.len()) {
-        return bad("CHAP secret must be 12 to 255 bytes long");
+        return bad("CHAP secret must be 16 to 255 bytes long");
     }
     match (&chap.mutual_user, &chap.mutual_secret) {
         (None, None) => Ok(()),
@@ -82,14 +84,14 @@ fn validate_chap(chap: &Chap) -> Result<(), ConfigError> {
                 return bad("bad mutual CHAP user name (1 to 255 printable characters, no spaces)");
             }
             if !(MIN_CHAP_SECRET..=MAX_CHAP_SECRET).contains(&s.len()) {
-                return bad("mutual CHAP secret must be 12 to 255 bytes long");
+                return bad("mutual CHAP secret must be 16 to 255 bytes long");
             }
             if s == &chap.secret {
                 return bad("mutual CHAP secret must differ from the CHAP secret");
             }
             Ok(())
         }
-        _ => bad("--mutual-user and --mutual-secret go together"),
+        _ => bad("mutual_user and mutual_secret go together"),
     }
 }
 
@@ -181,6 +183,13 @@ impl Locked {
         if let Some(ch) = &req.chap {
             validate_chap(ch)?;
         }
+        // The secret file first (the registry commit makes it count); a stale one from an
+        // earlier client of this name must not turn CHAP on for a `--no-chap` client.
+        let secret = secret_path(self.state.dir.root(), name.as_str());
+        match &req.chap {
+            Some(ch) => write_secret_file(&secret, ch)?,
+            None => remove_secret_file(&secret),
+        }
         let rel = self.new_overlay("overlays", name.as_str(), &req.image, version)?;
         let client = Client {
             name,
@@ -192,11 +201,37 @@ impl Locked {
             initiators,
             overlay: rel.clone(),
             created: now_unix(),
-            chap: req.chap,
+            // Secrets live in secrets/<name>.toml; `chap` in the registry is the old place.
+            chap: None,
         };
         self.state.registry.clients.push(client.clone());
         self.save_or_forget(&[&rel])?;
         Ok(client)
+    }
+
+    /// Turn CHAP on (with these credentials) or off (`None`) for a client. Credentials an old
+    /// registry held move to the client's secret file.
+    pub fn set_client_chap(&mut self, which: &str, chap: Option<Chap>) -> Result<(), ConfigError> {
+        let name = self.state.client(which)?.name.clone();
+        if let Some(ch) = &chap {
+            validate_chap(ch)?;
+        }
+        let path = secret_path(self.state.dir.root(), name.as_str());
+        match &chap {
+            Some(ch) => write_secret_file(&path, ch)?,
+            None => remove_secret_file(&path),
+        }
+        let mut changed = false;
+        for x in self.state.registry.clients.iter_mut() {
+            if x.name == name && x.chap.is_some() {
+                x.chap = None;
+                changed = true;
+            }
+        }
+        if changed {
+            self.save()?;
+        }
+        Ok(())
     }
 
     /// Remove a client; with `keep_overlay` its overlay file stays (its path is returned).
@@ -208,6 +243,7 @@ impl Locked {
         let c = self.state.client(which)?.clone();
         self.state.registry.clients.retain(|x| x.name != c.name);
         self.save()?;
+        remove_secret_file(&secret_path(self.state.dir.root(), c.name.as_str()));
         if keep_overlay {
             Ok((c.clone(), Some(self.state.dir.path(&c.overlay))))
         } else {

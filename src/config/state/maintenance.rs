@@ -1,9 +1,10 @@
 //! Image maintenance: a writable overlay on an image's newest version (`image edit`),
 //! published as the next version (`image commit`) or dropped (`image abort`).
 
-use super::{Locked, StateDir, io_write};
+use super::{Locked, StateDir, io_write, maint_secret_name};
 use crate::config::names::{ImageName, Iqn, MacAddr};
 use crate::config::registry::{Maintenance, Version};
+use crate::config::secret::{generate_chap, remove_secret_file, secret_path, write_secret_file};
 use crate::config::{ConfigError, now_unix, sync_dir};
 use crate::store::base::BaseId;
 use crate::store::overlay::Overlay;
@@ -90,6 +91,7 @@ impl StateDir {
             }
             l.save_or_forget(&[&rel])?;
             l.forget(&m.overlay);
+            l.forget_maintenance_secret(name);
             Ok(v)
         });
         let _ = std::fs::remove_file(&staged);
@@ -99,12 +101,13 @@ impl StateDir {
 
 impl Locked {
     /// Open maintenance: a writable overlay on the newest version, served as
-    /// `<prefix>:maint:<image>`.
+    /// `<prefix>:maint:<image>`; with `chap`, the target asks for a generated CHAP secret.
     pub fn image_edit(
         &mut self,
         name: &ImageName,
         mac: Option<MacAddr>,
         initiators: Vec<Iqn>,
+        chap: bool,
     ) -> Result<Maintenance, ConfigError> {
         let img = self.state.image(name)?.clone();
         if img.maintenance.is_some() {
@@ -119,6 +122,15 @@ impl Locked {
         } else {
             initiators
         };
+        // With `chap`, a fresh secret for this maintenance session (the registry commit makes
+        // it count); without, no stale one from an earlier session.
+        let secret_name = maint_secret_name(name);
+        let path = secret_path(self.state.dir.root(), &secret_name);
+        if chap {
+            write_secret_file(&path, &generate_chap(&secret_name)?)?;
+        } else {
+            remove_secret_file(&path);
+        }
         let rel = self.new_overlay("maint", name.as_str(), name, from)?;
         let m = Maintenance {
             from_version: from,
@@ -175,6 +187,14 @@ impl Locked {
         }
         self.save()?;
         self.forget(&m.overlay);
+        self.forget_maintenance_secret(name);
         Ok(m)
+    }
+
+    fn forget_maintenance_secret(&self, name: &ImageName) {
+        remove_secret_file(&secret_path(
+            self.state.dir.root(),
+            &maint_secret_name(name),
+        ));
     }
 }

@@ -21,6 +21,7 @@ pub use clients::{AddClient, MAX_CHAP_SECRET, MIN_CHAP_SECRET};
 use super::file::Config;
 use super::names::{ClientName, ImageName, Iqn, MacAddr, Subnet};
 use super::registry::{Chap, Client, Image, Registry};
+use super::secret::{read_secret_file, secret_path};
 use super::{ConfigError, sync_dir, write_atomic};
 use crate::store::base::{BaseId, BaseImage};
 use crate::store::overlay::{DEFAULT_BLOCK_SIZE, Overlay};
@@ -81,6 +82,13 @@ pub struct BootTarget {
     pub ip: Option<Ipv4Addr>,
     /// `iscsi:...` root-path (DHCP option 17), when `server_ip` is configured.
     pub root_path: Option<String>,
+    /// CHAP credentials for iPXE (175.190-193), only in the reply to this MAC's iPXE stage.
+    pub chap: Option<Chap>,
+}
+
+/// The secret file name (without `.toml`) of an image's maintenance target.
+pub fn maint_secret_name(image: &ImageName) -> String {
+    format!("maint-{image}")
 }
 
 fn io_write(path: &Path) -> impl FnOnce(std::io::Error) -> ConfigError + '_ {
@@ -239,6 +247,7 @@ impl State {
                         }),
                         ip: self.registry.client_by_mac(mac).and_then(|c| c.ip),
                         root_path: self.config.root_path(&target),
+                        chap: self.chap_of(&maint_secret_name(&img.name), None).ok()?,
                         target,
                     });
                 }
@@ -255,8 +264,29 @@ impl State {
                 .unwrap_or_else(|| self.default_initiator(c.name.as_str())),
             ip: c.ip,
             root_path: self.config.root_path(&target),
+            chap: self.chap_of(c.name.as_str(), c.chap.as_ref()).ok()?,
             target,
         })
+    }
+
+    /// A target's CHAP credentials: its secret file `secrets/<name>.toml`, else (a client
+    /// added before secret files existed) what the registry holds, else none (CHAP off).
+    /// An unreadable secret file is an error, never "CHAP off".
+    pub fn chap_of(&self, name: &str, legacy: Option<&Chap>) -> Result<Option<Chap>, ConfigError> {
+        match read_secret_file(&secret_path(self.dir.root(), name), false)? {
+            Some(c) => Ok(Some(c)),
+            None => Ok(legacy.cloned()),
+        }
+    }
+
+    /// Client names whose targets run without CHAP, in registry order.
+    pub fn clients_without_chap(&self) -> Vec<String> {
+        self.registry
+            .clients
+            .iter()
+            .filter(|c| matches!(self.chap_of(c.name.as_str(), c.chap.as_ref()), Ok(None)))
+            .map(|c| c.name.to_string())
+            .collect()
     }
 
     /// Every target to serve.
@@ -273,6 +303,10 @@ impl State {
             let Some(id) = BaseId::parse(&v.id) else {
                 continue;
             };
+            // A secret file that cannot be read: the target is not served (never CHAP off).
+            let Ok(chap) = self.chap_of(c.name.as_str(), c.chap.as_ref()) else {
+                continue;
+            };
             out.push(TargetSpec {
                 iqn: self.target_iqn(&c.name),
                 kind: TargetKind::Client(c.name.clone()),
@@ -282,7 +316,7 @@ impl State {
                 base_id: id,
                 overlay_path: self.dir.path(&c.overlay),
                 initiators: c.initiators.clone(),
-                chap: c.chap.clone(),
+                chap,
             });
         }
         for img in &self.registry.images {
@@ -291,6 +325,9 @@ impl State {
                 continue;
             };
             let Some(id) = BaseId::parse(&v.id) else {
+                continue;
+            };
+            let Ok(chap) = self.chap_of(&maint_secret_name(&img.name), None) else {
                 continue;
             };
             out.push(TargetSpec {
@@ -302,7 +339,7 @@ impl State {
                 base_id: id,
                 overlay_path: self.dir.path(&m.overlay),
                 initiators: m.initiators.clone(),
-                chap: None,
+                chap,
             });
         }
         out

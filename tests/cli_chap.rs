@@ -1,0 +1,206 @@
+//! CHAP secrets: `add-client --chap` generates a secret into a 0600 file in a 0700 directory,
+//! nothing prints it without `show-client --show-secrets`, a client without CHAP is warned
+//! about and shown by status and list-clients, `set-client` turns CHAP on or off (also for
+//! clients registered before secret files), and `image edit --chap` makes a secret for its
+//! maintenance target.
+
+mod fixture;
+
+use fixture::*;
+use std::os::unix::fs::PermissionsExt;
+
+fn mode(p: &std::path::Path) -> u32 {
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+fn json(r: &str) -> serde_json::Value {
+    serde_json::from_str(r).unwrap()
+}
+
+#[test]
+fn add_client_generates_a_private_secret_that_only_show_secrets_prints() {
+    let lab = Lab::with_image();
+    let added = lab.run(&[
+        "add-client",
+        "--mac",
+        "52:54:00:00:00:01",
+        "--image",
+        "deb",
+        "--name",
+        "pc1",
+        "--chap",
+    ]);
+    let added = added.ok().to_string();
+    assert!(added.contains("chap:      on, user pc1"), "{added}");
+    assert!(added.contains("show-client pc1 --show-secrets"), "{added}");
+    let file = lab.dir.join("secrets/pc1.toml");
+    assert_eq!(mode(&file), 0o600);
+    assert_eq!(mode(&lab.dir.join("secrets")), 0o700);
+    let shown = json(
+        lab.run(&["show-client", "pc1", "--json", "--show-secrets"])
+            .ok(),
+    );
+    let secret = shown["chap"]["secret"].as_str().unwrap().to_string();
+    assert_eq!(shown["chap"]["user"], "pc1");
+    // 24 random bytes, base64url: 32 characters, and in the file.
+    assert_eq!(secret.len(), 32, "{secret}");
+    assert!(std::fs::read_to_string(&file).unwrap().contains(&secret));
+    assert!(!lab.registry().contains(&secret));
+    let text = lab
+        .run(&["show-client", "pc1", "--show-secrets"])
+        .ok()
+        .to_string();
+    assert!(text.contains(&format!("secret:     {secret}")), "{text}");
+    // Another client gets another secret.
+    lab.add("52:54:00:00:00:02", "pc2", &["--chap"]);
+    let other = json(
+        lab.run(&["show-client", "pc2", "--json", "--show-secrets"])
+            .ok(),
+    );
+    assert_ne!(other["chap"]["secret"].as_str().unwrap(), secret);
+    // Nothing else prints it.
+    let mut out = added;
+    for a in [
+        &["show-client", "pc1"][..],
+        &["show-client", "pc1", "--json"],
+        &["list-clients"],
+        &["list-clients", "--json"],
+        &["status"],
+        &["status", "--json"],
+    ] {
+        let r = lab.run(a);
+        out += r.ok();
+        out += &r.stderr;
+    }
+    assert!(!out.contains(&secret), "secret printed: {out}");
+    let j = json(lab.run(&["show-client", "pc1", "--json"]).ok());
+    assert_eq!(
+        j["chap"],
+        serde_json::json!({"enabled": true, "user": "pc1", "mutual": false})
+    );
+    // Removing the client removes its secret.
+    lab.run(&["remove-client", "pc1"]).ok();
+    assert!(!file.exists());
+}
+
+#[test]
+fn no_chap_is_warned_and_listed_and_set_client_turns_it_on() {
+    let lab = Lab::with_image();
+    let r = lab.run(&[
+        "add-client",
+        "--mac",
+        "52:54:00:00:00:03",
+        "--image",
+        "deb",
+        "--name",
+        "open1",
+    ]);
+    assert!(r.stderr.contains("warning: CHAP is off"), "{}", r.stderr);
+    assert!(r.stderr.contains("--chap turns it on"), "{}", r.stderr);
+    assert!(r.ok().contains("chap:      OFF"));
+    assert!(!lab.dir.join("secrets/open1.toml").exists());
+    lab.add("52:54:00:00:00:04", "safe1", &["--chap"]);
+    let list = lab.run(&["list-clients"]).ok().to_string();
+    assert!(list.contains("1 client runs without CHAP: open1"), "{list}");
+    let status = lab.run(&["status"]).ok().to_string();
+    assert!(
+        status.contains("1 client runs without CHAP: open1"),
+        "{status}"
+    );
+    let sj = json(lab.run(&["status", "--json"]).ok());
+    assert_eq!(sj["clients_without_chap"], serde_json::json!(["open1"]));
+    let chap_of = |n: &str| {
+        sj["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == n)
+            .unwrap()["chap"]
+            .clone()
+    };
+    assert_eq!(chap_of("open1"), false);
+    assert_eq!(chap_of("safe1"), true);
+    let lj = json(lab.run(&["list-clients", "--json"]).ok());
+    assert_eq!(lj[0]["chap"]["enabled"], false);
+    // set-client: on (generated), then off again.
+    let on = lab.run(&["set-client", "open1", "--chap"]).ok().to_string();
+    assert!(on.contains("chap:      on, user open1"), "{on}");
+    assert_eq!(mode(&lab.dir.join("secrets/open1.toml")), 0o600);
+    let sj = json(lab.run(&["status", "--json"]).ok());
+    assert_eq!(sj["clients_without_chap"], serde_json::json!([]));
+    let r = lab.run(&["set-client", "safe1", "--no-chap"]);
+    assert!(r.stderr.contains("warning"), "{}", r.stderr);
+    assert!(!lab.dir.join("secrets/safe1.toml").exists());
+    lab.refused(&["set-client", "safe1"], 2, "say what to change");
+    lab.refused(&["set-client", "nobody", "--chap"], 2, "unknown client");
+}
+
+#[test]
+fn a_client_from_before_keeps_its_registry_credentials_until_set_client_moves_them() {
+    let lab = Lab::with_image();
+    lab.add("52:54:00:00:00:05", "old1", &["--no-chap"]);
+    lab.add("52:54:00:00:00:06", "old2", &["--no-chap"]);
+    // A registry written by an older isboot: CHAP in the registry for old1, none for old2.
+    let mut v: toml::Value = toml::from_str(&lab.registry()).unwrap();
+    for c in v["client"].as_array_mut().unwrap() {
+        if c["name"].as_str() == Some("old1") {
+            c.as_table_mut().unwrap().insert(
+                "chap".into(),
+                toml::Value::Table(
+                    toml::from_str("user = \"legacy\"\nsecret = \"legacy-secret-0123\"").unwrap(),
+                ),
+            );
+        }
+    }
+    let p = lab.dir.join("registry.toml");
+    std::fs::write(&p, toml::to_string(&v).unwrap()).unwrap();
+    let j = json(lab.run(&["show-client", "old1", "--json"]).ok());
+    assert_eq!(j["chap"]["user"], "legacy");
+    assert_eq!(j["chap"]["enabled"], true);
+    let sj = json(lab.run(&["status", "--json"]).ok());
+    assert_eq!(sj["clients_without_chap"], serde_json::json!(["old2"]));
+    // set-client moves it to a fresh secret file and out of the registry.
+    lab.run(&["set-client", "old1", "--chap"]).ok();
+    assert!(!lab.registry().contains("legacy-secret-0123"));
+    let j = json(
+        lab.run(&["show-client", "old1", "--json", "--show-secrets"])
+            .ok(),
+    );
+    assert_eq!(j["chap"]["user"], "old1");
+    assert_ne!(j["chap"]["secret"], "legacy-secret-0123");
+}
+
+#[test]
+fn image_edit_generates_a_maintenance_secret_and_drops_it_at_abort() {
+    let lab = Lab::with_image();
+    let out = lab
+        .run(&["image", "edit", "deb", "--chap"])
+        .ok()
+        .to_string();
+    let file = lab.dir.join("secrets/maint-deb.toml");
+    assert!(out.contains(&file.display().to_string()), "{out}");
+    assert_eq!(mode(&file), 0o600);
+    let text = std::fs::read_to_string(&file).unwrap();
+    let secret = text
+        .lines()
+        .find_map(|l| l.strip_prefix("secret = \""))
+        .unwrap()
+        .trim_end_matches('"');
+    assert_eq!(secret.len(), 32);
+    assert!(!out.contains(secret));
+    let sj = json(lab.run(&["status", "--json"]).ok());
+    let maint = sj["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["kind"] == "maintenance")
+        .unwrap()
+        .clone();
+    assert_eq!(maint["chap"], true);
+    lab.run(&["image", "abort", "deb"]).ok();
+    assert!(!file.exists());
+    // Without --chap: no secret, and status says so.
+    let out = lab.run(&["image", "edit", "deb"]).ok().to_string();
+    assert!(out.contains("chap:      OFF"), "{out}");
+    assert!(!file.exists());
+}
