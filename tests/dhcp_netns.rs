@@ -132,6 +132,7 @@ fn registry() -> Arc<Registry> {
                 initiator_iqn: Some("iqn.2026-11.lab:initiator-ws1".into()),
                 root_path: None,
                 san_filename: None,
+                chap: None,
             },
         ),
         (
@@ -143,6 +144,7 @@ fn registry() -> Arc<Registry> {
                 initiator_iqn: None,
                 root_path: None,
                 san_filename: None,
+                chap: None,
             },
         ),
     ]))

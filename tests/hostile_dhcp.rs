@@ -25,6 +25,7 @@ impl ClientDirectory for Dir {
             initiator_iqn: None,
             root_path: None,
             san_filename: None,
+            chap: None,
         })
     }
     fn by_ip(&self, ip: Ipv4Addr) -> Option<MacAddr> {

@@ -12,7 +12,7 @@
 
 mod fixture;
 
-use dhcproto::v4::{DhcpOption, Message, MessageType, OptionCode};
+use dhcproto::v4::{DhcpOption, Flags, Message, MessageType, OptionCode};
 use dhcproto::{Decodable, Encodable};
 use fixture::netns::{Firmware, Netns, boot_msg, client_socket, in_ns, is_root, must};
 use fixture::*;
@@ -151,12 +151,11 @@ fn host(net: &mut Netns, srv: &str, br: &str, role: &str, ip: Ipv4Addr, mac: Mac
     }
 }
 
-/// A CHAP secret for `name` (until `add-client` generates one: passed as today's main takes it).
-fn chap_for(name: &str) -> (String, Vec<u8>) {
-    (
-        format!("user-{name}"),
-        format!("{name}-secret-0123456789").into_bytes(),
-    )
+/// The CHAP credentials `add-client --chap` generated for `name`, read the way an admin does
+/// (`show-client NAME --json --show-secrets`: never on a command line).
+fn chap_for(dir: &std::path::Path, name: &str) -> (String, Vec<u8>) {
+    let (user, secret) = chap_of(dir, name).expect("add-client generates CHAP credentials");
+    (user, secret.into_bytes())
 }
 
 fn mac(last: u8) -> MacAddr {
@@ -243,8 +242,6 @@ impl Suite {
         let base = std::fs::read(&img).unwrap();
         std::fs::remove_file(&img).unwrap();
         let client = |name: &'static str, h: &Host, extra: &[&str]| {
-            let chap = chap_for(name);
-            let secret = String::from_utf8(chap.1.clone()).unwrap();
             let (mac, ip) = (h.mac.to_string(), h.ip.to_string());
             let mut args = vec![
                 "add-client",
@@ -257,9 +254,10 @@ impl Suite {
                 "--ip",
                 &ip,
             ];
-            args.extend_from_slice(&["--chap-user", &chap.0, "--chap-secret", &secret]);
+            args.push("--chap");
             args.extend_from_slice(extra);
             isboot(&dir, &args);
+            let chap = chap_for(&dir, name);
             Client {
                 name,
                 host: h.clone(),
@@ -286,7 +284,7 @@ impl Suite {
                 cname,
             ],
         );
-        let edit = isboot(&dir, &["image", "edit", "deb"]);
+        let edit = isboot(&dir, &["image", "edit", "deb", "--chap"]);
         let field = |k: &str| -> Vec<String> {
             edit.lines()
                 .filter_map(|l| l.trim().strip_prefix(k))
@@ -943,6 +941,77 @@ fn wait_log(serve: &Serve, what: &str) {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// DISCOVER then REQUEST for `mac` from `h` without the broadcast flag (as iPXE sends them):
+/// the OFFER and ACK that reached `h`.
+fn dhcp_dora_unicast(h: &Host, mac: MacAddr, xid: u32, ipxe: bool) -> Vec<Message> {
+    let mut d = dhcp_msg(mac, xid, MessageType::Discover, ipxe, vec![]);
+    d.set_flags(Flags::default());
+    let Some(offer) = dhcp_send(h, d, true) else {
+        return Vec::new();
+    };
+    let mut r = dhcp_msg(
+        mac,
+        xid,
+        MessageType::Request,
+        ipxe,
+        vec![
+            DhcpOption::ServerIdentifier(SERVER_IP),
+            DhcpOption::RequestedIpAddress(offer.yiaddr()),
+        ],
+    );
+    r.set_flags(Flags::default());
+    let ack = dhcp_send(h, r, true);
+    [Some(offer), ack].into_iter().flatten().collect()
+}
+
+/// iPXE's settings 175.190..=193 (CHAP user, secret, mutual user, mutual secret) in `ms`.
+fn chap_settings(ms: &[Message]) -> Vec<(u8, Vec<u8>)> {
+    ms.iter()
+        .flat_map(ipxe_settings)
+        .filter(|(c, _)| (190..=193).contains(c))
+        .collect()
+}
+
+/// iPXE's own DHCP (user class iPXE, no broadcast flag) gets its client's CHAP credentials at
+/// the client's hardware address; the PXE ROM's stage, broadcasts and other MACs get none.
+#[test]
+fn ipxe_stage_dhcp_hands_each_client_only_its_own_credentials() {
+    let Some(s) = Suite::start() else { return };
+    wait_log(&s.serve, "DHCP listening");
+    for c in [&s.a, &s.b] {
+        let got = chap_settings(&dhcp_dora_unicast(&c.host, c.host.mac, 0x1700, true));
+        let (user, secret) = c.chap.clone().expect("CHAP is on by default");
+        println!(
+            "check: {}'s own iPXE-stage DHCP -> {} CHAP settings (its own: {})",
+            c.name,
+            got.len(),
+            got.contains(&(190, user.clone().into_bytes())) && got.contains(&(191, secret.clone()))
+        );
+        assert!(got.contains(&(190, user.into_bytes())), "{}: user", c.name);
+        assert!(got.contains(&(191, secret)), "{}: secret", c.name);
+        let other = if c.name == s.a.name { &s.b } else { &s.a };
+        let theirs = other.chap.clone().unwrap().1;
+        assert!(
+            !got.iter().any(|(_, v)| *v == theirs),
+            "{}: got another client's secret",
+            c.name
+        );
+    }
+    // The PXE ROM's stage (B: persistent, so its power-on resets nothing): no credentials.
+    let pxe = chap_settings(&dhcp_dora_unicast(&s.b.host, s.b.host.mac, 0x1701, false));
+    println!("attempt: PXE-stage DHCP with B's MAC -> CHAP settings {pxe:?}");
+    assert!(pxe.is_empty(), "a PXE-stage reply carried CHAP settings");
+    // iPXE-stage with A's MAC from the hostile host, broadcast flag set: what reaches it.
+    let (offer, ack) = dhcp_dora(&s.hostile, s.a.host.mac, 0x1702, true);
+    let seen = chap_settings(&[offer, ack].into_iter().flatten().collect::<Vec<_>>());
+    println!(
+        "attempt: iPXE DHCP with A's MAC, broadcast, from the hostile host -> CHAP settings {}",
+        seen.len()
+    );
+    assert!(seen.is_empty(), "CHAP settings in a broadcast reply");
+    s.finish();
 }
 
 const RESET_LOG: &str = "power-on: reset-mode client starts from a pristine disk";

@@ -10,7 +10,8 @@
 //!   client's power-on: [`PowerOnHook::power_on`] is called.
 //! - stage 2, iPXE (user class `iPXE` or option 175 present): root-path 17
 //!   `iscsi:<server>::::<target-iqn>`, initiator IQN 203, hostname 12, 175.176 = 1, and no boot
-//!   file at all.
+//!   file at all; with CHAP, 175.190/191 (mutual: 175.192/193), but only in a reply that is not
+//!   broadcast ([`Reply::secret`]: the service never falls back to broadcasting it).
 //! - anything else that is a known client (the initrd's dhclient): the reserved address and
 //!   the usual options, no boot file.
 //! - unknown MACs: nothing, unless `auto_enroll` is on and [`EnrollHook::enroll`] adds them.
@@ -50,6 +51,54 @@ pub struct DhcpClient {
     pub root_path: Option<String>,
     /// iPXE `san-filename` (option 175.188), for UEFI clients that need an explicit loader.
     pub san_filename: Option<String>,
+    /// CHAP credentials for iPXE's iSCSI login (175.190/191, mutual 175.192/193), sent only
+    /// in a reply to this client's own iPXE stage that is not broadcast.
+    pub chap: Option<IpxeChap>,
+}
+
+/// iPXE's `username`/`password` (and `reverse-username`/`reverse-password`) settings. Debug
+/// never prints the passwords.
+#[derive(Clone, PartialEq, Eq)]
+pub struct IpxeChap {
+    pub username: String,
+    pub password: String,
+    /// Mutual CHAP: the target's user and secret.
+    pub reverse: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for IpxeChap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IpxeChap")
+            .field("username", &self.username)
+            .field("password", &"<secret>")
+            .field(
+                "reverse",
+                &self.reverse.as_ref().map(|r| (&r.0, "<secret>")),
+            )
+            .finish()
+    }
+}
+
+impl IpxeChap {
+    /// The encapsulated sub-options 190, 191 (and 192, 193), or None when a value does not
+    /// fit in one sub-option.
+    pub fn encode(&self) -> Option<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut put = |code: u8, v: &str| -> Option<()> {
+            let len = u8::try_from(v.len()).ok()?;
+            out.push(code);
+            out.push(len);
+            out.extend_from_slice(v.as_bytes());
+            Some(())
+        };
+        put(190, &self.username)?;
+        put(191, &self.password)?;
+        if let Some((u, p)) = &self.reverse {
+            put(192, u)?;
+            put(193, p)?;
+        }
+        Some(out)
+    }
 }
 
 /// Client lookup, implemented by the registry (config/store) side.

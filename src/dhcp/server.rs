@@ -50,6 +50,8 @@ pub enum Destination {
 pub struct Reply {
     pub msg: Message,
     pub dest: Destination,
+    /// The reply carries CHAP credentials: send it only to its destination, never broadcast.
+    pub secret: bool,
 }
 
 impl Reply {
@@ -438,7 +440,11 @@ impl DhcpServer {
         } else {
             Destination::Broadcast
         };
-        Some(Reply { msg: m, dest })
+        Some(Reply {
+            msg: m,
+            dest,
+            secret: false,
+        })
     }
 
     // ---------------------------------------------------------------- proxy mode
@@ -484,6 +490,7 @@ impl DhcpServer {
         purpose: Purpose,
     ) -> Option<Reply> {
         let mut m = reply_skeleton(req);
+        let mut secret = false;
         let server_ip = self.cfg.server_ip;
         // Stage-1 boot file first: a PXE ROM whose architecture we cannot boot gets no offer.
         let bootfile = match kind {
@@ -565,6 +572,21 @@ impl DhcpServer {
                     enc.push(f.len() as u8);
                     enc.extend_from_slice(f.as_bytes());
                 }
+                // CHAP credentials only where the reply goes to this client alone: a broadcast
+                // (iPXE's DISCOVER answered by a proxy, a broadcast flag) reaches every host.
+                if let Some(chap) = &client.chap {
+                    let alone = destination(req, &m, mac) != Destination::Broadcast;
+                    match chap.encode() {
+                        Some(c) if alone && enc.len() + c.len() <= 255 => {
+                            enc.extend_from_slice(&c);
+                            secret = true;
+                        }
+                        Some(_) if !alone => {}
+                        _ => {
+                            tracing::warn!(mac = %mac, "CHAP credentials too long for DHCP option 175; iPXE gets none");
+                        }
+                    }
+                }
                 if !enc.is_empty() {
                     m.opts_mut().insert(DhcpOption::Unknown(UnknownOption::new(
                         OptionCode::Unknown(175),
@@ -578,7 +600,11 @@ impl DhcpServer {
             }
         }
         let dest = destination(req, &m, mac);
-        Some(Reply { msg: m, dest })
+        Some(Reply {
+            msg: m,
+            dest,
+            secret,
+        })
     }
 
     fn network_options(&self, m: &mut Message, pool: &Pool) {
@@ -704,6 +730,7 @@ mod tests {
                     initiator_iqn: Some("iqn.2026-11.lab:init-ws1".into()),
                     root_path: None,
                     san_filename: None,
+                    chap: None,
                 }),
                 DYN => Some(DhcpClient {
                     name: "ws2".into(),
@@ -712,6 +739,7 @@ mod tests {
                     initiator_iqn: None,
                     root_path: None,
                     san_filename: None,
+                    chap: None,
                 }),
                 _ => None,
             }
@@ -926,6 +954,191 @@ mod tests {
         );
     }
 
+    /// Two clients with CHAP: A (one-way), B (mutual).
+    struct ChapDir;
+    const PW_A: &str = "secret-of-a-0123456789abcdef";
+    const PW_B: &str = "secret-of-b-0123456789abcdef";
+    impl ClientDirectory for ChapDir {
+        fn by_mac(&self, mac: MacAddr) -> Option<DhcpClient> {
+            let (name, ip, reverse) = match mac {
+                KNOWN => ("a", RESERVED, None),
+                DYN => (
+                    "b",
+                    Ipv4Addr::new(10, 77, 0, 11),
+                    Some(("srv".to_string(), "target-secret-0123456789".to_string())),
+                ),
+                _ => return None,
+            };
+            Some(DhcpClient {
+                name: name.into(),
+                ip: Some(ip),
+                target_iqn: format!("iqn.2026-11.lab:{name}"),
+                initiator_iqn: None,
+                root_path: None,
+                san_filename: None,
+                chap: Some(crate::dhcp::IpxeChap {
+                    username: name.into(),
+                    password: if name == "a" { PW_A } else { PW_B }.into(),
+                    reverse,
+                }),
+            })
+        }
+        fn by_ip(&self, ip: Ipv4Addr) -> Option<MacAddr> {
+            (ip == RESERVED).then_some(KNOWN)
+        }
+    }
+
+    fn send_to(
+        s: &mut DhcpServer,
+        m: &Message,
+        port: u16,
+        src: Ipv4Addr,
+        now: u64,
+    ) -> Option<Reply> {
+        let bytes = m.to_vec().expect("encode");
+        let arrival = Arrival {
+            port,
+            src: SocketAddrV4::new(src, CLIENT_PORT),
+        };
+        s.handle(&ChapDir, &DhcpHooks::default(), &bytes, arrival, now)
+    }
+
+    /// 175's sub-options 190..=193 (iPXE's username, password, reverse-username, -password).
+    fn credentials(m: &Message) -> Vec<(u8, Vec<u8>)> {
+        let mut out = Vec::new();
+        let Some(v) = opt(m, 175) else { return out };
+        let mut rest = &v[..];
+        while rest.len() >= 2 {
+            let (code, len) = (rest[0], rest[1] as usize);
+            if (190..=193).contains(&code) {
+                out.push((code, rest[2..2 + len].to_vec()));
+            }
+            rest = &rest[2 + len..];
+        }
+        out
+    }
+
+    #[test]
+    fn chap_credentials_only_to_the_clients_own_ipxe_stage_and_never_broadcast() {
+        let a_creds = vec![(190, b"a".to_vec()), (191, PW_A.as_bytes().to_vec())];
+        for mode in [DhcpMode::Full, DhcpMode::Proxy] {
+            let mut s = DhcpServer::new(cfg(mode), Leases::new());
+            // The PXE ROM's stage: boot file, no credentials (DISCOVER and REQUEST).
+            for (t, now) in [(MessageType::Discover, 1), (MessageType::Request, 2)] {
+                let extra = vec![DhcpOption::RequestedIpAddress(RESERVED)];
+                if let Some(r) = send_to(
+                    &mut s,
+                    &req(KNOWN, t, Who::Pxe(7), extra),
+                    67,
+                    Ipv4Addr::UNSPECIFIED,
+                    now,
+                ) {
+                    assert!(credentials(&r.msg).is_empty(), "{mode:?} PXE {t:?}");
+                    assert!(!r.secret);
+                }
+            }
+            // A Linux DHCP client with A's MAC: none.
+            if let Some(r) = send_to(
+                &mut s,
+                &req(KNOWN, MessageType::Discover, Who::Linux, vec![]),
+                67,
+                Ipv4Addr::UNSPECIFIED,
+                3,
+            ) {
+                assert!(credentials(&r.msg).is_empty());
+            }
+            // iPXE asking with the broadcast flag: the reply is broadcast, so no credentials.
+            let mut bc = req(KNOWN, MessageType::Discover, Who::Ipxe(7), vec![]);
+            bc.set_flags(Flags::default().set_broadcast());
+            if let Some(r) = send_to(&mut s, &bc, 67, Ipv4Addr::UNSPECIFIED, 4) {
+                assert_eq!(r.dest, Destination::Broadcast);
+                assert!(credentials(&r.msg).is_empty(), "{mode:?}: broadcast");
+                assert!(!r.secret);
+            }
+            let ipxe = match mode {
+                // Full mode: iPXE's REQUEST is answered at A's hardware address.
+                DhcpMode::Full => send_to(
+                    &mut s,
+                    &req(
+                        KNOWN,
+                        MessageType::Request,
+                        Who::Ipxe(7),
+                        vec![
+                            DhcpOption::ServerIdentifier(SERVER),
+                            DhcpOption::RequestedIpAddress(RESERVED),
+                        ],
+                    ),
+                    67,
+                    Ipv4Addr::UNSPECIFIED,
+                    5,
+                ),
+                // Proxy mode: iPXE's ProxyDHCP REQUEST to 4011 is answered to its address.
+                DhcpMode::Proxy => {
+                    let mut r = req(KNOWN, MessageType::Request, Who::Ipxe(7), vec![]);
+                    r.set_ciaddr(RESERVED);
+                    send_to(&mut s, &r, 4011, RESERVED, 5)
+                }
+            }
+            .expect("iPXE-stage ACK");
+            assert_ne!(ipxe.dest, Destination::Broadcast);
+            assert!(ipxe.secret, "{mode:?}: the service must not broadcast it");
+            assert_eq!(credentials(&ipxe.msg), a_creds, "{mode:?}");
+            // B's iPXE stage gets B's credentials (mutual: 192/193 too), never A's.
+            let b = match mode {
+                DhcpMode::Full => {
+                    let mut r = req(
+                        DYN,
+                        MessageType::Request,
+                        Who::Ipxe(7),
+                        vec![
+                            DhcpOption::ServerIdentifier(SERVER),
+                            DhcpOption::RequestedIpAddress(Ipv4Addr::new(10, 77, 0, 11)),
+                        ],
+                    );
+                    r.set_ciaddr(Ipv4Addr::UNSPECIFIED);
+                    send_to(&mut s, &r, 67, Ipv4Addr::UNSPECIFIED, 6)
+                }
+                DhcpMode::Proxy => {
+                    let mut r = req(DYN, MessageType::Request, Who::Ipxe(7), vec![]);
+                    r.set_ciaddr(Ipv4Addr::new(10, 77, 0, 11));
+                    send_to(&mut s, &r, 4011, Ipv4Addr::new(10, 77, 0, 11), 6)
+                }
+            }
+            .expect("B's ACK");
+            assert_eq!(
+                credentials(&b.msg),
+                vec![
+                    (190, b"b".to_vec()),
+                    (191, PW_B.as_bytes().to_vec()),
+                    (192, b"srv".to_vec()),
+                    (193, b"target-secret-0123456789".to_vec()),
+                ],
+                "{mode:?}"
+            );
+            // An unknown MAC gets nothing at all.
+            let mut u = req(UNKNOWN, MessageType::Request, Who::Ipxe(7), vec![]);
+            u.set_ciaddr(RESERVED);
+            assert!(send_to(&mut s, &u, 4011, RESERVED, 7).is_none());
+        }
+    }
+
+    #[test]
+    fn ipxe_chap_debug_hides_passwords_and_long_values_do_not_encode() {
+        let c = crate::dhcp::IpxeChap {
+            username: "u".into(),
+            password: PW_A.into(),
+            reverse: Some(("r".into(), PW_B.into())),
+        };
+        let d = format!("{c:?}");
+        assert!(!d.contains(PW_A) && !d.contains(PW_B), "{d}");
+        let long = crate::dhcp::IpxeChap {
+            username: "u".repeat(256),
+            password: PW_A.into(),
+            reverse: None,
+        };
+        assert!(long.encode().is_none());
+    }
+
     #[test]
     fn linux_dhclient_same_ip_no_bootfile() {
         let mut s = DhcpServer::new(cfg(DhcpMode::Full), Leases::new());
@@ -958,6 +1171,7 @@ mod tests {
                 initiator_iqn: None,
                 root_path: None,
                 san_filename: None,
+                chap: None,
             })
         };
         let hooks = DhcpHooks {

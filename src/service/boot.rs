@@ -23,6 +23,14 @@ impl ClientDirectory for RegistryDirectory {
             initiator_iqn: Some(b.initiator.to_string()),
             root_path: b.root_path,
             san_filename: None,
+            chap: b.chap.map(|c| crate::dhcp::IpxeChap {
+                username: c.user,
+                password: c.secret.expose().to_string(),
+                reverse: match (c.mutual_user, c.mutual_secret) {
+                    (Some(u), Some(s)) => Some((u, s.expose().to_string())),
+                    _ => None,
+                },
+            }),
         })
     }
 

@@ -279,6 +279,10 @@ async fn send_reply(socks: &Sockets, port: u16, reply: &crate::dhcp::Reply) {
         Destination::Hardware { ip, mac } => {
             match crate::sys::add_arp_entry(sock, &socks.interface, ip, mac) {
                 Ok(()) => SocketAddrV4::new(ip, CLIENT_PORT),
+                Err(e) if reply.secret => {
+                    tracing::warn!(mac = %mac, error = %e, "no ARP entry added; a reply with CHAP credentials is never broadcast, dropped");
+                    return;
+                }
                 Err(e) => {
                     tracing::debug!(mac = %mac, error = %e, "no ARP entry added; broadcasting the reply");
                     SocketAddrV4::new(Ipv4Addr::BROADCAST, CLIENT_PORT)
