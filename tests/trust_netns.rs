@@ -911,9 +911,26 @@ fn ipxe_settings(m: &Message) -> Vec<(u8, Vec<u8>)> {
 
 /// DISCOVER then REQUEST for `mac` from `h`: the OFFER and ACK it got.
 fn dhcp_dora(h: &Host, mac: MacAddr, xid: u32, ipxe: bool) -> (Option<Message>, Option<Message>) {
+    dhcp_dora_flags(h, mac, xid, ipxe, true)
+}
+
+/// The same, with or without the broadcast flag (iPXE sends none).
+fn dhcp_dora_flags(
+    h: &Host,
+    mac: MacAddr,
+    xid: u32,
+    ipxe: bool,
+    broadcast: bool,
+) -> (Option<Message>, Option<Message>) {
+    let flags = |mut m: Message| {
+        if !broadcast {
+            m.set_flags(Flags::default());
+        }
+        m
+    };
     let offer = dhcp_send(
         h,
-        dhcp_msg(mac, xid, MessageType::Discover, ipxe, vec![]),
+        flags(dhcp_msg(mac, xid, MessageType::Discover, ipxe, vec![])),
         true,
     );
     let Some(o) = &offer else { return (None, None) };
@@ -927,7 +944,7 @@ fn dhcp_dora(h: &Host, mac: MacAddr, xid: u32, ipxe: bool) -> (Option<Message>, 
             DhcpOption::RequestedIpAddress(o.yiaddr()),
         ],
     );
-    let ack = dhcp_send(h, req, true);
+    let ack = dhcp_send(h, flags(req), true);
     (offer, ack)
 }
 
@@ -943,27 +960,10 @@ fn wait_log(serve: &Serve, what: &str) {
     }
 }
 
-/// DISCOVER then REQUEST for `mac` from `h` without the broadcast flag (as iPXE sends them):
-/// the OFFER and ACK that reached `h`.
+/// The OFFER and ACK that reached `h` for an iPXE-like (no broadcast flag) DORA.
 fn dhcp_dora_unicast(h: &Host, mac: MacAddr, xid: u32, ipxe: bool) -> Vec<Message> {
-    let mut d = dhcp_msg(mac, xid, MessageType::Discover, ipxe, vec![]);
-    d.set_flags(Flags::default());
-    let Some(offer) = dhcp_send(h, d, true) else {
-        return Vec::new();
-    };
-    let mut r = dhcp_msg(
-        mac,
-        xid,
-        MessageType::Request,
-        ipxe,
-        vec![
-            DhcpOption::ServerIdentifier(SERVER_IP),
-            DhcpOption::RequestedIpAddress(offer.yiaddr()),
-        ],
-    );
-    r.set_flags(Flags::default());
-    let ack = dhcp_send(h, r, true);
-    [Some(offer), ack].into_iter().flatten().collect()
+    let (offer, ack) = dhcp_dora_flags(h, mac, xid, ipxe, false);
+    [offer, ack].into_iter().flatten().collect()
 }
 
 /// iPXE's settings 175.190..=193 (CHAP user, secret, mutual user, mutual secret) in `ms`.

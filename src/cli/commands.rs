@@ -318,10 +318,10 @@ pub fn add_client(dir: &StateDir, a: AddClientArgs) -> R {
             })
             .transpose()?;
     let initiators = parse_iqns(&a.initiators)?;
-    let default_off = !a.chap && !a.no_chap && a.chap_secret_file.is_none();
+    let default_off = !a.chap.chap && !a.chap.no_chap && a.chap.chap_secret_file.is_none();
     let chap = chap_choice(
-        !a.chap && a.chap_secret_file.is_none(),
-        a.chap_secret_file.as_deref(),
+        !a.chap.chap && a.chap.chap_secret_file.is_none(),
+        a.chap.chap_secret_file.as_deref(),
         name.as_ref()
             .map_or_else(|| mac.dashed(), |n| n.to_string()),
     )?;
@@ -416,7 +416,7 @@ fn print_chap_line(dir: &StateDir, name: &str, user: Option<&str>) {
 }
 
 pub fn set_client(dir: &StateDir, a: SetClientArgs) -> R {
-    if !a.chap && !a.no_chap && a.chap_secret_file.is_none() {
+    if !a.chap.chap && !a.chap.no_chap && a.chap.chap_secret_file.is_none() {
         return Err(bad(
             "say what to change: --chap, --chap-secret-file PATH or --no-chap",
         ));
@@ -429,7 +429,11 @@ pub fn set_client(dir: &StateDir, a: SetClientArgs) -> R {
         .ok_or_else(|| bad(format!("unknown client {}", a.client)))?
         .name
         .to_string();
-    let chap = chap_choice(a.no_chap, a.chap_secret_file.as_deref(), name.clone())?;
+    let chap = chap_choice(
+        a.chap.no_chap,
+        a.chap.chap_secret_file.as_deref(),
+        name.clone(),
+    )?;
     let user = chap.as_ref().map(|c| c.user.clone());
     l.set_client_chap(&name, chap)?;
     println!("client {name}:");

@@ -212,17 +212,23 @@ pub struct AddClientArgs {
     /// hands to iPXE).
     #[arg(long = "initiator", value_name = "IQN")]
     pub initiators: Vec<String>,
-    /// Turn CHAP on with a generated random secret (read it with `show-client NAME
-    /// --show-secrets`); DHCP hands it to the client's iPXE.
+    #[command(flatten)]
+    pub chap: ChapArgs,
+}
+
+/// A client's CHAP setting (`add-client`, `set-client`).
+#[derive(clap::Args, Debug)]
+pub struct ChapArgs {
+    /// Turn CHAP on with a newly generated random secret (read it with `show-client NAME
+    /// --show-secrets`); DHCP hands it to the client's iPXE at its next boot.
     #[arg(long, conflicts_with_all = ["no_chap", "chap_secret_file"])]
     pub chap: bool,
     /// Turn CHAP on with your own credentials: a TOML file (mode 0600 or stricter) with
     /// `user`, `secret` (16 to 255 bytes) and optionally `mutual_user`, `mutual_secret`.
     #[arg(long, value_name = "PATH", conflicts_with = "no_chap")]
     pub chap_secret_file: Option<std::path::PathBuf>,
-    /// Run this client without CHAP (the default for now, with a warning: anyone who knows
-    /// its initiator name can log in to its disk; status lists such clients). `--no-chap`
-    /// says so on purpose and silences the warning.
+    /// Run this client without CHAP (anyone who knows its initiator name can log in to its
+    /// disk; status lists such clients). add-client's default for now, with a warning.
     #[arg(long)]
     pub no_chap: bool,
 }
@@ -256,17 +262,8 @@ pub struct ShowClientArgs {
 pub struct SetClientArgs {
     /// Client name or MAC address.
     pub client: String,
-    /// Turn CHAP on with a newly generated secret (replaces the old one; the client picks it
-    /// up at its next boot).
-    #[arg(long, conflicts_with_all = ["no_chap", "chap_secret_file"])]
-    pub chap: bool,
-    /// Turn CHAP on with your own credentials (TOML file, mode 0600 or stricter, as for
-    /// add-client).
-    #[arg(long, value_name = "PATH", conflicts_with = "no_chap")]
-    pub chap_secret_file: Option<std::path::PathBuf>,
-    /// Turn CHAP off for this client.
-    #[arg(long)]
-    pub no_chap: bool,
+    #[command(flatten)]
+    pub chap: ChapArgs,
 }
 
 #[derive(clap::Args, Debug)]
