@@ -88,6 +88,14 @@ fn read_disk(s: &mut Initiator) -> Vec<u8> {
     out
 }
 
+/// A checksum of a disk's content for the report (the checks compare whole contents).
+fn checksum(data: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    data.hash(&mut h);
+    h.finish()
+}
+
 /// The lab: server, clients A and B (live sessions), the maintenance target, a hostile host.
 /// Fields drop in order: the server first, the namespaces after it, the state dir last.
 struct Suite {
@@ -346,6 +354,12 @@ impl Suite {
                 c.name
             );
             fresh.logout().expect("logout");
+            println!(
+                "check: {} ({}) reads {:016x} as before, through its live session and a fresh login",
+                c.name,
+                c.host.ip,
+                checksum(&c.disk)
+            );
         }
         assert!(
             snapshot(&self.dir.join("maint")) == self.maint_files,
