@@ -46,6 +46,7 @@ fn server() -> Server {
         lus: Arc::new(TargetLus::single(lu)),
         allowed_initiators: Vec::new(),
         chap: None,
+        listed: true,
         stats: Arc::new(TargetStats::default()),
     });
     let (tx, rx) = std::sync::mpsc::channel();

@@ -277,7 +277,7 @@ fn metrics_and_the_status_api_on_the_admin_routes() {
     assert_eq!(
         sample(
             &m,
-            "isboot_iscsi_logins_total{result=\"refused\",reason=\"target_not_found\"}"
+            "isboot_iscsi_logins_total{result=\"refused\",reason=\"unknown_target\"}"
         ),
         Some(1.0),
         "{m}"

@@ -39,6 +39,7 @@ fn target(dir: &tempfile::TempDir) -> (Arc<StaticRegistry>, Arc<TargetStats>) {
         )))),
         allowed_initiators: Vec::new(),
         chap: None,
+        listed: true,
         stats: stats.clone(),
     });
     (Arc::new(StaticRegistry(vec![t])), stats)

@@ -53,6 +53,7 @@ fn serve(dev: Arc<dyn BlockDevice>) -> Server {
         lus: Arc::new(TargetLus::single(Arc::new(LogicalUnit::new(dev, ident)))),
         allowed_initiators: Vec::new(),
         chap: None,
+        listed: true,
         stats: Arc::new(TargetStats::default()),
     });
     let cfg = ServerConfig {

@@ -46,7 +46,7 @@ impl SessionTable for Table {
     fn new_session(&self, _: &str, _: [u8; 6], _: Option<&str>) -> u16 {
         7
     }
-    fn exists(&self, tsih: u16) -> bool {
+    fn owns(&self, tsih: u16, _: &str, _: [u8; 6]) -> bool {
         tsih == 7
     }
 }
@@ -70,6 +70,7 @@ fn registry() -> Arc<StaticRegistry> {
                 )))),
                 allowed_initiators: vec!["iqn.a:i".into()],
                 chap,
+                listed: true,
                 stats: Arc::new(TargetStats::default()),
             })
         };

@@ -74,6 +74,7 @@ pub fn run(args: &ExportArgs) -> ExitCode {
         lus: Arc::new(TargetLus::single(lu)),
         allowed_initiators: Vec::new(),
         chap: None,
+        listed: true,
         stats: Arc::new(TargetStats::default()),
     });
     let registry = Arc::new(StaticRegistry(vec![target]));

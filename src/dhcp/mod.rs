@@ -145,11 +145,34 @@ impl<F: Fn(MacAddr) -> Option<DhcpClient> + Send + Sync> EnrollHook for F {
     }
 }
 
+/// Called when DHCP learns the address a registered client holds: the lease it acknowledged
+/// (full mode, and every bound lease at start) or, in proxy mode, the address the client's
+/// boot request came from. The iSCSI side binds the client's target to it.
+pub trait AddressHook: Send + Sync {
+    fn client_address(&self, mac: MacAddr, ip: Ipv4Addr, how: AddressOrigin);
+}
+
+/// How DHCP learned a client's address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AddressOrigin {
+    /// isboot acknowledged this lease (full mode).
+    Lease,
+    /// The client's boot request came from it (proxy mode: another server assigns addresses).
+    Seen,
+}
+
+impl<F: Fn(MacAddr, Ipv4Addr, AddressOrigin) + Send + Sync> AddressHook for F {
+    fn client_address(&self, mac: MacAddr, ip: Ipv4Addr, how: AddressOrigin) {
+        self(mac, ip, how)
+    }
+}
+
 /// The hooks the DHCP server calls into the rest of isboot.
 #[derive(Clone, Default)]
 pub struct DhcpHooks {
     pub power_on: Option<Arc<dyn PowerOnHook>>,
     pub enroll: Option<Arc<dyn EnrollHook>>,
+    pub address: Option<Arc<dyn AddressHook>>,
 }
 
 /// What went wrong in the DHCP layer.

@@ -8,7 +8,7 @@ use super::config::{DhcpConfig, DhcpMode, Pool};
 use super::flood::{FloodGuard, Verdict};
 use super::leases::Leases;
 use super::wire::{self, ClientKind};
-use super::{ClientDirectory, DhcpClient, DhcpError, DhcpHooks, MacAddr, PowerOn};
+use super::{AddressOrigin, ClientDirectory, DhcpClient, DhcpError, DhcpHooks, MacAddr, PowerOn};
 
 /// DHCP server port.
 pub const SERVER_PORT: u16 = 67;
@@ -175,10 +175,29 @@ impl DhcpServer {
         if mtype == MessageType::Discover && kind.is_firmware() {
             self.note_firmware_discover(mac, &client, hooks, now);
         }
-        match self.cfg.mode {
+        let reply = match self.cfg.mode {
             DhcpMode::Full => self.full(&msg, mtype, kind, mac, &client, dir, arrival, now),
             DhcpMode::Proxy => self.proxy(&msg, mtype, kind, mac, &client, arrival),
+        };
+        if let (Some(h), Some(r)) = (&hooks.address, &reply) {
+            let src = *arrival.src.ip();
+            match self.cfg.mode {
+                DhcpMode::Full
+                    if r.msg.opts().msg_type() == Some(MessageType::Ack)
+                        && !r.msg.yiaddr().is_unspecified() =>
+                {
+                    h.client_address(mac, r.msg.yiaddr(), AddressOrigin::Lease)
+                }
+                // A boot-server request sent from the address the client says it holds.
+                DhcpMode::Proxy
+                    if arrival.port == PXE_PORT && !src.is_unspecified() && msg.ciaddr() == src =>
+                {
+                    h.client_address(mac, src, AddressOrigin::Seen)
+                }
+                _ => {}
+            }
         }
+        reply
     }
 
     fn note_firmware_discover(
@@ -1177,6 +1196,7 @@ mod tests {
         let hooks = DhcpHooks {
             power_on: None,
             enroll: Some(Arc::new(hook) as Arc<dyn EnrollHook>),
+            address: None,
         };
         assert!(
             send(&mut s, &hooks, &d, 67, 2).is_none(),
@@ -1206,6 +1226,7 @@ mod tests {
         let hooks = DhcpHooks {
             power_on: Some(Arc::new(hook) as Arc<dyn PowerOnHook>),
             enroll: None,
+            address: None,
         };
         let mut s = DhcpServer::new(cfg(DhcpMode::Full), Leases::new());
         send(
@@ -1268,6 +1289,7 @@ mod tests {
         let hooks = DhcpHooks {
             power_on: Some(Arc::new(hook) as Arc<dyn PowerOnHook>),
             enroll: None,
+            address: None,
         };
         let mut s = DhcpServer::new(cfg(DhcpMode::Full), Leases::new());
         let pxe = req(KNOWN, MessageType::Discover, Who::Pxe(0), vec![]);

@@ -30,18 +30,26 @@ pub const MAX_TEXT_RESPONSE: usize = 1024 * 1024;
 /// `value` is `All` for every allowed target or a target name for that one target (nothing
 /// when it does not exist or is not allowed). `portal` is `address:port,tpgt` (IPv6
 /// addresses in brackets).
+///
+/// Only targets bound to `peer`'s address are listed (see [`super::access::Binding`]), and
+/// `All` never lists maintenance targets.
 pub fn send_targets(
     registry: &dyn TargetRegistry,
+    peer: Option<IpAddr>,
     initiator: &str,
     value: &str,
     portal: &str,
 ) -> Vec<u8> {
     let targets: Vec<Arc<TargetConfig>> = if value == "All" {
-        registry.all()
+        registry.all().into_iter().filter(|t| t.listed).collect()
     } else {
         registry.lookup(value).into_iter().collect()
     };
-    records(targets.iter(), initiator, portal)
+    let mine: Vec<Arc<TargetConfig>> = targets
+        .into_iter()
+        .filter(|t| registry.binding(&t.iqn).allows(peer))
+        .collect();
+    records(mine.iter(), initiator, portal)
 }
 
 fn records<'a>(
@@ -229,7 +237,7 @@ impl TextExchange {
             // Normal session: no value = this session's target (RFC 7143 §13.3).
             (SessionType::Normal, "") => records(self.target.iter(), &self.initiator, &self.portal),
             (SessionType::Discovery, "") => Vec::new(),
-            _ => send_targets(&*self.registry, &self.initiator, value, &self.portal),
+            _ => send_targets(&*self.registry, None, &self.initiator, value, &self.portal),
         }
     }
 
@@ -270,6 +278,7 @@ mod tests_support {
             lus: Arc::new(TargetLus::new(Vec::new())),
             allowed_initiators: allowed.iter().map(|s| s.to_string()).collect(),
             chap: None,
+            listed: true,
             stats: Arc::new(TargetStats::default()),
         })
     }
@@ -355,7 +364,7 @@ mod tests {
     #[test]
     fn send_targets_filters_by_initiator() {
         let r = registry(0);
-        let all = pairs(&send_targets(&*r, INIT, "All", PORTAL));
+        let all = pairs(&send_targets(&*r, None, INIT, "All", PORTAL));
         assert_eq!(
             all,
             vec![
@@ -367,14 +376,21 @@ mod tests {
         );
         let one = pairs(&send_targets(
             &*r,
+            None,
             INIT,
             "iqn.2026-11.org.isboot:MINE",
             PORTAL,
         ));
         assert_eq!(one.len(), 2);
-        assert!(send_targets(&*r, INIT, "iqn.2026-11.org.isboot:theirs", PORTAL).is_empty());
-        assert!(send_targets(&*r, INIT, "iqn.2026-11.org.isboot:none", PORTAL).is_empty());
-        let other = pairs(&send_targets(&*r, "iqn.1994-05.com.other:x", "All", PORTAL));
+        assert!(send_targets(&*r, None, INIT, "iqn.2026-11.org.isboot:theirs", PORTAL).is_empty());
+        assert!(send_targets(&*r, None, INIT, "iqn.2026-11.org.isboot:none", PORTAL).is_empty());
+        let other = pairs(&send_targets(
+            &*r,
+            None,
+            "iqn.1994-05.com.other:x",
+            "All",
+            PORTAL,
+        ));
         assert_eq!(other.len(), 4);
         assert!(other.iter().any(|p| p.1 == "iqn.2026-11.org.isboot:theirs"));
     }

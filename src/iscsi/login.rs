@@ -37,6 +37,7 @@
 //! from there. ExpCmdSN is the request's CmdSN (login PDUs are immediate and do not advance
 //! it); MaxCmdSN opens a window of [`INITIAL_CMD_WINDOW`] on the final response.
 
+use super::access::{self, Live, Refusal};
 use super::chap::{ChapAnswer, ChapError, ChapServer};
 use super::negotiate::{
     Answer, LOGIN_MAX_DATA, MAX_SIMPLE_VALUE_LEN, Negotiator, is_leading_key, is_security_key,
@@ -50,6 +51,7 @@ use crate::wire::pdu::{LoginRequest, LoginResponse};
 use crate::wire::text::{self, MAX_TEXT_LEN};
 use std::collections::HashSet;
 use std::fmt;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 /// Most Login Request PDUs one login may take (continuations included) before we give up.
@@ -197,8 +199,10 @@ pub trait SessionTable {
     /// where the service performs session reinstatement (same initiator name + ISID + target
     /// => old session closed).
     fn new_session(&self, initiator: &str, isid: [u8; 6], target: Option<&str>) -> u16;
-    /// Does a session with this TSIH exist (login with non-zero TSIH)?
-    fn exists(&self, tsih: u16) -> bool;
+    /// Is `tsih` a live session of this initiator name and ISID (a login naming a TSIH
+    /// continues that session only then; any other answer is "no such session", whether or not
+    /// the TSIH exists)?
+    fn owns(&self, tsih: u16, initiator: &str, isid: [u8; 6]) -> bool;
 }
 
 /// What one Login Request produced.
@@ -257,6 +261,12 @@ pub enum LoginError {
     UnknownTarget(String),
     #[error("initiator may not use target {0}")]
     Forbidden(String),
+    #[error("target {0} is bound to other addresses")]
+    WrongAddress(String),
+    #[error("target {0} is in use by another initiator or address")]
+    InUse(String),
+    #[error("no target accepts discovery from this address and initiator name")]
+    NothingToDiscover,
     #[error("unsupported SessionType")]
     BadSessionType,
     #[error("session with TSIH {0} does not exist")]
@@ -278,14 +288,31 @@ pub enum LoginError {
 }
 
 impl LoginError {
+    /// The access rule that refused the login, if one did (metrics label it).
+    pub fn refusal(&self) -> Option<Refusal> {
+        use LoginError::*;
+        Some(match self {
+            UnknownTarget(_) => Refusal::UnknownTarget,
+            Forbidden(_) => Refusal::WrongInitiator,
+            WrongAddress(_) => Refusal::WrongAddress,
+            InUse(_) => Refusal::InUse,
+            NoSuchSession(_) => Refusal::NoSuchSession,
+            NothingToDiscover => Refusal::NothingToDiscover,
+            _ => return None,
+        })
+    }
+
     /// The status the initiator is sent.
     pub fn status(&self) -> LoginStatus {
         use LoginError::*;
         match self {
             UnsupportedVersion(_) => LoginStatus::UNSUPPORTED_VERSION,
             MissingInitiatorName | MissingTargetName => LoginStatus::MISSING_PARAMETER,
-            UnknownTarget(_) => LoginStatus::NOT_FOUND,
-            Forbidden(_) => LoginStatus::FORBIDDEN,
+            // One answer for every "not you": a caller cannot tell a target that does not
+            // exist from one bound elsewhere, closed to its name, or in use.
+            UnknownTarget(_) | Forbidden(_) | WrongAddress(_) | InUse(_) | NothingToDiscover => {
+                LoginStatus::AUTH_FAILED
+            }
             BadSessionType => LoginStatus::SESSION_TYPE_UNSUPPORTED,
             NoSuchSession(_) => LoginStatus::SESSION_DOES_NOT_EXIST,
             NoAuthMethod | AuthRequired | Chap(_) => LoginStatus::AUTH_FAILED,
@@ -340,6 +367,10 @@ struct Ids {
 pub struct Login {
     registry: Arc<dyn TargetRegistry>,
     limits: TargetLimits,
+    /// The connection's peer (the access rules check it; None: protocol-only tests).
+    peer: Option<IpAddr>,
+    /// Why the login was refused, when an access rule did.
+    refusal: Option<Refusal>,
     phase: Phase,
     ids: Option<Ids>,
     stat_sn: u32,
@@ -351,6 +382,8 @@ pub struct Login {
     initiator_alias: Option<String>,
     session_type: SessionType,
     target: Option<Arc<TargetConfig>>,
+    /// A discovery session's credentials: those of the caller's own target.
+    discovery_auth: Option<super::target::ChapConfig>,
     auth: Option<AuthMethod>,
     chap: ChapServer,
     authenticated: bool,
@@ -380,6 +413,8 @@ impl Login {
         Login {
             registry,
             limits,
+            peer: None,
+            refusal: None,
             phase: Phase::Start,
             ids: None,
             stat_sn: 0,
@@ -390,6 +425,7 @@ impl Login {
             initiator_alias: None,
             session_type: SessionType::Normal,
             target: None,
+            discovery_auth: None,
             auth: None,
             chap: ChapServer::new(),
             authenticated: false,
@@ -397,6 +433,18 @@ impl Login {
             security_seen: HashSet::new(),
             announced_max_recv: false,
         }
+    }
+
+    /// The login of a connection from `peer`: the target's address binding and the "one user
+    /// of a disk" rule apply ([`super::access`]).
+    pub fn from_peer(mut self, peer: IpAddr) -> Login {
+        self.peer = Some(peer);
+        self
+    }
+
+    /// The access rule that refused this login, if one did.
+    pub fn refusal(&self) -> Option<Refusal> {
+        self.refusal
     }
 
     /// Feed one Login Request PDU (header and its data segment).
@@ -409,11 +457,14 @@ impl Login {
         match self.step(req, data, sessions) {
             Ok(step) => step,
             Err(e) => {
-                tracing::info!(
-                    initiator = self.initiator_name.as_deref().unwrap_or("?"),
-                    status = %e.status(),
-                    "login refused: {e}"
-                );
+                self.refusal = self.refusal.or(e.refusal());
+                let who = self.initiator_name.as_deref().unwrap_or("?");
+                let peer = self.peer.map(|p| p.to_string()).unwrap_or_default();
+                if matches!(e, LoginError::InUse(_)) {
+                    tracing::warn!(initiator = who, %peer, status = %e.status(), "login refused: {e}");
+                } else {
+                    tracing::info!(initiator = who, %peer, status = %e.status(), "login refused: {e}");
+                }
                 self.phase = Phase::Failed;
                 let resp = self.response(req, e.status(), false, false, 0);
                 LoginStep {
@@ -493,9 +544,6 @@ impl Login {
                         want: STAGE_SECURITY,
                     });
                 }
-                if req.tsih != 0 && !sessions.exists(req.tsih) {
-                    return Err(LoginError::NoSuchSession(req.tsih));
-                }
                 self.phase = Phase::Stage(req.csg);
                 req.csg
             }
@@ -566,7 +614,7 @@ impl Login {
         let first = self.initiator_name.is_none();
         let mut out: Pairs = Vec::new();
         if first {
-            self.leading(&pairs)?;
+            self.leading(&pairs, req, sessions)?;
             self.check_skip_security(stage)?;
             if self.session_type == SessionType::Normal {
                 out.push((
@@ -636,11 +684,7 @@ impl Login {
             }
             out.extend(self.chap.offer(a)?);
         } else if chap_keys {
-            let cfg = self
-                .target
-                .as_ref()
-                .and_then(|t| t.chap.clone())
-                .ok_or(LoginError::AuthRequired)?;
+            let cfg = self.chap_config().ok_or(LoginError::AuthRequired)?;
             out.extend(self.chap.verify(&cfg, chap_answer)?);
             self.authenticated = true;
             tracing::debug!(
@@ -798,15 +842,34 @@ impl Login {
 
     /// Does the target need CHAP for this session?
     fn chap_required(&self) -> bool {
-        self.target.as_ref().is_some_and(|t| t.chap.is_some())
+        self.chap_config().is_some()
+    }
+
+    /// The CHAP secrets this login is checked against: its target's, or for a discovery
+    /// session those of the caller's own target.
+    fn chap_config(&self) -> Option<super::target::ChapConfig> {
+        match &self.target {
+            Some(t) => t.chap.clone(),
+            None => self.discovery_auth.clone(),
+        }
     }
 
     /// Leading login keys of the first exchange: who, what kind of session, which target.
-    fn leading(&mut self, pairs: &Pairs) -> Result<(), LoginError> {
+    fn leading(
+        &mut self,
+        pairs: &Pairs,
+        req: &LoginRequest,
+        sessions: &dyn SessionTable,
+    ) -> Result<(), LoginError> {
         let get = |k: &str| pairs.iter().find(|p| p.0 == k).map(|p| p.1.as_str());
         let name = get("InitiatorName").ok_or(LoginError::MissingInitiatorName)?;
         if !valid_iscsi_name(name) {
             return Err(LoginError::BadInitiatorName);
+        }
+        // A TSIH continues a session only for its own initiator name and ISID; one answer
+        // whether the TSIH exists or not.
+        if req.tsih != 0 && !sessions.owns(req.tsih, name, req.isid) {
+            return Err(LoginError::NoSuchSession(req.tsih));
         }
         self.session_type = match get("SessionType") {
             None | Some("Normal") => SessionType::Normal,
@@ -824,18 +887,64 @@ impl Login {
             if !valid_iscsi_name(tn) {
                 return Err(LoginError::BadTargetName);
             }
-            let t = self
-                .registry
-                .lookup(tn)
-                .ok_or_else(|| LoginError::UnknownTarget(tn.to_string()))?;
-            if !t.allows(name) {
-                return Err(LoginError::Forbidden(tn.to_string()));
-            }
+            let t = match self.check_target(tn, name, req.tsih) {
+                // A login continuing a session gets "no such session" for every refusal, so
+                // an existing TSIH answers like a made-up one wherever the caller stands.
+                Err(e) if req.tsih != 0 && e.refusal().is_some() => {
+                    self.refusal = e.refusal();
+                    return Err(LoginError::NoSuchSession(req.tsih));
+                }
+                r => r?,
+            };
             self.target = Some(t);
+        } else if self.peer.is_some() {
+            // Discovery: only from an address and name that some client's target accepts,
+            // and with that target's CHAP when it has one.
+            let peer = self.peer;
+            let mine =
+                self.registry.all().into_iter().find(|t| {
+                    t.listed && t.allows(name) && self.registry.binding(&t.iqn).allows(peer)
+                });
+            match mine {
+                Some(t) => self.discovery_auth = t.chap.clone(),
+                None => return Err(LoginError::NothingToDiscover),
+            }
         }
         // A TargetName in a Discovery login is ignored (RFC 7143 §13.4: not sent there).
         self.initiator_name = Some(name.to_string());
         Ok(())
+    }
+
+    /// The target `tn` if `name`, from this login's peer, may use it now.
+    fn check_target(
+        &self,
+        tn: &str,
+        name: &str,
+        tsih: u16,
+    ) -> Result<Arc<TargetConfig>, LoginError> {
+        let t = self
+            .registry
+            .lookup(tn)
+            .ok_or_else(|| LoginError::UnknownTarget(tn.to_string()))?;
+        if !self.registry.binding(&t.iqn).allows(self.peer) {
+            return Err(LoginError::WrongAddress(tn.to_string()));
+        }
+        if !t.allows(name) {
+            return Err(LoginError::Forbidden(tn.to_string()));
+        }
+        if tsih == 0 && self.registry.exclusive(&t.iqn) {
+            let live = t.stats.sessions();
+            let live: Vec<Live<'_>> = live
+                .iter()
+                .map(|s| Live {
+                    peer: s.peer.ip(),
+                    initiator: &s.initiator,
+                })
+                .collect();
+            access::one_user(&live, self.peer, name)
+                .map_err(|_| LoginError::InUse(tn.to_string()))?;
+        }
+        Ok(t)
     }
 
     /// A leading key repeated in a later exchange: tolerated only with the same value.
@@ -917,6 +1026,7 @@ mod tests {
             lus: Arc::new(TargetLus::new(Vec::new())),
             allowed_initiators: allowed.iter().map(|s| s.to_string()).collect(),
             chap,
+            listed: true,
             stats: Arc::new(TargetStats::default()),
         })
     }
@@ -957,7 +1067,7 @@ mod tests {
             self.next.set(self.next.get() + 1);
             0x100 + self.next.get()
         }
-        fn exists(&self, tsih: u16) -> bool {
+        fn owns(&self, tsih: u16, _: &str, _: [u8; 6]) -> bool {
             self.existing.contains(&tsih)
         }
     }
@@ -1306,6 +1416,147 @@ mod tests {
         let s = i.send_req(r, b);
         assert_eq!(get(&s, "AuthMethod").as_deref(), Some("None"));
         assert!(s.responses[0].0.transit);
+    }
+
+    /// A registry whose targets are bound to 10.0.0.5 (see [`access::Binding`]).
+    struct Bound(StaticRegistry);
+    impl TargetRegistry for Bound {
+        fn lookup(&self, iqn: &str) -> Option<Arc<TargetConfig>> {
+            self.0.lookup(iqn)
+        }
+        fn all(&self) -> Vec<Arc<TargetConfig>> {
+            self.0.all()
+        }
+        fn binding(&self, _: &str) -> access::Binding {
+            access::Binding::Only(vec!["10.0.0.5".parse().unwrap()])
+        }
+        fn exclusive(&self, _: &str) -> bool {
+            true
+        }
+    }
+
+    fn bound_ini(peer: &str, targets: Vec<Arc<TargetConfig>>) -> Ini {
+        let mut i = Ini::new(false);
+        i.login = Login::new(
+            Arc::new(Bound(StaticRegistry(targets))),
+            TargetLimits::default(),
+        )
+        .from_peer(peer.parse().unwrap());
+        i
+    }
+
+    #[test]
+    fn access_rules_refuse_with_one_answer() {
+        // The client's own address gets in.
+        let mut i = bound_ini("10.0.0.5", vec![target(IQN, &[], None)]);
+        done(i.send(0, 3, true, &leading(IQN)));
+        // Another address: the same 0201 as an unknown target, and the reason is kept.
+        let mut i = bound_ini("10.0.0.66", vec![target(IQN, &[], None)]);
+        assert_fails(&i.send(0, 3, true, &leading(IQN)), LoginStatus::AUTH_FAILED);
+        assert_eq!(i.login.refusal(), Some(Refusal::WrongAddress));
+        let mut i = bound_ini("10.0.0.66", vec![target(IQN, &[], None)]);
+        assert_fails(
+            &i.send(0, 3, true, &leading("iqn.2026-11.org.isboot:nope")),
+            LoginStatus::AUTH_FAILED,
+        );
+        assert_eq!(i.login.refusal(), Some(Refusal::UnknownTarget));
+        // One user of a disk: a live session of another initiator keeps it; the same
+        // initiator from the same address (its boot chain) gets in.
+        let t = target(IQN, &[], None);
+        t.stats.add_session(crate::iscsi::target::SessionInfo {
+            id: 1,
+            initiator: "iqn.1994-05.com.other:x".into(),
+            peer: "10.0.0.5:40000".parse().unwrap(),
+            isid: [0; 6],
+            tsih: 9,
+            kill: Default::default(),
+        });
+        let mut i = bound_ini("10.0.0.5", vec![t.clone()]);
+        assert_fails(&i.send(0, 3, true, &leading(IQN)), LoginStatus::AUTH_FAILED);
+        assert_eq!(i.login.refusal(), Some(Refusal::InUse));
+        let mut i = bound_ini("10.0.0.5", vec![t]);
+        done(i.send(
+            0,
+            3,
+            true,
+            &[
+                ("InitiatorName", "iqn.1994-05.com.other:x"),
+                ("TargetName", IQN),
+                ("AuthMethod", "None"),
+            ],
+        ));
+    }
+
+    #[test]
+    fn discovery_only_for_a_client_at_its_own_address_with_its_secret() {
+        let disc = [
+            ("InitiatorName", INIT),
+            ("SessionType", "Discovery"),
+            ("AuthMethod", "None"),
+        ];
+        // From elsewhere: refused at once, 0201.
+        let mut i = bound_ini("10.0.0.66", vec![target(IQN, &[], None)]);
+        assert_fails(&i.send(0, 1, true, &disc), LoginStatus::AUTH_FAILED);
+        assert_eq!(i.login.refusal(), Some(Refusal::NothingToDiscover));
+        // Maintenance targets (unlisted) give nobody a discovery session.
+        let mut maint = TargetConfig {
+            iqn: IQN.into(),
+            lus: Arc::new(TargetLus::new(Vec::new())),
+            allowed_initiators: Vec::new(),
+            chap: None,
+            listed: false,
+            stats: Arc::new(TargetStats::default()),
+        };
+        let mut i = bound_ini("10.0.0.5", vec![Arc::new(maint)]);
+        assert_fails(&i.send(0, 1, true, &disc), LoginStatus::AUTH_FAILED);
+        // The client's address: CHAP of its target is required (AuthMethod=None refused).
+        maint = TargetConfig {
+            iqn: CHAP_IQN.into(),
+            lus: Arc::new(TargetLus::new(Vec::new())),
+            allowed_initiators: Vec::new(),
+            chap: Some(chap_cfg(false)),
+            listed: true,
+            stats: Arc::new(TargetStats::default()),
+        };
+        let mut i = bound_ini("10.0.0.5", vec![Arc::new(maint)]);
+        assert_fails(&i.send(0, 1, true, &disc), LoginStatus::AUTH_FAILED);
+        // Without CHAP on the target: in.
+        let mut i = bound_ini("10.0.0.5", vec![target(IQN, &[], None)]);
+        done(i.send(0, 3, true, &disc));
+    }
+
+    #[test]
+    fn a_tsih_continues_only_its_own_initiator_and_isid() {
+        struct Owned;
+        impl SessionTable for Owned {
+            fn new_session(&self, _: &str, _: [u8; 6], _: Option<&str>) -> u16 {
+                1
+            }
+            fn owns(&self, tsih: u16, initiator: &str, isid: [u8; 6]) -> bool {
+                tsih == 0x222 && initiator == INIT && isid == ISID
+            }
+        }
+        for (name, tsih, want) in [
+            (INIT, 0x222, true),
+            ("iqn.1994-05.com.other:x", 0x222, false),
+            (INIT, 0x333, false),
+        ] {
+            let mut login = Login::new(registry(false), TargetLimits::default());
+            let mut r = Ini::new(false).req(0, 3, true, false);
+            r.tsih = tsih;
+            let keys = [
+                ("InitiatorName", name),
+                ("TargetName", IQN),
+                ("AuthMethod", "None"),
+            ];
+            let step = login.handle(&r, &kv(&keys), &Owned);
+            let ok = matches!(step.outcome, LoginOutcome::Done(_));
+            assert_eq!(ok, want, "{name} {tsih:#x}");
+            if !want {
+                let h = &step.responses[0].0;
+                assert_eq!((h.status_class, h.status_detail), (2, 0x0a));
+            }
+        }
     }
 
     #[test]
@@ -1700,11 +1951,12 @@ mod tests {
     #[test]
     fn refusals_with_status() {
         let cases: Vec<(Vec<(&str, &str)>, LoginStatus)> = vec![
+            // Unknown target and a name the target does not allow: one answer (0201).
             (
                 leading("iqn.2026-11.org.isboot:nope"),
-                LoginStatus::NOT_FOUND,
+                LoginStatus::AUTH_FAILED,
             ),
-            (leading(SECRET_IQN), LoginStatus::FORBIDDEN),
+            (leading(SECRET_IQN), LoginStatus::AUTH_FAILED),
             (
                 vec![("TargetName", IQN), ("AuthMethod", "None")],
                 LoginStatus::MISSING_PARAMETER,
@@ -1961,7 +2213,7 @@ mod tests {
         let mut i = Ini::new(false);
         assert_fails(
             &i.send(0, 1, true, &leading("iqn.x:none")),
-            LoginStatus::NOT_FOUND,
+            LoginStatus::AUTH_FAILED,
         );
         assert_fails(
             &i.send(0, 1, true, &leading(IQN)),
@@ -1996,7 +2248,7 @@ mod hostile {
         fn new_session(&self, _: &str, _: [u8; 6], _: Option<&str>) -> u16 {
             7
         }
-        fn exists(&self, tsih: u16) -> bool {
+        fn owns(&self, tsih: u16, _: &str, _: [u8; 6]) -> bool {
             tsih == 0x222
         }
     }
@@ -2047,6 +2299,7 @@ mod hostile {
                 lus: Arc::new(TargetLus::new(Vec::new())),
                 allowed_initiators: Vec::new(),
                 chap,
+                listed: true,
                 stats: Arc::new(TargetStats::default()),
             })
         };

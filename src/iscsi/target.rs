@@ -39,6 +39,9 @@ pub struct TargetConfig {
     pub allowed_initiators: Vec<String>,
     /// CHAP required when set.
     pub chap: Option<ChapConfig>,
+    /// Shown to discovery sessions (SendTargets) of initiators it accepts; false for
+    /// maintenance targets, which nobody discovers.
+    pub listed: bool,
     /// Counters and live sessions, for `isboot status`.
     pub stats: Arc<TargetStats>,
 }
@@ -65,6 +68,17 @@ pub trait TargetRegistry: Send + Sync + 'static {
     /// registry may start the target afresh first (a reset-mode client's new boot, see
     /// [`boot_firmware_isid`]). Returns true when it did; the caller looks the target up again.
     fn login_accepted(&self, _iqn: &str, _isid: [u8; 6]) -> bool {
+        false
+    }
+    /// The addresses target `iqn` accepts logins and discovery from (see
+    /// [`super::access::Binding`]). `isboot export` and plain registries: any.
+    fn binding(&self, _iqn: &str) -> super::access::Binding {
+        super::access::Binding::Any
+    }
+    /// Is target `iqn` one machine's disk ("one user at a time", [`super::access::one_user`])?
+    /// `isboot export` serves a LUN that several initiators may share (SCSI reservations):
+    /// no.
+    fn exclusive(&self, _iqn: &str) -> bool {
         false
     }
 }

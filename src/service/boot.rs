@@ -2,7 +2,9 @@
 //! from the live client registry.
 
 use crate::dhcp::config::DhcpConfig;
-use crate::dhcp::{ClientDirectory, DhcpClient, DhcpHooks, MacAddr, PowerOn, PowerOnHook};
+use crate::dhcp::{
+    AddressOrigin, ClientDirectory, DhcpClient, DhcpHooks, MacAddr, PowerOn, PowerOnHook,
+};
 use crate::service::registry::StateRegistry;
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -172,9 +174,15 @@ impl BootServices {
                 Ok(())
             });
             let dir: Arc<dyn ClientDirectory> = Arc::new(RegistryDirectory(registry.clone()));
+            let learned = registry.clone();
             let hooks = DhcpHooks {
                 power_on: Some(Arc::new(PowerOnReset(registry.clone()))),
                 enroll: None,
+                address: Some(Arc::new(
+                    move |mac: MacAddr, ip: Ipv4Addr, how: AddressOrigin| {
+                        learned.learn_address(mac, ip, how)
+                    },
+                )),
             };
             let leases = Some(registry.state_dir().path("dhcp-leases.json"));
             let stop = stopped();

@@ -147,6 +147,14 @@ pub async fn run_dhcp_on(
         Some(p) => Leases::load(p)?,
         None => Leases::new(),
     };
+    // Clients keep their disks across a restart: what the lease file says they hold binds
+    // their targets again.
+    if let Some(h) = &hooks.address {
+        let now = unix_now();
+        for l in leases.iter().filter(|l| l.bound && l.expires > now) {
+            h.client_address(l.mac, l.ip, crate::dhcp::AddressOrigin::Lease);
+        }
+    }
     let mut server = DhcpServer::new(cfg, leases);
     let mut updates_open = true;
     let mut buf67 = vec![0u8; RECV_BUF];

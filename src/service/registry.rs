@@ -9,7 +9,8 @@ use crate::config::{
     ConfigError, ServerStatus, SessionStatus, State, StateDir, TargetKind, TargetSpec, TargetStatus,
 };
 use crate::config::{MacAddr, Mode, now_unix, write_atomic};
-use crate::dhcp::PowerOn;
+use crate::dhcp::{AddressOrigin, PowerOn};
+use crate::iscsi::access::Binding;
 use crate::iscsi::target::{ChapConfig, TargetConfig, TargetRegistry, TargetStats};
 use crate::scsi::{LogicalUnit, LuIdentity, TargetLus};
 use crate::store::BlockDevice;
@@ -65,6 +66,8 @@ pub struct StateRegistry {
     http: Mutex<Option<String>>,
     /// Power-on requests seen while the target was in use: target IQN -> when.
     pending_power_on: Mutex<HashMap<String, std::time::Instant>>,
+    /// Addresses DHCP learned clients hold (see [`StateRegistry::learn_address`]).
+    learned: Mutex<HashMap<MacAddr, (std::net::Ipv4Addr, AddressOrigin)>>,
 }
 
 fn fnv1a(s: &str) -> u64 {
@@ -103,6 +106,7 @@ impl StateRegistry {
             listen: Mutex::new(String::new()),
             http: Mutex::new(None),
             pending_power_on: Mutex::new(HashMap::new()),
+            learned: Mutex::new(HashMap::new()),
         };
         r.reload()?;
         Ok(r)
@@ -196,6 +200,7 @@ impl StateRegistry {
                         lus: pt.lus.clone(),
                         allowed_initiators: spec.initiators.iter().map(|i| i.to_string()).collect(),
                         chap: spec.chap.as_ref().map(chap_config),
+                        listed: pt.listed,
                         stats: pt.stats.clone(),
                     });
                     next.push(Live {
@@ -320,6 +325,39 @@ impl StateRegistry {
         self.dir.lock()?.reset_client(&name, true)?;
         self.reload()?;
         Ok(PowerOn::Reset)
+    }
+
+    /// DHCP learned that the client with `mac` holds `ip` (a lease it acknowledged, or in
+    /// proxy mode the address its boot request came from): its target accepts logins from
+    /// there. In proxy mode nothing proves the request came from the client, so a seen address
+    /// never replaces another while the client's target has a live session.
+    pub fn learn_address(&self, mac: MacAddr, ip: std::net::Ipv4Addr, how: AddressOrigin) {
+        let mut l = self.learned.lock().unwrap_or_else(|e| e.into_inner());
+        if l.get(&mac).is_some_and(|(old, _)| *old == ip) {
+            return;
+        }
+        if how == AddressOrigin::Seen && l.contains_key(&mac) {
+            let st = self.current_state();
+            let live = st.registry.client_by_mac(&mac).is_some_and(|c| {
+                self.lookup(st.target_iqn(&c.name).as_str())
+                    .is_some_and(|t| !t.stats.sessions().is_empty())
+            });
+            if live {
+                tracing::warn!(mac = %mac, %ip, "proxy DHCP: a boot request for a client whose disk is in use came from another address; its target stays bound where it was");
+                return;
+            }
+        }
+        tracing::info!(mac = %mac, %ip, how = ?how, "client address learned: its target accepts logins from it");
+        l.insert(mac, (ip, how));
+    }
+
+    /// The address DHCP learned for `mac`, if any.
+    pub fn learned_address(&self, mac: &MacAddr) -> Option<(std::net::Ipv4Addr, AddressOrigin)> {
+        self.learned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(mac)
+            .copied()
     }
 
     /// Did the DHCP service see a power-on request for `target`'s client within `within`
@@ -463,6 +501,7 @@ fn target_for(
         lus: Arc::new(TargetLus::single(lu)),
         allowed_initiators: spec.initiators.iter().map(|i| i.to_string()).collect(),
         chap: spec.chap.as_ref().map(chap_config),
+        listed: matches!(spec.kind, TargetKind::Client(_)),
         stats,
     })
 }
@@ -482,6 +521,57 @@ impl TargetRegistry for StateRegistry {
             .map(|l| l.target.clone())
             .collect()
     }
+    /// A client's target accepts its reservation and the address DHCP learned it holds; a
+    /// maintenance target this host (127.0.0.1) and the maintenance machine's addresses. A
+    /// client with neither is bound nowhere when isboot runs DHCP (it will learn the address
+    /// at the client's boot), and to any address when it does not (no `[dhcp]` section:
+    /// `add-client --ip` binds it; `isboot status` shows which clients are unbound).
+    fn binding(&self, iqn: &str) -> Binding {
+        let st = self.current_state();
+        let of_mac = |mac: &MacAddr| -> Vec<std::net::IpAddr> {
+            let mut v = Vec::new();
+            if let Some(ip) = st.registry.client_by_mac(mac).and_then(|c| c.ip) {
+                v.push(ip.into());
+            }
+            if let Some((ip, _)) = self.learned_address(mac) {
+                v.push(ip.into());
+            }
+            v
+        };
+        if let Some(c) = st
+            .registry
+            .clients
+            .iter()
+            .find(|c| st.target_iqn(&c.name).as_str().eq_ignore_ascii_case(iqn))
+        {
+            let addrs = of_mac(&c.mac);
+            if addrs.is_empty() && st.config.dhcp.is_none() {
+                return Binding::Any;
+            }
+            return Binding::Only(addrs);
+        }
+        for img in &st.registry.images {
+            if let Some(m) = &img.maintenance
+                && st
+                    .maintenance_iqn(&img.name)
+                    .as_str()
+                    .eq_ignore_ascii_case(iqn)
+            {
+                let mut addrs = vec![std::net::IpAddr::from(std::net::Ipv4Addr::LOCALHOST)];
+                if let Some(mac) = &m.mac {
+                    addrs.extend(of_mac(mac));
+                }
+                return Binding::Only(addrs);
+            }
+        }
+        Binding::Only(Vec::new())
+    }
+
+    /// Client disks and maintenance targets are each one machine's disk.
+    fn exclusive(&self, _iqn: &str) -> bool {
+        true
+    }
+
     /// A reset-mode client whose power-on request came while its disk still had a session
     /// (a warm reboot: the old boot's connection has not been dropped yet) is reset at its new
     /// boot's first login, iPXE's, once that login has passed every check. Its old sessions end.

@@ -180,7 +180,8 @@ impl Handler {
     /// Run the login phase: Login Requests in, Login Responses out, within the login timeout.
     async fn login(&mut self) -> io::Result<LoginEnd> {
         let limits = self.shared.cfg.limits;
-        let mut login = Login::new(self.shared.registry.clone(), limits);
+        let mut login =
+            Login::new(self.shared.registry.clone(), limits).from_peer(self.peer.addr.ip());
         let lim = FrameLimits {
             max_data: limits.max_recv_data_segment_length.max(8192),
             header_digest: false,
@@ -241,7 +242,10 @@ impl Handler {
                 }
                 LoginOutcome::Failed => {
                     let (class, detail) = status.unwrap_or((2, 0));
-                    metrics::get().login_refused(metrics::login_reason(class, detail));
+                    let reason = login
+                        .refusal()
+                        .map_or_else(|| metrics::login_reason(class, detail), |r| r.as_str());
+                    metrics::get().login_refused(reason);
                     return Ok(LoginEnd::Refused);
                 }
             }
@@ -455,6 +459,7 @@ impl SessionHandler {
         );
         let text = Box::new(Text::new(
             shared.registry.clone(),
+            conn.peer.addr.ip(),
             params.initiator_name.clone(),
             format!("{},{tpgt}", conn.peer.local),
             params.max_xmit_dsl,

@@ -108,13 +108,14 @@ impl SessionTable for TableView<'_> {
         tsih
     }
 
-    fn exists(&self, tsih: u16) -> bool {
+    fn owns(&self, tsih: u16, initiator: &str, isid: [u8; 6]) -> bool {
         self.table
             .inner
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .sessions
-            .contains_key(&tsih)
+            .get(&tsih)
+            .is_some_and(|e| e.initiator.eq_ignore_ascii_case(initiator) && e.isid == isid)
     }
 }
 

@@ -9,6 +9,7 @@ use std::sync::Arc;
 /// NotUnderstood for anything else; long answers continue over several PDUs.
 pub(super) struct Text {
     registry: Arc<dyn TargetRegistry>,
+    peer: std::net::IpAddr,
     initiator: String,
     portal: String,
     max_xmit_dsl: u32,
@@ -21,12 +22,14 @@ impl Text {
     /// (`10.0.0.1:3260,1`), for SendTargets answers.
     pub(super) fn new(
         registry: Arc<dyn TargetRegistry>,
+        peer: std::net::IpAddr,
         initiator: String,
         portal: String,
         max_xmit_dsl: u32,
     ) -> Text {
         Text {
             registry,
+            peer,
             initiator,
             portal,
             max_xmit_dsl,
@@ -47,6 +50,7 @@ impl TextHandler for Text {
                     if p.key == "SendTargets" {
                         body.extend(crate::iscsi::discovery::send_targets(
                             self.registry.as_ref(),
+                            Some(self.peer),
                             &self.initiator,
                             &p.value,
                             &self.portal,
