@@ -419,8 +419,9 @@ fn refused(what: &str, got: Outcome, want: (u8, u8)) {
 
 /// RFC 7143 §11.13.5: 0201 authentication failure.
 const AUTH_FAILURE: (u8, u8) = (0x02, 0x01);
-/// 0202 authorization failure: this initiator may not use this target.
-const NOT_AUTHORIZED: (u8, u8) = (0x02, 0x02);
+/// A name the target does not allow: the same 0201 (SECURITY.md: every "not you" is one
+/// answer, so a caller learns nothing about which names, targets or addresses exist).
+const NOT_AUTHORIZED: (u8, u8) = AUTH_FAILURE;
 
 /// A libiscsi tool run from `h`: (exit code, stdout + stderr).
 fn libiscsi(h: &Host, tool: &str, args: &[&str]) -> (i32, String) {
@@ -490,12 +491,13 @@ fn tool_refused(what: &str, h: &Host, tool: &str, args: &[&str], reason: &str) {
 
 /// 020a: the TSIH names no session (of this initiator).
 const NO_SUCH_SESSION: (u8, u8) = (0x02, 0x0a);
-/// A login from an address other than the client's own (trust's choice, SECURITY.md).
-const BOUND_ELSEWHERE: (u8, u8) = NOT_AUTHORIZED;
+/// A login from an address other than the client's own: 0201 too (SECURITY.md), so a thief
+/// does not even learn that the stolen secret was right.
+const BOUND_ELSEWHERE: (u8, u8) = AUTH_FAILURE;
 
 /// Libiscsi's words for the login statuses above.
 const LIBISCSI_AUTH_FAILURE: &str = "Authentication failure";
-const LIBISCSI_BOUND_ELSEWHERE: &str = "Authorization failure";
+const LIBISCSI_BOUND_ELSEWHERE: &str = "Authentication failure";
 
 #[test]
 fn stated_names_known_iqns_and_wrong_chap_are_refused() {
@@ -591,7 +593,6 @@ fn stolen_with_libiscsi(s: &Suite, what: &str, want: &str) {
 }
 
 #[test]
-#[ignore = "needs trust (issue 12 item 2): a client's target is bound to its address"]
 fn stolen_credentials_from_another_address_are_refused() {
     let Some(s) = Suite::start() else { return };
     let h = &s.hostile;
@@ -618,7 +619,6 @@ fn stolen_credentials_from_another_address_are_refused() {
 /// The way attacker B gets credentials: DHCP as A's iPXE (A's MAC). While A runs, whatever the
 /// reply hands out is useless from the hostile address, and A's disk is not reset.
 #[test]
-#[ignore = "needs trust (issue 12 item 2): address binding"]
 fn credentials_from_a_spoofed_ipxe_dhcp_are_useless_elsewhere() {
     let Some(s) = Suite::start() else { return };
     let h = &s.hostile;
@@ -715,7 +715,6 @@ fn login_transcript(
 }
 
 #[test]
-#[ignore = "needs trust (issue 12 item 4): forged reinstatement answers 020a whether or not the session exists"]
 fn session_reinstatement_and_tsih_guessing_are_refused() {
     let Some(s) = Suite::start() else { return };
     let h = &s.hostile;
@@ -782,7 +781,6 @@ fn discover(
 }
 
 #[test]
-#[ignore = "needs trust (issue 12 item 7): discovery authenticates and lists only the caller's own target"]
 fn discovery_shows_strangers_nothing() {
     let Some(s) = Suite::start() else { return };
     let h = &s.hostile;
@@ -841,7 +839,6 @@ fn discovery_shows_strangers_nothing() {
 }
 
 #[test]
-#[ignore = "needs trust (issue 12 item 8): maintenance targets get a generated secret and an address binding"]
 fn the_maintenance_target_is_closed_to_the_lan() {
     let Some(s) = Suite::start() else { return };
     let h = &s.hostile;
