@@ -190,7 +190,7 @@ fn over_long_iscsi_names_are_refused() {
         ],
     );
     assert_status(&a, 2, 0);
-    // Within the name limit but unknown: not found (0203).
+    // Within the name limit but unknown: the one "not you" answer, 0201 (SECURITY.md).
     let a = first_login(
         &exp,
         &[
@@ -200,7 +200,7 @@ fn over_long_iscsi_names_are_refused() {
             ("AuthMethod", "None"),
         ],
     );
-    assert_status(&a, 2, 3);
+    assert_status(&a, 2, 1);
     still_serving(&exp);
 }
 
