@@ -170,7 +170,8 @@ fn read_only_export_refuses_writes() {
 }
 
 #[test]
-fn unknown_target_is_refused_with_not_found() {
+/// The one "not you" answer (0201), as for a target bound elsewhere (SECURITY.md).
+fn unknown_target_is_refused_like_any_other_stranger() {
     let dir = tempfile::tempdir().unwrap();
     let img = patterned_image(dir.path(), "d.raw", MIB);
     let exp = Export::start(&img, &[]);
@@ -185,7 +186,7 @@ fn unknown_target_is_refused_with_not_found() {
             err,
             isboot::initiator::InitiatorError::LoginRefused {
                 class: 2,
-                detail: 3
+                detail: 1
             }
         ),
         "{err}"
