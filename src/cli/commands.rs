@@ -391,7 +391,7 @@ fn chap_choice(
 /// After a change that left a client without CHAP.
 fn warn_chap_off(by_default: bool) {
     eprintln!(
-        "isboot: warning: CHAP is off for this client{}: any host that states its initiator name can log in to its disk{}",
+        "isboot: warning: CHAP is off for this client{}: a host at its address that states its initiator name can log in to its disk{}",
         if by_default {
             " (the default until the installed system's iscsid takes CHAP over from the iBFT)"
         } else {
