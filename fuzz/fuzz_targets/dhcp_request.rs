@@ -19,6 +19,12 @@ impl ClientDirectory for EveryoneKnown {
             initiator_iqn: Some("iqn.2026-11.fuzz:i".into()),
             root_path: None,
             san_filename: (mac.0[4] & 1 == 1).then(|| "\\EFI\\BOOT\\BOOTX64.EFI".to_string()),
+            // Some clients carry CHAP credentials, so the iPXE-stage option path is fuzzed too.
+            chap: (mac.0[3] & 1 == 1).then(|| isboot::dhcp::IpxeChap {
+                username: "c".into(),
+                password: "0123456789abcdef".into(),
+                reverse: (mac.0[3] & 2 == 2).then(|| ("t".into(), "fedcba9876543210".into())),
+            }),
         })
     }
     fn by_ip(&self, _: Ipv4Addr) -> Option<MacAddr> {
