@@ -142,6 +142,9 @@ impl Registry {
         let l = which.to_ascii_lowercase();
         self.clients.iter().find(|c| c.name.as_str() == l)
     }
+    pub fn client(&self, name: &ClientName) -> Option<&Client> {
+        self.clients.iter().find(|c| &c.name == name)
+    }
     pub fn client_by_mac(&self, mac: &MacAddr) -> Option<&Client> {
         self.clients.iter().find(|c| &c.mac == mac)
     }

@@ -321,10 +321,24 @@ impl StateRegistry {
         if !written && st.newest_version(&c.image) == Some(c.version) {
             return Ok(PowerOn::Unchanged);
         }
-        let name = c.name.to_string();
-        self.dir.lock()?.reset_client(&name, true)?;
-        self.reload()?;
+        self.reset_now(c.name.as_str())?;
         Ok(PowerOn::Reset)
+    }
+
+    /// What the served target `iqn` is (a client's disk or an image's maintenance view) and
+    /// whether it has a live session: the live list already knows, no name is rebuilt.
+    fn served(&self, iqn: &str) -> Option<(TargetKind, bool)> {
+        self.read()
+            .targets
+            .iter()
+            .find(|l| l.target.iqn.eq_ignore_ascii_case(iqn))
+            .map(|l| (l.spec.kind.clone(), !l.target.stats.sessions().is_empty()))
+    }
+
+    /// Reset client `name` now (its sessions end) and serve its fresh target.
+    fn reset_now(&self, name: &str) -> Result<(), ConfigError> {
+        self.dir.lock()?.reset_client(name, true)?;
+        self.reload()
     }
 
     /// DHCP learned that the client with `mac` holds `ip` (a lease it acknowledged, or in
@@ -339,8 +353,8 @@ impl StateRegistry {
         if how == AddressOrigin::Seen && l.contains_key(&mac) {
             let st = self.current_state();
             let live = st.registry.client_by_mac(&mac).is_some_and(|c| {
-                self.lookup(st.target_iqn(&c.name).as_str())
-                    .is_some_and(|t| !t.stats.sessions().is_empty())
+                self.served(st.target_iqn(&c.name).as_str())
+                    .is_some_and(|(_, live)| live)
             });
             if live {
                 tracing::warn!(mac = %mac, %ip, "proxy DHCP: a boot request for a client whose disk is in use came from another address; its target stays bound where it was");
@@ -529,42 +543,40 @@ impl TargetRegistry for StateRegistry {
     fn binding(&self, iqn: &str) -> Binding {
         let st = self.current_state();
         let of_mac = |mac: &MacAddr| -> Vec<std::net::IpAddr> {
-            let mut v = Vec::new();
-            if let Some(ip) = st.registry.client_by_mac(mac).and_then(|c| c.ip) {
-                v.push(ip.into());
-            }
-            if let Some((ip, _)) = self.learned_address(mac) {
-                v.push(ip.into());
-            }
-            v
+            let reserved = st.registry.client_by_mac(mac).and_then(|c| c.ip);
+            let learned = self.learned_address(mac).map(|(ip, _)| ip);
+            reserved
+                .into_iter()
+                .chain(learned)
+                .map(Into::into)
+                .collect()
         };
-        if let Some(c) = st
-            .registry
-            .clients
-            .iter()
-            .find(|c| st.target_iqn(&c.name).as_str().eq_ignore_ascii_case(iqn))
-        {
-            let addrs = of_mac(&c.mac);
-            if addrs.is_empty() && st.config.dhcp.is_none() {
-                return Binding::Any;
-            }
-            return Binding::Only(addrs);
-        }
-        for img in &st.registry.images {
-            if let Some(m) = &img.maintenance
-                && st
-                    .maintenance_iqn(&img.name)
-                    .as_str()
-                    .eq_ignore_ascii_case(iqn)
-            {
-                let mut addrs = vec![std::net::IpAddr::from(std::net::Ipv4Addr::LOCALHOST)];
-                if let Some(mac) = &m.mac {
-                    addrs.extend(of_mac(mac));
+        match self.served(iqn).map(|(kind, _)| kind) {
+            Some(TargetKind::Client(name)) => {
+                let addrs = st
+                    .registry
+                    .client(&name)
+                    .map(|c| of_mac(&c.mac))
+                    .unwrap_or_default();
+                if addrs.is_empty() && st.config.dhcp.is_none() {
+                    Binding::Any
+                } else {
+                    Binding::Only(addrs)
                 }
-                return Binding::Only(addrs);
             }
+            Some(TargetKind::Maintenance(image)) => {
+                let mut addrs = vec![std::net::IpAddr::from(std::net::Ipv4Addr::LOCALHOST)];
+                let mac = st
+                    .registry
+                    .image(&image)
+                    .and_then(|i| i.maintenance.as_ref()?.mac);
+                if let Some(mac) = mac {
+                    addrs.extend(of_mac(&mac));
+                }
+                Binding::Only(addrs)
+            }
+            None => Binding::Only(Vec::new()),
         }
-        Binding::Only(Vec::new())
     }
 
     /// Client disks and maintenance targets are each one machine's disk.
@@ -581,24 +593,14 @@ impl TargetRegistry for StateRegistry {
         {
             return false;
         }
-        let st = self.current_state();
-        let Some(c) = st
-            .registry
-            .clients
-            .iter()
-            .find(|c| st.target_iqn(&c.name).as_str().eq_ignore_ascii_case(iqn))
-        else {
+        let Some((TargetKind::Client(name), _)) = self.served(iqn) else {
             return false;
         };
-        if c.mode != Mode::Reset {
+        let st = self.current_state();
+        if st.registry.client(&name).map(|c| c.mode) != Some(Mode::Reset) {
             return false;
         }
-        let name = c.name.to_string();
-        let reset = || -> Result<(), ConfigError> {
-            self.dir.lock()?.reset_client(&name, true)?;
-            self.reload()
-        };
-        match crate::service::blocking(reset) {
+        match crate::service::blocking(|| self.reset_now(name.as_str())) {
             Ok(()) => {
                 tracing::info!(client = %name, "power-on: reset-mode client starts from a pristine disk (reset at its new boot's first login; the old boot's session ended)");
                 true
@@ -685,6 +687,16 @@ mod tests {
         kill
     }
 
+    /// Write `data` at `off` to `t`'s LUN 0 (FUA).
+    fn write(t: &TargetConfig, off: u64, data: &[u8]) {
+        t.lus
+            .get(0)
+            .unwrap()
+            .device()
+            .write(off, data, true)
+            .unwrap();
+    }
+
     fn read(t: &TargetConfig, off: u64, len: usize) -> Vec<u8> {
         let mut out = Vec::new();
         t.lus
@@ -742,19 +754,9 @@ mod tests {
         let t2 = reg.lookup(&format!("{p}:pc2")).unwrap();
         // Nothing written yet: nothing to do.
         assert_eq!(reg.power_on(&mac2).unwrap(), PowerOn::Unchanged);
-        t2.lus
-            .get(0)
-            .unwrap()
-            .device()
-            .write(4096, &[9u8; 512], true)
-            .unwrap();
+        write(&t2, 4096, &[9u8; 512]);
         let t1 = reg.lookup(&format!("{p}:pc1")).unwrap();
-        t1.lus
-            .get(0)
-            .unwrap()
-            .device()
-            .write(4096, &[8u8; 512], true)
-            .unwrap();
+        write(&t1, 4096, &[8u8; 512]);
         assert_eq!(
             reg.power_on(&mac1).unwrap(),
             PowerOn::Unchanged,
@@ -794,12 +796,7 @@ mod tests {
         );
         // Written again, then a cold power-on (no session): reset at the DHCP request.
         let t2 = reg.lookup(&name2).unwrap();
-        t2.lus
-            .get(0)
-            .unwrap()
-            .device()
-            .write(4096, &[9u8; 512], true)
-            .unwrap();
+        write(&t2, 4096, &[9u8; 512]);
         assert_eq!(reg.power_on(&mac2).unwrap(), PowerOn::Reset);
         let t2b = reg.lookup(&format!("{p}:pc2")).unwrap();
         assert_eq!(read(&t2b, 4096, 512), vec![0x5A; 512]);
