@@ -3,6 +3,7 @@
 //! (and the `[dhcp]` section, owned by the DHCP service) are kept as they are.
 
 use super::ConfigError;
+use super::limits::Limits;
 use super::names::{Iqn, Net, Subnet};
 use serde::{Deserialize, Serialize};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -34,6 +35,9 @@ pub struct Config {
     /// The embedded HTTP listener.
     #[serde(default)]
     pub http: HttpConfig,
+    /// Budgets: connections, buffered writes, TFTP slots, space.
+    #[serde(default)]
+    pub limits: Limits,
     /// Anything else found in the file, kept.
     #[serde(flatten)]
     pub extra: toml::Table,
@@ -118,6 +122,7 @@ impl Default for Config {
             listen: None,
             dhcp: None,
             http: HttpConfig::default(),
+            limits: Limits::default(),
             extra: toml::Table::new(),
         }
     }
@@ -208,6 +213,8 @@ impl Config {
             s.push('\n');
             s.push_str(&toml::to_string(&tables).unwrap_or_default());
         }
+        s.push('\n');
+        s.push_str(&self.limits.render());
         s
     }
 

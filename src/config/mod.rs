@@ -18,6 +18,7 @@
 
 pub mod file;
 pub mod import;
+pub mod limits;
 pub mod names;
 pub mod registry;
 pub mod report;

@@ -2,6 +2,7 @@
 
 pub mod api;
 pub mod boot;
+pub mod budget;
 pub mod dhcp;
 pub mod http;
 pub mod iscsi;

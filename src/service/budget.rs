@@ -1,0 +1,315 @@
+//! Budgets: every resource a peer can make the server hold (connections, TFTP transfer slots,
+//! buffered write data) is counted in one place, against a limit from the config. A refusal is
+//! a protocol answer or back-pressure decided by the caller; the budget only counts.
+//!
+//! Each budget keeps counters a metrics endpoint can publish ([`SlotStats`], [`BytesStats`]).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// Why a slot was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotRefusal {
+    /// Every slot is in use.
+    Full { limit: usize },
+    /// This address holds its share already.
+    PerAddress { limit: usize },
+}
+
+impl std::fmt::Display for SlotRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SlotRefusal::Full { limit } => write!(f, "all {limit} slots are in use"),
+            SlotRefusal::PerAddress { limit } => {
+                write!(f, "this address already holds {limit} slots")
+            }
+        }
+    }
+}
+
+/// Counters of a [`Slots`] budget.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SlotStats {
+    pub limit: usize,
+    pub per_address_limit: usize,
+    pub in_use: usize,
+    /// Most slots in use at once since start.
+    pub peak: usize,
+    /// Distinct addresses holding a slot now.
+    pub addresses: usize,
+    pub refused_full: u64,
+    pub refused_per_address: u64,
+}
+
+#[derive(Debug, Default)]
+struct SlotTable {
+    by_addr: HashMap<IpAddr, usize>,
+    in_use: usize,
+    peak: usize,
+    refused_full: u64,
+    refused_per_address: u64,
+}
+
+/// A number of slots (connections, transfers), with a share per peer address.
+#[derive(Debug, Clone)]
+pub struct Slots {
+    limit: usize,
+    per_address: usize,
+    table: Arc<Mutex<SlotTable>>,
+}
+
+/// A slot held; given back when dropped.
+#[derive(Debug)]
+pub struct Slot {
+    addr: IpAddr,
+    table: Arc<Mutex<SlotTable>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The tables stay consistent at every await-free step, so a poisoned lock is still usable.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Slots {
+    /// `limit` slots in total, `per_address` of them for one address (both at least 1).
+    pub fn new(limit: usize, per_address: usize) -> Slots {
+        Slots {
+            limit: limit.max(1),
+            per_address: per_address.max(1),
+            table: Arc::default(),
+        }
+    }
+
+    /// Take a slot for `addr`, or say why not.
+    pub fn try_acquire(&self, addr: IpAddr) -> Result<Slot, SlotRefusal> {
+        let mut t = lock(&self.table);
+        if t.in_use >= self.limit {
+            t.refused_full += 1;
+            return Err(SlotRefusal::Full { limit: self.limit });
+        }
+        let held = t.by_addr.get(&addr).copied().unwrap_or(0);
+        if held >= self.per_address {
+            t.refused_per_address += 1;
+            return Err(SlotRefusal::PerAddress {
+                limit: self.per_address,
+            });
+        }
+        t.by_addr.insert(addr, held + 1);
+        t.in_use += 1;
+        t.peak = t.peak.max(t.in_use);
+        Ok(Slot {
+            addr,
+            table: self.table.clone(),
+        })
+    }
+
+    pub fn stats(&self) -> SlotStats {
+        let t = lock(&self.table);
+        SlotStats {
+            limit: self.limit,
+            per_address_limit: self.per_address,
+            in_use: t.in_use,
+            peak: t.peak,
+            addresses: t.by_addr.len(),
+            refused_full: t.refused_full,
+            refused_per_address: t.refused_per_address,
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut t = lock(&self.table);
+        t.in_use = t.in_use.saturating_sub(1);
+        if let Some(n) = t.by_addr.get_mut(&self.addr) {
+            *n -= 1;
+            if *n == 0 {
+                t.by_addr.remove(&self.addr);
+            }
+        }
+    }
+}
+
+/// Counters of a [`Bytes`] budget.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct BytesStats {
+    pub limit: u64,
+    pub in_use: u64,
+    /// Most bytes held at once since start.
+    pub peak: u64,
+    /// Times a holder had to wait because the budget was spent.
+    pub waits: u64,
+}
+
+#[derive(Debug)]
+struct BytesInner {
+    limit: u64,
+    in_use: AtomicU64,
+    peak: AtomicU64,
+    waits: AtomicU64,
+    freed: tokio::sync::Notify,
+}
+
+/// A byte budget (buffered write data): holders take bytes when data arrives and give them
+/// back when it is written or the holder goes away. Taking never blocks; a holder that is
+/// refused waits on [`Bytes::freed`] and tries again.
+#[derive(Debug, Clone)]
+pub struct Bytes(Arc<BytesInner>);
+
+/// Bytes held; given back when dropped.
+#[derive(Debug)]
+pub struct HeldBytes {
+    budget: Bytes,
+    n: u64,
+}
+
+impl Bytes {
+    pub fn new(limit: u64) -> Bytes {
+        Bytes(Arc::new(BytesInner {
+            limit,
+            in_use: AtomicU64::new(0),
+            peak: AtomicU64::new(0),
+            waits: AtomicU64::new(0),
+            freed: tokio::sync::Notify::new(),
+        }))
+    }
+
+    pub fn limit(&self) -> u64 {
+        self.0.limit
+    }
+
+    /// Hold `n` more bytes if the budget allows it.
+    pub fn try_take(&self, n: u64) -> Option<HeldBytes> {
+        let inner = &self.0;
+        let mut cur = inner.in_use.load(Ordering::Relaxed);
+        loop {
+            let next = cur.checked_add(n).filter(|&v| v <= inner.limit)?;
+            match inner
+                .in_use
+                .compare_exchange_weak(cur, next, Ordering::AcqRel, Ordering::Relaxed)
+            {
+                Ok(_) => {
+                    inner.peak.fetch_max(next, Ordering::Relaxed);
+                    return Some(HeldBytes {
+                        budget: self.clone(),
+                        n,
+                    });
+                }
+                Err(v) => cur = v,
+            }
+        }
+    }
+
+    /// Count a wait (the caller is about to wait on [`Bytes::freed`]).
+    pub fn note_wait(&self) {
+        self.0.waits.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Completes when some bytes were given back (register before re-checking, as with any
+    /// `Notify`: `let f = b.freed(); if let Some(h) = b.try_take(n) {..} else { f.await }`).
+    pub fn freed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.0.freed.notified()
+    }
+
+    pub fn stats(&self) -> BytesStats {
+        BytesStats {
+            limit: self.0.limit,
+            in_use: self.0.in_use.load(Ordering::Relaxed),
+            peak: self.0.peak.load(Ordering::Relaxed),
+            waits: self.0.waits.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl HeldBytes {
+    pub fn len(&self) -> u64 {
+        self.n
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+
+    /// Add `other` to this holding.
+    pub fn merge(&mut self, mut other: HeldBytes) {
+        self.n += std::mem::take(&mut other.n);
+    }
+}
+
+impl Drop for HeldBytes {
+    fn drop(&mut self) {
+        if self.n > 0 {
+            self.budget.0.in_use.fetch_sub(self.n, Ordering::AcqRel);
+            self.budget.0.freed.notify_waiters();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(last: u8) -> IpAddr {
+        IpAddr::from([127, 0, 0, last])
+    }
+
+    #[test]
+    fn slots_limit_per_address_and_in_total() {
+        let s = Slots::new(3, 2);
+        let a1 = s.try_acquire(ip(1)).expect("first");
+        let a2 = s.try_acquire(ip(1)).expect("second");
+        assert_eq!(
+            s.try_acquire(ip(1)).unwrap_err(),
+            SlotRefusal::PerAddress { limit: 2 }
+        );
+        let b1 = s.try_acquire(ip(2)).expect("other address");
+        assert_eq!(
+            s.try_acquire(ip(3)).unwrap_err(),
+            SlotRefusal::Full { limit: 3 }
+        );
+        drop(a1);
+        let a3 = s.try_acquire(ip(1)).expect("given back");
+        let st = s.stats();
+        assert_eq!((st.in_use, st.peak, st.addresses), (3, 3, 2));
+        assert_eq!((st.refused_full, st.refused_per_address), (1, 1));
+        drop((a2, a3, b1));
+        let st = s.stats();
+        assert_eq!((st.in_use, st.addresses), (0, 0), "table emptied");
+    }
+
+    #[test]
+    fn bytes_are_held_until_dropped() {
+        let b = Bytes::new(100);
+        let mut h = b.try_take(60).expect("fits");
+        assert!(b.try_take(41).is_none());
+        h.merge(b.try_take(40).expect("fits exactly"));
+        assert_eq!(h.len(), 100);
+        assert!(b.try_take(1).is_none());
+        drop(h);
+        assert_eq!(b.stats().in_use, 0);
+        assert_eq!(b.stats().peak, 100);
+        assert!(b.try_take(u64::MAX).is_none(), "no overflow");
+    }
+
+    #[tokio::test]
+    async fn a_waiter_wakes_when_bytes_come_back() {
+        let b = Bytes::new(10);
+        let h = b.try_take(10).expect("fits");
+        let b2 = b.clone();
+        let waiter = tokio::spawn(async move {
+            loop {
+                let freed = b2.freed();
+                if let Some(h) = b2.try_take(5) {
+                    return h.len();
+                }
+                b2.note_wait();
+                freed.await;
+            }
+        });
+        tokio::task::yield_now().await;
+        drop(h);
+        assert_eq!(waiter.await.expect("joins"), 5);
+    }
+}
