@@ -18,6 +18,7 @@ pub mod dhcp;
 #[cfg(feature = "test-tools")]
 pub mod initiator;
 pub mod iscsi;
+pub mod loglimit;
 pub mod mac;
 pub mod scsi;
 pub mod service;

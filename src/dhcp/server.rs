@@ -9,6 +9,7 @@ use super::flood::{FloodGuard, Verdict};
 use super::leases::Leases;
 use super::wire::{self, ClientKind};
 use super::{AddressOrigin, ClientDirectory, DhcpClient, DhcpError, DhcpHooks, MacAddr, PowerOn};
+use crate::loglimit::{LogLimiter, LogLimits, LogVerdict};
 
 /// DHCP server port.
 pub const SERVER_PORT: u16 = 67;
@@ -67,6 +68,10 @@ pub struct DhcpServer {
     flood: FloodGuard,
     logged_once: HashSet<(MacAddr, &'static str)>,
     last_power_on_reset: HashMap<MacAddr, u64>,
+    /// Log lines caused by requests, limited per MAC and in total.
+    logs: LogLimiter<MacAddr>,
+    /// The time of the request being handled (for the log limit).
+    now: u64,
 }
 
 /// What a reply is for.
@@ -88,6 +93,8 @@ impl DhcpServer {
             flood: FloodGuard::default(),
             logged_once: HashSet::new(),
             last_power_on_reset: HashMap::new(),
+            logs: LogLimiter::new(LogLimits::default()),
+            now: 0,
         }
     }
 
@@ -114,7 +121,19 @@ impl DhcpServer {
         if self.logged_once.len() >= MAX_LOGGED_ONCE {
             self.logged_once.clear();
         }
-        self.logged_once.insert((mac, what))
+        self.logged_once.insert((mac, what)) && self.may_log(mac)
+    }
+
+    /// May a line about a request from `mac` be logged (rate limit per MAC and in total)?
+    fn may_log(&mut self, mac: MacAddr) -> bool {
+        match self.logs.check(&mac, self.now) {
+            LogVerdict::Suppress => false,
+            LogVerdict::Log { suppressed: 0 } => true,
+            LogVerdict::Log { suppressed } => {
+                tracing::info!(mac = %mac, suppressed, "log lines about this MAC were left out (rate limit)");
+                true
+            }
+        }
     }
 
     /// Handle one received datagram. `now` is Unix time in seconds.
@@ -134,10 +153,13 @@ impl DhcpServer {
             }
         };
         let mac = wire::mac_of(&msg);
+        self.now = now;
         match self.flood.check(mac, now) {
             Verdict::Accept => {}
             Verdict::DropAndWarn => {
-                tracing::warn!(mac = %mac, "DHCP flood: more than {} requests in {} s, dropping", super::flood::MAX_REQUESTS_PER_WINDOW, super::flood::WINDOW_SECS);
+                if self.may_log(mac) {
+                    tracing::warn!(mac = %mac, "DHCP flood: more than {} requests in {} s, dropping", super::flood::MAX_REQUESTS_PER_WINDOW, super::flood::WINDOW_SECS);
+                }
                 return None;
             }
             Verdict::DropQuietly => return None,
@@ -155,7 +177,9 @@ impl DhcpServer {
                 };
                 match enrolled {
                     Some(c) => {
-                        tracing::info!(mac = %mac, client = %c.name, "auto-enrolled unknown MAC");
+                        if self.may_log(mac) {
+                            tracing::info!(mac = %mac, client = %c.name, "auto-enrolled unknown MAC");
+                        }
                         c
                     }
                     None => {
@@ -223,7 +247,9 @@ impl DhcpServer {
         let Some(h) = &hooks.power_on else { return };
         match h.power_on(mac, client) {
             PowerOn::Reset => {
-                tracing::info!(mac = %mac, client = %client.name, "client power-on (boot firmware DHCPDISCOVER)");
+                if self.may_log(mac) {
+                    tracing::info!(mac = %mac, client = %client.name, "client power-on (boot firmware DHCPDISCOVER)");
+                }
                 self.last_power_on_reset.insert(mac, now);
             }
             PowerOn::Unchanged => {
@@ -333,7 +359,9 @@ impl DhcpServer {
                 }
                 self.leases
                     .bind(mac, wanted, Some(&client.name), now, self.cfg.lease_time);
-                tracing::info!(mac = %mac, client = %client.name, ip = %wanted, kind = ?kind, "DHCPACK");
+                if self.may_log(mac) {
+                    tracing::info!(mac = %mac, client = %client.name, ip = %wanted, kind = ?kind, "DHCPACK");
+                }
                 self.build(
                     msg,
                     MessageType::Ack,
@@ -350,7 +378,9 @@ impl DhcpServer {
                 }
                 if let Some(ip) = wire::requested_ip(msg) {
                     if self.leases.decline(&mac, ip, now) {
-                        tracing::warn!(mac = %mac, %ip, "DHCPDECLINE: address in use by another host; holding it back");
+                        if self.may_log(mac) {
+                            tracing::warn!(mac = %mac, %ip, "DHCPDECLINE: address in use by another host; holding it back");
+                        }
                     } else if self.log_once(mac, "foreign decline") {
                         tracing::warn!(mac = %mac, %ip, "DHCPDECLINE for an address that was not offered or leased to this MAC: ignored");
                     }
@@ -361,7 +391,7 @@ impl DhcpServer {
                 if ours.is_some_and(|s| s != self.cfg.server_ip) {
                     return None;
                 }
-                if self.leases.release(&mac, msg.ciaddr()) {
+                if self.leases.release(&mac, msg.ciaddr()) && self.may_log(mac) {
                     tracing::info!(mac = %mac, ip = %msg.ciaddr(), "DHCPRELEASE");
                 }
                 None
@@ -446,7 +476,9 @@ impl DhcpServer {
 
     fn nak(&mut self, req: &Message, why: &str) -> Option<Reply> {
         let mac = wire::mac_of(req);
-        tracing::info!(mac = %mac, why, "DHCPNAK");
+        if self.may_log(mac) {
+            tracing::info!(mac = %mac, why, "DHCPNAK");
+        }
         let mut m = reply_skeleton(req);
         m.set_ciaddr(Ipv4Addr::UNSPECIFIED);
         let opts = m.opts_mut();
@@ -1690,6 +1722,37 @@ mod tests {
             answered,
             crate::dhcp::flood::MAX_REQUESTS_PER_WINDOW as usize
         );
+    }
+
+    #[test]
+    fn log_lines_from_forged_macs_are_limited() {
+        let mut s = DhcpServer::new(cfg(DhcpMode::Full), Leases::new());
+        let limits = LogLimits::default();
+        // Each forged MAC is new ("logged once" per MAC); together they hit the total limit.
+        for i in 0..1000u32 {
+            let b = i.to_be_bytes();
+            let d = req(
+                MacAddr([2, 0, b[0], b[1], b[2], b[3]]),
+                MessageType::Discover,
+                Who::Pxe(0),
+                vec![],
+            );
+            assert!(send(&mut s, &DhcpHooks::default(), &d, 67, 100).is_none());
+        }
+        assert!(!s.may_log(KNOWN), "total spent: further lines are left out");
+        // A registered client's own requests: at most per_key lines per window.
+        let r = req(KNOWN, MessageType::Request, Who::Linux, vec![]);
+        s.now = 100 + limits.window_secs;
+        let logged = (0..limits.per_key + 5).filter(|_| s.may_log(KNOWN)).count();
+        assert_eq!(logged, limits.per_key as usize);
+        let _ = send(
+            &mut s,
+            &DhcpHooks::default(),
+            &r,
+            67,
+            100 + 2 * limits.window_secs,
+        );
+        assert!(s.may_log(KNOWN), "a new window logs again");
     }
 
     #[test]
