@@ -2,9 +2,8 @@
 
 mod fixture;
 use fixture::have;
-use isboot::service::tftp::{bind_tftp, run_tftp};
+use isboot::service::tftp::{TftpLimits, bind_tftp, run_tftp};
 use isboot::tftp::packet::{self, Packet};
-use isboot::tftp::transfer::TransferLimits;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -34,6 +33,10 @@ impl Drop for Server {
 /// A TFTP root with the iPXE binaries (copied, so symlinks in /usr/lib/ipxe do not matter),
 /// a file beside the root that must stay unreachable, and a server on 127.0.0.1:0.
 fn start_server() -> Option<Server> {
+    start_server_with(TftpLimits::default())
+}
+
+fn start_server_with(limits: TftpLimits) -> Option<Server> {
     let dir = tempfile::tempdir().expect("tempdir");
     let root = dir.path().join("tftp");
     std::fs::create_dir(&root).expect("mkdir");
@@ -65,7 +68,7 @@ fn start_server() -> Option<Server> {
                 .expect("bind");
             ptx.send(sock.local_addr().expect("addr").port())
                 .expect("port");
-            run_tftp(sock, root2, TransferLimits::default(), async {
+            run_tftp(sock, root2, limits, async {
                 let _ = rx.await;
             })
             .await
@@ -223,7 +226,18 @@ fn scripted_get(
     opts: &[(&str, &str)],
     expect_window: u16,
 ) -> Result<Vec<u8>, (u16, String)> {
-    let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    scripted_get_from([127, 0, 0, 1], port, file, opts, expect_window)
+}
+
+/// [`scripted_get`] from a chosen loopback source address.
+fn scripted_get_from(
+    src: [u8; 4],
+    port: u16,
+    file: &str,
+    opts: &[(&str, &str)],
+    expect_window: u16,
+) -> Result<Vec<u8>, (u16, String)> {
+    let sock = std::net::UdpSocket::bind(SocketAddr::from((src, 0))).expect("bind");
     sock.set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
     let server: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
@@ -386,16 +400,18 @@ fn many_transfers_at_once() {
     let Some(s) = start_server() else { return };
     let want = std::fs::read(s.root.join("ipxe.efi")).expect("read");
     let port = s.port;
-    let threads: Vec<_> = (0..24)
+    // From 8 source addresses: one address may hold only 8 transfers by default.
+    let threads: Vec<_> = (0..24u8)
         .map(|i| {
             std::thread::spawn(move || {
+                let src = [127, 0, 0, 10 + i % 8];
                 let opts: Vec<(&str, &str)> = match i % 3 {
                     0 => vec![],
                     1 => vec![("blksize", "1468")],
                     _ => vec![("blksize", "1024"), ("windowsize", "4")],
                 };
                 let window = if i % 3 == 2 { 4 } else { 1 };
-                scripted_get(port, "ipxe.efi", &opts, window).expect("download")
+                scripted_get_from(src, port, "ipxe.efi", &opts, window).expect("download")
             })
         })
         .collect();
@@ -405,4 +421,78 @@ fn many_transfers_at_once() {
             "concurrent download identical"
         );
     }
+}
+
+/// A peer that asks for long timeouts and never acknowledges holds at most its share of the
+/// transfer slots, and only until its transfers time out at the server's pace; other peers are
+/// served meanwhile.
+#[test]
+fn a_silent_peer_holds_its_share_of_slots_only_briefly() {
+    use isboot::service::budget::Slots;
+    let limits = TftpLimits {
+        slots: Slots::new(16, 4),
+        ..TftpLimits::default()
+    };
+    let stats = limits.slots.clone();
+    let Some(s) = start_server_with(limits) else {
+        return;
+    };
+    let server: SocketAddr = format!("127.0.0.1:{}", s.port).parse().expect("addr");
+    let mut buf = [0u8; 2048];
+    let mut held = Vec::new();
+    let mut busy = 0;
+    for _ in 0..10 {
+        let sock = std::net::UdpSocket::bind("127.0.0.50:0").expect("bind");
+        sock.set_read_timeout(Some(Duration::from_secs(60)))
+            .expect("timeout");
+        let rrq = packet::request(
+            packet::OP_RRQ,
+            "ipxe.efi",
+            "octet",
+            &[("timeout", "255"), ("tsize", "0")],
+        );
+        sock.send_to(&rrq, server).expect("send");
+        let (n, _) = sock.recv_from(&mut buf).expect("answer");
+        match Packet::parse(&buf[..n]).expect("parse") {
+            Packet::Oack { options } => {
+                assert!(
+                    options.iter().all(|(k, _)| k != "timeout"),
+                    "timeout 255 over the cap must not be acknowledged: {options:?}"
+                );
+                held.push(sock);
+            }
+            Packet::Error { message, .. } => {
+                assert!(message.contains("busy"), "{message}");
+                busy += 1;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!((held.len(), busy), (4, 6), "4 slots for one address");
+    assert_eq!(stats.stats().refused_per_address, 6);
+    // Another address is served while the silent one holds its share.
+    let want = std::fs::read(s.root.join("undionly.kpxe")).expect("read");
+    let got = scripted_get_from([127, 0, 0, 51], s.port, "undionly.kpxe", &[], 1).expect("get");
+    assert!(got == want);
+    // The silent transfers end with the server's "timed out" error (default 1 s timeout,
+    // not 255 s), which frees the slots.
+    for sock in &held {
+        let err = loop {
+            let (n, _) = sock.recv_from(&mut buf).expect("retransmission or error");
+            if let Packet::Error { message, .. } = Packet::parse(&buf[..n]).expect("parse") {
+                break message;
+            }
+        };
+        assert!(err.contains("timed out"), "{err}");
+    }
+    // The slot is given back when the transfer's task ends, just after its last datagram.
+    for _ in 0..1000 {
+        if stats.stats().in_use == 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let got = scripted_get_from([127, 0, 0, 50], s.port, "undionly.kpxe", &[], 1)
+        .expect("slots given back");
+    assert!(got == want);
 }

@@ -6,6 +6,7 @@ use crate::dhcp::{
     AddressOrigin, ClientDirectory, DhcpClient, DhcpHooks, MacAddr, PowerOn, PowerOnHook,
 };
 use crate::service::registry::StateRegistry;
+use crate::service::tftp::TftpLimits;
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -159,8 +160,9 @@ impl BootServices {
         if let Some(sock) = tftp {
             let root = registry.state_dir().tftp_dir();
             let stop = stopped();
+            let limits = TftpLimits::from_config(&registry.current_state().config.limits);
             tasks.spawn(async move {
-                crate::service::tftp::run_tftp(sock, root, Default::default(), stop)
+                crate::service::tftp::run_tftp(sock, root, limits, stop)
                     .await
                     .map_err(|e| format!("TFTP: {e}"))
             });

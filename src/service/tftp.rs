@@ -3,19 +3,20 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::net::UdpSocket;
-use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
+use super::budget::Slots;
+use crate::config::limits::Limits;
+use crate::loglimit::{LogLimiter, LogLimits};
 use crate::tftp::TftpError;
 use crate::tftp::packet::{self, ErrorCode, Packet};
 use crate::tftp::transfer::{self, Transfer, TransferLimits};
 
 /// Default TFTP port.
 pub const TFTP_PORT: u16 = 69;
-/// Transfers served at once; more requests get "server busy".
-pub const MAX_TRANSFERS: usize = 512;
 /// Receive buffer for requests (RFC 2347: requests are at most 512 bytes; bigger ones are
 /// seen whole and refused) and for ACK/ERROR packets in a transfer.
 const RECV_BUF: usize = 2048;
@@ -34,6 +35,58 @@ pub enum TftpServiceError {
     Receiving(std::io::Error),
 }
 
+/// The TFTP service's budgets: transfer slots (in total and per address; more requests get
+/// "server busy") and each transfer's limits.
+#[derive(Debug, Clone)]
+pub struct TftpLimits {
+    pub slots: Slots,
+    pub transfer: TransferLimits,
+}
+
+impl TftpLimits {
+    pub fn from_config(l: &Limits) -> TftpLimits {
+        TftpLimits {
+            slots: Slots::new(l.tftp_transfers(), l.tftp_transfers_per_address()),
+            transfer: TransferLimits {
+                max_timeout: Duration::from_secs(l.tftp_max_timeout_secs()),
+                max_duration: Duration::from_secs(l.tftp_transfer_secs()),
+                ..TransferLimits::default()
+            },
+        }
+    }
+}
+
+impl Default for TftpLimits {
+    fn default() -> Self {
+        TftpLimits::from_config(&Limits::default())
+    }
+}
+
+/// Log lines caused by peers, limited per peer address (seconds since the service started).
+#[derive(Clone)]
+struct PeerLog {
+    limiter: Arc<Mutex<LogLimiter<std::net::IpAddr>>>,
+    start: std::time::Instant,
+}
+
+impl PeerLog {
+    fn new() -> PeerLog {
+        PeerLog {
+            limiter: Arc::new(Mutex::new(LogLimiter::new(LogLimits::default()))),
+            start: std::time::Instant::now(),
+        }
+    }
+
+    /// May a line about `peer` be logged now?
+    fn allow(&self, peer: &SocketAddr) -> bool {
+        let now = self.start.elapsed().as_secs();
+        self.limiter
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .allow(&peer.ip(), now, "TFTP peer")
+    }
+}
+
 /// Bind the TFTP listening socket (e.g. `0.0.0.0:69`, or `127.0.0.1:0` in tests).
 pub async fn bind_tftp(addr: SocketAddr) -> Result<UdpSocket, TftpServiceError> {
     UdpSocket::bind(addr)
@@ -46,7 +99,7 @@ pub async fn bind_tftp(addr: SocketAddr) -> Result<UdpSocket, TftpServiceError> 
 pub async fn run_tftp(
     socket: UdpSocket,
     root: PathBuf,
-    limits: TransferLimits,
+    limits: TftpLimits,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), TftpServiceError> {
     let meta = std::fs::metadata(&root).map_err(|e| TftpServiceError::Root(root.clone(), e))?;
@@ -62,7 +115,8 @@ pub async fn run_tftp(
         .ip();
     tracing::info!(addr = ?socket.local_addr().ok(), root = %root.display(), "TFTP listening");
     let root = Arc::new(root);
-    let slots = Arc::new(Semaphore::new(MAX_TRANSFERS));
+    let TftpLimits { slots, transfer } = limits;
+    let log = PeerLog::new();
     let mut transfers = JoinSet::new();
     let mut buf = vec![0u8; RECV_BUF];
     tokio::pin!(shutdown);
@@ -77,7 +131,9 @@ pub async fn run_tftp(
             },
         };
         let reply_err = |e: TftpError| {
-            tracing::info!(%peer, error = %e, "TFTP request refused");
+            if log.allow(&peer) {
+                tracing::info!(%peer, error = %e, "TFTP request refused");
+            }
             e.to_packet()
         };
         let req = match Packet::parse(&buf[..n]) {
@@ -99,15 +155,22 @@ pub async fn run_tftp(
                 continue;
             }
         };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            let p = packet::error(ErrorCode::NotDefined, "server busy, try again");
-            let _ = socket.send_to(&p, peer).await;
-            continue;
+        let permit = match slots.try_acquire(peer.ip()) {
+            Ok(p) => p,
+            Err(why) => {
+                if log.allow(&peer) {
+                    tracing::info!(%peer, file = %req.filename, "TFTP request refused: {why}");
+                }
+                let p = packet::error(ErrorCode::NotDefined, "server busy, try again");
+                let _ = socket.send_to(&p, peer).await;
+                continue;
+            }
         };
         let root = root.clone();
+        let log = log.clone();
         transfers.spawn(async move {
             let _permit = permit;
-            serve_one(req, peer, local_ip, &root, limits).await;
+            serve_one(req, peer, local_ip, &root, transfer, &log).await;
         });
     }
     transfers.shutdown().await;
@@ -134,6 +197,7 @@ async fn serve_one(
     local_ip: std::net::IpAddr,
     root: &std::path::Path,
     limits: TransferLimits,
+    log: &PeerLog,
 ) {
     let mut tally = Tally {
         outcome: "failed",
@@ -157,7 +221,9 @@ async fn serve_one(
     let prepared = match prepared {
         Ok(Ok(p)) => p,
         Ok(Err(e)) => {
-            tracing::info!(%peer, file = %filename, error = %e, "TFTP request refused");
+            if log.allow(&peer) {
+                tracing::info!(%peer, file = %filename, error = %e, "TFTP request refused");
+            }
             let _ = sock.send(&e.to_packet()).await;
             tally.outcome = "refused";
             return;
@@ -169,7 +235,9 @@ async fn serve_one(
     };
     let len = prepared.len;
     let (mut t, first) = Transfer::start(prepared, &limits, std::time::Instant::now());
-    tracing::info!(%peer, file = %filename, bytes = len, blksize = t.negotiated().blksize, windowsize = t.negotiated().windowsize, "TFTP transfer started");
+    if log.allow(&peer) {
+        tracing::info!(%peer, file = %filename, bytes = len, blksize = t.negotiated().blksize, windowsize = t.negotiated().windowsize, "TFTP transfer started");
+    }
     tally.bytes += send_all(&sock, &first).await;
     let mut buf = vec![0u8; RECV_BUF];
     while !t.is_finished() {
@@ -204,9 +272,15 @@ async fn serve_one(
         };
         tally.bytes += send_all(&sock, &out).await;
     }
-    match t.status() {
+    let status = t.status();
+    if *status == transfer::Status::Done {
+        tally.outcome = "complete";
+    }
+    if !log.allow(&peer) {
+        return;
+    }
+    match status {
         transfer::Status::Done => {
-            tally.outcome = "complete";
             tracing::info!(%peer, file = %filename, bytes = len, "TFTP transfer done")
         }
         other => tracing::info!(%peer, file = %filename, status = ?other, "TFTP transfer ended"),

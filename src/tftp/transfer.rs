@@ -33,6 +33,12 @@ pub struct TransferLimits {
     pub max_retries: u32,
     /// Largest file served in netascii mode (converted in memory).
     pub max_netascii_len: u64,
+    /// Largest `timeout` option acknowledged (RFC 2349 asks the server to use the client's
+    /// value or leave the option out: a larger one is left out and `default_timeout` used).
+    pub max_timeout: Duration,
+    /// A transfer ends after this long, finished or not, so a client that acknowledges slowly
+    /// cannot hold a slot for ever.
+    pub max_duration: Duration,
 }
 
 impl Default for TransferLimits {
@@ -43,6 +49,8 @@ impl Default for TransferLimits {
             default_timeout: Duration::from_secs(1),
             max_retries: 5,
             max_netascii_len: 16 * 1024 * 1024,
+            max_timeout: Duration::from_secs(10),
+            max_duration: Duration::from_secs(600),
         }
     }
 }
@@ -161,6 +169,10 @@ pub fn negotiate(
                 if !(1..=255).contains(&v) {
                     return Err(bad(name, value));
                 }
+                if Duration::from_secs(v) > limits.max_timeout {
+                    // Not acknowledged: the client falls back to the default (RFC 2349).
+                    continue;
+                }
                 n.timeout = Duration::from_secs(v);
                 n.oack.push((name.clone(), v.to_string()));
             }
@@ -242,6 +254,8 @@ pub struct Transfer {
     sent: u64,
     status: Status,
     deadline: Instant,
+    /// The transfer ends at this time whatever happens.
+    end_by: Instant,
     retries: u32,
 }
 
@@ -258,6 +272,7 @@ impl Transfer {
             sent: 0,
             status: Status::Sending,
             deadline: now + p.negotiated.timeout,
+            end_by: now + limits.max_duration,
             retries: 0,
             neg: p.negotiated,
         };
@@ -292,7 +307,7 @@ impl Transfer {
 
     /// When [`Transfer::on_timeout`] should be called next.
     pub fn deadline(&self) -> Instant {
-        self.deadline
+        self.deadline.min(self.end_by)
     }
 
     fn fail(&mut self, why: String) {
@@ -418,8 +433,15 @@ impl Transfer {
 
     /// Call when `now >= deadline()`: retransmit, or give up after `max_retries`.
     pub fn on_timeout(&mut self, now: Instant) -> Vec<Vec<u8>> {
-        if self.is_finished() || now < self.deadline {
+        if self.is_finished() || now < self.deadline() {
             return Vec::new();
+        }
+        if now >= self.end_by {
+            self.fail("transfer took longer than the server allows".to_string());
+            return vec![packet::error(
+                ErrorCode::NotDefined,
+                "transfer took too long",
+            )];
         }
         self.retries += 1;
         if self.retries > self.max_retries {
@@ -584,6 +606,29 @@ mod tests {
     }
 
     #[test]
+    fn a_slow_client_is_cut_off_at_the_overall_deadline() {
+        let now = Instant::now();
+        let (mut t, _) = start(pattern(1_000_000), &[], now);
+        let limit = TransferLimits::default().max_duration;
+        let mut at = now;
+        let mut block = 1u16;
+        // ACK every block just before its retransmission is due: never a timeout, yet slow.
+        while at < now + limit {
+            assert!(!t.is_finished(), "ended early");
+            at += Duration::from_millis(900);
+            let out = t.on_datagram(&packet::ack(block), at);
+            if at < now + limit {
+                assert_eq!(out.len(), 1);
+                block += 1;
+            }
+        }
+        assert!(t.deadline() <= now + limit);
+        let out = t.on_timeout(now + limit);
+        assert!(matches!(Packet::parse(&out[0]), Ok(Packet::Error { .. })));
+        assert!(matches!(t.status(), Status::Failed(_)));
+    }
+
+    #[test]
     fn oack_is_retransmitted() {
         let now = Instant::now();
         let (mut t, first) = start(pattern(10), &[("tsize", "0")], now);
@@ -651,6 +696,16 @@ mod tests {
                 "{k}={v}"
             );
         }
+        let n = negotiate(&req(&[("timeout", "255"), ("tsize", "0")]), 10, &l).expect("ok");
+        assert_eq!(
+            n.timeout, l.default_timeout,
+            "timeout over the cap: default used"
+        );
+        assert_eq!(
+            n.oack,
+            vec![("tsize".to_string(), "10".to_string())],
+            "and not acknowledged"
+        );
         let n = negotiate(
             &req(&[
                 ("blksize", "100000"),
