@@ -109,6 +109,7 @@ inspect() { # IMAGE LABEL
     if [[ ! -s $MNT/etc/machine-id ]]; then ok "$label: empty machine-id"; else notok "$label: machine-id is set"; fi
     if ! grep -q '^InitiatorName=' "$MNT/etc/iscsi/initiatorname.iscsi"; then ok "$label: no fixed initiator name"; else notok "$label: fixed initiator name baked in"; fi
     if [[ -L $MNT/etc/systemd/system/sysinit.target.wants/isboot-initiatorname.service ]]; then ok "$label: isboot-initiatorname.service enabled"; else notok "$label: isboot-initiatorname.service not enabled"; fi
+    if grep -qx 'Environment=OPENSSL_CONF=/dev/null' "$MNT/etc/systemd/system/iscsid.service.d/isboot.conf" 2> /dev/null; then ok "$label: iscsid reads no OpenSSL config from the root disk (CHAP takeover)"; else notok "$label: iscsid.service lacks the isboot drop-in (a CHAP takeover hangs)"; fi
     if [[ -L $MNT/etc/systemd/system/multi-user.target.wants/isboot-seal.service && -x $MNT/usr/lib/isboot/isboot-seal ]]; then ok "$label: isboot-seal.service enabled"; else notok "$label: isboot-seal.service not enabled"; fi
     if MTOOLS_SKIP_CHECK=1 mdir -i "${LOOP}p2" ::/EFI/BOOT/BOOTX64.EFI > /dev/null 2>&1; then ok "$label: ESP has EFI/BOOT/BOOTX64.EFI"; else notok "$label: ESP lacks EFI/BOOT/BOOTX64.EFI"; fi
     cleanup
