@@ -1,8 +1,8 @@
-//! CHAP secrets: `add-client --chap` generates a secret into a 0600 file in a 0700 directory,
-//! nothing prints it without `show-client --show-secrets`, a client without CHAP is warned
-//! about and shown by status and list-clients, `set-client` turns CHAP on or off (also for
-//! clients registered before secret files), and `image edit --chap` makes a secret for its
-//! maintenance target.
+//! CHAP secrets: `add-client` generates a secret into a 0600 file in a 0700 directory (by
+//! default; `--chap` says so explicitly), nothing prints it without `show-client
+//! --show-secrets`, a client added with `--no-chap` is warned about and shown by status and
+//! list-clients, `set-client` turns CHAP on or off (also for clients registered before secret
+//! files), and `image edit` makes a secret for its maintenance target unless `--no-chap`.
 
 mod fixture;
 
@@ -28,8 +28,8 @@ fn add_client_generates_a_private_secret_that_only_show_secrets_prints() {
         "deb",
         "--name",
         "pc1",
-        "--chap",
     ]);
+    assert!(!added.stderr.contains("warning"), "{}", added.stderr);
     let added = added.ok().to_string();
     assert!(added.contains("chap:      on, user pc1"), "{added}");
     assert!(added.contains("show-client pc1 --show-secrets"), "{added}");
@@ -94,9 +94,10 @@ fn no_chap_is_warned_and_listed_and_set_client_turns_it_on() {
         "deb",
         "--name",
         "open1",
+        "--no-chap",
     ]);
     assert!(r.stderr.contains("warning: CHAP is off"), "{}", r.stderr);
-    assert!(r.stderr.contains("--chap turns it on"), "{}", r.stderr);
+    assert!(r.stderr.contains("set-client NAME --chap"), "{}", r.stderr);
     assert!(r.ok().contains("chap:      OFF"));
     assert!(!lab.dir.join("secrets/open1.toml").exists());
     lab.add("52:54:00:00:00:04", "safe1", &["--chap"]);
@@ -173,10 +174,7 @@ fn a_client_from_before_keeps_its_registry_credentials_until_set_client_moves_th
 #[test]
 fn image_edit_generates_a_maintenance_secret_and_drops_it_at_abort() {
     let lab = Lab::with_image();
-    let out = lab
-        .run(&["image", "edit", "deb", "--chap"])
-        .ok()
-        .to_string();
+    let out = lab.run(&["image", "edit", "deb"]).ok().to_string();
     let file = lab.dir.join("secrets/maint-deb.toml");
     assert!(out.contains(&file.display().to_string()), "{out}");
     assert_eq!(mode(&file), 0o600);
@@ -199,8 +197,67 @@ fn image_edit_generates_a_maintenance_secret_and_drops_it_at_abort() {
     assert_eq!(maint["chap"], true);
     lab.run(&["image", "abort", "deb"]).ok();
     assert!(!file.exists());
-    // Without --chap: no secret, and status says so.
-    let out = lab.run(&["image", "edit", "deb"]).ok().to_string();
+    // With --no-chap: no secret, a warning, and status says so.
+    let r = lab.run(&["image", "edit", "deb", "--no-chap"]);
+    assert!(
+        r.stderr
+            .contains("warning: CHAP is off for the maintenance target"),
+        "{}",
+        r.stderr
+    );
+    let out = r.ok().to_string();
     assert!(out.contains("chap:      OFF"), "{out}");
     assert!(!file.exists());
+    let sj = json(lab.run(&["status", "--json"]).ok());
+    let maint = &sj["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["kind"] == "maintenance")
+        .unwrap()
+        .clone();
+    assert_eq!(maint["chap"], false);
+}
+
+#[test]
+fn status_and_show_client_say_where_each_target_accepts_logins_from() {
+    let lab = Lab::with_image();
+    lab.add("52:54:00:00:00:01", "pc1", &["--ip", "10.7.0.21"]);
+    lab.add("52:54:00:00:00:02", "pc2", &[]);
+    lab.run(&["image", "edit", "deb", "--from", "10.7.0.99"])
+        .ok();
+    let sj = json(lab.run(&["status", "--json"]).ok());
+    let bound = |name: &str| {
+        sj["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == name)
+            .unwrap()["bound"]
+            .clone()
+    };
+    assert_eq!(
+        bound("pc1"),
+        serde_json::json!({"only": [{"ip": "10.7.0.21", "origin": "reservation"}]})
+    );
+    // No [dhcp] section here and no --ip: pc2's target takes any address (a server that
+    // runs DHCP binds it to the lease instead; the netns suite checks that).
+    assert_eq!(bound("pc2"), serde_json::json!("any"));
+    assert_eq!(
+        bound("deb"),
+        serde_json::json!({"only": [
+            {"ip": "127.0.0.1", "origin": "localhost"},
+            {"ip": "10.7.0.99", "origin": "stated"}
+        ]})
+    );
+    let text = lab.run(&["status"]).ok().to_string();
+    assert!(text.contains("10.7.0.21 (reservation)"), "{text}");
+    assert!(text.contains("any address (no [dhcp], no --ip)"), "{text}");
+    let shown = lab.run(&["show-client", "pc1"]).ok().to_string();
+    assert!(
+        shown.contains("logins:     from 10.7.0.21 (reservation)"),
+        "{shown}"
+    );
+    let j = json(lab.run(&["list-clients", "--json"]).ok());
+    assert_eq!(j[1]["bound"], serde_json::json!("any"));
 }

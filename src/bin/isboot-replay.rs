@@ -57,9 +57,24 @@ struct Args {
     /// Sum a CRC32C of every read's data per session; the sums must agree.
     #[arg(long)]
     checksum: bool,
+    /// Log in with CHAP: the credentials of target `<prefix>:NAME` are read from
+    /// DIR/NAME.toml (an isboot state directory's `secrets/`, files 0600).
+    #[arg(long, value_name = "DIR")]
+    secrets_dir: Option<PathBuf>,
     /// Print only the RESULT line.
     #[arg(long, short)]
     quiet: bool,
+}
+
+/// The CHAP user and secret for `target` from `dir` (file named after the IQN's last part).
+fn chap_for(dir: &std::path::Path, target: &str) -> Result<(String, Vec<u8>), String> {
+    let name = target.rsplit(':').next().unwrap_or(target);
+    let path = dir.join(format!("{name}.toml"));
+    match isboot::config::secret::read_secret_file(&path, true) {
+        Ok(Some(c)) => Ok((c.user.clone(), c.secret.expose().as_bytes().to_vec())),
+        Ok(None) => Err(format!("{}: no CHAP credentials", path.display())),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -141,6 +156,9 @@ fn session(
 ) -> Result<Initiator, isboot::initiator::InitiatorError> {
     let name = args.initiator.replace("{n}", &n.to_string());
     let mut o = LoginOptions::new(&name, Some(target)).linux_profile();
+    if let Some(dir) = &args.secrets_dir {
+        o.chap = Some(chap_for(dir, target).map_err(std::io::Error::other)?);
+    }
     o.isid[4] = (n >> 8) as u8;
     o.isid[5] = n as u8;
     let mut i = Initiator::connect(addr, &o)?;

@@ -247,19 +247,23 @@ pub fn image(dir: &StateDir, c: ImageCommand) -> R {
             let mac = a.mac.as_deref().map(parse::<MacAddr>).transpose()?;
             let initiators = parse_iqns(&a.initiators)?;
             let mut l = dir.lock()?;
-            let m = l.image_edit(&name, mac, initiators, a.chap)?;
+            let chap = !a.no_chap;
+            let m = l.image_edit(&name, mac, a.from.clone(), initiators, chap)?;
             let st = &l.state;
             let target = st.maintenance_iqn(&name);
             println!("editing {name} version {} (writable)", m.from_version);
             println!("  target:    {target}");
             let secret_name = crate::config::maint_secret_name(&name);
-            if a.chap {
+            if chap {
                 println!(
                     "  chap:      user {secret_name}, secret in {} (0600; iPXE gets it by DHCP when --mac is given)",
                     secret_path(dir.root(), &secret_name).display()
                 );
             } else {
-                println!("  chap:      OFF (--chap turns it on)");
+                println!("  chap:      OFF (--no-chap)");
+                eprintln!(
+                    "isboot: warning: CHAP is off for the maintenance target: a host at an accepted address that states its initiator name can write the next version of {name}"
+                );
             }
             for i in &m.initiators {
                 println!("  initiator: {i}");
@@ -267,6 +271,8 @@ pub fn image(dir: &StateDir, c: ImageCommand) -> R {
             if let Some(mac) = m.mac {
                 println!("  machine:   {mac}");
             }
+            let kind = crate::config::TargetKind::Maintenance(name.clone());
+            println!("  logins:    from {}", st.bound_offline(&kind).describe());
             if let Some(rp) = st.config.root_path(&target) {
                 println!("  root-path: {rp}");
             }
@@ -318,9 +324,8 @@ pub fn add_client(dir: &StateDir, a: AddClientArgs) -> R {
             })
             .transpose()?;
     let initiators = parse_iqns(&a.initiators)?;
-    let default_off = !a.chap.chap && !a.chap.no_chap && a.chap.chap_secret_file.is_none();
     let chap = chap_choice(
-        !a.chap.chap && a.chap.chap_secret_file.is_none(),
+        a.chap.no_chap,
         a.chap.chap_secret_file.as_deref(),
         name.as_ref()
             .map_or_else(|| mac.dashed(), |n| n.to_string()),
@@ -345,7 +350,7 @@ pub fn add_client(dir: &StateDir, a: AddClientArgs) -> R {
     println!("  target:    {}", st.target_iqn(&c.name));
     print_chap_line(dir, c.name.as_str(), chap_user.as_deref());
     if chap_user.is_none() {
-        warn_chap_off(default_off);
+        warn_chap_off();
     }
     for i in &c.initiators {
         println!("  initiator: {i}");
@@ -389,19 +394,9 @@ fn chap_choice(
 }
 
 /// After a change that left a client without CHAP.
-fn warn_chap_off(by_default: bool) {
+fn warn_chap_off() {
     eprintln!(
-        "isboot: warning: CHAP is off for this client{}: a host at its address that states its initiator name can log in to its disk{}",
-        if by_default {
-            " (the default until the installed system's iscsid takes CHAP over from the iBFT)"
-        } else {
-            ""
-        },
-        if by_default {
-            "; --chap turns it on"
-        } else {
-            ""
-        }
+        "isboot: warning: CHAP is off for this client: a host at its address that states its initiator name can log in to its disk (turn it on: isboot set-client NAME --chap)"
     );
 }
 
@@ -439,7 +434,7 @@ pub fn set_client(dir: &StateDir, a: SetClientArgs) -> R {
     println!("client {name}:");
     print_chap_line(dir, &name, user.as_deref());
     if user.is_none() {
-        warn_chap_off(false);
+        warn_chap_off();
     }
     println!("  (a running server uses it at the client's next login)");
     Ok(())
@@ -447,7 +442,8 @@ pub fn set_client(dir: &StateDir, a: SetClientArgs) -> R {
 
 pub fn list_clients(dir: &StateDir, as_json: bool) -> R {
     let st = dir.load()?;
-    let views = ClientView::all(&st);
+    let live = ServerStatus::load_live(&dir.status_path());
+    let views = ClientView::all(&st, live.as_ref());
     if as_json {
         return json(&views);
     }
@@ -498,7 +494,8 @@ pub fn show_client(dir: &StateDir, which: &str, as_json: bool, show_secrets: boo
         .registry
         .find_client(which)
         .ok_or_else(|| bad(format!("unknown client {which}")))?;
-    let mut v = ClientView::of(&st, c);
+    let live = ServerStatus::load_live(&dir.status_path());
+    let mut v = ClientView::of(&st, c, live.as_ref());
     if show_secrets {
         v.chap = ChapView::reveal(&st, c.name.as_str(), c.chap.as_ref());
     }
@@ -514,6 +511,7 @@ pub fn show_client(dir: &StateDir, which: &str, as_json: bool, show_secrets: boo
     println!("image:      {} version {}", v.image, v.version);
     println!("mode:       {}", v.mode);
     println!("target:     {}", v.target);
+    println!("logins:     from {}", v.bound.describe());
     for i in &v.initiators {
         println!("initiator:  {i}");
     }
@@ -608,6 +606,15 @@ fn status_view(dir: &StateDir) -> Result<StatusView, CliError> {
     Ok(StatusView::of(&st, live.as_ref()))
 }
 
+/// A status row's name: the client, or `IMAGE (edit)` for a maintenance disk.
+fn display_name(r: &crate::config::StatusRow) -> String {
+    if r.kind == "maintenance" {
+        format!("{} (edit)", r.name)
+    } else {
+        r.name.clone()
+    }
+}
+
 pub fn status(dir: &StateDir, as_json: bool) -> R {
     let v = status_view(dir)?;
     if as_json {
@@ -622,11 +629,7 @@ pub fn status(dir: &StateDir, as_json: bool) -> R {
         "CLIENT", "CHAP", "SESSION", "READ", "WRITTEN", "OVERLAY"
     );
     for r in &v.targets {
-        let who = if r.kind == "maintenance" {
-            format!("{} (edit)", r.name)
-        } else {
-            r.name.clone()
-        };
+        let who = display_name(r);
         let session = if r.sessions.is_empty() {
             "not logged in".to_string()
         } else {
@@ -666,6 +669,11 @@ pub fn status(dir: &StateDir, as_json: bool) -> R {
         human(v.total_bytes_written),
         human(v.total_overlay_bytes)
     );
+    println!();
+    println!("{:<20} LOGINS ACCEPTED FROM", "CLIENT");
+    for r in &v.targets {
+        println!("{:<20} {}", display_name(r), r.bound.describe());
+    }
     print_without_chap(&v.clients_without_chap);
     Ok(())
 }

@@ -167,13 +167,21 @@ pub struct ImageEditArgs {
     /// maintenance root-path instead of its usual one).
     #[arg(long, value_name = "MAC")]
     pub mac: Option<String>,
+    /// An address the maintenance machine logs in from (repeatable), for a machine isboot's
+    /// DHCP does not serve. The target always accepts 127.0.0.1 and the --mac machine's lease.
+    #[arg(long = "from", value_name = "ADDR")]
+    pub from: Vec<std::net::Ipv4Addr>,
     /// Initiator allowed to log in (repeatable; default <prefix>:initiator:maint:<image>).
     #[arg(long = "initiator", value_name = "IQN")]
     pub initiators: Vec<String>,
-    /// Generate a CHAP secret for the maintenance target (secrets/maint-<image>.toml, 0600;
-    /// DHCP hands it to the --mac machine's iPXE).
-    #[arg(long)]
+    /// CHAP with a generated secret for the maintenance target (the default;
+    /// secrets/maint-<image>.toml, 0600; DHCP hands it to the --mac machine's iPXE).
+    #[arg(long, conflicts_with = "no_chap")]
     pub chap: bool,
+    /// No CHAP on the maintenance target: a host at an accepted address (127.0.0.1, --from,
+    /// the --mac machine's lease) that states its initiator name can write the next base.
+    #[arg(long)]
+    pub no_chap: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -219,16 +227,16 @@ pub struct AddClientArgs {
 /// A client's CHAP setting (`add-client`, `set-client`).
 #[derive(clap::Args, Debug)]
 pub struct ChapArgs {
-    /// Turn CHAP on with a newly generated random secret (read it with `show-client NAME
-    /// --show-secrets`); DHCP hands it to the client's iPXE at its next boot.
+    /// CHAP with a newly generated random secret (add-client's default; read it with
+    /// `show-client NAME --show-secrets`); DHCP hands it to the client's iPXE at its next boot.
     #[arg(long, conflicts_with_all = ["no_chap", "chap_secret_file"])]
     pub chap: bool,
     /// Turn CHAP on with your own credentials: a TOML file (mode 0600 or stricter) with
     /// `user`, `secret` (16 to 255 bytes) and optionally `mutual_user`, `mutual_secret`.
     #[arg(long, value_name = "PATH", conflicts_with = "no_chap")]
     pub chap_secret_file: Option<std::path::PathBuf>,
-    /// Run this client without CHAP (anyone who knows its initiator name can log in to its
-    /// disk; status lists such clients). add-client's default for now, with a warning.
+    /// Run this client without CHAP: a host at its address that states its initiator name
+    /// can log in to its disk. `status` and `list-clients` list such clients.
     #[arg(long)]
     pub no_chap: bool,
 }

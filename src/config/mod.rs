@@ -32,7 +32,8 @@ pub use registry::{Chap, Client, Image, Maintenance, Mode, Registry, Version};
 pub use report::{ChapView, ClientView, StatusRow, StatusView};
 pub use secret::Secret;
 pub use state::{
-    AddClient, BootTarget, State, StateDir, TargetKind, TargetSpec, maint_secret_name,
+    AddClient, BootTarget, Bound, BoundAddress, Origin, State, StateDir, TargetKind, TargetSpec,
+    maint_secret_name,
 };
 pub use status::{ServerStatus, SessionStatus, TargetStatus};
 

@@ -93,6 +93,10 @@ pub struct Maintenance {
     /// The machine that boots the maintenance target (DHCP hands it the maintenance root-path).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac: Option<MacAddr>,
+    /// Addresses the admin named for the maintenance machine (`image edit --from`): its
+    /// target accepts logins from them as well as from 127.0.0.1 and the `mac`'s address.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub from: Vec<std::net::Ipv4Addr>,
     pub started: u64,
 }
 
@@ -176,6 +180,7 @@ mod tests {
                     overlay: "maint/debian.3.ovl".into(),
                     initiators: vec!["iqn.2026-11.org.isboot:initiator:maint".parse().unwrap()],
                     mac: None,
+                    from: vec![],
                     started: 6,
                 }),
             }],

@@ -28,6 +28,9 @@ pub struct ClientView {
     pub overlay: String,
     /// Bytes the overlay occupies on disk.
     pub overlay_bytes: u64,
+    /// Where the client's target accepts logins from, and why (the running server's view:
+    /// reservation, lease, seen; without a server, the reservation only).
+    pub bound: super::Bound,
 }
 
 /// Whether and how a target authenticates its initiator. Secrets only with
@@ -84,8 +87,15 @@ fn on_disk(p: &Path) -> u64 {
 }
 
 impl ClientView {
-    pub fn of(st: &State, c: &Client) -> ClientView {
+    /// Client `c`, with where its target accepts logins from as `live` (a running server's
+    /// status) says, else from the state files.
+    pub fn of(st: &State, c: &Client, live: Option<&ServerStatus>) -> ClientView {
         let path = st.dir.path(&c.overlay);
+        let target = st.target_iqn(&c.name);
+        let bound = live.and_then(|s| s.target(target.as_str())).map_or_else(
+            || st.bound_offline(&TargetKind::Client(c.name.clone())),
+            |t| t.bound.clone(),
+        );
         ClientView {
             name: c.name.to_string(),
             mac: c.mac.to_string(),
@@ -93,21 +103,22 @@ impl ClientView {
             image: c.image.to_string(),
             version: c.version,
             mode: c.mode.to_string(),
-            target: st.target_iqn(&c.name).to_string(),
+            target: target.to_string(),
             initiators: c.initiators.iter().map(|i| i.to_string()).collect(),
             root_path: st.client_root_path(c),
             chap: ChapView::of(st, c.name.as_str(), c.chap.as_ref()),
             overlay: path.display().to_string(),
             overlay_bytes: on_disk(&path),
+            bound,
         }
     }
 
     /// Every registered client, in registry order.
-    pub fn all(st: &State) -> Vec<ClientView> {
+    pub fn all(st: &State, live: Option<&ServerStatus>) -> Vec<ClientView> {
         st.registry
             .clients
             .iter()
-            .map(|c| ClientView::of(st, c))
+            .map(|c| ClientView::of(st, c, live))
             .collect()
     }
 }
@@ -131,6 +142,9 @@ pub struct StatusRow {
     pub disk_error: bool,
     /// The target asks for CHAP.
     pub chap: bool,
+    /// Where the target accepts logins from, and why (from the running server, else from the
+    /// state files: reservations and stated addresses only).
+    pub bound: super::Bound,
 }
 
 /// `isboot status --json`, `GET /api/v1/status`.
@@ -175,6 +189,7 @@ impl StatusView {
                     base_version: spec.version,
                     disk_error: t.is_some_and(|t| t.failed),
                     chap: spec.chap.is_some(),
+                    bound: t.map_or_else(|| st.bound_offline(&spec.kind), |t| t.bound.clone()),
                 }
             })
             .collect();

@@ -45,6 +45,9 @@ pub struct TargetStatus {
     /// restarts or the client is reset.
     #[serde(default)]
     pub failed: bool,
+    /// Where the target accepts logins from, and why.
+    #[serde(default)]
+    pub bound: super::Bound,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -460,7 +460,9 @@ impl Login {
                 self.refusal = self.refusal.or(e.refusal());
                 let who = self.initiator_name.as_deref().unwrap_or("?");
                 let peer = self.peer.map(|p| p.to_string()).unwrap_or_default();
-                if matches!(e, LoginError::InUse(_)) {
+                // An access rule said no (another host, another initiator, a disk in use, a
+                // forged TSIH): the admin should hear of it.
+                if e.refusal().is_some() {
                     tracing::warn!(initiator = who, %peer, status = %e.status(), "login refused: {e}");
                 } else {
                     tracing::info!(initiator = who, %peer, status = %e.status(), "login refused: {e}");
@@ -866,6 +868,8 @@ impl Login {
         if !valid_iscsi_name(name) {
             return Err(LoginError::BadInitiatorName);
         }
+        // Known from here on, also for the log line of a refusal.
+        self.initiator_name = Some(name.to_string());
         // A TSIH continues a session only for its own initiator name and ISID; one answer
         // whether the TSIH exists or not.
         if req.tsih != 0 && !sessions.owns(req.tsih, name, req.isid) {
@@ -911,7 +915,6 @@ impl Login {
             }
         }
         // A TargetName in a Discovery login is ignored (RFC 7143 §13.4: not sent there).
-        self.initiator_name = Some(name.to_string());
         Ok(())
     }
 

@@ -33,5 +33,5 @@ async fn status(State(reg): State<Arc<StateRegistry>>) -> Response {
 }
 
 async fn clients(State(reg): State<Arc<StateRegistry>>) -> Response {
-    blocking(move || ClientView::all(&reg.current_state())).await
+    blocking(move || ClientView::all(&reg.current_state(), Some(&reg.status()))).await
 }

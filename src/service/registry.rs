@@ -6,7 +6,8 @@
 //! flushes overlays whose sessions have all ended.
 
 use crate::config::{
-    ConfigError, ServerStatus, SessionStatus, State, StateDir, TargetKind, TargetSpec, TargetStatus,
+    Bound, ConfigError, Origin, ServerStatus, SessionStatus, State, StateDir, TargetKind,
+    TargetSpec, TargetStatus,
 };
 use crate::config::{MacAddr, Mode, now_unix, write_atomic};
 use crate::dhcp::{AddressOrigin, PowerOn};
@@ -365,6 +366,28 @@ impl StateRegistry {
         l.insert(mac, (ip, how));
     }
 
+    /// Where the served target `iqn` accepts logins from, and why (for the login check and
+    /// `isboot status`).
+    pub fn bound(&self, iqn: &str) -> Bound {
+        match self.served(iqn) {
+            Some((kind, _)) => self.bound_of(&self.current_state(), &kind),
+            None => Bound::Only(Vec::new()),
+        }
+    }
+
+    fn bound_of(&self, st: &State, kind: &TargetKind) -> Bound {
+        let learned = |mac: &MacAddr| {
+            self.learned_address(mac).map(|(ip, how)| {
+                let origin = match how {
+                    AddressOrigin::Lease => Origin::Lease,
+                    AddressOrigin::Seen => Origin::Seen,
+                };
+                (ip, origin)
+            })
+        };
+        st.bound(kind, &learned)
+    }
+
     /// The address DHCP learned for `mac`, if any.
     pub fn learned_address(&self, mac: &MacAddr) -> Option<(std::net::Ipv4Addr, AddressOrigin)> {
         self.learned
@@ -420,6 +443,7 @@ impl StateRegistry {
     /// Sessions and counters of every target, as `isboot status` shows them.
     pub fn status(&self) -> ServerStatus {
         let updated_ms = crate::config::now_unix_ms();
+        let st = self.current_state();
         let targets = self
             .read()
             .targets
@@ -452,6 +476,7 @@ impl StateRegistry {
                     overlay_bytes: std::fs::metadata(&l.spec.overlay_path)
                         .map(|m| m.blocks() * 512)
                         .unwrap_or(0),
+                    bound: self.bound_of(&st, &l.spec.kind),
                 }
             })
             .collect();
@@ -535,47 +560,12 @@ impl TargetRegistry for StateRegistry {
             .map(|l| l.target.clone())
             .collect()
     }
-    /// A client's target accepts its reservation and the address DHCP learned it holds; a
-    /// maintenance target this host (127.0.0.1) and the maintenance machine's addresses. A
-    /// client with neither is bound nowhere when isboot runs DHCP (it will learn the address
-    /// at the client's boot), and to any address when it does not (no `[dhcp]` section:
-    /// `add-client --ip` binds it; `isboot status` shows which clients are unbound).
+    /// Where `iqn` accepts logins from: `State::bound` (config/state/binding.rs) over what
+    /// DHCP learned; a target isboot does not serve accepts nobody.
     fn binding(&self, iqn: &str) -> Binding {
-        let st = self.current_state();
-        let of_mac = |mac: &MacAddr| -> Vec<std::net::IpAddr> {
-            let reserved = st.registry.client_by_mac(mac).and_then(|c| c.ip);
-            let learned = self.learned_address(mac).map(|(ip, _)| ip);
-            reserved
-                .into_iter()
-                .chain(learned)
-                .map(Into::into)
-                .collect()
-        };
-        match self.served(iqn).map(|(kind, _)| kind) {
-            Some(TargetKind::Client(name)) => {
-                let addrs = st
-                    .registry
-                    .client(&name)
-                    .map(|c| of_mac(&c.mac))
-                    .unwrap_or_default();
-                if addrs.is_empty() && st.config.dhcp.is_none() {
-                    Binding::Any
-                } else {
-                    Binding::Only(addrs)
-                }
-            }
-            Some(TargetKind::Maintenance(image)) => {
-                let mut addrs = vec![std::net::IpAddr::from(std::net::Ipv4Addr::LOCALHOST)];
-                let mac = st
-                    .registry
-                    .image(&image)
-                    .and_then(|i| i.maintenance.as_ref()?.mac);
-                if let Some(mac) = mac {
-                    addrs.extend(of_mac(&mac));
-                }
-                Binding::Only(addrs)
-            }
-            None => Binding::Only(Vec::new()),
+        match self.bound(iqn).addresses() {
+            None => Binding::Any,
+            Some(addrs) => Binding::Only(addrs),
         }
     }
 
@@ -901,7 +891,7 @@ mod tests {
         // While an image is edited on pc1's machine, pc1 boots the maintenance target.
         dir.lock()
             .unwrap()
-            .image_edit(&"deb".parse().unwrap(), Some(mac1), vec![], false)
+            .image_edit(&"deb".parse().unwrap(), Some(mac1), vec![], vec![], false)
             .unwrap();
         reg.reload_if_changed().unwrap();
         let b = reg.current_state().boot_target(&mac1).unwrap();

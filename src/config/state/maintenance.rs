@@ -102,10 +102,12 @@ impl StateDir {
 impl Locked {
     /// Open maintenance: a writable overlay on the newest version, served as
     /// `<prefix>:maint:<image>`; with `chap`, the target asks for a generated CHAP secret.
+    /// It accepts logins from this host, `addrs` and the address DHCP learns for `mac`.
     pub fn image_edit(
         &mut self,
         name: &ImageName,
         mac: Option<MacAddr>,
+        addrs: Vec<std::net::Ipv4Addr>,
         initiators: Vec<Iqn>,
         chap: bool,
     ) -> Result<Maintenance, ConfigError> {
@@ -137,6 +139,7 @@ impl Locked {
             overlay: rel.clone(),
             initiators,
             mac,
+            from: addrs,
             started: now_unix(),
         };
         if let Some(i) = self.state.registry.image_mut(name) {

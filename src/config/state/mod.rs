@@ -10,12 +10,14 @@
 //! lock and the one-server lock), `poll.rs` (what a running server reports in its status
 //! file). This file: the directory layout, loading, and what every change shares.
 
+mod binding;
 mod clients;
 mod images;
 mod lock;
 mod maintenance;
 mod poll;
 
+pub use binding::{Bound, BoundAddress, Origin};
 pub use clients::{AddClient, MAX_CHAP_SECRET, MIN_CHAP_SECRET};
 
 use super::file::Config;
