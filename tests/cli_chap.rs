@@ -260,4 +260,26 @@ fn status_and_show_client_say_where_each_target_accepts_logins_from() {
     );
     let j = json(lab.run(&["list-clients", "--json"]).ok());
     assert_eq!(j[1]["bound"], serde_json::json!("any"));
+    // The admin states pc2's address; a taken one is refused; `none` clears it.
+    let out = lab
+        .run(&["set-client", "pc2", "--ip", "10.7.0.22"])
+        .ok()
+        .to_string();
+    assert!(
+        out.contains("accepts logins from 10.7.0.22 (reservation)"),
+        "{out}"
+    );
+    lab.refused(&["set-client", "pc2", "--ip", "10.7.0.21"], 2, "client pc1");
+    lab.refused(&["set-client", "pc2", "--ip", "10.7.0.1"], 2, "this server");
+    lab.refused(&["set-client", "pc2", "--ip", "bogus"], 2, "bad IP address");
+    let j = json(lab.run(&["show-client", "pc2", "--json"]).ok());
+    assert_eq!(j["ip"], "10.7.0.22");
+    assert_eq!(
+        j["bound"],
+        serde_json::json!({"only": [{"ip": "10.7.0.22", "origin": "reservation"}]})
+    );
+    lab.run(&["set-client", "pc2", "--ip", "none"]).ok();
+    let j = json(lab.run(&["show-client", "pc2", "--json"]).ok());
+    assert_eq!(j["ip"], serde_json::Value::Null);
+    assert_eq!(j["bound"], serde_json::json!("any"));
 }

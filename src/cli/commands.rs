@@ -313,16 +313,7 @@ pub fn add_client(dir: &StateDir, a: AddClientArgs) -> R {
     let mac: MacAddr = parse(&a.mac)?;
     let image: ImageName = parse(&a.image)?;
     let name = a.name.as_deref().map(parse::<ClientName>).transpose()?;
-    let ip =
-        a.ip.as_deref()
-            .map(|s| {
-                s.parse::<Ipv4Addr>().map_err(|_| {
-                    bad(format!(
-                        "bad IP address {s:?} (expected IPv4 like 192.168.50.21)"
-                    ))
-                })
-            })
-            .transpose()?;
+    let ip = a.ip.as_deref().map(parse_ip).transpose()?;
     let initiators = parse_iqns(&a.initiators)?;
     let chap = chap_choice(
         a.chap.no_chap,
@@ -374,6 +365,14 @@ pub fn add_client(dir: &StateDir, a: AddClientArgs) -> R {
     Ok(())
 }
 
+fn parse_ip(s: &str) -> Result<Ipv4Addr, CliError> {
+    s.parse::<Ipv4Addr>().map_err(|_| {
+        bad(format!(
+            "bad IP address {s:?} (expected IPv4 like 192.168.50.21)"
+        ))
+    })
+}
+
 /// The CHAP credentials a command asked for: none (`off`), the admin's own file, or generated
 /// ones (user = the client name).
 fn chap_choice(
@@ -411,10 +410,29 @@ fn print_chap_line(dir: &StateDir, name: &str, user: Option<&str>) {
 }
 
 pub fn set_client(dir: &StateDir, a: SetClientArgs) -> R {
-    if !a.chap.chap && !a.chap.no_chap && a.chap.chap_secret_file.is_none() {
+    let chap_change = a.chap.chap || a.chap.no_chap || a.chap.chap_secret_file.is_some();
+    if !chap_change && a.ip.is_none() {
         return Err(bad(
-            "say what to change: --chap, --chap-secret-file PATH or --no-chap",
+            "say what to change: --ip ADDR|none, --chap, --chap-secret-file PATH or --no-chap",
         ));
+    }
+    if let Some(ip) = &a.ip {
+        let ip = match ip.as_str() {
+            "none" => None,
+            s => Some(parse_ip(s)?),
+        };
+        let c = dir.lock()?.set_client_ip(&a.client, ip)?;
+        let kind = crate::config::TargetKind::Client(c.name.clone());
+        println!(
+            "client {}: ip {} (its disk accepts logins from {})",
+            c.name,
+            c.ip.map_or_else(|| "none".to_string(), |i| i.to_string()),
+            dir.load()?.bound_offline(&kind).describe()
+        );
+        if !chap_change {
+            println!("  (a running server uses it at the client's next login)");
+            return Ok(());
+        }
     }
     let mut l = dir.lock()?;
     let name = l

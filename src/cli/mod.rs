@@ -270,6 +270,11 @@ pub struct ShowClientArgs {
 pub struct SetClientArgs {
     /// Client name or MAC address.
     pub client: String,
+    /// The client's address (IPv4), or `none`: DHCP hands it out in full mode, and in every
+    /// mode the client's disk accepts logins from it (say it where isboot's DHCP does not
+    /// learn the address: proxy DHCP, static addresses).
+    #[arg(long, value_name = "ADDR|none")]
+    pub ip: Option<String>,
     #[command(flatten)]
     pub chap: ChapArgs,
 }

@@ -119,28 +119,7 @@ impl Locked {
             .map(|v| v.number)
             .ok_or_else(|| ConfigError::UnknownImage(format!("{} (no versions)", req.image)))?;
         if let Some(ip) = req.ip {
-            if let Some(net) = st.config.subnet {
-                if !net.host(ip) {
-                    return Err(ConfigError::IpOutsideSubnet { ip, subnet: net });
-                }
-            }
-            if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() {
-                return Err(ConfigError::BadArgument(format!(
-                    "{ip} cannot be a client address"
-                )));
-            }
-            if st.config.server_ip == Some(ip) {
-                return Err(ConfigError::IpTaken {
-                    ip,
-                    by: "this server".into(),
-                });
-            }
-            if let Some(c) = st.registry.clients.iter().find(|c| c.ip == Some(ip)) {
-                return Err(ConfigError::IpTaken {
-                    ip,
-                    by: format!("client {}", c.name),
-                });
-            }
+            check_client_ip(st, ip, None)?;
         }
         let initiators = if req.initiators.is_empty() {
             vec![st.default_initiator(name.as_str())]
@@ -234,6 +213,28 @@ impl Locked {
         Ok(())
     }
 
+    /// Set or clear a client's reserved address (`set-client --ip`): DHCP hands it out in full
+    /// mode, and in every mode its target accepts logins from it.
+    pub fn set_client_ip(
+        &mut self,
+        which: &str,
+        ip: Option<Ipv4Addr>,
+    ) -> Result<Client, ConfigError> {
+        let name = self.state.client(which)?.name.clone();
+        if let Some(ip) = ip {
+            check_client_ip(&self.state, ip, Some(&name))?;
+        }
+        let mut out = None;
+        for x in self.state.registry.clients.iter_mut() {
+            if x.name == name {
+                x.ip = ip;
+                out = Some(x.clone());
+            }
+        }
+        self.save()?;
+        out.ok_or_else(|| ConfigError::UnknownClient(which.to_string()))
+    }
+
     /// Remove a client; with `keep_overlay` its overlay file stays (its path is returned).
     pub fn remove_client(
         &mut self,
@@ -286,4 +287,40 @@ impl Locked {
         self.forget(&c.overlay);
         Ok(updated)
     }
+}
+
+/// May `ip` be the reserved address of a client (`except`: the client being changed)?
+fn check_client_ip(
+    st: &State,
+    ip: Ipv4Addr,
+    except: Option<&ClientName>,
+) -> Result<(), ConfigError> {
+    if let Some(net) = st.config.subnet {
+        if !net.host(ip) {
+            return Err(ConfigError::IpOutsideSubnet { ip, subnet: net });
+        }
+    }
+    if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() {
+        return Err(ConfigError::BadArgument(format!(
+            "{ip} cannot be a client address"
+        )));
+    }
+    if st.config.server_ip == Some(ip) {
+        return Err(ConfigError::IpTaken {
+            ip,
+            by: "this server".into(),
+        });
+    }
+    if let Some(c) = st
+        .registry
+        .clients
+        .iter()
+        .find(|c| c.ip == Some(ip) && Some(&c.name) != except)
+    {
+        return Err(ConfigError::IpTaken {
+            ip,
+            by: format!("client {}", c.name),
+        });
+    }
+    Ok(())
 }
