@@ -17,6 +17,18 @@ fn json(r: &str) -> serde_json::Value {
     serde_json::from_str(r).unwrap()
 }
 
+/// The row of `status --json` whose `key` is `value`.
+fn status_row(lab: &Lab, key: &str, value: &str) -> serde_json::Value {
+    let sj = json(lab.run(&["status", "--json"]).ok());
+    sj["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t[key] == value)
+        .unwrap_or_else(|| panic!("no status row with {key} = {value}: {sj}"))
+        .clone()
+}
+
 #[test]
 fn add_client_generates_a_private_secret_that_only_show_secrets_prints() {
     let lab = Lab::with_image();
@@ -186,15 +198,7 @@ fn image_edit_generates_a_maintenance_secret_and_drops_it_at_abort() {
         .trim_end_matches('"');
     assert_eq!(secret.len(), 32);
     assert!(!out.contains(secret));
-    let sj = json(lab.run(&["status", "--json"]).ok());
-    let maint = sj["targets"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["kind"] == "maintenance")
-        .unwrap()
-        .clone();
-    assert_eq!(maint["chap"], true);
+    assert_eq!(status_row(&lab, "kind", "maintenance")["chap"], true);
     lab.run(&["image", "abort", "deb"]).ok();
     assert!(!file.exists());
     // With --no-chap: no secret, a warning, and status says so.
@@ -208,15 +212,7 @@ fn image_edit_generates_a_maintenance_secret_and_drops_it_at_abort() {
     let out = r.ok().to_string();
     assert!(out.contains("chap:      OFF"), "{out}");
     assert!(!file.exists());
-    let sj = json(lab.run(&["status", "--json"]).ok());
-    let maint = &sj["targets"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["kind"] == "maintenance")
-        .unwrap()
-        .clone();
-    assert_eq!(maint["chap"], false);
+    assert_eq!(status_row(&lab, "kind", "maintenance")["chap"], false);
 }
 
 #[test]
@@ -226,16 +222,7 @@ fn status_and_show_client_say_where_each_target_accepts_logins_from() {
     lab.add("52:54:00:00:00:02", "pc2", &[]);
     lab.run(&["image", "edit", "deb", "--from", "10.7.0.99"])
         .ok();
-    let sj = json(lab.run(&["status", "--json"]).ok());
-    let bound = |name: &str| {
-        sj["targets"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|t| t["name"] == name)
-            .unwrap()["bound"]
-            .clone()
-    };
+    let bound = |name: &str| status_row(&lab, "name", name)["bound"].clone();
     assert_eq!(
         bound("pc1"),
         serde_json::json!({"only": [{"ip": "10.7.0.21", "origin": "reservation"}]})
