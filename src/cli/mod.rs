@@ -73,6 +73,17 @@ pub enum Command {
     Status(JsonArgs),
     /// Serve one raw image file as LUN 0 of one iSCSI target, until Ctrl-C.
     Export(ExportArgs),
+    /// Write the man pages (DIR/man/isboot*.1) and bash completion (DIR/bash-completion/isboot)
+    /// from this command line's definition; packaging/build-debs runs it.
+    #[command(name = "generate-docs", hide = true)]
+    GenerateDocs(GenerateDocsArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct GenerateDocsArgs {
+    /// Directory to write man/ and bash-completion/ into (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
 }
 
 #[derive(clap::Args, Debug)]
@@ -373,6 +384,18 @@ pub fn main() -> ExitCode {
     if let Command::Export(args) = &cli.command {
         return export::run(args);
     }
+    if let Command::GenerateDocs(args) = &cli.command {
+        return match generate_docs(&args.out) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!(
+                    "isboot: cannot write the docs into {}: {e}",
+                    args.out.display()
+                );
+                ExitCode::from(1)
+            }
+        };
+    }
     let dir = crate::config::StateDir::new(cli.state_dir.clone());
     let res = match cli.command {
         Command::Init(a) => commands::init(&dir, a),
@@ -385,7 +408,7 @@ pub fn main() -> ExitCode {
         Command::ResetClient(a) => commands::reset_client(&dir, &a.client, a.force),
         Command::Serve(a) => serve::run(&dir, &a),
         Command::Status(a) => commands::status(&dir, a.json),
-        Command::Export(_) => Ok(()),
+        Command::Export(_) | Command::GenerateDocs(_) => Ok(()),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,
@@ -398,6 +421,26 @@ pub fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// One man page per command and subcommand (`isboot.1`, `isboot-serve.1`,
+/// `isboot-image-add.1`, ...; hidden commands left out) and the bash completion script, all
+/// generated from the clap definition so they cannot drift from `--help`.
+fn generate_docs(out: &std::path::Path) -> std::io::Result<()> {
+    use clap::CommandFactory;
+    let man = out.join("man");
+    let completion = out.join("bash-completion");
+    std::fs::create_dir_all(&man)?;
+    std::fs::create_dir_all(&completion)?;
+    clap_mangen::generate_to(Cli::command(), &man)?;
+    let mut file = std::fs::File::create(completion.join("isboot"))?;
+    clap_complete::generate(
+        clap_complete::Shell::Bash,
+        &mut Cli::command(),
+        "isboot",
+        &mut file,
+    );
+    std::io::Write::flush(&mut file)
 }
 
 fn one_line(m: &str) -> String {
