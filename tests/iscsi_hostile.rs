@@ -310,8 +310,9 @@ fn nop_out_is_answered_with_its_data() {
 #[test]
 fn connections_that_never_log_in_are_timed_out() {
     let (_d, exp) = setup();
-    let mut idle: Vec<TcpStream> = (0..200)
-        .map(|_| TcpStream::connect(exp.addr).unwrap())
+    // From 20 addresses, 10 each: within the per-address connection limit (16).
+    let mut idle: Vec<TcpStream> = (0..200u32)
+        .map(|n| fixture::connect_from([127, 0, 1, 10 + (n % 20) as u8], exp.addr).unwrap())
         .collect();
     // Half of them start a login and stall mid-PDU.
     for s in idle.iter_mut().step_by(2) {

@@ -69,6 +69,7 @@ fuzz_target!(|data: &[u8]| {
         cid: 0,
         default_time2wait: 2,
         default_time2retain: 0,
+        max_tasks: if cfgb & 8 != 0 { 4 } else { isboot::iscsi::session::QUEUE_DEPTH },
     };
     let mut s = Session::new(
         cfg,

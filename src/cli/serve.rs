@@ -91,7 +91,7 @@ pub fn run(dir: &StateDir, args: &super::ServeArgs) -> Result<(), CliError> {
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
         let cfg = ServerConfig {
             read_trace,
-            ..Default::default()
+            ..ServerConfig::with_limits(&registry.current_state().config.limits)
         };
         let iscsi = serve_iscsi(listener, registry.clone(), cfg, stopped(rx));
         tokio::pin!(iscsi);

@@ -125,6 +125,9 @@ pub struct SessionConfig {
     pub cid: u16,
     pub default_time2wait: u16,
     pub default_time2retain: u16,
+    /// Commands the session may have open at once, immediate ones included (the CmdSN window
+    /// advertises what is free; an immediate command beyond it gets TASK SET FULL).
+    pub max_tasks: u32,
 }
 
 impl From<&SessionParams> for SessionConfig {
@@ -140,6 +143,7 @@ impl From<&SessionParams> for SessionConfig {
             cid: p.cid,
             default_time2wait: p.default_time2wait,
             default_time2retain: p.default_time2retain,
+            max_tasks: QUEUE_DEPTH,
         }
     }
 }
@@ -246,7 +250,23 @@ impl Session {
 
     /// Current (ExpCmdSN, MaxCmdSN) to advertise.
     pub fn window(&self) -> (u32, u32) {
-        let free = QUEUE_DEPTH.saturating_sub(self.in_flight);
+        // Immediate commands take no CmdSN but hold a task: they count against the window too.
+        let open = u32::try_from(self.tasks.len())
+            .unwrap_or(u32::MAX)
+            .max(self.in_flight);
+        let free = self.cfg.max_tasks.max(1).saturating_sub(open);
+        (
+            self.exp_cmd_sn,
+            self.exp_cmd_sn.wrapping_sub(1).wrapping_add(free),
+        )
+    }
+
+    /// The CmdSN range accepted: numbered commands only (immediate ones may have taken part of
+    /// what [`Session::window`] advertised after the initiator saw it, and a command sent
+    /// within an advertised window must not be dropped). Numbered commands thus stay within
+    /// `max_tasks`, immediate ones within another `max_tasks` (TASK SET FULL beyond).
+    fn accept_window(&self) -> (u32, u32) {
+        let free = self.cfg.max_tasks.max(1).saturating_sub(self.in_flight);
         (
             self.exp_cmd_sn,
             self.exp_cmd_sn.wrapping_sub(1).wrapping_add(free),
@@ -315,12 +335,16 @@ impl Session {
             // A NOP-Out answering our ping (ITT reserved) carries no command.
             let is_ping_reply = matches!(&bhs, Bhs::NopOut(n) if n.itt == RESERVED_TAG);
             if !immediate && !is_ping_reply {
-                let (exp, max) = self.window();
+                let (exp, max) = self.accept_window();
+                if !serial::in_window(cmd_sn, exp, max) {
+                    // Outside the window (none free, or not yet in it): silently ignored
+                    // (RFC 7143 §4.2.2.1).
+                    return;
+                }
                 if cmd_sn != exp {
-                    if serial::in_window(cmd_sn, exp, max) && self.held.len() < MAX_HELD {
+                    if self.held.len() < MAX_HELD {
                         self.held.insert(cmd_sn, pdu);
                     }
-                    // Outside the window: silently ignored (RFC 7143 §4.2.2.1).
                     return;
                 }
                 self.exp_cmd_sn = self.exp_cmd_sn.wrapping_add(1);
@@ -407,6 +431,13 @@ impl Session {
         };
         if self.tasks.contains_key(&c.itt) {
             out.push(reject(reject_reason::TASK_IN_PROGRESS, raw));
+            return;
+        }
+        let immediate_open = self.tasks.values().filter(|t| t.immediate).count();
+        if c.immediate && immediate_open >= self.cfg.max_tasks.max(1) as usize {
+            // No task slot left for a command that skips the CmdSN window: TASK SET FULL
+            // (SAM-5 §5.3.1), answered without keeping anything of it.
+            out.extend(self.task_set_full(c.itt, c.expected_len));
             return;
         }
         if !imm.is_empty()
@@ -663,6 +694,32 @@ impl Session {
             out.push(Action::Send(vec![l.response]));
             out.push(Action::Close(SessionEnd::Logout));
         }
+    }
+
+    /// The answer to a command refused for lack of a task slot: status TASK SET FULL, no data,
+    /// nothing kept.
+    fn task_set_full(&self, itt: u32, edtl: u32) -> Vec<Action> {
+        let resp = Bhs::ScsiResponse(ScsiResponse {
+            bidi_overflow: false,
+            bidi_underflow: false,
+            overflow: false,
+            underflow: edtl > 0,
+            response: 0,
+            status: status::TASK_SET_FULL,
+            itt,
+            snack_tag: 0,
+            stat_sn: 0,
+            exp_cmd_sn: 0,
+            max_cmd_sn: 0,
+            exp_data_sn: 0,
+            bidi_residual: 0,
+            residual: edtl,
+        });
+        vec![Action::Send(vec![OutPdu::new(
+            &resp,
+            Stamp::Advance,
+            Vec::new(),
+        )])]
     }
 
     /// Build the PDUs that answer a command, and retire it.

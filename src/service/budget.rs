@@ -4,6 +4,7 @@
 //!
 //! Each budget keeps counters a metrics endpoint can publish ([`SlotStats`], [`BytesStats`]).
 
+use crate::loglimit::{LogLimiter, LogLimits};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -244,6 +245,32 @@ impl Drop for HeldBytes {
             self.budget.0.in_use.fetch_sub(self.n, Ordering::AcqRel);
             self.budget.0.freed.notify_waiters();
         }
+    }
+}
+
+/// Log lines caused by peers, limited per peer address and in total (see [`LogLimiter`]);
+/// time is counted from the creation of the limit.
+#[derive(Clone, Debug)]
+pub struct PeerLog {
+    limiter: Arc<Mutex<LogLimiter<IpAddr>>>,
+    start: std::time::Instant,
+    what: &'static str,
+}
+
+impl PeerLog {
+    /// `what` names the peers in the line that says how many lines were left out.
+    pub fn new(what: &'static str) -> PeerLog {
+        PeerLog {
+            limiter: Arc::new(Mutex::new(LogLimiter::new(LogLimits::default()))),
+            start: std::time::Instant::now(),
+            what,
+        }
+    }
+
+    /// May a line about `peer` be logged now?
+    pub fn allow(&self, peer: IpAddr) -> bool {
+        let now = self.start.elapsed().as_secs();
+        lock(&self.limiter).allow(&peer, now, self.what)
     }
 }
 

@@ -159,6 +159,7 @@ pub struct Metrics {
     dhcp: Family<DhcpLabels, Counter>,
     tftp_transfers: Family<OutcomeLabel, Counter>,
     tftp_bytes: Counter,
+    iscsi_connections: Family<OutcomeLabel, Counter>,
     boots: Family<ClientLabel, Counter>,
     takeover: AtomicHistogram,
     last_takeover: Family<ClientLabel, Gauge<f64, AtomicU64>>,
@@ -173,6 +174,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     dhcp: Family::default(),
     tftp_transfers: Family::default(),
     tftp_bytes: Counter::default(),
+    iscsi_connections: Family::default(),
     boots: Family::default(),
     takeover: AtomicHistogram::new(&BOOT_BOUNDS),
     last_takeover: Family::default(),
@@ -277,6 +279,14 @@ impl Metrics {
         self.tftp_bytes.inc_by(bytes);
     }
 
+    /// An iSCSI connection came in: "accepted", or refused at accept by a connection limit
+    /// ("refused_per_address", "refused_full").
+    pub fn iscsi_connection(&self, outcome: &'static str) {
+        self.iscsi_connections
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
+    }
+
     /// A client powered on (its boot firmware's DHCP): count the boot and time it until the
     /// operating system's initiator logs in to `target` (the takeover login: the first login
     /// after the power-on with another ISID than the firmware's).
@@ -319,6 +329,11 @@ impl Metrics {
             "Time from a WRITE command's data being in hand to its status",
             Unit::Seconds,
             HistogramRef(&METRICS, |m| &m.write_latency),
+        );
+        reg.register(
+            "isboot_iscsi_connections",
+            "iSCSI connections by outcome at accept (accepted, or refused by a connection limit)",
+            self.iscsi_connections.clone(),
         );
         reg.register(
             "isboot_dhcp_messages",

@@ -3,14 +3,13 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::UdpSocket;
 use tokio::task::JoinSet;
 
-use super::budget::Slots;
+use super::budget::{PeerLog, Slots};
 use crate::config::limits::Limits;
-use crate::loglimit::{LogLimiter, LogLimits};
 use crate::tftp::TftpError;
 use crate::tftp::packet::{self, ErrorCode, Packet};
 use crate::tftp::transfer::{self, Transfer, TransferLimits};
@@ -62,31 +61,6 @@ impl Default for TftpLimits {
     }
 }
 
-/// Log lines caused by peers, limited per peer address (seconds since the service started).
-#[derive(Clone)]
-struct PeerLog {
-    limiter: Arc<Mutex<LogLimiter<std::net::IpAddr>>>,
-    start: std::time::Instant,
-}
-
-impl PeerLog {
-    fn new() -> PeerLog {
-        PeerLog {
-            limiter: Arc::new(Mutex::new(LogLimiter::new(LogLimits::default()))),
-            start: std::time::Instant::now(),
-        }
-    }
-
-    /// May a line about `peer` be logged now?
-    fn allow(&self, peer: &SocketAddr) -> bool {
-        let now = self.start.elapsed().as_secs();
-        self.limiter
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .allow(&peer.ip(), now, "TFTP peer")
-    }
-}
-
 /// Bind the TFTP listening socket (e.g. `0.0.0.0:69`, or `127.0.0.1:0` in tests).
 pub async fn bind_tftp(addr: SocketAddr) -> Result<UdpSocket, TftpServiceError> {
     UdpSocket::bind(addr)
@@ -116,7 +90,7 @@ pub async fn run_tftp(
     tracing::info!(addr = ?socket.local_addr().ok(), root = %root.display(), "TFTP listening");
     let root = Arc::new(root);
     let TftpLimits { slots, transfer } = limits;
-    let log = PeerLog::new();
+    let log = PeerLog::new("TFTP peer");
     let mut transfers = JoinSet::new();
     let mut buf = vec![0u8; RECV_BUF];
     tokio::pin!(shutdown);
@@ -131,7 +105,7 @@ pub async fn run_tftp(
             },
         };
         let reply_err = |e: TftpError| {
-            if log.allow(&peer) {
+            if log.allow(peer.ip()) {
                 tracing::info!(%peer, error = %e, "TFTP request refused");
             }
             e.to_packet()
@@ -158,7 +132,7 @@ pub async fn run_tftp(
         let permit = match slots.try_acquire(peer.ip()) {
             Ok(p) => p,
             Err(why) => {
-                if log.allow(&peer) {
+                if log.allow(peer.ip()) {
                     tracing::info!(%peer, file = %req.filename, "TFTP request refused: {why}");
                 }
                 let p = packet::error(ErrorCode::NotDefined, "server busy, try again");
@@ -221,7 +195,7 @@ async fn serve_one(
     let prepared = match prepared {
         Ok(Ok(p)) => p,
         Ok(Err(e)) => {
-            if log.allow(&peer) {
+            if log.allow(peer.ip()) {
                 tracing::info!(%peer, file = %filename, error = %e, "TFTP request refused");
             }
             let _ = sock.send(&e.to_packet()).await;
@@ -235,7 +209,7 @@ async fn serve_one(
     };
     let len = prepared.len;
     let (mut t, first) = Transfer::start(prepared, &limits, std::time::Instant::now());
-    if log.allow(&peer) {
+    if log.allow(peer.ip()) {
         tracing::info!(%peer, file = %filename, bytes = len, blksize = t.negotiated().blksize, windowsize = t.negotiated().windowsize, "TFTP transfer started");
     }
     tally.bytes += send_all(&sock, &first).await;
@@ -276,7 +250,7 @@ async fn serve_one(
     if *status == transfer::Status::Done {
         tally.outcome = "complete";
     }
-    if !log.allow(&peer) {
+    if !log.allow(peer.ip()) {
         return;
     }
     match status {

@@ -31,6 +31,7 @@ fn config() -> SessionConfig {
         cid: 3,
         default_time2wait: 2,
         default_time2retain: 0,
+        max_tasks: QUEUE_DEPTH,
     }
 }
 
@@ -333,7 +334,7 @@ fn held_commands_are_released_across_the_cmdsn_wrap() {
 }
 
 #[test]
-fn immediate_commands_take_no_cmdsn_and_no_window_slot() {
+fn immediate_commands_take_no_cmdsn_but_a_window_slot_while_open() {
     let mut f = fixture();
     // An immediate NOP-Out carries the current CmdSN without consuming it; it is answered
     // with its data echoed.
@@ -351,8 +352,10 @@ fn immediate_commands_take_no_cmdsn_and_no_window_slot() {
     c.immediate = true;
     c.read = true;
     let job = one_job(decode(f.s.handle(raw(Bhs::ScsiCommand(c), &[]))));
-    assert_eq!(f.s.window(), (1, QUEUE_DEPTH));
+    // While it is open it holds a task, and the advertised window says so.
+    assert_eq!(f.s.window(), (1, QUEUE_DEPTH - 1));
     assert_eq!(decode(f.run(&job)).sent.len(), 1);
+    assert_eq!(f.s.window(), (1, QUEUE_DEPTH));
     // A non-immediate NOP-Out does take its CmdSN.
     assert_eq!(
         decode(f.s.handle(nop_out(0x32, 1, false, b""))).sent.len(),
@@ -717,4 +720,54 @@ fn pdus_the_target_never_takes_are_rejected() {
     let _ = one_job(decode(f.s.handle(read10(0x5, 1, 0, 1))));
     let out = decode(f.s.handle(read10(0x5, 2, 0, 1)));
     assert_eq!(rejected(&out), [reject_reason::TASK_IN_PROGRESS]);
+}
+
+#[test]
+fn open_tasks_are_capped_immediate_commands_included() {
+    let mut cfg = config();
+    cfg.max_tasks = 4;
+    let mut f = fixture_with(cfg, 1);
+    // Four immediate commands, none answered yet: each takes a task slot.
+    let mut jobs = Vec::new();
+    for itt in 0..4 {
+        let mut c = command(0x40 + itt, 1, cdb10(op::READ10, 0, 1), 512);
+        c.immediate = true;
+        c.read = true;
+        jobs.push(one_job(decode(f.s.handle(raw(Bhs::ScsiCommand(c), &[])))));
+    }
+    assert_eq!(
+        f.s.window(),
+        (1, 0),
+        "MaxCmdSN = ExpCmdSN - 1: nothing free"
+    );
+    // A fifth immediate command is answered TASK SET FULL and kept nowhere.
+    let mut c = command(0x50, 1, cdb10(op::READ10, 0, 1), 512);
+    c.immediate = true;
+    c.read = true;
+    let out = decode(f.s.handle(raw(Bhs::ScsiCommand(c), &[])));
+    assert!(out.jobs.is_empty());
+    let (r, data) = scsi_response(&out);
+    assert_eq!(
+        (r.itt, r.status, r.residual),
+        (0x50, status::TASK_SET_FULL, 512)
+    );
+    assert!(r.underflow && data.is_empty());
+    assert_eq!(f.s.in_flight(), 4);
+    // Numbered commands still have their own window (an initiator may have sent them within
+    // a MaxCmdSN it saw before the immediate ones arrived), up to max_tasks of them.
+    for sn in 1..=4u32 {
+        jobs.push(one_job(decode(f.s.handle(read10(0x60 + sn, sn, 0, 1)))));
+    }
+    assert!(
+        f.s.handle(read10(0x70, 5, 0, 1)).is_empty(),
+        "beyond the numbered window: ignored (RFC 7143 4.2.2.1)"
+    );
+    assert_eq!(f.s.in_flight(), 8, "at most 2 x max_tasks open");
+    for j in &jobs {
+        assert!(!decode(f.run(j)).sent.is_empty());
+    }
+    assert_eq!(f.s.in_flight(), 0);
+    assert_eq!(f.s.window(), (5, 8));
+    // CmdSN 5 was dropped, not held: sent again, it runs.
+    assert_eq!(decode(f.s.handle(read10(0x70, 5, 0, 1))).jobs.len(), 1);
 }

@@ -10,7 +10,7 @@ use super::text::Text;
 use super::writer::Writer;
 use super::{ServerConfig, Shared};
 use crate::iscsi::login::{Login, LoginOutcome, SessionParams};
-use crate::iscsi::session::{Action, ExecJob, OutPdu, Session, SessionEnd, Stamp};
+use crate::iscsi::session::{Action, ExecJob, OutPdu, Session, SessionConfig, SessionEnd, Stamp};
 use crate::iscsi::target::{SessionInfo, TargetStats};
 use crate::scsi::{Nexus, Outcome, TargetLus};
 use crate::service::metrics::{self, Op};
@@ -60,6 +60,8 @@ pub(super) enum CloseReason {
     ClosedByAdmin,
     /// The server is shutting down: the initiator gets an Async Message first.
     ShuttingDown,
+    /// A discovery session sent nothing for [`ServerConfig::discovery_idle`].
+    DiscoveryIdle,
     /// A framing or I/O error.
     Failed(io::Error),
 }
@@ -72,6 +74,7 @@ impl fmt::Display for CloseReason {
             CloseReason::Reinstated => f.write_str("session reinstated by a new login"),
             CloseReason::ClosedByAdmin => f.write_str("closed by the administrator"),
             CloseReason::ShuttingDown => f.write_str("server shutting down"),
+            CloseReason::DiscoveryIdle => f.write_str("discovery session idle"),
             CloseReason::Failed(e) => write!(f, "connection error: {e}"),
         }
     }
@@ -412,6 +415,8 @@ pub(super) struct SessionHandler {
     out: Vec<OutPdu>,
     /// Outcomes of commands run inline, not yet handed to the session.
     inline_done: Vec<(u32, Outcome)>,
+    /// A discovery session's quiet limit: closed when this fires (moved on by every PDU).
+    discovery_idle: Option<(Duration, Pin<Box<Sleep>>)>,
 }
 
 impl SessionHandler {
@@ -464,13 +469,9 @@ impl SessionHandler {
             format!("{},{tpgt}", conn.peer.local),
             params.max_xmit_dsl,
         ));
-        let session = Session::new(
-            (&params).into(),
-            lus.clone(),
-            nexus.clone(),
-            params.exp_cmd_sn,
-            text,
-        );
+        let mut scfg: SessionConfig = (&params).into();
+        scfg.max_tasks = cfg.max_tasks_per_session;
+        let session = Session::new(scfg, lus.clone(), nexus.clone(), params.exp_cmd_sn, text);
         let tracer = match (&cfg.read_trace, &target_name) {
             (Some(t), Some(iqn)) => Some(SessionTrace::new(
                 t.clone(),
@@ -500,6 +501,10 @@ impl SessionHandler {
             tracer,
             out: Vec::new(),
             inline_done: Vec::new(),
+            discovery_idle: target_name.is_none().then(|| {
+                let d = cfg.discovery_idle;
+                (d, Box::pin(tokio::time::sleep(d)))
+            }),
             conn,
         }
     }
@@ -563,6 +568,7 @@ impl SessionHandler {
             },
             Some(c) = self.exec.done_rx.recv() => Event::Done(c),
             _ = self.idle.due() => Event::Idle,
+            _ = quiet_for(&mut self.discovery_idle) => Event::Close(CloseReason::DiscoveryIdle),
             _ = self.conn.kill.notify.notified() => Event::Close(CloseReason::Reinstated),
             _ = wait_kick(stats) => Event::Close(CloseReason::ClosedByAdmin),
             _ = self.conn.stop.changed() => Event::Close(CloseReason::ShuttingDown),
@@ -571,6 +577,9 @@ impl SessionHandler {
 
     fn on_pdu(&mut self, pdu: RawPdu) -> Vec<Action> {
         self.idle.heard();
+        if let Some((d, sleep)) = self.discovery_idle.as_mut() {
+            sleep.as_mut().reset(Instant::now() + *d);
+        }
         if let Some(t) = self.tracer.as_mut() {
             t.pdu(&pdu);
         }
@@ -678,6 +687,14 @@ impl SessionHandler {
                 }
             }
         }
+    }
+}
+
+/// Completes when a discovery session's quiet limit has passed (never for a normal session).
+async fn quiet_for(limit: &mut Option<(Duration, Pin<Box<Sleep>>)>) {
+    match limit {
+        Some((_, sleep)) => sleep.as_mut().await,
+        None => std::future::pending().await,
     }
 }
 

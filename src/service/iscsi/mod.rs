@@ -43,8 +43,11 @@ mod table;
 mod text;
 mod writer;
 
+use crate::config::limits::{self, Limits};
 use crate::iscsi::negotiate::TargetLimits;
 use crate::iscsi::target::TargetRegistry;
+use crate::service::budget::{PeerLog, SlotRefusal, Slots};
+use crate::service::metrics;
 use crate::service::read_trace::ReadTrace;
 use handler::Handler;
 use std::future::Future;
@@ -83,6 +86,29 @@ pub struct ServerConfig {
     /// the target and on the initiator (per-4 KiB-page splice and page reference work; see
     /// benches/RESULTS.md); it is meant for trials with initiators across a real network.
     pub sendfile_min: Option<usize>,
+    /// Connections served at once, in total and per peer address: one over either is closed
+    /// at accept, before anything is read from it (counted in `/metrics`). Clone it to watch
+    /// its counters.
+    pub connections: Slots,
+    /// A discovery session is closed after this long without a request.
+    pub discovery_idle: Duration,
+    /// Commands one session may have open at once, immediate ones included.
+    pub max_tasks_per_session: u32,
+}
+
+impl ServerConfig {
+    /// The defaults with the bounds of a `[limits]` section.
+    pub fn with_limits(limits: &Limits) -> ServerConfig {
+        ServerConfig {
+            connections: Slots::new(
+                limits.max_connections(),
+                limits.max_connections_per_address(),
+            ),
+            discovery_idle: Duration::from_secs(limits.discovery_idle_secs()),
+            max_tasks_per_session: limits.max_tasks_per_session(),
+            ..Default::default()
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -96,6 +122,12 @@ impl Default for ServerConfig {
             drain_timeout: Duration::from_secs(10),
             read_trace: None,
             sendfile_min: None,
+            connections: Slots::new(
+                limits::DEFAULT_MAX_CONNECTIONS,
+                limits::DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+            ),
+            discovery_idle: Duration::from_secs(limits::DEFAULT_DISCOVERY_IDLE_SECS),
+            max_tasks_per_session: limits::DEFAULT_MAX_TASKS_PER_SESSION,
         }
     }
 }
@@ -125,6 +157,7 @@ pub async fn serve_with(
         next_session_id: AtomicU64::new(1),
     });
     let mut conns = tokio::task::JoinSet::new();
+    let refusals = PeerLog::new("iSCSI peer");
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -139,12 +172,26 @@ pub async fn serve_with(
                         continue;
                     }
                 };
+                let slot = match shared.cfg.connections.try_acquire(peer.ip()) {
+                    Ok(slot) => slot,
+                    Err(why) => {
+                        // Closed before anything is read: the peer holds nothing here.
+                        metrics::get().iscsi_connection(refusal_label(why));
+                        if refusals.allow(peer.ip()) {
+                            info!(%peer, "iSCSI connection refused: {why}");
+                        }
+                        drop(stream);
+                        continue;
+                    }
+                };
+                metrics::get().iscsi_connection("accepted");
                 let shared = shared.clone();
                 let stop = stop_rx.clone();
                 conns.spawn(async move {
                     if let Err(e) = Handler::serve(stream, peer, shared, stop).await {
                         debug!(%peer, "connection ended: {e}");
                     }
+                    drop(slot);
                 });
             }
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
@@ -164,4 +211,12 @@ struct Shared {
     cfg: ServerConfig,
     table: Table,
     next_session_id: AtomicU64,
+}
+
+/// The `/metrics` label of a refused connection.
+fn refusal_label(why: SlotRefusal) -> &'static str {
+    match why {
+        SlotRefusal::Full { .. } => "refused_full",
+        SlotRefusal::PerAddress { .. } => "refused_per_address",
+    }
 }

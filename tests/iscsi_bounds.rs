@@ -1,0 +1,216 @@
+//! Connection bounds of the iSCSI service on loopback: connections over the per-address and
+//! the global limit are closed at accept while a good client still logs in and does I/O, and a
+//! discovery session that goes quiet is closed.
+
+mod fixture;
+use fixture::connect_from;
+use isboot::initiator::{Initiator, InitiatorError, LoginOptions};
+use isboot::iscsi::target::{StaticRegistry, TargetConfig, TargetStats};
+use isboot::scsi::{LogicalUnit, LuIdentity, TargetLus};
+use isboot::service::budget::Slots;
+use isboot::service::iscsi::{ServerConfig, serve_with};
+use isboot::store::raw::RawFile;
+use std::io::Read;
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const IQN: &str = "iqn.2026-12.test:bounds";
+
+fn registry(dir: &tempfile::TempDir) -> Arc<StaticRegistry> {
+    let path = dir.path().join("disk.raw");
+    let f = std::fs::File::create(&path).expect("create");
+    f.set_len(1 << 20).expect("size");
+    let dev = RawFile::open(&path, false).expect("open");
+    let ident = LuIdentity {
+        vendor: "ISBOOT".into(),
+        product: "TEST".into(),
+        revision: "0001".into(),
+        serial: "bounds".into(),
+        naa_id: 9,
+    };
+    let t = Arc::new(TargetConfig {
+        iqn: IQN.into(),
+        lus: Arc::new(TargetLus::single(Arc::new(LogicalUnit::new(
+            Arc::new(dev),
+            ident,
+        )))),
+        allowed_initiators: Vec::new(),
+        chap: None,
+        listed: true,
+        stats: Arc::new(TargetStats::default()),
+    });
+    Arc::new(StaticRegistry(vec![t]))
+}
+
+struct Server {
+    addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(h) = self.thread.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn start(reg: Arc<StaticRegistry>, cfg: ServerConfig) -> Server {
+    let (atx, arx) = std::sync::mpsc::channel();
+    let (stx, srx) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            atx.send(l.local_addr().expect("addr")).expect("send");
+            serve_with(l, reg, cfg, async {
+                let _ = srx.await;
+            })
+            .await
+            .expect("serve");
+        });
+    });
+    Server {
+        addr: arx.recv().expect("addr"),
+        stop: Some(stx),
+        thread: Some(thread),
+    }
+}
+
+/// Has the server closed `s` (EOF or reset), judged without blocking?
+fn closed_by_server(s: &mut TcpStream) -> bool {
+    s.set_nonblocking(true).expect("nonblocking");
+    let mut b = [0u8; 1];
+    match s.read(&mut b) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => false,
+        Err(_) => true,
+    }
+}
+
+/// Wait (up to 20 s) until `done` holds; false if it never did.
+fn eventually(mut done: impl FnMut() -> bool) -> bool {
+    let until = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < until {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    done()
+}
+
+#[test]
+fn connections_over_the_limits_are_refused_while_a_good_client_does_io() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let slots = Slots::new(24, 2);
+    let srv = start(
+        registry(&dir),
+        ServerConfig {
+            connections: slots.clone(),
+            ..Default::default()
+        },
+    );
+    // 11 hostile addresses open 4 connections each and never log in: 2 per address are held
+    // (until the login timeout), 2 per address are closed at accept.
+    let mut hostile: Vec<TcpStream> = (10..21u8)
+        .flat_map(|a| (0..4).map(move |_| a))
+        .map(|a| connect_from([127, 0, 0, a], srv.addr).expect("connect"))
+        .collect();
+    assert!(
+        eventually(|| {
+            let st = slots.stats();
+            st.in_use + st.refused_per_address as usize == 44
+        }),
+        "{:?}",
+        slots.stats()
+    );
+    let st = slots.stats();
+    assert_eq!(
+        (st.in_use, st.refused_per_address, st.addresses),
+        (22, 22, 11)
+    );
+    assert!(
+        eventually(|| hostile
+            .iter_mut()
+            .map(closed_by_server)
+            .filter(|c| *c)
+            .count()
+            == 22),
+        "the 22 refused connections are closed by the server, the 22 others stay"
+    );
+
+    // A good client from another address logs in and writes and reads its disk.
+    let opts = LoginOptions::new("iqn.2026-12.test:good", Some(IQN)).linux_profile();
+    let mut good = Initiator::connect(srv.addr, &opts).expect("good client logs in");
+    good.clear_unit_attention(0).expect("unit attention");
+    let data: Vec<u8> = (0..8 * 512).map(|i| (i % 251) as u8).collect();
+    assert_eq!(good.write16(0, 100, &data).expect("write").status, 0);
+    let c = good.read16(0, 100, 8).expect("read");
+    assert_eq!(c.status, 0);
+    assert!(c.data == data, "read back what was written");
+    assert_eq!(slots.stats().in_use, 23);
+
+    // The global limit: one more connection fits, the next is refused although its address
+    // holds none.
+    let mut last = connect_from([127, 0, 0, 30], srv.addr).expect("connect");
+    let mut over = connect_from([127, 0, 0, 31], srv.addr).expect("connect");
+    assert!(
+        eventually(|| slots.stats().refused_full == 1),
+        "{:?}",
+        slots.stats()
+    );
+    assert!(eventually(|| closed_by_server(&mut over)));
+    assert!(!closed_by_server(&mut last));
+    // The good client is unaffected.
+    assert_eq!(good.read16(0, 100, 8).expect("read").data, data);
+    good.logout().expect("logout");
+
+    // Connections going away give their slots back.
+    drop(hostile);
+    drop(last);
+    assert!(
+        eventually(|| slots.stats().in_use == 0),
+        "{:?}",
+        slots.stats()
+    );
+    let mut again = Initiator::connect(srv.addr, &opts).expect("login after the peers left");
+    again.logout().expect("logout");
+}
+
+#[test]
+fn a_quiet_discovery_session_is_closed() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let srv = start(
+        registry(&dir),
+        ServerConfig {
+            discovery_idle: Duration::from_secs(1),
+            ..Default::default()
+        },
+    );
+    let opts = LoginOptions::new("iqn.2026-12.test:discover", None);
+    let mut d = Initiator::connect(srv.addr, &opts).expect("discovery login");
+    let targets = d.send_targets("All").expect("SendTargets");
+    assert!(targets.iter().any(|(k, v)| k == "TargetName" && v == IQN));
+    d.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    // Nothing more is sent: the server closes the session (before its first NOP-In ping,
+    // due after 10 s), and the initiator sees the connection end.
+    match d.recv() {
+        Err(InitiatorError::Closed) => {}
+        Err(InitiatorError::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("expected the server to close the quiet discovery session: {other:?}"),
+    }
+}
