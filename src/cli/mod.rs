@@ -8,6 +8,7 @@ use std::process::ExitCode;
 mod api;
 mod commands;
 mod export;
+mod log;
 mod prepare;
 mod progress;
 mod serve;
@@ -447,14 +448,19 @@ fn one_line(m: &str) -> String {
     m.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-/// Log to stderr; `RUST_LOG` overrides the default level (info).
+/// Log to stderr; `RUST_LOG` overrides the default level (info). Under systemd (stderr is the
+/// journal stream) lines carry their syslog priority and no timestamp: see [`log`].
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = if log::stderr_is_journal() {
+        builder.event_format(log::JournalFormat::new()).try_init()
+    } else {
+        builder.try_init()
+    };
 }
 
 /// Completes on Ctrl-C or SIGTERM.
