@@ -489,6 +489,17 @@ impl Session {
             ));
             return;
         }
+        if c.write && c.expected_len > 0 && plan.bytes == 0 {
+            // Data-out announced for a CDB that transfers none is refused (a COMPARE AND
+            // WRITE of 256 blocks, say, whose one-byte count wrapped to 0). Other
+            // disagreements are residuals (RFC 7143 11.4.5): the CDB's length is written.
+            self.tasks.insert(c.itt, task);
+            out.extend(self.respond(
+                c.itt,
+                Outcome::check(Sense::new(key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_CDB)),
+            ));
+            return;
+        }
         match plan.dir {
             DataDir::Write => {
                 let want = if c.write {

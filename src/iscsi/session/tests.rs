@@ -537,6 +537,31 @@ fn data_out_outside_its_r2t_is_a_protocol_error() {
 }
 
 #[test]
+fn data_out_announced_for_a_cdb_without_data_is_refused() {
+    let mut f = fixture();
+    let (a, q) = asc::INVALID_FIELD_IN_CDB;
+    // WRITE(10) of 0 blocks with data announced (a count that wrapped, say).
+    for (n, edtl) in [512u32, 3 * 512].into_iter().enumerate() {
+        let itt = 0x90 + n as u32;
+        let mut c = command(itt, 1 + n as u32, cdb10(op::WRITE10, 4, 0), edtl);
+        c.write = true;
+        let out = decode(f.s.handle(raw(Bhs::ScsiCommand(c), &[])));
+        let (resp, sense) = scsi_response(&out);
+        assert_eq!((resp.itt, resp.status), (itt, status::CHECK_CONDITION));
+        assert_eq!(sense_of(&sense), (key::ILLEGAL_REQUEST, a, q));
+        assert!(out.jobs.is_empty(), "nothing written");
+        assert_eq!(f.s.in_flight(), 0);
+    }
+    // The same command with a matching length is solicited as usual.
+    let out = decode(f.s.handle(write10(0x9f, 3, 4, 2, &[], true)));
+    assert!(
+        matches!(out.sent.as_slice(), [(Bhs::R2t(_), _, _)]),
+        "{:?}",
+        out.sent
+    );
+}
+
+#[test]
 fn a_transfer_over_the_limit_is_refused_before_any_data() {
     let mut f = fixture_sized(config(), 1, 2 * MAX_TRANSFER_BYTES);
     let blocks = (MAX_TRANSFER_BYTES / 512 + 1) as u32;
