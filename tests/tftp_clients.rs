@@ -452,7 +452,7 @@ fn a_silent_peer_holds_its_share_of_slots_only_briefly() {
             &[("timeout", "255"), ("tsize", "0")],
         );
         sock.send_to(&rrq, server).expect("send");
-        let (n, _) = sock.recv_from(&mut buf).expect("answer");
+        let (n, _) = recv_retrying(&sock, &mut buf).expect("answer");
         match Packet::parse(&buf[..n]).expect("parse") {
             Packet::Oack { options } => {
                 assert!(
@@ -478,7 +478,7 @@ fn a_silent_peer_holds_its_share_of_slots_only_briefly() {
     // not 255 s), which frees the slots.
     for sock in &held {
         let err = loop {
-            let (n, _) = sock.recv_from(&mut buf).expect("retransmission or error");
+            let (n, _) = recv_retrying(sock, &mut buf).expect("retransmission or error");
             if let Packet::Error { message, .. } = Packet::parse(&buf[..n]).expect("parse") {
                 break message;
             }
@@ -495,4 +495,17 @@ fn a_silent_peer_holds_its_share_of_slots_only_briefly() {
     let got = scripted_get_from([127, 0, 0, 50], s.port, "undionly.kpxe", &[], 1)
         .expect("slots given back");
     assert!(got == want);
+}
+
+/// `recv_from`, again when a signal interrupts it (EINTR: seen under a loaded full test run).
+fn recv_retrying(
+    sock: &std::net::UdpSocket,
+    buf: &mut [u8],
+) -> std::io::Result<(usize, SocketAddr)> {
+    loop {
+        match sock.recv_from(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            r => return r,
+        }
+    }
 }

@@ -1063,8 +1063,19 @@ fn spoofed_pxe_requests_do_not_keep_a_disk_from_its_next_reset() {
         dhcp_dora(&s.hostile, s.a.host.mac, xid, false);
     }
     println!("attempt: PXE requests with A's MAC while A runs, then A powers off and on");
-    // A powers off: its session ends. Its real power-on must give it a pristine disk.
+    // A powers off: its session ends. Its real power-on must give it a pristine disk. (The
+    // server drops the session just after the Logout Response: wait for it, or A's power-on
+    // would meet a live session and be deferred to its next iPXE login.)
+    let ended = s.serve.log_text().matches("session ended").count();
     s.a.session.take().unwrap().logout().expect("logout");
+    let until = Instant::now() + Duration::from_secs(20);
+    while s.serve.log_text().matches("session ended").count() <= ended {
+        assert!(
+            Instant::now() < until,
+            "A's session did not end after its logout"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let (_, ack) = dhcp_dora(&s.a.host.clone(), s.a.host.mac, 0x1310, false);
     assert_eq!(ack.map(|a| a.yiaddr()), Some(s.a.host.ip), "A's own DHCP");
     wait_log(&s.serve, RESET_LOG);
