@@ -1,4 +1,4 @@
-//! add-client, list-clients, show-client, remove-client, reset-client.
+//! add-client, list-clients, show-client, remove-client, reset-client, boot.
 
 mod fixture;
 use fixture::*;
@@ -371,4 +371,93 @@ fn reset_client_drops_writes_and_respects_sessions() {
     assert_ne!(fresh, ovl);
     let u = isboot::store::overlay::Overlay::usage_at(&fresh).unwrap();
     assert_eq!(u.data_blocks + u.zero_blocks, 0);
+}
+
+#[test]
+fn boot_choices_are_stored_shown_and_cleared() {
+    let lab = Lab::with_image();
+    lab.add("52:54:00:00:00:01", "pc1", &[]);
+    let boot = |who: &str| -> serde_json::Value {
+        let j: serde_json::Value =
+            serde_json::from_str(lab.run(&["show-client", who, "--json"]).ok()).unwrap();
+        j["boot"].clone()
+    };
+    let fresh = serde_json::json!({"next": null, "default": "disk", "menu": false});
+    assert_eq!(boot("pc1"), fresh);
+    // Nothing stored for a client that never had a setting (older registries read the same).
+    assert!(
+        !lab.registry().contains("[client.boot]"),
+        "{}",
+        lab.registry()
+    );
+
+    let out = lab
+        .run(&["boot", "pc1", "--next", "memtest", "--menu", "on"])
+        .ok()
+        .to_string();
+    assert!(
+        out.contains("boot:      memtest once, then disk; menu on"),
+        "{out}"
+    );
+    let out = lab
+        .run(&["boot", "52:54:00:00:00:01", "--default", "image:deb"])
+        .ok()
+        .to_string();
+    assert!(
+        out.contains("memtest once, then image:deb; menu on"),
+        "{out}"
+    );
+    assert_eq!(
+        boot("pc1"),
+        serde_json::json!({"next": "memtest", "default": "image:deb", "menu": true})
+    );
+    let shown = lab.run(&["show-client", "pc1"]).ok().to_string();
+    assert!(
+        shown.contains("boot:       memtest once, then image:deb; menu on"),
+        "{shown}"
+    );
+    let listed: serde_json::Value =
+        serde_json::from_str(lab.run(&["list-clients", "--json"]).ok()).unwrap();
+    assert_eq!(listed[0]["boot"], boot("pc1"));
+
+    // Refusals change nothing.
+    lab.refused(&["boot", "pc1"], 2, "say what to change");
+    lab.refused(&["boot", "pc9", "--next", "disk"], 2, "unknown client pc9");
+    lab.refused(
+        &["boot", "pc1", "--next", "image:nope"],
+        2,
+        "unknown image nope",
+    );
+    lab.refused(
+        &["boot", "pc1", "--default", "install:debian12"],
+        2,
+        "no installer named debian12",
+    );
+    let before = lab.snapshot();
+    for bad in ["shell", "image:", "disk:x", "image:a/b"] {
+        assert_eq!(lab.run(&["boot", "pc1", "--next", bad]).code, 2, "{bad}");
+    }
+    assert_eq!(lab.run(&["boot", "pc1", "--menu", "maybe"]).code, 2);
+    assert!(before == lab.snapshot());
+
+    // --default disk and --menu off are the built-in defaults; --clear forgets everything.
+    lab.run(&["boot", "pc1", "--default", "disk", "--menu", "off"])
+        .ok();
+    assert_eq!(
+        boot("pc1"),
+        serde_json::json!({"next": "memtest", "default": "disk", "menu": false})
+    );
+    lab.run(&["boot", "pc1", "--clear"]).ok();
+    assert_eq!(boot("pc1"), fresh);
+    assert!(
+        !lab.registry().contains("[client.boot]"),
+        "{}",
+        lab.registry()
+    );
+    // --clear with a new choice: cleared first, then set.
+    lab.run(&["boot", "pc1", "--clear", "--next", "local"]).ok();
+    assert_eq!(
+        boot("pc1"),
+        serde_json::json!({"next": "local", "default": "disk", "menu": false})
+    );
 }

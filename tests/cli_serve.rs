@@ -300,6 +300,12 @@ fn metrics_and_the_status_api_on_the_admin_routes() {
     assert_eq!(api["targets"][0]["sessions"].as_array().unwrap().len(), 1);
     assert_eq!(api["targets"][0]["name"], cli["targets"][0]["name"]);
     assert_eq!(api["total_bytes_read"], cli["total_bytes_read"]);
+    // Boot settings are part of the client schema, and the API follows a change.
+    lab.run(&["boot", "pc1", "--next", "memtest"]).ok();
+    eventually("the API shows the next-boot choice", || {
+        let (_, c) = http_get(srv.http, "/api/v1/clients");
+        c.contains("\"next\":\"memtest\"")
+    });
     let (code, clients) = http_get(srv.http, "/api/v1/clients");
     assert_eq!(code, 200);
     let clients: serde_json::Value = serde_json::from_str(&clients).unwrap();

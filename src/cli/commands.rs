@@ -1,11 +1,13 @@
 //! The state-changing and reporting verbs.
 
 use super::progress::{Progress, human};
-use super::{AddClientArgs, CliError, ImageCommand, InitArgs, ModeArg, SetClientArgs};
+use super::{
+    AddClientArgs, BootArgs, CliError, ImageCommand, InitArgs, ModeArg, OnOff, SetClientArgs,
+};
 use crate::config::secret::{generate_chap, read_secret_file, secret_path};
 use crate::config::{
-    AddClient, Chap, ChapView, ClientName, ClientView, ImageName, Iqn, MacAddr, Mode, ServerStatus,
-    StateDir, StatusView,
+    AddClient, BootChange, BootView, Chap, ChapView, ClientName, ClientView, ImageName, Iqn,
+    MacAddr, Mode, ServerStatus, StateDir, StatusView,
 };
 use serde::Serialize;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -458,6 +460,27 @@ pub fn set_client(dir: &StateDir, a: SetClientArgs) -> R {
     Ok(())
 }
 
+pub fn boot(dir: &StateDir, a: BootArgs) -> R {
+    if !a.clear && a.next.is_none() && a.default.is_none() && a.menu.is_none() {
+        return Err(bad(
+            "say what to change: --next CHOICE, --default CHOICE, --menu on|off or --clear",
+        ));
+    }
+    let mut l = dir.lock()?;
+    let c = l.set_boot(
+        &a.client,
+        BootChange {
+            clear: a.clear,
+            next: a.next,
+            default: a.default,
+            menu: a.menu.map(|m| m == OnOff::On),
+        },
+    )?;
+    println!("client {}:", c.name);
+    println!("  boot:      {}", BootView::of(&c).describe());
+    Ok(())
+}
+
 pub fn list_clients(dir: &StateDir, as_json: bool) -> R {
     let st = dir.load()?;
     let live = ServerStatus::load_live(&dir.status_path());
@@ -530,6 +553,7 @@ pub fn show_client(dir: &StateDir, which: &str, as_json: bool, show_secrets: boo
     println!("mode:       {}", v.mode);
     println!("target:     {}", v.target);
     println!("logins:     from {}", v.bound.describe());
+    println!("boot:       {}", v.boot.describe());
     for i in &v.initiators {
         println!("initiator:  {i}");
     }

@@ -68,6 +68,9 @@ pub enum Command {
     /// Drop a client's writes: it gets a fresh disk on the newest version of its image.
     #[command(name = "reset-client")]
     ResetClient(ResetClientArgs),
+    /// Choose what a client boots: once (--next), by default (--default), with or without
+    /// its boot menu (--menu).
+    Boot(BootArgs),
     /// Serve every client's iSCSI target, following changes to the state directory.
     Serve(ServeArgs),
     /// Show each client's session, traffic, disk usage and base version.
@@ -292,6 +295,34 @@ pub struct SetClientArgs {
 }
 
 #[derive(clap::Args, Debug)]
+#[command(
+    after_help = "Choices: disk (the client's own iSCSI disk), image:NAME (another image, on a \
+    fresh disk), install:NAME (an [[installer]]), memtest, local (the machine's own disk)."
+)]
+pub struct BootArgs {
+    /// Client name or MAC address.
+    pub client: String,
+    /// Boot this once: cleared when the client's boot script has been served.
+    #[arg(long, value_name = "CHOICE")]
+    pub next: Option<crate::config::BootAction>,
+    /// Boot this from now on (disk unless set).
+    #[arg(long, value_name = "CHOICE")]
+    pub default: Option<crate::config::BootAction>,
+    /// Show the boot menu (its default entry is what the client would boot).
+    #[arg(long, value_name = "on|off")]
+    pub menu: Option<OnOff>,
+    /// Forget every setting first: disk, no menu, no one-shot choice.
+    #[arg(long)]
+    pub clear: bool,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnOff {
+    On,
+    Off,
+}
+
+#[derive(clap::Args, Debug)]
 pub struct RemoveClientArgs {
     /// Client name or MAC address.
     pub client: String,
@@ -407,6 +438,7 @@ pub fn main() -> ExitCode {
         Command::SetClient(a) => commands::set_client(&dir, a),
         Command::RemoveClient(a) => commands::remove_client(&dir, &a.client, a.keep_overlay),
         Command::ResetClient(a) => commands::reset_client(&dir, &a.client, a.force),
+        Command::Boot(a) => commands::boot(&dir, a),
         Command::Serve(a) => serve::run(&dir, &a),
         Command::Status(a) => commands::status(&dir, a.json),
         Command::Export(_) | Command::GenerateDocs(_) => Ok(()),

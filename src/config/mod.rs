@@ -29,11 +29,11 @@ pub mod status;
 pub use file::{Config, HttpConfig};
 pub use names::{ClientName, ImageName, Iqn, MacAddr, Net, Subnet};
 pub use registry::{Chap, Client, Image, Maintenance, Mode, Registry, Version};
-pub use report::{ChapView, ClientView, StatusRow, StatusView};
+pub use report::{BootView, ChapView, ClientView, StatusRow, StatusView};
 pub use secret::Secret;
 pub use state::{
-    AddClient, BootTarget, Bound, BoundAddress, Origin, State, StateDir, TargetKind, TargetSpec,
-    maint_secret_name,
+    AddClient, BootAction, BootChange, BootTarget, Bound, BoundAddress, NextBoot, Origin, State,
+    StateDir, TargetKind, TargetSpec, maint_secret_name,
 };
 pub use status::{ServerStatus, SessionStatus, TargetStatus};
 

@@ -3,6 +3,7 @@
 
 use super::names::{ClientName, ImageName, Iqn, MacAddr};
 use super::secret::Secret;
+use super::state::NextBoot;
 use serde::{Deserialize, Serialize};
 use std::net::Ipv4Addr;
 
@@ -117,6 +118,9 @@ pub struct Client {
     pub created: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chap: Option<Chap>,
+    /// Next-boot choice, default choice and menu (`isboot boot`).
+    #[serde(default, skip_serializing_if = "NextBoot::is_empty")]
+    pub boot: NextBoot,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -200,6 +204,11 @@ mod tests {
                     mutual_user: None,
                     mutual_secret: None,
                 }),
+                boot: NextBoot {
+                    next: Some("memtest".parse().unwrap()),
+                    default: None,
+                    menu: Some(true),
+                },
             }],
         };
         let text = toml::to_string(&r).unwrap();

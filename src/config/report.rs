@@ -31,6 +31,40 @@ pub struct ClientView {
     /// Where the client's target accepts logins from, and why (the running server's view:
     /// reservation, lease, seen; without a server, the reservation only).
     pub bound: super::Bound,
+    /// What the client boots next (`isboot boot`).
+    pub boot: BootView,
+}
+
+/// A client's boot settings: `next` (one-shot, cleared once served), `default` (what it boots
+/// otherwise; `disk` unless set), `menu` (whether its iPXE script shows the menu).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootView {
+    pub next: Option<String>,
+    pub default: String,
+    pub menu: bool,
+}
+
+impl BootView {
+    pub fn of(c: &Client) -> BootView {
+        BootView {
+            next: c.boot.next.as_ref().map(|a| a.to_string()),
+            default: c
+                .boot
+                .default
+                .as_ref()
+                .map_or_else(|| "disk".to_string(), |a| a.to_string()),
+            menu: c.boot.menu.unwrap_or(false),
+        }
+    }
+
+    /// One line for `show-client` and `isboot boot`: `memtest once, then disk; menu off`.
+    pub fn describe(&self) -> String {
+        let menu = if self.menu { "on" } else { "off" };
+        match &self.next {
+            Some(n) => format!("{n} once, then {}; menu {menu}", self.default),
+            None => format!("{}; menu {menu}", self.default),
+        }
+    }
 }
 
 /// Whether and how a target authenticates its initiator. Secrets only with
@@ -110,6 +144,7 @@ impl ClientView {
             overlay: path.display().to_string(),
             overlay_bytes: on_disk(&path),
             bound,
+            boot: BootView::of(c),
         }
     }
 

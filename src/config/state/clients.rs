@@ -182,6 +182,7 @@ impl Locked {
             created: now_unix(),
             // Secrets live in secrets/<name>.toml; `chap` in the registry is the old place.
             chap: None,
+            boot: Default::default(),
         };
         self.state.registry.clients.push(client.clone());
         self.save_or_forget(&[&rel])?;

@@ -8,17 +8,19 @@
 //! Files, by what they own: `clients.rs` (add, remove, reset, power-on), `images.rs` (import,
 //! publish, remove, prune), `maintenance.rs` (edit, commit, abort), `lock.rs` (the directory
 //! lock and the one-server lock), `poll.rs` (what a running server reports in its status
-//! file). This file: the directory layout, loading, and what every change shares.
+//! file), `nextboot.rs` (what a client boots next: `isboot boot`). This file: the directory layout, loading, and what every change shares.
 
 mod binding;
 mod clients;
 mod images;
 mod lock;
 mod maintenance;
+mod nextboot;
 mod poll;
 
 pub use binding::{Bound, BoundAddress, Origin};
 pub use clients::{AddClient, MAX_CHAP_SECRET, MIN_CHAP_SECRET};
+pub use nextboot::{BootAction, BootChange, NextBoot};
 
 use super::file::Config;
 use super::names::{ClientName, ImageName, Iqn, MacAddr, Subnet};

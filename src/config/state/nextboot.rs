@@ -1,0 +1,208 @@
+//! What a client boots next: a one-shot `next` choice (cleared when its boot script has been
+//! served, or when an installer calls back), a persistent `default`, and whether its iPXE
+//! script shows a menu. Stored with the client in the registry (`boot` in its entry; left out
+//! while nothing is set, so registries of older versions read the same). Changed with
+//! `isboot boot CLIENT ...`.
+
+use super::Locked;
+use crate::config::ConfigError;
+use crate::config::names::ImageName;
+use crate::config::registry::Client;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+/// One boot choice: `disk`, `image:NAME`, `install:NAME`, `memtest` or `local`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum BootAction {
+    /// The client's own iSCSI disk (what every client boots when nothing is set).
+    Disk,
+    /// Another image, booted reset-mode on an own overlay.
+    Image(ImageName),
+    /// An installer from the configuration's `[[installer]]` entries.
+    Install(ImageName),
+    /// memtest86+.
+    Memtest,
+    /// The machine's local disk.
+    Local,
+}
+
+impl fmt::Display for BootAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BootAction::Disk => f.write_str("disk"),
+            BootAction::Image(n) => write!(f, "image:{n}"),
+            BootAction::Install(n) => write!(f, "install:{n}"),
+            BootAction::Memtest => f.write_str("memtest"),
+            BootAction::Local => f.write_str("local"),
+        }
+    }
+}
+
+impl FromStr for BootAction {
+    type Err = String;
+    fn from_str(s: &str) -> Result<BootAction, String> {
+        let named =
+            |what: &str, n: &str| n.parse::<ImageName>().map_err(|e| format!("{what}: {e}"));
+        match s.split_once(':') {
+            None if s == "disk" => Ok(BootAction::Disk),
+            None if s == "memtest" => Ok(BootAction::Memtest),
+            None if s == "local" => Ok(BootAction::Local),
+            Some(("image", n)) => named("image", n).map(BootAction::Image),
+            Some(("install", n)) => named("installer", n).map(BootAction::Install),
+            _ => Err(format!(
+                "bad boot choice {s:?} (use disk, image:NAME, install:NAME, memtest or local)"
+            )),
+        }
+    }
+}
+
+impl TryFrom<String> for BootAction {
+    type Error = String;
+    fn try_from(s: String) -> Result<BootAction, String> {
+        s.parse()
+    }
+}
+
+impl From<BootAction> for String {
+    fn from(a: BootAction) -> String {
+        a.to_string()
+    }
+}
+
+/// A client's boot settings as stored. Every field unset = boot the disk, no menu (as before
+/// menus existed).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NextBoot {
+    /// One-shot: served once, then cleared.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<BootAction>,
+    /// Persistent choice (unset = `disk`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<BootAction>,
+    /// Show the menu (unset = off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub menu: Option<bool>,
+}
+
+impl NextBoot {
+    pub fn is_empty(&self) -> bool {
+        *self == NextBoot::default()
+    }
+    /// What the client boots now: the one-shot choice, else the default, else its disk.
+    pub fn effective(&self) -> BootAction {
+        self.next
+            .clone()
+            .or_else(|| self.default.clone())
+            .unwrap_or(BootAction::Disk)
+    }
+}
+
+/// A change asked for by `isboot boot` (unset fields stay as they are; `clear` first drops
+/// everything).
+#[derive(Clone, Debug, Default)]
+pub struct BootChange {
+    pub clear: bool,
+    pub next: Option<BootAction>,
+    pub default: Option<BootAction>,
+    pub menu: Option<bool>,
+}
+
+impl Locked {
+    /// Change a client's boot settings; returns its updated record.
+    pub fn set_boot(&mut self, which: &str, change: BootChange) -> Result<Client, ConfigError> {
+        let name = self.state.client(which)?.name.clone();
+        for a in change.next.iter().chain(change.default.iter()) {
+            self.check_action(a)?;
+        }
+        let mut updated = None;
+        for c in self.state.registry.clients.iter_mut() {
+            if c.name == name {
+                if change.clear {
+                    c.boot = NextBoot::default();
+                }
+                if change.next.is_some() {
+                    c.boot.next = change.next.clone();
+                }
+                if change.default.is_some() {
+                    // `--default disk` is the built-in default: store nothing.
+                    c.boot.default = change.default.clone().filter(|a| *a != BootAction::Disk);
+                }
+                if change.menu.is_some() {
+                    c.boot.menu = change.menu.filter(|m| *m);
+                }
+                updated = Some(c.clone());
+            }
+        }
+        let updated = updated.ok_or_else(|| ConfigError::UnknownClient(which.to_string()))?;
+        self.save()?;
+        Ok(updated)
+    }
+
+    /// A choice can only name what exists.
+    fn check_action(&self, a: &BootAction) -> Result<(), ConfigError> {
+        match a {
+            BootAction::Image(n) => {
+                let img = self.state.image(n)?;
+                if img.newest().is_none() {
+                    return Err(ConfigError::UnknownImage(format!("{n} (no versions)")));
+                }
+                Ok(())
+            }
+            BootAction::Install(n) => Err(ConfigError::BadArgument(format!(
+                "no installer named {n}: isboot.toml has no [[installer]] entries yet (installers are not built yet; use disk, image:NAME, memtest or local)"
+            ))),
+            BootAction::Disk | BootAction::Memtest | BootAction::Local => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn choices_parse_and_print() {
+        for s in [
+            "disk",
+            "memtest",
+            "local",
+            "image:deb12",
+            "install:debian12",
+        ] {
+            let a: BootAction = s.parse().unwrap();
+            assert_eq!(a.to_string(), s);
+        }
+        assert_eq!(
+            "image:Deb".parse::<BootAction>().unwrap(),
+            BootAction::Image("deb".parse().unwrap())
+        );
+        for bad in [
+            "",
+            "Disk",
+            "image:",
+            "image:a b",
+            "install:-x",
+            "shell",
+            "disk:x",
+        ] {
+            assert!(bad.parse::<BootAction>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn effective_choice_and_storage() {
+        let mut b = NextBoot::default();
+        assert!(b.is_empty());
+        assert_eq!(b.effective(), BootAction::Disk);
+        b.default = Some(BootAction::Local);
+        assert_eq!(b.effective(), BootAction::Local);
+        b.next = Some(BootAction::Memtest);
+        assert_eq!(b.effective(), BootAction::Memtest);
+        let text = toml::to_string(&b).unwrap();
+        assert_eq!(text, "next = \"memtest\"\ndefault = \"local\"\n");
+        assert_eq!(toml::from_str::<NextBoot>(&text).unwrap(), b);
+        assert!(toml::from_str::<NextBoot>("next = \"shell\"\n").is_err());
+    }
+}
