@@ -5,11 +5,9 @@
 mod fixture;
 use fixture::connect_from;
 use isboot::initiator::{Initiator, InitiatorError, LoginOptions};
-use isboot::iscsi::target::{StaticRegistry, TargetConfig, TargetStats};
-use isboot::scsi::{LogicalUnit, LuIdentity, TargetLus};
+use isboot::iscsi::target::StaticRegistry;
 use isboot::service::budget::Slots;
 use isboot::service::iscsi::{ServerConfig, serve_with};
-use isboot::store::raw::RawFile;
 use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
@@ -18,29 +16,7 @@ use std::time::{Duration, Instant};
 const IQN: &str = "iqn.2026-12.test:bounds";
 
 fn registry(dir: &tempfile::TempDir) -> Arc<StaticRegistry> {
-    let path = dir.path().join("disk.raw");
-    let f = std::fs::File::create(&path).expect("create");
-    f.set_len(1 << 20).expect("size");
-    let dev = RawFile::open(&path, false).expect("open");
-    let ident = LuIdentity {
-        vendor: "ISBOOT".into(),
-        product: "TEST".into(),
-        revision: "0001".into(),
-        serial: "bounds".into(),
-        naa_id: 9,
-    };
-    let t = Arc::new(TargetConfig {
-        iqn: IQN.into(),
-        lus: Arc::new(TargetLus::single(Arc::new(LogicalUnit::new(
-            Arc::new(dev),
-            ident,
-        )))),
-        allowed_initiators: Vec::new(),
-        chap: None,
-        listed: true,
-        stats: Arc::new(TargetStats::default()),
-    });
-    Arc::new(StaticRegistry(vec![t]))
+    fixture::one_disk_target(dir.path(), IQN, "bounds").0
 }
 
 struct Server {

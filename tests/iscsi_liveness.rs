@@ -5,11 +5,11 @@
 // The test harness enters network namespaces (setns): the crate denies unsafe code elsewhere.
 #![allow(unsafe_code)]
 
+mod fixture;
+
 use isboot::initiator::{Initiator, LoginOptions};
-use isboot::iscsi::target::{StaticRegistry, TargetConfig, TargetStats};
-use isboot::scsi::{LogicalUnit, LuIdentity, TargetLus};
+use isboot::iscsi::target::{StaticRegistry, TargetStats};
 use isboot::service::iscsi::{ServerConfig, serve_with};
-use isboot::store::raw::RawFile;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::process::Command;
@@ -19,30 +19,7 @@ use std::time::{Duration, Instant};
 const IQN: &str = "iqn.2026-12.test:liveness";
 
 fn target(dir: &tempfile::TempDir) -> (Arc<StaticRegistry>, Arc<TargetStats>) {
-    let path = dir.path().join("disk.raw");
-    let f = std::fs::File::create(&path).expect("create");
-    f.set_len(1 << 20).expect("size");
-    let dev = RawFile::open(&path, false).expect("open");
-    let ident = LuIdentity {
-        vendor: "ISBOOT".into(),
-        product: "TEST".into(),
-        revision: "0001".into(),
-        serial: "liveness".into(),
-        naa_id: 7,
-    };
-    let stats = Arc::new(TargetStats::default());
-    let t = Arc::new(TargetConfig {
-        iqn: IQN.into(),
-        lus: Arc::new(TargetLus::single(Arc::new(LogicalUnit::new(
-            Arc::new(dev),
-            ident,
-        )))),
-        allowed_initiators: Vec::new(),
-        chap: None,
-        listed: true,
-        stats: stats.clone(),
-    });
-    (Arc::new(StaticRegistry(vec![t])), stats)
+    fixture::one_disk_target(dir.path(), IQN, "liveness")
 }
 
 /// Short timers: ping after 1 s of silence, give up on a dead peer after ~2 s more.

@@ -245,18 +245,23 @@ impl Limits {
 mod tests {
     use super::*;
 
-    #[test]
-    fn defaults_render_commented_and_parse_back() {
-        let l = Limits::default();
-        let text = l.render();
-        assert!(text.contains("# max_connections = 1024\n"));
-        let back: Limits = toml::from_str::<toml::Table>(&text)
+    /// The `[limits]` section of a rendered config.
+    fn parse(text: &str) -> Limits {
+        toml::from_str::<toml::Table>(text)
             .expect("toml")
             .get("limits")
             .cloned()
             .expect("section")
             .try_into()
-            .expect("limits");
+            .expect("limits")
+    }
+
+    #[test]
+    fn defaults_render_commented_and_parse_back() {
+        let l = Limits::default();
+        let text = l.render();
+        assert!(text.contains("# max_connections = 1024\n"));
+        let back = parse(&text);
         assert_eq!(back, l);
         assert_eq!(l.tftp_transfers_per_address(), 8);
         assert!(l.write_buffer() <= DEFAULT_WRITE_BUFFER_MAX && l.write_buffer() > 0);
@@ -271,13 +276,7 @@ mod tests {
         };
         let text = l.render();
         assert!(text.contains("\nwrite_buffer_mib = 64\n"));
-        let back: Limits = toml::from_str::<toml::Table>(&text)
-            .expect("toml")
-            .get("limits")
-            .cloned()
-            .expect("section")
-            .try_into()
-            .expect("limits");
+        let back = parse(&text);
         assert_eq!(back, l);
         assert_eq!(back.write_buffer(), 64 << 20);
         assert_eq!(
