@@ -286,6 +286,21 @@ fn metrics_and_the_status_api_on_the_admin_routes() {
         sample(&m, "isboot_state_fs_available_bytes").unwrap() > 0.0,
         "{m}"
     );
+    // The write-data budget ([limits] write_buffer_mib, default at least 32 MiB): the write
+    // above held its 8 KiB from it and gave them back.
+    assert!(
+        sample(&m, "isboot_write_budget_limit_bytes").unwrap() >= (32 << 20) as f64,
+        "{m}"
+    );
+    assert_eq!(
+        sample(&m, "isboot_write_budget_in_use_bytes"),
+        Some(0.0),
+        "{m}"
+    );
+    assert!(
+        sample(&m, "isboot_write_budget_peak_bytes").unwrap() >= 8192.0,
+        "{m}"
+    );
     assert!(
         m.contains("# TYPE isboot_client_read_bytes_total counter"),
         "{m}"

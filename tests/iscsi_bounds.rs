@@ -1,12 +1,13 @@
 //! Connection bounds of the iSCSI service on loopback: connections over the per-address and
-//! the global limit are closed at accept while a good client still logs in and does I/O, and a
-//! discovery session that goes quiet is closed.
+//! the global limit are closed at accept while a good client still logs in and does I/O, a
+//! discovery session that goes quiet is closed, and writers share a small write-data budget
+//! without deadlock and without the budget ever being overdrawn.
 
 mod fixture;
 use fixture::connect_from;
-use isboot::initiator::{Initiator, InitiatorError, LoginOptions};
+use isboot::initiator::{Initiator, InitiatorError, LoginOptions, write16_cdb};
 use isboot::iscsi::target::StaticRegistry;
-use isboot::service::budget::Slots;
+use isboot::service::budget::{self, Slots};
 use isboot::service::iscsi::{ServerConfig, serve_with};
 use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
@@ -189,4 +190,73 @@ fn a_quiet_discovery_session_is_closed() {
         Err(InitiatorError::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
         other => panic!("expected the server to close the quiet discovery session: {other:?}"),
     }
+}
+
+#[test]
+fn writers_share_a_small_write_budget_and_all_finish() {
+    const WRITE: usize = 64 * 1024;
+    const LIMIT: u64 = 160 * 1024;
+    let dir = tempfile::tempdir().expect("tmp");
+    let write_budget = budget::Bytes::new(LIMIT);
+    let srv = start(
+        registry(&dir),
+        ServerConfig {
+            write_budget: write_budget.clone(),
+            ..Default::default()
+        },
+    );
+    // The budget is spent when the writers start: every connection must stop and wait.
+    let all = write_budget.try_take(LIMIT).expect("all of it");
+    let addr = srv.addr;
+    // Four writers with three 64 KiB WRITEs in flight each (immediate and unsolicited data,
+    // as open-iscsi sends it), one more as iPXE writes (everything on R2T).
+    let writers: Vec<_> = (0..5u8)
+        .map(|w| {
+            std::thread::spawn(move || {
+                let name = format!("iqn.2026-12.test:writer{w}");
+                let opts = LoginOptions::new(&name, Some(IQN));
+                let opts = if w == 4 {
+                    opts.ipxe_profile()
+                } else {
+                    opts.linux_profile()
+                };
+                let mut c = Initiator::connect(addr, &opts).expect("login");
+                c.clear_unit_attention(0).expect("unit attention");
+                let chunks: Vec<(u64, Vec<u8>)> = (0..3u64)
+                    .map(|i| {
+                        let lba = (u64::from(w) * 3 + i) * (WRITE as u64 / 512);
+                        (lba, fixture::pattern(WRITE, w * 3 + i as u8 + 1))
+                    })
+                    .collect();
+                for (lba, data) in &chunks {
+                    let cdb = write16_cdb(*lba, (WRITE / 512) as u32, false);
+                    c.submit(0, &cdb, bytes::Bytes::from(data.clone()), 0)
+                        .expect("submit");
+                }
+                for _ in &chunks {
+                    assert_eq!(c.wait_any().expect("completes").status, 0, "writer {w}");
+                }
+                for (lba, data) in &chunks {
+                    let r = c.read16(0, *lba, (WRITE / 512) as u32).expect("read");
+                    assert!(r.data == *data, "writer {w} reads back what it wrote");
+                }
+                c.logout().expect("logout");
+            })
+        })
+        .collect();
+    assert!(
+        eventually(|| write_budget.stats().waits >= 5),
+        "every writer's connection waits for budget: {:?}",
+        write_budget.stats()
+    );
+    drop(all);
+    for w in writers {
+        w.join().expect("writer finished");
+    }
+    let st = write_budget.stats();
+    assert!(st.peak <= LIMIT, "never overdrawn: {st:?}");
+    assert!(
+        eventually(|| write_budget.stats().in_use == 0),
+        "all given back"
+    );
 }

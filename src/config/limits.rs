@@ -10,6 +10,9 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 pub const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: usize = 16;
 /// Cap on buffered write data when neither the config nor the machine says less.
 pub const DEFAULT_WRITE_BUFFER_MAX: u64 = 1 << 30;
+/// The write-buffer budget is never smaller than one command's largest transfer (a command
+/// takes its whole buffer at once; one larger than the budget could never run).
+pub const MIN_WRITE_BUFFER: u64 = crate::iscsi::session::MAX_TRANSFER_BYTES;
 /// Commands one session may have open at once (immediate ones included).
 pub const DEFAULT_MAX_TASKS_PER_SESSION: u32 = 128;
 /// A discovery session is closed after this long without a request.
@@ -86,9 +89,10 @@ impl Limits {
     /// Bytes of write data buffered at once, over all connections.
     pub fn write_buffer(&self) -> u64 {
         match self.write_buffer_mib {
-            Some(m) => m.max(1).saturating_mul(1 << 20),
+            Some(m) => m.saturating_mul(1 << 20),
             None => default_write_buffer(),
         }
+        .max(MIN_WRITE_BUFFER)
     }
     pub fn max_tasks_per_session(&self) -> u32 {
         self.max_tasks_per_session
@@ -164,7 +168,8 @@ impl Limits {
         s.push_str(
             "# Write data buffered at once over all connections, MiB. When it is spent, no\n\
              # connection gets a new R2T or has its socket read until data is written out.\n\
-             # Default: 1024 or 1/8 of the memory, whichever is smaller.\n",
+             # Default: 1024 or 1/8 of the memory, whichever is smaller; at least 32 (the\n\
+             # largest single write, which takes its whole buffer at once).\n",
         );
         key(&mut s, "write_buffer_mib", self.write_buffer_mib, "1024");
         s.push_str(

@@ -80,6 +80,21 @@ pub struct ExecJob {
     pub dir: DataDir,
     /// The SCSI layer planned it as never blocking ([`crate::scsi::Plan::nonblocking`]).
     pub nonblocking: bool,
+    /// The write budget held for `data_out`: drop it with the data.
+    pub hold: Option<WriteHold>,
+}
+
+/// Write budget held for one command's data; given back when dropped.
+pub type WriteHold = Box<dyn std::any::Any + Send>;
+
+/// Where the memory for write data comes from (the service's global budget). A write command
+/// takes its whole buffer at once before its first R2T, so every command that holds budget can
+/// finish with the data its connection brings, and commands never deadlock on partial holds.
+pub trait WriteBudget: Send {
+    /// The most the budget can ever give one command.
+    fn limit(&self) -> u64;
+    /// Hold `n` bytes, or `None` while the budget is spent.
+    fn hold(&mut self, n: u64) -> Option<WriteHold>;
 }
 
 #[derive(Debug)]
@@ -158,7 +173,9 @@ struct R2tState {
 
 #[derive(Debug)]
 enum Phase {
-    /// Collecting Data-Out.
+    /// Waiting for write budget: no buffer, no R2T yet; unsolicited data is kept as it came.
+    Waiting,
+    /// Collecting Data-Out (its buffer is held from the write budget).
     Collecting,
     /// Handed to the executor.
     Executing,
@@ -175,8 +192,14 @@ struct Task {
     edtl: u32,
     /// Bytes the CDB asked for.
     cdb_bytes: u64,
-    /// Write data buffer: min(edtl, cdb_bytes) bytes.
+    /// Write data wanted: min(edtl, cdb_bytes) bytes.
+    want: u32,
+    /// Write data buffer: `want` bytes once the budget gave them, empty before.
     buf: BytesMut,
+    /// The write budget held for `buf`.
+    hold: Option<WriteHold>,
+    /// Unsolicited data that came while waiting for budget, with its offsets.
+    pending: Vec<(u32, Bytes)>,
     cdb: Vec<u8>,
     unsolicited_open: bool,
     unsol_end: u32,
@@ -217,6 +240,10 @@ pub struct Session {
     pending_tmf: Vec<PendingTmf>,
     logout: Option<PendingLogout>,
     text: Box<dyn TextHandler>,
+    /// Where write buffers come from (`None`: unbounded).
+    budget: Option<Box<dyn WriteBudget>>,
+    /// Write commands waiting for budget, oldest first.
+    waiting: VecDeque<u32>,
 }
 
 impl Session {
@@ -241,7 +268,54 @@ impl Session {
             pending_tmf: Vec::new(),
             logout: None,
             text,
+            budget: None,
+            waiting: VecDeque::new(),
         }
+    }
+
+    /// Take write buffers from `budget` from now on.
+    pub fn set_write_budget(&mut self, budget: Box<dyn WriteBudget>) {
+        self.budget = Some(budget);
+    }
+
+    /// Write commands wait for budget and no data is due for any other command: read nothing
+    /// more from the connection until budget comes back (then call [`Session::retry_budget`]).
+    /// While a command collects data, reading goes on, so its data can come in and it can
+    /// finish.
+    pub fn budget_blocked(&self) -> bool {
+        !self.waiting.is_empty()
+            && !self
+                .tasks
+                .values()
+                .any(|t| matches!(t.phase, Phase::Collecting))
+    }
+
+    /// Give budget to the commands waiting for it, oldest first, and solicit their data.
+    pub fn retry_budget(&mut self) -> Vec<Action> {
+        let mut out = Vec::new();
+        while let Some(&itt) = self.waiting.front() {
+            let want = match self.tasks.get(&itt) {
+                Some(t) if matches!(t.phase, Phase::Waiting) => t.want,
+                _ => {
+                    self.waiting.pop_front();
+                    continue;
+                }
+            };
+            let Some(hold) = self.budget.as_mut().and_then(|b| b.hold(u64::from(want))) else {
+                break;
+            };
+            self.waiting.pop_front();
+            if let Some(t) = self.tasks.get_mut(&itt) {
+                t.buf = BytesMut::zeroed(want as usize);
+                for (off, d) in std::mem::take(&mut t.pending) {
+                    copy_in(&mut t.buf, off, &d, want);
+                }
+                t.hold = Some(hold);
+                t.phase = Phase::Collecting;
+            }
+            self.advance_write(itt, &mut out);
+        }
+        out
     }
 
     pub fn nexus(&self) -> &Nexus {
@@ -462,7 +536,10 @@ impl Session {
             dir: DataDir::None,
             edtl: c.expected_len,
             cdb_bytes: 0,
+            want: 0,
             buf: BytesMut::new(),
+            hold: None,
+            pending: Vec::new(),
             cdb,
             unsolicited_open: c.write && !c.final_,
             unsol_end: imm.len() as u32,
@@ -502,13 +579,43 @@ impl Session {
         }
         match plan.dir {
             DataDir::Write => {
+                // At most MAX_TRANSFER_BYTES (checked above).
                 let want = if c.write {
-                    (c.expected_len as u64).min(plan.bytes) as usize
+                    (c.expected_len as u64).min(plan.bytes) as u32
                 } else {
                     0
                 };
-                task.buf = BytesMut::zeroed(want);
-                copy_in(&mut task.buf, 0, &imm, want as u32);
+                task.want = want;
+                let limit = self.budget.as_ref().map_or(u64::MAX, |b| b.limit());
+                if u64::from(want) > limit {
+                    // More than the whole budget could ever hold: waiting would be forever.
+                    self.tasks.insert(c.itt, task);
+                    out.extend(self.respond(
+                        c.itt,
+                        Outcome::check(Sense::new(key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_CDB)),
+                    ));
+                    return;
+                }
+                let hold = match (&mut self.budget, want) {
+                    (_, 0) | (None, _) => Some(None),
+                    // Commands of this session that wait already go first.
+                    (Some(_), _) if !self.waiting.is_empty() => None,
+                    (Some(b), _) => b.hold(u64::from(want)).map(Some),
+                };
+                match hold {
+                    Some(hold) => {
+                        task.hold = hold;
+                        task.buf = BytesMut::zeroed(want as usize);
+                        copy_in(&mut task.buf, 0, &imm, want);
+                    }
+                    None => {
+                        task.phase = Phase::Waiting;
+                        if !imm.is_empty() {
+                            task.pending.push((0, imm));
+                        }
+                        self.waiting.push_back(c.itt);
+                    }
+                }
                 self.tasks.insert(c.itt, task);
                 self.advance_write(c.itt, out);
             }
@@ -521,6 +628,7 @@ impl Session {
                     data_out: Bytes::new(),
                     dir: plan.dir,
                     nonblocking: plan.nonblocking,
+                    hold: None,
                 };
                 self.tasks.insert(c.itt, task);
                 out.push(Action::Execute(job));
@@ -538,7 +646,7 @@ impl Session {
         if t.unsolicited_open || !matches!(t.phase, Phase::Collecting) {
             return;
         }
-        let want = t.buf.len() as u32;
+        let want = t.want;
         // Solicit what the unsolicited data did not bring.
         t.next_r2t = t.next_r2t.max(t.unsol_end.min(want));
         let mut pdus = Vec::new();
@@ -582,6 +690,7 @@ impl Session {
                 data_out: std::mem::take(&mut t.buf).freeze(),
                 dir: DataDir::Write,
                 nonblocking: false,
+                hold: t.hold.take(),
             }));
         }
     }
@@ -594,11 +703,11 @@ impl Session {
             }
             return;
         };
-        if !matches!(t.phase, Phase::Collecting) || t.dir != DataDir::Write {
+        if !matches!(t.phase, Phase::Collecting | Phase::Waiting) || t.dir != DataDir::Write {
             out.push(reject(reject_reason::PROTOCOL_ERROR, raw));
             return;
         }
-        let want = t.buf.len() as u32;
+        let want = t.want;
         let end = d.buffer_offset.checked_add(data.len() as u32);
         if d.ttt == RESERVED_TAG {
             // Unsolicited data: in order, within the first burst.
@@ -611,7 +720,11 @@ impl Session {
             if d.data_sn != t.unsol_data_sn {
                 return self.data_sn_error(d.itt, raw, out);
             }
-            copy_in(&mut t.buf, d.buffer_offset, &data, want);
+            if matches!(t.phase, Phase::Waiting) {
+                t.pending.push((d.buffer_offset, data));
+            } else {
+                copy_in(&mut t.buf, d.buffer_offset, &data, want);
+            }
             t.unsol_end = end;
             t.unsol_data_sn = t.unsol_data_sn.wrapping_add(1);
             if d.final_ || end == limit {
@@ -671,6 +784,9 @@ impl Session {
     /// Remove a task and release its window slot.
     fn finish(&mut self, itt: u32) -> Option<Task> {
         let t = self.tasks.remove(&itt)?;
+        if matches!(t.phase, Phase::Waiting) {
+            self.waiting.retain(|&w| w != itt);
+        }
         if !t.immediate {
             self.in_flight = self.in_flight.saturating_sub(1);
         }
@@ -1037,11 +1153,11 @@ impl Session {
                     out.push(Action::Send(vec![mk(1, 0, 0)]));
                     return;
                 }
-                // Tasks still collecting data will never get it: drop them.
+                // Tasks still collecting data (or waiting for budget) will never get it: drop them.
                 let collecting: Vec<u32> = self
                     .tasks
                     .iter()
-                    .filter(|(_, t)| matches!(t.phase, Phase::Collecting))
+                    .filter(|(_, t)| matches!(t.phase, Phase::Collecting | Phase::Waiting))
                     .map(|(k, _)| *k)
                     .collect();
                 for itt in collecting {

@@ -239,6 +239,18 @@ impl HeldBytes {
     }
 }
 
+/// The iSCSI sessions take their write buffers from this budget.
+impl crate::iscsi::session::WriteBudget for Bytes {
+    fn limit(&self) -> u64 {
+        self.0.limit
+    }
+
+    fn hold(&mut self, n: u64) -> Option<crate::iscsi::session::WriteHold> {
+        self.try_take(n)
+            .map(|h| Box::new(h) as crate::iscsi::session::WriteHold)
+    }
+}
+
 impl Drop for HeldBytes {
     fn drop(&mut self) {
         if self.n > 0 {

@@ -165,6 +165,8 @@ pub struct Metrics {
     last_takeover: Family<ClientLabel, Gauge<f64, AtomicU64>>,
     /// By target IQN (lower case).
     watched: Mutex<HashMap<String, BootWatch>>,
+    /// The iSCSI service's write-data budget, once it serves.
+    write_budget: Mutex<Option<crate::service::budget::Bytes>>,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
@@ -179,6 +181,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     takeover: AtomicHistogram::new(&BOOT_BOUNDS),
     last_takeover: Family::default(),
     watched: Mutex::new(HashMap::new()),
+    write_budget: Mutex::new(None),
 });
 
 /// This process's metrics.
@@ -285,6 +288,11 @@ impl Metrics {
         self.iscsi_connections
             .get_or_create(&OutcomeLabel { outcome })
             .inc();
+    }
+
+    /// Publish the counters of the iSCSI service's write-data budget.
+    pub fn watch_write_budget(&self, budget: crate::service::budget::Bytes) {
+        *self.write_budget.lock().unwrap_or_else(|e| e.into_inner()) = Some(budget);
     }
 
     /// A client powered on (its boot firmware's DHCP): count the boot and time it until the
@@ -519,7 +527,53 @@ pub fn registry(registry: Arc<StateRegistry>) -> Registry {
     let mut reg = Registry::default();
     get().register(&mut reg);
     reg.register_collector(Box::new(StateCollector { registry }));
+    reg.register_collector(Box::new(WriteBudgetCollector));
     reg
+}
+
+/// The write-data budget's counters, read at every scrape.
+#[derive(Debug)]
+struct WriteBudgetCollector;
+
+impl Collector for WriteBudgetCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let budget = get()
+            .write_budget
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let Some(st) = budget.map(|b| b.stats()) else {
+            return Ok(());
+        };
+        for (name, help, v) in [
+            (
+                "isboot_write_budget_limit",
+                "Memory for buffered iSCSI write data, over all connections",
+                st.limit,
+            ),
+            (
+                "isboot_write_budget_in_use",
+                "Memory held now for iSCSI write data",
+                st.in_use,
+            ),
+            (
+                "isboot_write_budget_peak",
+                "Most memory held at once for iSCSI write data since start",
+                st.peak,
+            ),
+        ] {
+            let g = ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX));
+            g.encode(enc.encode_descriptor(name, help, Some(&Unit::Bytes), g.metric_type())?)?;
+        }
+        let waits = ConstCounter::new(st.waits);
+        waits.encode(enc.encode_descriptor(
+            "isboot_write_budget_waits",
+            "Times an iSCSI connection stopped reading to wait for write budget",
+            None,
+            waits.metric_type(),
+        )?)?;
+        Ok(())
+    }
 }
 
 /// OpenMetrics text turned into the Prometheus text format 0.0.4 (what scrapers and tools

@@ -796,3 +796,118 @@ fn open_tasks_are_capped_immediate_commands_included() {
     // CmdSN 5 was dropped, not held: sent again, it runs.
     assert_eq!(decode(f.s.handle(read10(0x70, 5, 0, 1))).jobs.len(), 1);
 }
+
+/// The only R2T of `out`.
+fn only_r2t(out: &Out) -> R2t {
+    match out.sent.as_slice() {
+        [(Bhs::R2t(r), _, _)] => *r,
+        other => panic!("expected one R2T: {other:?}"),
+    }
+}
+
+#[test]
+fn write_buffers_come_from_the_budget_and_commands_wait_for_it() {
+    let budget = crate::service::budget::Bytes::new(16 * 1024);
+    let mut cfg = config();
+    cfg.initial_r2t = false;
+    let mut f = fixture_with(cfg, 1);
+    f.s.set_write_budget(Box::new(budget.clone()));
+    let a: Vec<u8> = (0..24 * 512).map(|i| (i % 253) as u8).collect();
+    let b: Vec<u8> = (0..16 * 512).map(|i| (i % 127) as u8 ^ 0x5a).collect();
+
+    // A (12 KiB) fits: its buffer is held and the rest of its data solicited.
+    let out = decode(f.s.handle(write10(1, 1, 0, 24, &a[..4096], true)));
+    let r = only_r2t(&out);
+    assert_eq!((r.buffer_offset, r.desired_len), (4096, 8192));
+    assert_eq!(budget.stats().in_use, 12 * 1024);
+    // B (8 KiB) does not: no R2T, its immediate and unsolicited data are kept as they come.
+    let out = decode(f.s.handle(write10(2, 2, 32, 16, &b[..1024], false)));
+    assert!(out.sent.is_empty() && out.jobs.is_empty(), "{out:?}");
+    assert!(
+        decode(f.s.handle(data_out(2, RESERVED_TAG, 0, 1024, &b[1024..2048], true)))
+            .sent
+            .is_empty()
+    );
+    assert!(
+        !f.s.budget_blocked(),
+        "A still collects: the connection keeps reading"
+    );
+    assert_eq!(budget.stats().in_use, 12 * 1024);
+
+    // A's data completes it; now only B is left, waiting: read nothing more.
+    let job_a = one_job(decode(f.s.handle(data_out(
+        1,
+        r.ttt,
+        0,
+        4096,
+        &a[4096..],
+        true,
+    ))));
+    assert!(f.s.budget_blocked());
+    assert!(f.s.retry_budget().is_empty(), "A's buffer is still held");
+    let done = decode(f.run(&job_a));
+    assert_eq!(scsi_response(&done).0.status, status::GOOD);
+    drop(job_a);
+    assert_eq!(budget.stats().in_use, 0, "given back with A's data");
+
+    // B gets its buffer and an R2T for what the unsolicited data did not bring.
+    let out = decode(f.s.retry_budget());
+    let r = only_r2t(&out);
+    assert_eq!((r.itt, r.buffer_offset, r.desired_len), (2, 2048, 6144));
+    assert!(!f.s.budget_blocked());
+    let job_b = one_job(decode(f.s.handle(data_out(
+        2,
+        r.ttt,
+        0,
+        2048,
+        &b[2048..],
+        true,
+    ))));
+    assert_eq!(
+        job_b.data_out.as_ref(),
+        &b[..],
+        "unsolicited data kept while waiting"
+    );
+    assert_eq!(scsi_response(&decode(f.run(&job_b))).0.status, status::GOOD);
+    drop(job_b);
+    let st = budget.stats();
+    assert_eq!((st.in_use, st.peak), (0, 12 * 1024));
+
+    // Both are on the disk.
+    let read = |lba: u32, blocks: u16| {
+        f.lus
+            .execute(&f.nexus, LUN, &cdb10(op::READ10, lba, blocks), &[])
+            .data
+    };
+    assert_eq!(concat(&read(0, 24)), a);
+    assert_eq!(concat(&read(32, 16)), b);
+}
+
+#[test]
+fn a_write_waiting_for_budget_is_dropped_with_its_task() {
+    let budget = crate::service::budget::Bytes::new(8 * 1024);
+    let mut f = fixture();
+    f.s.set_write_budget(Box::new(budget.clone()));
+    let held = budget.try_take(8 * 1024).expect("all of it");
+    assert!(
+        decode(f.s.handle(write10(1, 1, 0, 4, &[7; 512], true)))
+            .sent
+            .is_empty()
+    );
+    assert!(f.s.budget_blocked());
+    // ABORT TASK ends it at once; nothing waits any more.
+    let out = decode(f.s.handle(tmf(2, 2, tmf_function::ABORT_TASK, LUN, (1, 1))));
+    assert!(matches!(
+        out.sent.as_slice(),
+        [(Bhs::TaskMgmtResponse(_), _, _)]
+    ));
+    assert!(!f.s.budget_blocked());
+    drop(held);
+    assert!(f.s.retry_budget().is_empty());
+    // A command larger than the whole budget is refused, not left waiting forever.
+    let out = decode(f.s.handle(write10(3, 2, 0, 32, &[], true)));
+    let (r, sense) = scsi_response(&out);
+    assert_eq!(r.status, status::CHECK_CONDITION);
+    assert_eq!(sense_of(&sense).0, key::ILLEGAL_REQUEST);
+    assert_eq!(budget.stats().in_use, 0);
+}

@@ -393,6 +393,10 @@ impl IdleTimer {
 /// One thing that happened to a session in full-feature phase.
 enum Event {
     Pdu(RawPdu),
+    /// Write budget came back for commands that waited for it.
+    Budget(Vec<Action>),
+    /// Some write budget was given back: try again.
+    BudgetFreed,
     Done(Completion),
     Idle,
     Close(CloseReason),
@@ -471,7 +475,8 @@ impl SessionHandler {
         ));
         let mut scfg: SessionConfig = (&params).into();
         scfg.max_tasks = cfg.max_tasks_per_session;
-        let session = Session::new(scfg, lus.clone(), nexus.clone(), params.exp_cmd_sn, text);
+        let mut session = Session::new(scfg, lus.clone(), nexus.clone(), params.exp_cmd_sn, text);
+        session.set_write_budget(Box::new(cfg.write_budget.clone()));
         let tracer = match (&cfg.read_trace, &target_name) {
             (Some(t), Some(iqn)) => Some(SessionTrace::new(
                 t.clone(),
@@ -521,6 +526,8 @@ impl SessionHandler {
         loop {
             let actions = match self.next_event().await? {
                 Event::Pdu(pdu) => self.on_pdu(pdu),
+                Event::Budget(actions) => actions,
+                Event::BudgetFreed => self.session.retry_budget(),
                 Event::Done(c) => {
                     let (itt, outcome) = self.exec.finished(c);
                     self.session.complete(itt, outcome)
@@ -561,8 +568,20 @@ impl SessionHandler {
             return Ok(Event::Close(why));
         }
         let stats = &self.exec.stats;
+        // Commands wait for write budget: nothing more is read until some comes back.
+        let budget = &self.conn.shared.cfg.write_budget;
+        let freed = budget.freed();
+        let blocked = self.session.budget_blocked();
+        if blocked {
+            let actions = self.session.retry_budget();
+            if !actions.is_empty() {
+                return Ok(Event::Budget(actions));
+            }
+            budget.note_wait();
+        }
         Ok(tokio::select! {
-            r = self.conn.reader.pdu(&self.recv_limits) => match r? {
+            _ = freed, if blocked => Event::BudgetFreed,
+            r = self.conn.reader.pdu(&self.recv_limits), if !blocked => match r? {
                 Some(pdu) => Event::Pdu(pdu),
                 None => Event::Close(CloseReason::PeerClosed),
             },
@@ -616,6 +635,7 @@ impl SessionHandler {
                 continue;
             }
             if handled < MAX_PDUS_PER_TURN
+                && !self.session.budget_blocked()
                 && let Some(pdu) = self.conn.reader.buffered(&self.recv_limits)?
             {
                 handled += 1;

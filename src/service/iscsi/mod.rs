@@ -46,7 +46,7 @@ mod writer;
 use crate::config::limits::{self, Limits};
 use crate::iscsi::negotiate::TargetLimits;
 use crate::iscsi::target::TargetRegistry;
-use crate::service::budget::{PeerLog, SlotRefusal, Slots};
+use crate::service::budget::{self, PeerLog, SlotRefusal, Slots};
 use crate::service::metrics;
 use crate::service::read_trace::ReadTrace;
 use handler::Handler;
@@ -94,6 +94,10 @@ pub struct ServerConfig {
     pub discovery_idle: Duration,
     /// Commands one session may have open at once, immediate ones included.
     pub max_tasks_per_session: u32,
+    /// Memory for write data, over all connections: a write command takes its buffer from it
+    /// before its first R2T; while it is spent, commands wait (no R2T) and a connection with
+    /// nothing else to receive stops reading its socket. Clone it to watch its counters.
+    pub write_budget: budget::Bytes,
 }
 
 impl ServerConfig {
@@ -106,6 +110,7 @@ impl ServerConfig {
             ),
             discovery_idle: Duration::from_secs(limits.discovery_idle_secs()),
             max_tasks_per_session: limits.max_tasks_per_session(),
+            write_budget: budget::Bytes::new(limits.write_buffer()),
             ..Default::default()
         }
     }
@@ -128,6 +133,7 @@ impl Default for ServerConfig {
             ),
             discovery_idle: Duration::from_secs(limits::DEFAULT_DISCOVERY_IDLE_SECS),
             max_tasks_per_session: limits::DEFAULT_MAX_TASKS_PER_SESSION,
+            write_budget: budget::Bytes::new(Limits::default().write_buffer()),
         }
     }
 }
@@ -150,6 +156,7 @@ pub async fn serve_with(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
+    metrics::get().watch_write_budget(cfg.write_budget.clone());
     let shared = Arc::new(Shared {
         registry,
         cfg,
