@@ -260,3 +260,118 @@ fn writers_share_a_small_write_budget_and_all_finish() {
         "all given back"
     );
 }
+
+/// A tmpfs of `size` mounted on `at` (root only), unmounted when dropped.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &std::path::Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(at).expect("mount point");
+        let out = fixture::run(
+            "mount",
+            &[
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "isboot-test",
+                &at.display().to_string(),
+            ],
+        );
+        assert!(out.status.success(), "mount: {out:?}");
+        Tmpfs(at.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = fixture::run("umount", &["-l", &self.0.display().to_string()]);
+    }
+}
+
+#[test]
+fn a_full_state_file_system_fails_only_the_writes_that_need_space() {
+    use isboot::iscsi::target::{TargetConfig, TargetStats};
+    use isboot::scsi::{LogicalUnit, LuIdentity, TargetLus};
+    use isboot::store::base::{BaseId, BaseImage};
+    use isboot::store::overlay::Overlay;
+    if !fixture::netns::is_root() {
+        return fixture::skip("mounting a tmpfs needs root");
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    let base_path = fixture::patterned_image(dir.path(), "base.raw", 4 << 20);
+    let base =
+        Arc::new(BaseImage::open(&base_path, BaseId::random().expect("id"), 1).expect("base"));
+    let fs = Tmpfs::mount(&dir.path().join("state"), "1m");
+    let target = |name: &str| {
+        let path = fs.0.join(format!("{name}.ovl"));
+        drop(Overlay::create_at(&path, base.clone(), 4096).expect("create overlay"));
+        let ov = Overlay::open_at(&path, base.clone(), false).expect("open overlay");
+        Arc::new(TargetConfig {
+            iqn: format!("{IQN}:{name}"),
+            lus: Arc::new(TargetLus::single(Arc::new(LogicalUnit::new(
+                Arc::new(ov),
+                LuIdentity {
+                    vendor: "ISBOOT".into(),
+                    product: "TEST".into(),
+                    revision: "0001".into(),
+                    serial: name.into(),
+                    naa_id: 9,
+                },
+            )))),
+            allowed_initiators: Vec::new(),
+            chap: None,
+            listed: true,
+            stats: Arc::new(TargetStats::default()),
+        })
+    };
+    let reg = Arc::new(StaticRegistry(vec![target("a"), target("b")]));
+    let srv = start(reg, ServerConfig::default());
+    let login = |name: &str| {
+        let opts = LoginOptions::new(
+            &format!("iqn.2026-12.test:{name}"),
+            Some(&format!("{IQN}:{name}")),
+        )
+        .linux_profile();
+        let mut c = Initiator::connect(srv.addr, &opts).expect("login");
+        c.clear_unit_attention(0).expect("unit attention");
+        c
+    };
+    let (mut a, mut b) = (login("a"), login("b"));
+    let a1 = fixture::pattern(64 * 1024, 1);
+    let b1 = fixture::pattern(64 * 1024, 2);
+    assert_eq!(a.write16(0, 0, &a1).expect("write").status, 0);
+    assert_eq!(b.write16(0, 0, &b1).expect("write").status, 0);
+
+    // Something else fills the file system.
+    let filler = fs.0.join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).expect("filler");
+        let chunk = vec![0x55u8; 4096];
+        while f.write_all(&chunk).is_ok() {}
+    }
+    // A's write that needs space fails with SPACE ALLOCATION FAILED WRITE PROTECT...
+    let a2 = fixture::pattern(64 * 1024, 3);
+    let c = a.write16(0, 1024, &a2).expect("answered");
+    assert_eq!(c.status, 2, "CHECK CONDITION");
+    let (k, asc, ascq) = (c.sense[2] & 0x0f, c.sense[12], c.sense[13]);
+    assert_eq!((k, asc, ascq), (0x07, 0x27, 0x07), "sense {:02x?}", c.sense);
+    // ... what it acknowledged before is intact, and B, whose blocks are allocated, keeps
+    // rewriting and reading them.
+    assert!(a.read16(0, 0, 128).expect("read").data == a1);
+    let b2 = fixture::pattern(64 * 1024, 4);
+    assert_eq!(b.write16(0, 0, &b2).expect("write").status, 0);
+    assert!(b.read16(0, 0, 128).expect("read").data == b2);
+    let base_bytes = std::fs::read(&base_path).expect("base");
+    assert!(a.read16(0, 2048, 8).expect("read").data == base_bytes[2048 * 512..2056 * 512]);
+
+    // Space comes back: A's writes succeed again, without a restart.
+    std::fs::remove_file(&filler).expect("free space");
+    assert_eq!(a.write16(0, 1024, &a2).expect("write").status, 0);
+    assert!(a.read16(0, 1024, 128).expect("read").data == a2);
+    assert!(a.read16(0, 0, 128).expect("read").data == a1);
+    a.logout().expect("logout");
+    b.logout().expect("logout");
+    drop(srv);
+}

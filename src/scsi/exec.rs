@@ -214,6 +214,11 @@ fn plan_of(cmd: &Command) -> Plan {
 }
 
 fn store_sense(e: &StoreError) -> Sense {
+    if let StoreError::NoSpace(_) = e {
+        // Thin provisioning's answer (SBC-4 4.7.3.6): Linux turns it into ENOSPC for the
+        // file system above, not an I/O error on a failing disk. The device logs it.
+        return Sense::new(key::DATA_PROTECT, asc::SPACE_ALLOCATION_FAILED);
+    }
     tracing::warn!(error = %e, "block device I/O failed");
     match e {
         StoreError::OutOfRange { .. } => Sense::lba_out_of_range(),

@@ -44,6 +44,7 @@ pub mod asc {
     pub const INVALID_FIELD_IN_PARAMETER_LIST: Code = (0x26, 0x00);
     pub const INVALID_RELEASE_OF_PR: Code = (0x26, 0x04);
     pub const WRITE_PROTECTED: Code = (0x27, 0x00);
+    pub const SPACE_ALLOCATION_FAILED: Code = (0x27, 0x07);
     pub const POWER_ON_RESET: Code = (0x29, 0x00);
     pub const POWER_ON_OCCURRED: Code = (0x29, 0x01);
     pub const BUS_DEVICE_RESET: Code = (0x29, 0x03);

@@ -56,6 +56,21 @@ pub enum StoreError {
     CreatingOverlay { path: String, source: io::Error },
     #[error("overlay failed an earlier I/O and refuses writes until reopened")]
     OverlayFailed,
+    /// The file system holding the overlay is full (or a quota is): this write failed, the
+    /// overlay stays usable and takes writes again once there is space.
+    #[error("no space left for the overlay: {0}")]
+    NoSpace(io::Error),
+}
+
+impl StoreError {
+    /// A failed write: [`StoreError::NoSpace`] when the file system was full (ENOSPC, EDQUOT),
+    /// else [`StoreError::Writing`].
+    pub fn writing(e: io::Error) -> StoreError {
+        match e.kind() {
+            io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => StoreError::NoSpace(e),
+            _ => StoreError::Writing(e),
+        }
+    }
 }
 
 /// A byte-addressed block device. Offsets and lengths passed in by the SCSI layer are always

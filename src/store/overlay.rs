@@ -247,6 +247,10 @@ pub struct Overlay {
     data_map: Option<Bytes>,
     read_only: bool,
     failed: AtomicBool,
+    /// What the log calls it (its path, when opened from one).
+    name: String,
+    /// The file system was full at the last write (logged once until a write succeeds).
+    out_of_space: AtomicBool,
 }
 
 fn count_usage(hdr: &Header, words: &[AtomicU64]) -> OverlayUsage {
@@ -322,6 +326,13 @@ impl Overlay {
         let mut raw = vec![0u8; words * 8];
         file.read_at(&mut raw, hdr.map_offset())
             .map_err(StoreError::ReadingOverlayMap)?;
+        if !read_only {
+            // Allocate the map's pages now (writing back what is there), so that a file
+            // system that fills up later fails data writes (one command each), not the
+            // map's flush (which would fail the overlay). Best effort: a full file system
+            // now shows at the first flush instead.
+            let _ = file.write_at(&raw, hdr.map_offset());
+        }
         let blocks = hdr.blocks();
         let mut state = Vec::with_capacity(words);
         let mut persisted = Vec::with_capacity(words);
@@ -368,6 +379,8 @@ impl Overlay {
             data_map,
             read_only,
             failed: AtomicBool::new(false),
+            name: "overlay".into(),
+            out_of_space: AtomicBool::new(false),
         })
     }
 
@@ -427,10 +440,12 @@ impl Overlay {
             .write(!read_only)
             .open(path)
             .map_err(|source| StoreError::Opening {
-                path: shown,
+                path: shown.clone(),
                 source,
             })?;
-        Overlay::open(Arc::new(RealFile(f)), base, read_only)
+        let mut ov = Overlay::open(Arc::new(RealFile(f)), base, read_only)?;
+        ov.name = shown;
+        Ok(ov)
     }
 
     /// Block counts of the overlay file at `path`, from its header and map (no base needed).
@@ -545,6 +560,28 @@ impl Overlay {
         Ok(())
     }
 
+    /// A write found the file system full: say so once, with what to do.
+    fn out_of_space(&self, e: &StoreError) {
+        if !self.out_of_space.swap(true, Ordering::AcqRel) {
+            tracing::warn!(
+                "{}: {e}; this disk's writes fail with SPACE ALLOCATION FAILED (its client sees \
+                 ENOSPC; other disks are not affected) until space is freed on the state file \
+                 system (see `df` and `isboot status`; remove unused image versions or reset \
+                 clients whose overlays grew)",
+                self.name
+            );
+        }
+    }
+
+    /// A write succeeded: if the file system was full before, say that it is no longer.
+    fn space_back(&self) {
+        if self.out_of_space.load(Ordering::Acquire)
+            && self.out_of_space.swap(false, Ordering::AcqRel)
+        {
+            tracing::info!("{}: writes succeed again (space was freed)", self.name);
+        }
+    }
+
     fn fail<T>(&self, e: StoreError) -> Result<T, StoreError> {
         self.failed.store(true, Ordering::Release);
         Err(e)
@@ -591,7 +628,7 @@ impl Overlay {
             .copy_from_slice(&data[(a - offset) as usize..(b - offset) as usize]);
         self.file
             .write_at(&buf, self.hdr.data_offset() + bstart)
-            .map_err(StoreError::Writing)
+            .map_err(StoreError::writing)
     }
 
     /// Write `data` at `offset` with the blocks `first..=last` locked. Returns whether the map
@@ -628,7 +665,7 @@ impl Overlay {
                     &data[(lo - offset) as usize..(hi - offset) as usize],
                     dbase + lo,
                 )
-                .map_err(StoreError::Writing)?;
+                .map_err(StoreError::writing)?;
         }
         let mut changed = false;
         for k in first..=last {
@@ -782,8 +819,16 @@ impl BlockDevice for Overlay {
         let last = (offset + data.len() as u64 - 1) / self.bs;
         {
             let _g = self.lock_blocks(first, last);
-            if let Err(e) = self.write_locked(offset, data, first, last) {
-                return self.fail(e);
+            match self.write_locked(offset, data, first, last) {
+                Ok(_) => self.space_back(),
+                // Nothing of it is in the map: the blocks read as before (a block written in
+                // place may hold part of the new data, as a disk may after a failed write).
+                // The overlay stays usable; later writes succeed once there is space.
+                Err(e @ StoreError::NoSpace(_)) => {
+                    self.out_of_space(&e);
+                    return Err(e);
+                }
+                Err(e) => return self.fail(e),
             }
         }
         if durable {
