@@ -4,13 +4,13 @@
 use super::CliError;
 use crate::config::StateDir;
 use crate::iscsi::target::TargetRegistry;
-use crate::service::http::{AdminGate, Audience, HttpServer, Routes, binds};
+use crate::service::http::{AdminGate, Audience, HttpError, HttpServer, Routes, binds};
 use crate::service::iscsi::ServerConfig;
 use crate::service::read_trace::ReadTrace;
 use crate::service::registry::{StateRegistry, maintain};
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 pub fn run(dir: &StateDir, args: &super::ServeArgs) -> Result<(), CliError> {
     let listen = args.listen.as_deref();
@@ -65,10 +65,15 @@ pub fn run(dir: &StateDir, args: &super::ServeArgs) -> Result<(), CliError> {
             crate::service::boot::start(registry.clone(), args.no_dhcp, args.no_tftp)
                 .await
                 .map_err(CliError::Failed)?;
-        let http = http_server(&registry, http_listen).await?;
+        let boot_base = Arc::new(OnceLock::new());
+        let http = http_server(&registry, http_listen, boot_base.clone()).await?;
         for (audience, a) in http.local_addrs() {
-            if audience == Audience::Admin {
-                registry.set_http(&a.to_string());
+            match audience {
+                Audience::Admin => registry.set_http(&a.to_string()),
+                Audience::Boot => {
+                    registry.set_boot_http(&a.to_string());
+                    let _ = boot_base.set(a);
+                }
             }
         }
         tracing::info!(listen = %bound, targets = registry.all().len(), "serving");
@@ -114,27 +119,57 @@ pub fn run(dir: &StateDir, args: &super::ServeArgs) -> Result<(), CliError> {
     })
 }
 
-/// The embedded HTTP listener with the admin routes (metrics, status API), bound.
+/// The embedded HTTP listener with the admin routes (metrics, status API) and the boot routes
+/// (scripts, boot files; `boot_base` is set to their address once bound), bound.
 async fn http_server(
     registry: &Arc<StateRegistry>,
     listen: Option<SocketAddr>,
+    boot_base: Arc<OnceLock<SocketAddr>>,
 ) -> Result<HttpServer, CliError> {
     let metrics = Arc::new(crate::service::metrics::registry(registry.clone()));
-    let routes = Routes::default()
-        .add(Audience::Admin, crate::service::metrics::router(metrics))
-        .add(
-            Audience::Admin,
-            crate::service::api::router(registry.clone()),
-        );
-    let mut cfg = registry.current_state().config.http.clone();
+    let routes = || {
+        Routes::default()
+            .add(
+                Audience::Admin,
+                crate::service::metrics::router(metrics.clone()),
+            )
+            .add(
+                Audience::Admin,
+                crate::service::api::router(registry.clone()),
+            )
+            .add(
+                Audience::Boot,
+                crate::service::menu::router(registry.clone(), boot_base.clone()),
+            )
+    };
+    let state = registry.current_state();
+    let mut cfg = state.config.http.clone();
     if let Some(l) = listen {
         cfg.listen = l;
     }
     let gate_reg = registry.clone();
     let gate: AdminGate = Arc::new(move |ip| gate_reg.current_state().config.http.allows(ip));
-    crate::service::http::bind(routes, &binds(&cfg), gate)
-        .await
-        .map_err(|e| CliError::Failed(e.to_string()))
+    let all = binds(&cfg, state.config.server_ip);
+    match crate::service::http::bind(routes(), &all, gate.clone()).await {
+        // The default boot address (server_ip) is not on this host (yet): serve the rest, say
+        // so. A boot_listen the admin set must work.
+        Err(HttpError::Binding {
+            audience: Audience::Boot,
+            addr,
+            source,
+        }) if cfg.boot_listen.is_none() => {
+            tracing::warn!(
+                "boot routes off: cannot listen on {addr} ({source}); iPXE scripts and boot files are not served (set [http] boot_listen, or \"off\")"
+            );
+            let admin: Vec<_> = all
+                .into_iter()
+                .filter(|b| b.audience != Audience::Boot)
+                .collect();
+            crate::service::http::bind(routes(), &admin, gate).await
+        }
+        r => r,
+    }
+    .map_err(|e| CliError::Failed(e.to_string()))
 }
 
 /// The iSCSI service.

@@ -14,6 +14,38 @@ pub const ISCSI_PORT: u16 = 3260;
 /// Default address of the embedded HTTP listener's admin routes (metrics, status API):
 /// loopback only, so the boot LAN never reaches them unless the admin says so.
 pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:9260";
+/// Default port of the boot routes (iPXE scripts, boot files) on `server_ip`.
+pub const DEFAULT_BOOT_HTTP_PORT: u16 = 9261;
+
+/// `[http] boot_listen`: where the boot routes listen. Unset: `server_ip`, port
+/// [`DEFAULT_BOOT_HTTP_PORT`] (off without a `server_ip`); `"off"`: not at all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum BootListen {
+    Off,
+    At(SocketAddr),
+}
+
+impl TryFrom<String> for BootListen {
+    type Error = String;
+    fn try_from(s: String) -> Result<BootListen, String> {
+        if s == "off" {
+            return Ok(BootListen::Off);
+        }
+        s.parse().map(BootListen::At).map_err(|_| {
+            format!("bad boot_listen {s:?}: expected ADDR:PORT (e.g. \"10.0.0.1:{DEFAULT_BOOT_HTTP_PORT}\") or \"off\"")
+        })
+    }
+}
+
+impl From<BootListen> for String {
+    fn from(b: BootListen) -> String {
+        match b {
+            BootListen::Off => "off".into(),
+            BootListen::At(a) => a.to_string(),
+        }
+    }
+}
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Config {
@@ -53,6 +85,9 @@ pub struct HttpConfig {
     /// Networks whose hosts may use the admin routes (others get 403 Forbidden).
     #[serde(default = "default_http_allow")]
     pub allow: Vec<Net>,
+    /// Address of the boot routes (None: [`HttpConfig::boot_addr`]'s default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_listen: Option<BootListen>,
     /// Keys of this section this version does not know, kept.
     #[serde(flatten)]
     pub extra: toml::Table,
@@ -73,6 +108,7 @@ impl Default for HttpConfig {
         HttpConfig {
             listen: default_http_listen(),
             allow: default_http_allow(),
+            boot_listen: None,
             extra: toml::Table::new(),
         }
     }
@@ -84,7 +120,17 @@ impl HttpConfig {
         self.allow.iter().any(|n| n.contains(peer))
     }
 
-    fn render(&self, s: &mut String) {
+    /// Where the boot routes listen: `boot_listen`, else `server_ip`:[`DEFAULT_BOOT_HTTP_PORT`];
+    /// None when off or without a `server_ip`.
+    pub fn boot_addr(&self, server_ip: Option<Ipv4Addr>) -> Option<SocketAddr> {
+        match self.boot_listen {
+            Some(BootListen::Off) => None,
+            Some(BootListen::At(a)) => Some(a),
+            None => server_ip.map(|ip| SocketAddr::from((ip, DEFAULT_BOOT_HTTP_PORT))),
+        }
+    }
+
+    fn render(&self, s: &mut String, server_ip: Option<Ipv4Addr>) {
         s.push_str(
             "\n# The embedded HTTP listener: Prometheus metrics (GET /metrics) and the status\n",
         );
@@ -101,6 +147,26 @@ impl HttpConfig {
         s.push_str("# Default [\"127.0.0.0/8\", \"::1/128\"].\n");
         let nets: Vec<String> = self.allow.iter().map(|n| format!("\"{n}\"")).collect();
         s.push_str(&format!("allow = [{}]\n", nets.join(", ")));
+        s.push_str(
+            "# Address and port of the boot routes, for the machines on the boot network: their\n",
+        );
+        s.push_str(
+            "# iPXE scripts (GET /boot/<mac>.ipxe, each served only to its client's address),\n",
+        );
+        s.push_str(
+            "# boot files from <state>/boot-files/ (GET /files/...) and the installers' callback\n",
+        );
+        s.push_str(&format!(
+            "# (POST /done/<mac>). Default: server_ip, port {DEFAULT_BOOT_HTTP_PORT}; off without a server_ip;\n"
+        ));
+        s.push_str("# \"off\" turns them off.\n");
+        match self.boot_listen {
+            Some(b) => s.push_str(&format!("boot_listen = \"{}\"\n", String::from(b))),
+            None => s.push_str(&format!(
+                "# boot_listen = \"{}:{DEFAULT_BOOT_HTTP_PORT}\"\n",
+                server_ip.unwrap_or(Ipv4Addr::new(192, 168, 50, 1)),
+            )),
+        }
         if !self.extra.is_empty() {
             s.push_str(&toml::to_string(&self.extra).unwrap_or_default());
         }
@@ -208,7 +274,7 @@ impl Config {
             s.push_str("\n# Other settings.\n");
             s.push_str(&toml::to_string(&plain).unwrap_or_default());
         }
-        self.http.render(&mut s);
+        self.http.render(&mut s, self.server_ip);
         if !tables.is_empty() {
             s.push('\n');
             s.push_str(&toml::to_string(&tables).unwrap_or_default());
@@ -269,6 +335,34 @@ mod tests {
             "iscsi:10.0.0.1::3261::iqn.2026-11.org.isboot:pc1"
         );
         assert_eq!(Config::parse(&c.render(), Path::new("x")).unwrap(), c);
+    }
+
+    #[test]
+    fn boot_routes_listen_on_the_boot_address() {
+        let mut c = Config::default();
+        assert_eq!(c.http.boot_addr(c.server_ip), None);
+        assert!(c.render().contains("# boot_listen = \"192.168.50.1:9261\""));
+        c.server_ip = Some(Ipv4Addr::new(10, 0, 0, 1));
+        assert_eq!(
+            c.http.boot_addr(c.server_ip).unwrap().to_string(),
+            "10.0.0.1:9261"
+        );
+        assert!(c.render().contains("# boot_listen = \"10.0.0.1:9261\""));
+        for (v, want) in [("off", None), ("10.0.0.1:80", Some("10.0.0.1:80"))] {
+            let text = format!("server_ip = \"10.0.0.1\"\n[http]\nboot_listen = \"{v}\"\n");
+            let c = Config::parse(&text, Path::new("x")).unwrap();
+            assert_eq!(
+                c.http
+                    .boot_addr(c.server_ip)
+                    .map(|a| a.to_string())
+                    .as_deref(),
+                want
+            );
+            assert!(c.render().contains(&format!("\nboot_listen = \"{v}\"\n")));
+            assert_eq!(Config::parse(&c.render(), Path::new("x")).unwrap(), c);
+        }
+        let e = Config::parse("[http]\nboot_listen = \"on\"\n", Path::new("x")).unwrap_err();
+        assert!(e.to_string().contains("ADDR:PORT"), "{e}");
     }
 
     #[test]

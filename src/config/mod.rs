@@ -26,7 +26,7 @@ pub mod secret;
 pub mod state;
 pub mod status;
 
-pub use file::{Config, HttpConfig};
+pub use file::{BootListen, Config, HttpConfig};
 pub use names::{ClientName, ImageName, Iqn, MacAddr, Net, Subnet};
 pub use registry::{Chap, Client, Image, Maintenance, Mode, Registry, Version};
 pub use report::{BootView, ChapView, ClientView, StatusRow, StatusView};

@@ -21,6 +21,9 @@ pub struct ServerStatus {
     /// Where the admin HTTP routes (metrics, status API) listen, when they do.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<String>,
+    /// Where the boot routes (iPXE scripts, boot files) listen, when they do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_http: Option<String>,
     pub targets: Vec<TargetStatus>,
 }
 

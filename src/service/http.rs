@@ -4,8 +4,9 @@
 //! - [`Audience::Admin`]: metrics and the status API, for the server's admin and a Prometheus
 //!   server. Listens on `[http] listen` (default `127.0.0.1:9260`, this host only) and answers
 //!   only peers inside `[http] allow` (403 Forbidden for anyone else).
-//! - [`Audience::Boot`]: what machines on the boot LAN fetch (boot scripts, boot files). Listens
-//!   where the boot routes' owner configures it (add its addresses in [`binds`]).
+//! - [`Audience::Boot`]: what machines on the boot LAN fetch (boot scripts, boot files: see
+//!   `service::menu`). Listens on `[http] boot_listen` (default `<server_ip>:9261`; off
+//!   without a `server_ip`).
 //!
 //! Each audience has its own sockets: an address that would serve both is refused at start
 //! ([`HttpError::Shared`]), so the boot LAN never reaches the admin routes by accident. Every
@@ -38,7 +39,7 @@ use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use tokio::net::TcpListener;
 
@@ -67,12 +68,20 @@ pub struct Bind {
     pub addr: SocketAddr,
 }
 
-/// The addresses each audience listens on, from the `[http]` section.
-pub fn binds(cfg: &HttpConfig) -> Vec<Bind> {
-    vec![Bind {
+/// The addresses each audience listens on, from the `[http]` section (the boot routes on
+/// `boot_listen`, by default `server_ip`'s: see [`HttpConfig::boot_addr`]).
+pub fn binds(cfg: &HttpConfig, server_ip: Option<Ipv4Addr>) -> Vec<Bind> {
+    let mut v = vec![Bind {
         audience: Audience::Admin,
         addr: cfg.listen,
-    }]
+    }];
+    if let Some(addr) = cfg.boot_addr(server_ip) {
+        v.push(Bind {
+            audience: Audience::Boot,
+            addr,
+        });
+    }
+    v
 }
 
 /// Who may use the admin routes, asked for every request (so a changed `[http] allow` applies

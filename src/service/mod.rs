@@ -6,6 +6,7 @@ pub mod budget;
 pub mod dhcp;
 pub mod http;
 pub mod iscsi;
+pub mod menu;
 pub mod metrics;
 pub mod ra;
 pub mod read_trace;

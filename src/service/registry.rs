@@ -65,6 +65,7 @@ pub struct StateRegistry {
     reload_lock: Mutex<()>,
     listen: Mutex<String>,
     http: Mutex<Option<String>>,
+    boot_http: Mutex<Option<String>>,
     /// Power-on requests seen while the target was in use: target IQN -> when.
     pending_power_on: Mutex<HashMap<String, std::time::Instant>>,
     /// Addresses DHCP learned clients hold (see [`StateRegistry::learn_address`]).
@@ -106,6 +107,7 @@ impl StateRegistry {
             reload_lock: Mutex::new(()),
             listen: Mutex::new(String::new()),
             http: Mutex::new(None),
+            boot_http: Mutex::new(None),
             pending_power_on: Mutex::new(HashMap::new()),
             learned: Mutex::new(HashMap::new()),
         };
@@ -131,6 +133,11 @@ impl StateRegistry {
     /// Record the address of the admin HTTP routes (published in the status).
     pub fn set_http(&self, addr: &str) {
         *self.http.lock().unwrap_or_else(|e| e.into_inner()) = Some(addr.to_string());
+    }
+
+    /// Record the address of the boot routes (published in the status).
+    pub fn set_boot_http(&self, addr: &str) {
+        *self.boot_http.lock().unwrap_or_else(|e| e.into_inner()) = Some(addr.to_string());
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
@@ -375,7 +382,8 @@ impl StateRegistry {
         }
     }
 
-    fn bound_of(&self, st: &State, kind: &TargetKind) -> Bound {
+    /// Where `kind`'s target accepts logins from in state `st`, with what DHCP learned.
+    pub fn bound_of(&self, st: &State, kind: &TargetKind) -> Bound {
         let learned = |mac: &MacAddr| {
             self.learned_address(mac).map(|(ip, how)| {
                 let origin = match how {
@@ -490,6 +498,11 @@ impl StateRegistry {
                 .unwrap_or_else(|e| e.into_inner())
                 .clone(),
             http: self.http.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            boot_http: self
+                .boot_http
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
             targets,
         }
     }

@@ -6,7 +6,7 @@
 
 use super::Locked;
 use crate::config::ConfigError;
-use crate::config::names::ImageName;
+use crate::config::names::{ClientName, ImageName};
 use crate::config::registry::Client;
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -138,6 +138,26 @@ impl Locked {
         let updated = updated.ok_or_else(|| ConfigError::UnknownClient(which.to_string()))?;
         self.save()?;
         Ok(updated)
+    }
+
+    /// Use up client `name`'s one-shot choice when `used(choice)` says so (its script was
+    /// served, or its installer called back); the admin may have set another one meanwhile,
+    /// which `used` then leaves alone. Returns the choice cleared.
+    pub fn take_next(
+        &mut self,
+        name: &ClientName,
+        used: impl Fn(&BootAction) -> bool,
+    ) -> Result<Option<BootAction>, ConfigError> {
+        let mut taken = None;
+        for c in self.state.registry.clients.iter_mut() {
+            if c.name == *name && c.boot.next.as_ref().is_some_and(&used) {
+                taken = c.boot.next.take();
+            }
+        }
+        if taken.is_some() {
+            self.save()?;
+        }
+        Ok(taken)
     }
 
     /// A choice can only name what exists.

@@ -1,0 +1,227 @@
+//! The boot routes of `isboot serve` on loopback, fetched with curl from several 127.0.0.x
+//! source addresses: a client's iPXE script only to its own address (403 for anyone else, and
+//! for a client with no known address), the one-shot choice used up when served, the
+//! installer callback, and boot files with byte ranges and no way out of `boot-files/`.
+
+mod fixture;
+use fixture::*;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const MAC_A: &str = "52:54:00:00:00:01";
+const MAC_B: &str = "52:54:00:00:00:02";
+
+/// `curl` from source address `from`: (HTTP status, body).
+fn curl(from: &str, args: &[&str]) -> (u16, Vec<u8>) {
+    let o = std::process::Command::new("curl")
+        .args(["-sS", "--path-as-is", "--interface", from, "-o", "-"])
+        .args(["-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .expect("run curl");
+    assert!(
+        o.status.success(),
+        "curl {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let out = o.stdout;
+    let nl = out.iter().rposition(|b| *b == b'\n').expect("status line");
+    let code = String::from_utf8_lossy(&out[nl + 1..]).parse().unwrap();
+    (code, out[..nl].to_vec())
+}
+
+fn get(from: &str, url: &str) -> (u16, String) {
+    let (c, b) = curl(from, &[url]);
+    (c, String::from_utf8_lossy(&b).into_owned())
+}
+
+/// The boot routes' address, from the running server's status.
+fn boot_addr(dir: &Path) -> SocketAddr {
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v: Option<serde_json::Value> = std::fs::read_to_string(dir.join("run/status.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok());
+        if let Some(a) = v.as_ref().and_then(|v| v["boot_http"].as_str()) {
+            return a.parse().unwrap();
+        }
+        assert!(Instant::now() < until, "no boot_http in the status");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn scripts_only_to_their_client_files_with_ranges() {
+    if !have("curl") {
+        return skip("curl not installed");
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("state");
+    isboot(
+        &dir,
+        &[
+            "init",
+            "--server-ip",
+            "127.0.0.1/8",
+            "--listen",
+            "127.0.0.1:0",
+        ],
+    );
+    let cfg = dir.join("isboot.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    assert!(text.contains("# boot_listen = "), "{text}");
+    std::fs::write(
+        &cfg,
+        text.replace("[http]\n", "[http]\nboot_listen = \"127.0.0.1:0\"\n"),
+    )
+    .unwrap();
+    let img = patterned_image(tmp.path(), "base.img", 1 << 20);
+    isboot(&dir, &["image", "add", "deb", img.to_str().unwrap()]);
+    // pca reserved at 127.0.0.2; pcb with no address at all.
+    isboot(
+        &dir,
+        &[
+            "add-client",
+            "--mac",
+            MAC_A,
+            "--image",
+            "deb",
+            "--name",
+            "pca",
+            "--ip",
+            "127.0.0.2",
+            "--no-chap",
+        ],
+    );
+    isboot(
+        &dir,
+        &[
+            "add-client",
+            "--mac",
+            MAC_B,
+            "--image",
+            "deb",
+            "--name",
+            "pcb",
+            "--no-chap",
+        ],
+    );
+    let files = dir.join("boot-files/memtest");
+    std::fs::create_dir_all(&files).unwrap();
+    let blob = pattern(10_000, 7);
+    std::fs::write(files.join("memtest86+x64.bin"), &blob).unwrap();
+    std::fs::write(tmp.path().join("secret.txt"), "outside").unwrap();
+
+    let mut srv = Serve::start(&dir);
+    let boot = boot_addr(&dir);
+    assert_eq!(boot.ip().to_string(), "127.0.0.1");
+    let url = |p: &str| format!("http://{boot}{p}");
+
+    // A's script from another address: 403, and the refusal is logged.
+    let (code, body) = get("127.0.0.3", &url(&format!("/boot/{MAC_A}.ipxe")));
+    assert_eq!(code, 403, "{body}");
+    assert!(!body.contains("iscsi:"), "{body}");
+    // From A's own address: the script, booting A's disk (no menu by default).
+    let (code, body) = get("127.0.0.2", &url(&format!("/boot/{MAC_A}.ipxe")));
+    assert_eq!(code, 200, "{body}");
+    assert!(body.starts_with("#!ipxe\ngoto disk\n"), "{body}");
+    assert!(body.contains(":pca ||"), "{body}");
+    assert!(
+        !body.contains("password") && !body.contains("username"),
+        "{body}"
+    );
+    // The admin routes are not on the boot address.
+    assert_eq!(get("127.0.0.2", &url("/metrics")).0, 404);
+    // B has no known address: nobody gets its script, not even this host.
+    for from in ["127.0.0.1", "127.0.0.2", "127.0.0.4"] {
+        assert_eq!(
+            get(from, &url(&format!("/boot/{MAC_B}.ipxe"))).0,
+            403,
+            "{from}"
+        );
+    }
+    // An unknown MAC gets the same answer as a stranger.
+    assert_eq!(
+        get("127.0.0.2", &url("/boot/52:54:00:00:00:09.ipxe")).0,
+        403
+    );
+    assert_eq!(get("127.0.0.2", &url("/boot/nonsense.ipxe")).0, 403);
+
+    // One-shot: memtest once with the menu on, then the disk again.
+    isboot(&dir, &["boot", "pca", "--next", "memtest", "--menu", "on"]);
+    let a = url(&format!("/boot/{MAC_A}.ipxe"));
+    let until = Instant::now() + Duration::from_secs(10);
+    let body = loop {
+        // A stranger's fetch neither gets it nor uses it up.
+        assert_eq!(get("127.0.0.3", &a).0, 403);
+        let (code, body) = get("127.0.0.2", &a);
+        assert_eq!(code, 200);
+        if body.contains("--default memtest") {
+            break body;
+        }
+        // The server re-reads the registry within a second.
+        assert!(Instant::now() < until, "memtest never served: {body}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(body.contains("menu isboot\n"), "{body}");
+    assert!(
+        body.contains(&format!(
+            "chain http://{boot}/files/memtest/memtest86+x64.bin"
+        )),
+        "{body}"
+    );
+    let (code, body) = get("127.0.0.2", &a);
+    assert_eq!(code, 200);
+    assert!(
+        body.contains("--default disk"),
+        "one-shot not used up: {body}"
+    );
+    let shown = isboot(&dir, &["show-client", "pca", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&shown).unwrap();
+    assert!(v["boot"]["next"].is_null(), "{shown}");
+    assert_eq!(v["boot"]["menu"], true, "{shown}");
+
+    // The installer callback: only from A's address, and only with an install pending.
+    let (code, _) = curl(
+        "127.0.0.3",
+        &["-X", "POST", &url(&format!("/done/{MAC_A}"))],
+    );
+    assert_eq!(code, 403);
+    let (code, body) = curl(
+        "127.0.0.2",
+        &["-X", "POST", &url(&format!("/done/{MAC_A}"))],
+    );
+    assert_eq!(code, 409, "{}", String::from_utf8_lossy(&body));
+
+    // Boot files: whole, a byte range, and nothing outside boot-files/.
+    let f = url("/files/memtest/memtest86+x64.bin");
+    let (code, body) = curl("127.0.0.4", &[&f]);
+    assert_eq!((code, body.len()), (200, blob.len()));
+    assert_eq!(body, blob);
+    let (code, body) = curl("127.0.0.4", &["-r", "100-1123", &f]);
+    assert_eq!(code, 206);
+    assert_eq!(body, blob[100..1124]);
+    for p in [
+        "/files/../isboot.toml",
+        "/files/../../secret.txt",
+        "/files/memtest/../../registry.toml",
+        "/files/%2e%2e/isboot.toml",
+        "/files/..%2fisboot.toml",
+    ] {
+        let (code, body) = get("127.0.0.4", &url(p));
+        assert!(code == 404 || code == 400, "{p}: {code} {body}");
+        assert!(
+            !body.contains("server_ip") && !body.contains("outside"),
+            "{p}: {body}"
+        );
+    }
+
+    srv.stop();
+    let log = srv.log_text();
+    assert!(
+        log.contains("peer=127.0.0.3") && log.contains("script refused"),
+        "{log}"
+    );
+    assert!(log.contains("script served"), "{log}");
+}
