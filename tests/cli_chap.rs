@@ -1,4 +1,4 @@
-//! CHAP secrets: `add-client` generates a secret into a 0600 file in a 0700 directory (by
+//! CHAP secrets: `add-client` generates a secret into a 0600 file in a 0750 directory (by
 //! default; `--chap` says so explicitly), nothing prints it without `show-client
 //! --show-secrets`, a client added with `--no-chap` is warned about and shown by status and
 //! list-clients, `set-client` turns CHAP on or off (also for clients registered before secret
@@ -47,7 +47,7 @@ fn add_client_generates_a_private_secret_that_only_show_secrets_prints() {
     assert!(added.contains("show-client pc1 --show-secrets"), "{added}");
     let file = lab.dir.join("secrets/pc1.toml");
     assert_eq!(mode(&file), 0o600);
-    assert_eq!(mode(&lab.dir.join("secrets")), 0o700);
+    assert_eq!(mode(&lab.dir.join("secrets")), 0o750);
     let shown = json(
         lab.run(&["show-client", "pc1", "--json", "--show-secrets"])
             .ok(),

@@ -41,7 +41,7 @@ fn add_client_defaults_and_output() {
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(
         std::fs::metadata(&ovl).unwrap().permissions().mode() & 0o777,
-        0o600
+        0o660
     );
 }
 

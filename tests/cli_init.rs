@@ -32,7 +32,7 @@ fn init_writes_a_commented_config_and_refuses_twice() {
         .unwrap()
         .permissions()
         .mode();
-    assert_eq!(mode & 0o777, 0o600);
+    assert_eq!(mode & 0o777, 0o660);
     lab.refused(&["init"], 2, "already initialised");
 }
 

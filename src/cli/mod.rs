@@ -429,6 +429,13 @@ pub fn main() -> ExitCode {
         };
     }
     let dir = crate::config::StateDir::new(cli.state_dir.clone());
+    if let Some(m) = no_access(dir.root()) {
+        eprintln!("isboot: {m}");
+        return ExitCode::from(1);
+    }
+    // What the CLI creates in the state directory stays usable by the service's user and
+    // group (`isboot`, whose members run the CLI): group read/write, nothing for others.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o007));
     let res = match cli.command {
         Command::Init(a) => commands::init(&dir, a),
         Command::Image(c) => commands::image(&dir, c),
@@ -474,6 +481,34 @@ fn generate_docs(out: &std::path::Path) -> std::io::Result<()> {
         &mut file,
     );
     std::io::Write::flush(&mut file)
+}
+
+/// Why this user may not use the state directory `root` at all (it exists, but its files are
+/// out of reach: the package's /var/lib/isboot is for root, the user isboot and group isboot).
+fn no_access(root: &std::path::Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let probe = std::fs::metadata(root.join("isboot.toml"));
+    if !matches!(&probe, Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied) {
+        return None;
+    }
+    let group = std::fs::metadata(root)
+        .ok()
+        .and_then(|m| group_name(m.gid()))
+        .unwrap_or_else(|| "isboot".into());
+    Some(format!(
+        "permission denied on {}: join group {group} (sudo adduser $USER {group}, then log in again) or run this as root",
+        root.display()
+    ))
+}
+
+/// The name of group `gid` from /etc/group.
+fn group_name(gid: u32) -> Option<String> {
+    let text = std::fs::read_to_string("/etc/group").ok()?;
+    text.lines().find_map(|l| {
+        let mut f = l.split(':');
+        let name = f.next()?;
+        (f.nth(1)?.parse::<u32>().ok()? == gid).then(|| name.to_string())
+    })
 }
 
 fn one_line(m: &str) -> String {

@@ -67,6 +67,12 @@ pub fn run(dir: &StateDir, args: &super::ServeArgs) -> Result<(), CliError> {
                 .map_err(CliError::Failed)?;
         let boot_base = Arc::new(OnceLock::new());
         let http = http_server(&registry, http_listen, boot_base.clone()).await?;
+        let secrets = crate::service::secrets::bind(dir.root()).map_err(|e| {
+            CliError::Failed(format!(
+                "cannot listen on {}: {e}",
+                crate::service::secrets::socket_path(dir.root()).display()
+            ))
+        })?;
         for (audience, a) in http.local_addrs() {
             match audience {
                 Audience::Admin => registry.set_http(&a.to_string()),
@@ -93,6 +99,7 @@ pub fn run(dir: &StateDir, args: &super::ServeArgs) -> Result<(), CliError> {
         // DHCP and TFTP on the boot interface, when one is configured.
         let boot = tokio::spawn(boot_services.run(stopped(rx.clone())));
         let http = tokio::spawn(http.serve(stopped(rx.clone())));
+        tokio::spawn(secrets.serve(stopped(rx.clone())));
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
         let cfg = ServerConfig {
             read_trace,

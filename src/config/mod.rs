@@ -144,6 +144,7 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), ConfigErr
             .open(&tmp)?;
         // The mode given at creation is masked by the umask; set it exactly.
         f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))?;
+        take_dir_group(&f, dir);
         f.write_all(data)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)?;
@@ -153,6 +154,21 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), ConfigErr
         let _ = std::fs::remove_file(&tmp);
     }
     res.map_err(err)
+}
+
+/// Give `file` (just created in `dir`) the group of `dir`, as a set-group-ID directory would:
+/// in the state directory that is group `isboot`, so the service's user and the group's
+/// members keep access to what root or a member creates (systemd's StateDirectory= leaves the
+/// top directory without the set-group-ID bit). Best effort: a user outside that group keeps
+/// its own, and the directory's mode keeps everyone else out.
+pub fn take_dir_group(file: &File, dir: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let (Ok(d), Ok(f)) = (std::fs::metadata(dir), file.metadata()) else {
+        return;
+    };
+    if d.gid() != f.gid() {
+        let _ = std::os::unix::fs::fchown(file, None::<u32>, Some(d.gid()));
+    }
 }
 
 /// Milliseconds since the Unix epoch.

@@ -1,5 +1,6 @@
 //! CHAP secrets: a type that never prints, generated from the OS random source, and the
-//! per-target secret files (`<state dir>/secrets/<target>.toml`, mode 0600, directory 0700).
+//! per-target secret files (`<state dir>/secrets/<target>.toml`, mode 0600 and owned by the state directory's
+//! owner, directory 0750).
 //!
 //! A secret file is small TOML: `user`, `secret`, and optionally `mutual_user` and
 //! `mutual_secret` (the target's own credentials for mutual CHAP). Secrets never appear on a
@@ -78,20 +79,65 @@ pub fn secret_path(root: &Path, name: &str) -> PathBuf {
     secrets_dir(root).join(format!("{name}.toml"))
 }
 
-/// Write `chap` to `path` (0600) in a 0700 directory.
+/// Who may write the secret files of a state directory directly: root, and the user that owns
+/// the directory (the service's user `isboot` with the Debian package). Anyone else (a member
+/// of group `isboot`) asks the running service ([`crate::service::secrets`]), so the files stay
+/// 0600 and owned by the service's user.
+fn writes_directly(root: &Path) -> bool {
+    let me = rustix::process::geteuid();
+    me.is_root() || std::fs::metadata(root).is_ok_and(|m| m.uid() == me.as_raw())
+}
+
+/// The state directory and target name of a secret file path (`<root>/secrets/<name>.toml`).
+fn root_and_name(path: &Path) -> (PathBuf, String) {
+    let root = path
+        .parent()
+        .and_then(Path::parent)
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    let name = path
+        .file_stem()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    (root, name)
+}
+
+/// Write `chap` to `path` (0600, owned by the state directory's owner) in a 0750 directory.
+/// Root's files are handed to that owner; a user who is neither root nor the owner has the
+/// running service write them (refused with a clear error when none answers).
 pub fn write_secret_file(path: &Path, chap: &Chap) -> Result<(), ConfigError> {
+    let (root, name) = root_and_name(path);
+    if !writes_directly(&root) {
+        return crate::service::secrets::ask_service(&root, &name, Some(chap))
+            .map_err(ConfigError::BadArgument);
+    }
+    write_secret_here(path, chap)
+}
+
+/// [`write_secret_file`] by this process (root or the state directory's owner); what the
+/// service runs for a member of group `isboot`.
+pub fn write_secret_here(path: &Path, chap: &Chap) -> Result<(), ConfigError> {
+    let (root, _) = root_and_name(path);
     let dir = path.parent().unwrap_or(Path::new("."));
     let werr = |source| ConfigError::Writing {
         path: dir.to_path_buf(),
         source,
     };
     std::fs::create_dir_all(dir).map_err(werr)?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(werr)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o750)).map_err(werr)?;
     let text = format!(
         "# CHAP credentials of one isboot target. Keep this file 0600.\n{}",
         toml::to_string(chap).map_err(|e| ConfigError::BadArgument(e.to_string()))?
     );
-    write_atomic(path, text.as_bytes(), 0o600)
+    write_atomic(path, text.as_bytes(), 0o600)?;
+    // Root's files go to the directory's owner (the service's user), who must read them.
+    let owner = std::fs::metadata(&root).map_err(werr)?;
+    if rustix::process::geteuid().is_root() && owner.uid() != 0 {
+        for p in [dir, path] {
+            std::os::unix::fs::chown(p, Some(owner.uid()), Some(owner.gid())).map_err(werr)?;
+        }
+    }
+    Ok(())
 }
 
 /// Read a secret file; `Ok(None)` when there is none. With `strict`, a file that group or
@@ -130,9 +176,25 @@ pub fn read_secret_file(path: &Path, strict: bool) -> Result<Option<Chap>, Confi
         })
 }
 
-/// Remove a secret file if it exists.
-pub fn remove_secret_file(path: &Path) {
-    let _ = std::fs::remove_file(path);
+/// Remove a secret file if it exists (through the running service for a user who may not
+/// write the directory, see [`write_secret_file`]).
+pub fn remove_secret_file(path: &Path) -> Result<(), ConfigError> {
+    let (root, name) = root_and_name(path);
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        _ if !writes_directly(&root) => {
+            return crate::service::secrets::ask_service(&root, &name, None)
+                .map_err(ConfigError::BadArgument);
+        }
+        _ => {}
+    }
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(ConfigError::Writing {
+            path: path.to_path_buf(),
+            source: e,
+        }),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -162,7 +224,7 @@ mod tests {
         write_secret_file(&p, &c).unwrap();
         assert_eq!(std::fs::metadata(&p).unwrap().mode() & 0o777, 0o600);
         let d = secrets_dir(t.path());
-        assert_eq!(std::fs::metadata(&d).unwrap().mode() & 0o777, 0o700);
+        assert_eq!(std::fs::metadata(&d).unwrap().mode() & 0o777, 0o750);
         assert_eq!(read_secret_file(&p, true).unwrap(), Some(c));
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
         let e = read_secret_file(&p, true).unwrap_err().to_string();

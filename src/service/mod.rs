@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod ra;
 pub mod read_trace;
 pub mod registry;
+pub mod secrets;
 pub mod tftp;
 
 /// Run `f`, which blocks (file I/O, fsync), from async code that must wait for its result: off

@@ -403,13 +403,14 @@ impl Overlay {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
-        // Mode 0600: a client's disk is private to it.
+        // Mode 0660 (less the umask): a client's disk is private to the service's user and
+        // group (the CLI run by a member of group isboot creates it, the service writes it).
         let f = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(true)
-            .mode(0o600)
+            .mode(0o660)
             .open(&tmp)
             .map_err(err)?;
         let file: Arc<dyn OverlayFile> = Arc::new(RealFile(f));

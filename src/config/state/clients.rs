@@ -67,7 +67,7 @@ impl State {
     }
 }
 
-fn validate_chap(chap: &Chap) -> Result<(), ConfigError> {
+pub fn validate_chap(chap: &Chap) -> Result<(), ConfigError> {
     let bad = |m: &str| Err(ConfigError::BadArgument(m.to_string()));
     let user_ok =
         |u: &str| !u.is_empty() && u.len() <= 255 && u.bytes().all(|b| b.is_ascii_graphic());
@@ -167,7 +167,7 @@ impl Locked {
         let secret = secret_path(self.state.dir.root(), name.as_str());
         match &req.chap {
             Some(ch) => write_secret_file(&secret, ch)?,
-            None => remove_secret_file(&secret),
+            None => remove_secret_file(&secret)?,
         }
         let rel = self.new_overlay("overlays", name.as_str(), &req.image, version)?;
         let client = Client {
@@ -199,7 +199,7 @@ impl Locked {
         let path = secret_path(self.state.dir.root(), name.as_str());
         match &chap {
             Some(ch) => write_secret_file(&path, ch)?,
-            None => remove_secret_file(&path),
+            None => remove_secret_file(&path)?,
         }
         let mut changed = false;
         for x in self.state.registry.clients.iter_mut() {
@@ -245,7 +245,9 @@ impl Locked {
         let c = self.state.client(which)?.clone();
         self.state.registry.clients.retain(|x| x.name != c.name);
         self.save()?;
-        remove_secret_file(&secret_path(self.state.dir.root(), c.name.as_str()));
+        // Best effort: the client is gone already; a secret left behind is replaced or removed
+        // when a client of this name is added again.
+        let _ = remove_secret_file(&secret_path(self.state.dir.root(), c.name.as_str()));
         if keep_overlay {
             Ok((c.clone(), Some(self.state.dir.path(&c.overlay))))
         } else {

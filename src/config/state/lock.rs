@@ -22,6 +22,7 @@ impl StateDir {
                 path: self.root.clone(),
                 source,
             })?;
+        crate::config::take_dir_group(&f, &self.root);
         if let Err(source) = crate::sys::lock_exclusive(&f) {
             return Err(ConfigError::Writing { path: lp, source });
         }

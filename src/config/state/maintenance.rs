@@ -131,7 +131,7 @@ impl Locked {
         if chap {
             write_secret_file(&path, &generate_chap(&secret_name)?)?;
         } else {
-            remove_secret_file(&path);
+            remove_secret_file(&path)?;
         }
         let rel = self.new_overlay("maint", name.as_str(), name, from)?;
         let m = Maintenance {
@@ -194,8 +194,10 @@ impl Locked {
         Ok(m)
     }
 
+    /// Best effort: the session is gone already; a secret left behind is replaced or
+    /// removed when the next session of this image starts.
     fn forget_maintenance_secret(&self, name: &ImageName) {
-        remove_secret_file(&secret_path(
+        let _ = remove_secret_file(&secret_path(
             self.state.dir.root(),
             &maint_secret_name(name),
         ));

@@ -19,7 +19,7 @@ mod nextboot;
 mod poll;
 
 pub use binding::{Bound, BoundAddress, Origin};
-pub use clients::{AddClient, MAX_CHAP_SECRET, MIN_CHAP_SECRET};
+pub use clients::{AddClient, MAX_CHAP_SECRET, MIN_CHAP_SECRET, validate_chap};
 pub use nextboot::{BootAction, BootChange, NextBoot};
 
 use super::file::Config;
@@ -31,6 +31,7 @@ use crate::store::base::{BaseId, BaseImage};
 use crate::store::overlay::{DEFAULT_BLOCK_SIZE, Overlay};
 use std::fs::{File, OpenOptions};
 use std::net::{Ipv4Addr, SocketAddr};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -91,6 +92,15 @@ pub struct BootTarget {
 }
 
 /// The secret file name (without `.toml`) of an image's maintenance target.
+/// The registry's mode: the service's user and group `isboot` (whose members run the CLI)
+/// read and replace it; nobody else reads it.
+pub const REGISTRY_MODE: u32 = 0o660;
+
+/// The mode of the state directory and its subdirectories: the owner and the group (the
+/// service's user and group `isboot`) create files in it; set-group-ID, so every file and
+/// directory made in it belongs to that group, whoever of them makes it.
+pub const STATE_DIR_MODE: u32 = 0o2770;
+
 pub fn maint_secret_name(image: &ImageName) -> String {
     format!("maint-{image}")
 }
@@ -171,19 +181,36 @@ impl StateDir {
             }
             return Err(e);
         }
+        // Group access for the directory's owner group (`isboot` with the package), when this
+        // user owns it: an admin's own directory elsewhere keeps the mode it has.
+        let mine = |p: &Path| {
+            std::fs::metadata(p).is_ok_and(|m| m.uid() == rustix::process::geteuid().as_raw())
+        };
+        let group_dir = |p: &Path| -> Result<(), ConfigError> {
+            if mine(p) {
+                std::fs::set_permissions(p, std::fs::Permissions::from_mode(STATE_DIR_MODE))
+                    .map_err(io_write(p))?;
+            }
+            Ok(())
+        };
+        if !existed {
+            group_dir(&self.root)?;
+        }
         for d in ["images", "overlays", "maint", "run", "tftp"] {
             let p = self.root.join(d);
             std::fs::create_dir_all(&p).map_err(io_write(&p))?;
+            group_dir(&p)?;
         }
         let lock = self.root.join(".lock");
-        OpenOptions::new()
+        let lock_file = OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(false)
             .open(&lock)
             .map_err(io_write(&lock))?;
+        super::take_dir_group(&lock_file, &self.root);
         let reg = toml::to_string(&Registry::default()).unwrap_or_default();
-        write_atomic(&self.registry_path(), reg.as_bytes(), 0o600)?;
+        write_atomic(&self.registry_path(), reg.as_bytes(), REGISTRY_MODE)?;
         // The config file last: its presence means "initialised".
         write_atomic(&self.config_path(), config.render().as_bytes(), 0o644)?;
         Ok(config)
@@ -400,7 +427,11 @@ impl Locked {
     fn save(&self) -> Result<(), ConfigError> {
         let text = toml::to_string(&self.state.registry)
             .map_err(|e| ConfigError::BadArgument(format!("cannot encode registry: {e}")))?;
-        write_atomic(&self.state.dir.registry_path(), text.as_bytes(), 0o600)
+        write_atomic(
+            &self.state.dir.registry_path(),
+            text.as_bytes(),
+            REGISTRY_MODE,
+        )
     }
 
     fn new_overlay(
