@@ -17,6 +17,8 @@ pub mod fault;
 pub mod file;
 pub mod overlay;
 pub mod raw;
+#[cfg(feature = "rbd")]
+pub mod rbd;
 pub mod segment;
 
 pub use segment::Segment;

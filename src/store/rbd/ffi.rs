@@ -1,0 +1,406 @@
+//! The librados/librbd C API, the one place outside the system-call module with `unsafe`.
+//!
+//! Hand-written declarations for the small subset isboot calls, not bindgen: bindgen would
+//! need libclang at build time for ~25 functions whose signatures have been stable since
+//! Luminous, and Debian 12 ships librbd 16.2. Every raw handle is owned by one safe wrapper
+//! ([`Cluster`], [`IoCtx`], [`Image`]) that frees it in `Drop`; the wrappers keep their parent
+//! alive (an `Image` holds its `IoCtx`, which holds its `Cluster`), so librados is never shut
+//! down under an open image. Errors come back as [`io::Error`] from librbd's negative errno.
+
+#![allow(unsafe_code)]
+
+use std::ffi::{CStr, CString, c_char, c_int, c_void};
+use std::io;
+use std::sync::Arc;
+
+type RadosT = *mut c_void;
+type IoCtxT = *mut c_void;
+type ImageT = *mut c_void;
+
+/// `rbd_lock_mode_t`: `RBD_LOCK_MODE_EXCLUSIVE`.
+const RBD_LOCK_MODE_EXCLUSIVE: c_int = 0;
+/// Image features (librbd/features.h).
+pub const FEATURE_LAYERING: u64 = 1;
+pub const FEATURE_EXCLUSIVE_LOCK: u64 = 4;
+
+#[link(name = "rados")]
+unsafe extern "C" {
+    fn rados_create2(
+        cluster: *mut RadosT,
+        clustername: *const c_char,
+        name: *const c_char,
+        flags: u64,
+    ) -> c_int;
+    fn rados_conf_read_file(cluster: RadosT, path: *const c_char) -> c_int;
+    fn rados_conf_set(cluster: RadosT, option: *const c_char, value: *const c_char) -> c_int;
+    fn rados_connect(cluster: RadosT) -> c_int;
+    fn rados_shutdown(cluster: RadosT);
+    fn rados_ioctx_create(cluster: RadosT, pool: *const c_char, ioctx: *mut IoCtxT) -> c_int;
+    fn rados_ioctx_destroy(ioctx: IoCtxT);
+}
+
+#[link(name = "rbd")]
+unsafe extern "C" {
+    fn rbd_create2(
+        io: IoCtxT,
+        name: *const c_char,
+        size: u64,
+        features: u64,
+        order: *mut c_int,
+    ) -> c_int;
+    fn rbd_clone(
+        p_ioctx: IoCtxT,
+        p_name: *const c_char,
+        p_snapname: *const c_char,
+        c_ioctx: IoCtxT,
+        c_name: *const c_char,
+        features: u64,
+        c_order: *mut c_int,
+    ) -> c_int;
+    fn rbd_remove(io: IoCtxT, name: *const c_char) -> c_int;
+    fn rbd_list2(io: IoCtxT, images: *mut RbdImageSpec, max_images: *mut usize) -> c_int;
+    fn rbd_image_spec_list_cleanup(images: *mut RbdImageSpec, num_images: usize);
+    fn rbd_open(io: IoCtxT, name: *const c_char, image: *mut ImageT, snap: *const c_char) -> c_int;
+    fn rbd_open_read_only(
+        io: IoCtxT,
+        name: *const c_char,
+        image: *mut ImageT,
+        snap: *const c_char,
+    ) -> c_int;
+    fn rbd_close(image: ImageT) -> c_int;
+    fn rbd_get_size(image: ImageT, size: *mut u64) -> c_int;
+    fn rbd_read(image: ImageT, ofs: u64, len: usize, buf: *mut c_char) -> isize;
+    fn rbd_write(image: ImageT, ofs: u64, len: usize, buf: *const c_char) -> isize;
+    fn rbd_write_zeroes(
+        image: ImageT,
+        ofs: u64,
+        len: usize,
+        zero_flags: c_int,
+        op_flags: c_int,
+    ) -> isize;
+    fn rbd_flush(image: ImageT) -> c_int;
+    fn rbd_snap_create(image: ImageT, name: *const c_char) -> c_int;
+    fn rbd_snap_protect(image: ImageT, name: *const c_char) -> c_int;
+    fn rbd_lock_acquire(image: ImageT, mode: c_int) -> c_int;
+    fn rbd_is_exclusive_lock_owner(image: ImageT, is_owner: *mut c_int) -> c_int;
+    fn rbd_lock_get_owners(
+        image: ImageT,
+        mode: *mut c_int,
+        owners: *mut *mut c_char,
+        max_owners: *mut usize,
+    ) -> c_int;
+    fn rbd_lock_get_owners_cleanup(owners: *mut *mut c_char, count: usize);
+}
+
+/// `rbd_image_spec_t`.
+#[repr(C)]
+struct RbdImageSpec {
+    id: *mut c_char,
+    name: *mut c_char,
+}
+
+fn check(rc: c_int) -> io::Result<()> {
+    if rc < 0 {
+        Err(io::Error::from_raw_os_error(-rc))
+    } else {
+        Ok(())
+    }
+}
+
+fn cstr(s: &str) -> io::Result<CString> {
+    CString::new(s).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in a name"))
+}
+
+/// A connected librados client.
+pub struct Cluster(RadosT);
+
+// SAFETY: a rados_t is a handle to a librados client (`RadosClient`), whose methods take their
+// own locks; librados documents it as usable from many threads at once.
+unsafe impl Send for Cluster {}
+// SAFETY: as above: shared use from several threads is what librados is built for.
+unsafe impl Sync for Cluster {}
+
+impl Cluster {
+    /// Connect as `client_name` (e.g. `client.admin`) with the settings of `conf_path` and
+    /// `options` (name, value) applied on top (e.g. the keyring path).
+    pub fn connect(
+        conf_path: &str,
+        client_name: &str,
+        options: &[(&str, &str)],
+    ) -> io::Result<Arc<Cluster>> {
+        let name = cstr(client_name)?;
+        let cluster_name = cstr("ceph")?;
+        let conf = cstr(conf_path)?;
+        let mut h: RadosT = std::ptr::null_mut();
+        // SAFETY: `h` is a valid out-pointer; the names are NUL-terminated and outlive the call.
+        check(unsafe { rados_create2(&mut h, cluster_name.as_ptr(), name.as_ptr(), 0) })?;
+        // Owned from here: dropped (rados_shutdown) on any error below.
+        let c = Cluster(h);
+        // SAFETY: `c.0` is the handle rados_create2 just made; `conf` is NUL-terminated.
+        check(unsafe { rados_conf_read_file(c.0, conf.as_ptr()) })?;
+        for (k, v) in options {
+            let (k, v) = (cstr(k)?, cstr(v)?);
+            // SAFETY: valid handle, NUL-terminated strings that outlive the call.
+            check(unsafe { rados_conf_set(c.0, k.as_ptr(), v.as_ptr()) })?;
+        }
+        // SAFETY: valid, configured, not yet connected handle.
+        check(unsafe { rados_connect(c.0) })?;
+        Ok(Arc::new(c))
+    }
+
+    /// An I/O context on `pool`.
+    pub fn ioctx(self: &Arc<Self>, pool: &str) -> io::Result<Arc<IoCtx>> {
+        let p = cstr(pool)?;
+        let mut io: IoCtxT = std::ptr::null_mut();
+        // SAFETY: connected handle (kept alive by `self`), valid out-pointer, NUL-terminated.
+        check(unsafe { rados_ioctx_create(self.0, p.as_ptr(), &mut io) })?;
+        Ok(Arc::new(IoCtx {
+            h: io,
+            _cluster: self.clone(),
+        }))
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // SAFETY: the handle came from rados_create2 and nothing uses it after this: every
+        // IoCtx holds an Arc of its Cluster, so none is left.
+        unsafe { rados_shutdown(self.0) }
+    }
+}
+
+/// An I/O context: one pool of one cluster.
+pub struct IoCtx {
+    h: IoCtxT,
+    _cluster: Arc<Cluster>,
+}
+
+// SAFETY: librados I/O contexts are thread-safe (IoCtxImpl locks its own state); librbd calls
+// on different images of one ioctx from several threads are how QEMU and rbd-nbd use it.
+unsafe impl Send for IoCtx {}
+// SAFETY: as above.
+unsafe impl Sync for IoCtx {}
+
+impl Drop for IoCtx {
+    fn drop(&mut self) {
+        // SAFETY: from rados_ioctx_create; every Image holds an Arc of its IoCtx, so none is left.
+        unsafe { rados_ioctx_destroy(self.h) }
+    }
+}
+
+impl IoCtx {
+    /// Create image `name` of `size` bytes with `features`.
+    pub fn create(&self, name: &str, size: u64, features: u64) -> io::Result<()> {
+        let n = cstr(name)?;
+        let mut order: c_int = 0;
+        // SAFETY: valid ioctx, NUL-terminated name, valid out-pointer for the order.
+        check(unsafe { rbd_create2(self.h, n.as_ptr(), size, features, &mut order) })
+    }
+
+    /// Clone `parent@snap` (a protected snapshot) into `child` in this pool.
+    pub fn clone_image(
+        &self,
+        parent: &str,
+        snap: &str,
+        child: &str,
+        features: u64,
+    ) -> io::Result<()> {
+        let (p, s, c) = (cstr(parent)?, cstr(snap)?, cstr(child)?);
+        let mut order: c_int = 0;
+        // SAFETY: both ioctx handles are this valid one; all strings NUL-terminated and alive.
+        check(unsafe {
+            rbd_clone(
+                self.h,
+                p.as_ptr(),
+                s.as_ptr(),
+                self.h,
+                c.as_ptr(),
+                features,
+                &mut order,
+            )
+        })
+    }
+
+    /// Remove image `name` (fails with EBUSY while someone has it open).
+    pub fn remove(&self, name: &str) -> io::Result<()> {
+        let n = cstr(name)?;
+        // SAFETY: valid ioctx, NUL-terminated name.
+        check(unsafe { rbd_remove(self.h, n.as_ptr()) })
+    }
+
+    /// Names of the images in the pool.
+    pub fn list(&self) -> io::Result<Vec<String>> {
+        let mut cap: usize = 64;
+        loop {
+            let mut specs: Vec<RbdImageSpec> = Vec::with_capacity(cap);
+            let mut n = cap;
+            // SAFETY: `specs` has room for `n` entries; librbd writes at most `n` (or returns
+            // -ERANGE with the count it needs in `n`).
+            let rc = unsafe { rbd_list2(self.h, specs.as_mut_ptr(), &mut n) };
+            if rc == -libc::ERANGE {
+                cap = n.max(cap * 2);
+                continue;
+            }
+            check(rc)?;
+            // SAFETY: on success librbd initialised the first `n` entries.
+            unsafe { specs.set_len(n) };
+            let names = specs
+                .iter()
+                // SAFETY: each name is a NUL-terminated string librbd allocated.
+                .map(|s| {
+                    unsafe { CStr::from_ptr(s.name) }
+                        .to_string_lossy()
+                        .into_owned()
+                })
+                .collect();
+            // SAFETY: frees exactly the `n` entries librbd filled in; not used afterwards.
+            unsafe { rbd_image_spec_list_cleanup(specs.as_mut_ptr(), n) };
+            return Ok(names);
+        }
+    }
+
+    /// Open image `name` (at snapshot `snap` if given; a snapshot is read-only).
+    pub fn open(
+        self: &Arc<Self>,
+        name: &str,
+        snap: Option<&str>,
+        read_only: bool,
+    ) -> io::Result<Image> {
+        let n = cstr(name)?;
+        let s = snap.map(cstr).transpose()?;
+        let sp = s.as_ref().map_or(std::ptr::null(), |s| s.as_ptr());
+        let mut h: ImageT = std::ptr::null_mut();
+        // SAFETY: valid ioctx (kept alive by the Image), NUL-terminated strings or null for no
+        // snapshot, valid out-pointer.
+        let rc = unsafe {
+            if read_only {
+                rbd_open_read_only(self.h, n.as_ptr(), &mut h, sp)
+            } else {
+                rbd_open(self.h, n.as_ptr(), &mut h, sp)
+            }
+        };
+        check(rc)?;
+        Ok(Image {
+            h,
+            _io: self.clone(),
+        })
+    }
+}
+
+/// An open RBD image.
+pub struct Image {
+    h: ImageT,
+    _io: Arc<IoCtx>,
+}
+
+// SAFETY: librbd's ImageCtx serialises its own state (owner_lock, image_lock); concurrent
+// rbd_read/rbd_write/rbd_flush on one handle from several threads is supported (QEMU's
+// and tcmu-runner's rbd drivers issue I/O from several threads).
+unsafe impl Send for Image {}
+// SAFETY: as above.
+unsafe impl Sync for Image {}
+
+impl Drop for Image {
+    fn drop(&mut self) {
+        // SAFETY: from rbd_open*, closed exactly once here. Closing also releases an exclusive
+        // lock this handle holds.
+        unsafe { rbd_close(self.h) };
+    }
+}
+
+impl Image {
+    pub fn size(&self) -> io::Result<u64> {
+        let mut s = 0u64;
+        // SAFETY: open image, valid out-pointer.
+        check(unsafe { rbd_get_size(self.h, &mut s) })?;
+        Ok(s)
+    }
+
+    /// Fill `buf` from `offset` (a short read past the end is an error).
+    pub fn read(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        // SAFETY: `buf` is valid for `buf.len()` writable bytes for the whole (synchronous) call.
+        let n = unsafe { rbd_read(self.h, offset, buf.len(), buf.as_mut_ptr().cast()) };
+        match usize::try_from(n) {
+            Ok(n) if n == buf.len() => Ok(()),
+            Ok(n) => Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("short RBD read: {n} of {} bytes", buf.len()),
+            )),
+            Err(_) => Err(io::Error::from_raw_os_error(-(n as i32))),
+        }
+    }
+
+    pub fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        // SAFETY: `data` is valid for `data.len()` readable bytes for the whole synchronous call.
+        let n = unsafe { rbd_write(self.h, offset, data.len(), data.as_ptr().cast()) };
+        match usize::try_from(n) {
+            Ok(n) if n == data.len() => Ok(()),
+            Ok(n) => Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                format!("short RBD write: {n} of {} bytes", data.len()),
+            )),
+            Err(_) => Err(io::Error::from_raw_os_error(-(n as i32))),
+        }
+    }
+
+    /// Make `[offset, offset + len)` read as zeros, deallocating whole objects where it can
+    /// (rbd_discard may skip ranges smaller than its granularity, so it is not used).
+    pub fn write_zeroes(&self, offset: u64, len: usize) -> io::Result<()> {
+        // SAFETY: open image; plain integers; no flags.
+        let n = unsafe { rbd_write_zeroes(self.h, offset, len, 0, 0) };
+        match usize::try_from(n) {
+            Ok(_) => Ok(()),
+            Err(_) => Err(io::Error::from_raw_os_error(-(n as i32))),
+        }
+    }
+
+    pub fn flush(&self) -> io::Result<()> {
+        // SAFETY: open image.
+        check(unsafe { rbd_flush(self.h) })
+    }
+
+    /// Create snapshot `name` and protect it (so clones can be made of it).
+    pub fn snap_create_protected(&self, name: &str) -> io::Result<()> {
+        let n = cstr(name)?;
+        // SAFETY: open image, NUL-terminated name.
+        check(unsafe { rbd_snap_create(self.h, n.as_ptr()) })?;
+        // SAFETY: as above.
+        check(unsafe { rbd_snap_protect(self.h, n.as_ptr()) })
+    }
+
+    /// Take the image's exclusive lock and keep it (librbd will not hand it over to another
+    /// client that asks; that client gets an error). Fails while a live client holds it.
+    pub fn lock_exclusive(&self) -> io::Result<()> {
+        // SAFETY: open image; the mode is a valid rbd_lock_mode_t.
+        check(unsafe { rbd_lock_acquire(self.h, RBD_LOCK_MODE_EXCLUSIVE) })
+    }
+
+    pub fn is_lock_owner(&self) -> io::Result<bool> {
+        let mut owner: c_int = 0;
+        // SAFETY: open image, valid out-pointer.
+        check(unsafe { rbd_is_exclusive_lock_owner(self.h, &mut owner) })?;
+        Ok(owner != 0)
+    }
+
+    /// Who holds the image's lock (librbd client addresses), empty when nobody does.
+    pub fn lock_owners(&self) -> io::Result<Vec<String>> {
+        let mut mode: c_int = 0;
+        let mut owners: [*mut c_char; 8] = [std::ptr::null_mut(); 8];
+        let mut n = owners.len();
+        // SAFETY: `owners` has room for `n` pointers; librbd fills at most that many.
+        let rc = unsafe { rbd_lock_get_owners(self.h, &mut mode, owners.as_mut_ptr(), &mut n) };
+        if rc == -libc::ENOENT {
+            return Ok(Vec::new());
+        }
+        check(rc)?;
+        let n = n.min(owners.len());
+        let list = owners[..n]
+            .iter()
+            // SAFETY: librbd set the first `n` entries to NUL-terminated strings it allocated.
+            .map(|p| unsafe { CStr::from_ptr(*p) }.to_string_lossy().into_owned())
+            .collect();
+        // SAFETY: frees exactly the `n` strings librbd allocated; not used afterwards.
+        unsafe { rbd_lock_get_owners_cleanup(owners.as_mut_ptr(), n) };
+        Ok(list)
+    }
+}

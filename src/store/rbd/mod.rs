@@ -1,0 +1,305 @@
+//! Base images and client disks on Ceph RBD (cargo feature `rbd`).
+//!
+//! Layout in one pool:
+//! - a base version is the image `isboot-base-IMAGE-vN` with the protected snapshot `base`;
+//!   version N+1 (made by maintenance) is a clone of `isboot-base-IMAGE-vN@base` that was
+//!   edited and then snapshotted, so versions share their unchanged objects;
+//! - a client disk is the image `isboot-client-CLIENT`, a copy-on-write clone of its base
+//!   version's snapshot: what the client writes lands in its clone, the base is never written.
+//!   Resetting a client is removing its clone and cloning again.
+//!
+//! A client disk is opened with its exclusive lock taken and kept ([`RbdStore::open_client`]):
+//! a second isboot server that tries to open the same disk is refused while the first one
+//! lives; librbd breaks the lock of a client that is gone (its watch on the image header
+//! expired) when the next server asks for it.
+//!
+//! Writes are durable when librbd acknowledges them: the store connects with `rbd_cache =
+//! false`, so librbd acknowledges a write only once the OSDs have committed it, and FUA and
+//! SYNCHRONIZE CACHE need no extra round trip (flush stays a call for the contract's sake).
+//!
+//! All `unsafe` (the librbd/librados C API) is in [`ffi`].
+
+mod ffi;
+#[cfg(test)]
+mod tests;
+
+use super::{BlockDevice, Segment, StoreError};
+use ffi::{Cluster, FEATURE_EXCLUSIVE_LOCK, FEATURE_LAYERING, Image, IoCtx};
+use std::io;
+use std::sync::Arc;
+
+/// Snapshot name of a published base version.
+const BASE_SNAP: &str = "base";
+/// Features of every image isboot makes: clones need layering; exclusive-lock keeps two
+/// servers from writing one disk.
+const FEATURES: u64 = FEATURE_LAYERING | FEATURE_EXCLUSIVE_LOCK;
+
+/// How to reach the cluster (the `[store]` section of the config, for `backend = "rbd"`).
+#[derive(Debug, Clone)]
+pub struct RbdConfig {
+    /// ceph.conf with the monitor addresses.
+    pub conf: String,
+    /// Keyring with the client's cephx key (a file: the key is never on a command line).
+    pub keyring: String,
+    /// Ceph client name, e.g. `client.isboot`.
+    pub client: String,
+    /// Pool holding base versions and client disks.
+    pub pool: String,
+}
+
+/// Base versions and client disks in one RBD pool.
+pub struct RbdStore {
+    io: Arc<IoCtx>,
+}
+
+fn base_name(image: &str, version: u32) -> String {
+    format!("isboot-base-{image}-v{version}")
+}
+
+fn client_name(client: &str) -> String {
+    format!("isboot-client-{client}")
+}
+
+fn ceph_err(what: &str, e: io::Error) -> StoreError {
+    let hint = match e.raw_os_error() {
+        Some(libc::ENOENT) => " (no such image or pool)",
+        Some(libc::EEXIST) => " (already exists)",
+        Some(libc::EBUSY) => " (in use: open on a server, or has clones)",
+        Some(libc::EROFS) => " (its lock is held by another server)",
+        Some(libc::EACCES) | Some(libc::EPERM) => " (check the keyring and the client's caps)",
+        _ => "",
+    };
+    StoreError::Other(format!("ceph: {what}: {e}{hint}"))
+}
+
+impl RbdStore {
+    /// Connect to the cluster and open the pool.
+    pub fn connect(cfg: &RbdConfig) -> Result<RbdStore, StoreError> {
+        let cluster = Cluster::connect(
+            &cfg.conf,
+            &cfg.client,
+            &[
+                ("keyring", &cfg.keyring),
+                // Acknowledged writes are committed on the OSDs (see the module doc).
+                ("rbd_cache", "false"),
+                // Fail instead of hanging forever when the cluster is unreachable.
+                ("client_mount_timeout", "15"),
+                ("rados_mon_op_timeout", "15"),
+            ],
+        )
+        .map_err(|e| ceph_err(&format!("connecting with {}", cfg.conf), e))?;
+        let io = cluster
+            .ioctx(&cfg.pool)
+            .map_err(|e| ceph_err(&format!("opening pool {}", cfg.pool), e))?;
+        Ok(RbdStore { io })
+    }
+
+    /// Publish version `version` of `image` from `src` (a raw disk image of `size` bytes, read
+    /// in order): create the version's RBD image, copy the data (`progress(done, size)` after
+    /// each chunk; all-zero chunks are skipped, the image starts as zeros), then snapshot and
+    /// protect it. A failed import leaves no half version behind.
+    pub fn import_base(
+        &self,
+        image: &str,
+        version: u32,
+        src: &mut dyn io::Read,
+        size: u64,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<(), StoreError> {
+        let name = base_name(image, version);
+        self.io
+            .create(&name, size, FEATURES)
+            .map_err(|e| ceph_err(&format!("creating {name}"), e))?;
+        let r = (|| {
+            let img = self
+                .io
+                .open(&name, None, false)
+                .map_err(|e| ceph_err(&name, e))?;
+            let mut buf = vec![0u8; 4 << 20];
+            let mut done = 0u64;
+            while done < size {
+                let want = usize::try_from((size - done).min(buf.len() as u64)).unwrap_or(0);
+                let chunk = &mut buf[..want];
+                src.read_exact(chunk).map_err(StoreError::Reading)?;
+                if chunk.iter().any(|&b| b != 0) {
+                    img.write(done, chunk).map_err(|e| ceph_err(&name, e))?;
+                }
+                done += want as u64;
+                progress(done, size);
+            }
+            img.flush().map_err(|e| ceph_err(&name, e))?;
+            img.snap_create_protected(BASE_SNAP)
+                .map_err(|e| ceph_err(&format!("snapshot {name}@{BASE_SNAP}"), e))
+        })();
+        if r.is_err() {
+            let _ = self.io.remove(&name);
+        }
+        r
+    }
+
+    /// Versions of `image` published in the pool, with their sizes, oldest first.
+    pub fn versions(&self, image: &str) -> Result<Vec<(u32, u64)>, StoreError> {
+        let prefix = format!("isboot-base-{image}-v");
+        let mut out = Vec::new();
+        for n in self
+            .io
+            .list()
+            .map_err(|e| ceph_err("listing the pool", e))?
+        {
+            let Some(v) = n.strip_prefix(&prefix).and_then(|v| v.parse::<u32>().ok()) else {
+                continue;
+            };
+            // Only versions whose snapshot exists are published (an import in progress has none).
+            if let Ok(img) = self.io.open(&n, Some(BASE_SNAP), true) {
+                out.push((v, img.size().map_err(|e| ceph_err(&n, e))?));
+            }
+        }
+        out.sort_unstable();
+        Ok(out)
+    }
+
+    /// Make `client`'s disk a fresh copy-on-write clone of `image` version `version`. With
+    /// `replace`, an existing disk is removed first (reset); without, an existing disk is an
+    /// error. Fails with "in use" while a server has the disk open.
+    pub fn create_client(
+        &self,
+        client: &str,
+        image: &str,
+        version: u32,
+        replace: bool,
+    ) -> Result<(), StoreError> {
+        let name = client_name(client);
+        if replace {
+            match self.io.remove(&name) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(e) => return Err(ceph_err(&format!("removing {name}"), e)),
+            }
+        }
+        let parent = base_name(image, version);
+        self.io
+            .clone_image(&parent, BASE_SNAP, &name, FEATURES)
+            .map_err(|e| ceph_err(&format!("cloning {parent}@{BASE_SNAP} to {name}"), e))
+    }
+
+    /// Remove `client`'s disk (absent is fine).
+    pub fn remove_client(&self, client: &str) -> Result<(), StoreError> {
+        let name = client_name(client);
+        match self.io.remove(&name) {
+            Ok(()) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+            Err(e) => Err(ceph_err(&format!("removing {name}"), e)),
+        }
+    }
+
+    /// Open `client`'s disk for serving, holding its exclusive lock until the device is
+    /// dropped. Refused (with who holds it) while another live server has it.
+    pub fn open_client(&self, client: &str) -> Result<RbdDevice, StoreError> {
+        let name = client_name(client);
+        let img = self
+            .io
+            .open(&name, None, false)
+            .map_err(|e| ceph_err(&format!("opening {name}"), e))?;
+        if let Err(e) = img.lock_exclusive() {
+            let owners = img.lock_owners().unwrap_or_default().join(", ");
+            return Err(StoreError::Other(format!(
+                "ceph: {name} is served by another isboot server ({owners}): {e}; \
+                 stop that server or wait until its lock expires"
+            )));
+        }
+        RbdDevice::new(img, false, name)
+    }
+
+    /// Open `image` version `version` read-only (its protected snapshot).
+    pub fn open_base(&self, image: &str, version: u32) -> Result<RbdDevice, StoreError> {
+        let name = base_name(image, version);
+        let img = self
+            .io
+            .open(&name, Some(BASE_SNAP), true)
+            .map_err(|e| ceph_err(&format!("opening {name}@{BASE_SNAP}"), e))?;
+        RbdDevice::new(img, true, name)
+    }
+}
+
+/// A block device on one RBD image.
+pub struct RbdDevice {
+    img: Image,
+    size: u64,
+    read_only: bool,
+    name: String,
+}
+
+impl RbdDevice {
+    fn new(img: Image, read_only: bool, name: String) -> Result<RbdDevice, StoreError> {
+        let size = img.size().map_err(|e| ceph_err(&name, e))?;
+        if size % super::SECTOR != 0 {
+            return Err(StoreError::BadImageSize { path: name, size });
+        }
+        Ok(RbdDevice {
+            img,
+            size,
+            read_only,
+            name,
+        })
+    }
+
+    /// The RBD image's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// True while this device holds its image's exclusive lock.
+    pub fn holds_lock(&self) -> bool {
+        self.img.is_lock_owner().unwrap_or(false)
+    }
+}
+
+impl BlockDevice for RbdDevice {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read_only(&self) -> bool {
+        self.read_only
+    }
+
+    fn read(&self, offset: u64, len: usize, out: &mut Vec<Segment>) -> Result<(), StoreError> {
+        self.check_range(offset, len as u64)?;
+        if len > 0 {
+            let mut buf = vec![0u8; len];
+            self.img
+                .read(offset, &mut buf)
+                .map_err(StoreError::Reading)?;
+            out.push(buf.into());
+        }
+        Ok(())
+    }
+
+    fn write(&self, offset: u64, data: &[u8], _durable: bool) -> Result<(), StoreError> {
+        if self.read_only {
+            return Err(StoreError::ReadOnly);
+        }
+        self.check_range(offset, data.len() as u64)?;
+        // Durable once acknowledged (rbd_cache is off): FUA needs nothing more.
+        self.img.write(offset, data).map_err(StoreError::Writing)
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.img.flush().map_err(StoreError::Flushing)
+    }
+
+    fn discard(&self, offset: u64, len: u64) -> Result<(), StoreError> {
+        if self.read_only {
+            return Err(StoreError::ReadOnly);
+        }
+        self.check_range(offset, len)?;
+        let len = usize::try_from(len).map_err(|_| StoreError::OutOfRange {
+            offset,
+            len,
+            size: self.size,
+        })?;
+        self.img
+            .write_zeroes(offset, len)
+            .map_err(StoreError::Discarding)
+    }
+}

@@ -1,0 +1,212 @@
+//! Against a real one-node Ceph: `scripts/ceph-dev start` (idempotent; the cluster named by
+//! `ISBOOT_CEPH_ID`, default `rbdtest`) is run once per test binary. Every test uses names
+//! of its own, so runs against a long-lived dev cluster do not collide.
+//! Run: `cargo test --features rbd --lib rbd`.
+
+use super::*;
+use crate::store::concat;
+use std::collections::HashMap;
+use std::process::Command;
+use std::sync::OnceLock;
+
+fn cluster() -> &'static RbdConfig {
+    static CFG: OnceLock<RbdConfig> = OnceLock::new();
+    CFG.get_or_init(|| {
+        let id = std::env::var("ISBOOT_CEPH_ID").unwrap_or_else(|_| "rbdtest".into());
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/ceph-dev");
+        let out = Command::new(script)
+            .args(["start", &id])
+            .output()
+            .expect("running scripts/ceph-dev");
+        assert!(
+            out.status.success(),
+            "scripts/ceph-dev start failed (needs ceph-mon, ceph-osd, ceph-common):\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let env: HashMap<String, String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        RbdConfig {
+            conf: env["CEPH_CONF"].clone(),
+            keyring: env["CEPH_KEYRING"].clone(),
+            client: "client.admin".into(),
+            pool: env["CEPH_POOL"].clone(),
+        }
+    })
+}
+
+/// A name no other test or run uses.
+fn unique(what: &str) -> String {
+    format!("{what}{:08x}", rand::random::<u32>())
+}
+
+const MIB: u64 = 1 << 20;
+
+/// A base image whose every 512-byte sector holds its own index (and a zero MiB at the end).
+fn base_bytes(size: u64) -> Vec<u8> {
+    let mut v = vec![0u8; size as usize];
+    for (i, s) in v[..(size - MIB) as usize].chunks_mut(512).enumerate() {
+        s.fill((i % 251) as u8 + 1);
+    }
+    v
+}
+
+fn import(store: &RbdStore, image: &str, version: u32, data: &[u8]) {
+    let mut calls = Vec::new();
+    store
+        .import_base(
+            image,
+            version,
+            &mut &data[..],
+            data.len() as u64,
+            &mut |d, t| calls.push((d, t)),
+        )
+        .unwrap();
+    assert_eq!(calls.last(), Some(&(data.len() as u64, data.len() as u64)));
+}
+
+fn read(dev: &dyn BlockDevice, offset: u64, len: usize) -> Vec<u8> {
+    let mut segs = Vec::new();
+    dev.read(offset, len, &mut segs).unwrap();
+    concat(&segs)
+}
+
+#[test]
+fn rbd_client_clone_reads_base_and_keeps_writes_private() {
+    let store = RbdStore::connect(cluster()).unwrap();
+    let image = unique("img");
+    let data = base_bytes(8 * MIB);
+    import(&store, &image, 1, &data);
+    assert_eq!(store.versions(&image).unwrap(), vec![(1, 8 * MIB)]);
+
+    let (a, b) = (unique("a"), unique("b"));
+    store.create_client(&a, &image, 1, false).unwrap();
+    store.create_client(&b, &image, 1, false).unwrap();
+    let da = store.open_client(&a).unwrap();
+    let db = store.open_client(&b).unwrap();
+    assert!(da.holds_lock());
+    assert_eq!(da.size(), 8 * MIB);
+    assert_eq!(read(&da, 0, 8 * MIB as usize), data);
+
+    // A write (FUA or not) by A: A reads it back, B and the base do not see it.
+    let mine = vec![0xA5u8; 8192];
+    da.write(4096, &mine, true).unwrap();
+    da.write(5 * MIB, &mine, false).unwrap();
+    da.flush().unwrap();
+    assert_eq!(read(&da, 4096, 8192), mine);
+    assert_eq!(read(&da, 5 * MIB, 8192), mine);
+    assert_eq!(read(&db, 4096, 8192), data[4096..4096 + 8192]);
+    let base = store.open_base(&image, 1).unwrap();
+    assert!(base.read_only());
+    assert_eq!(read(&base, 0, 8 * MIB as usize), data);
+    assert!(matches!(
+        base.write(0, &mine, true),
+        Err(StoreError::ReadOnly)
+    ));
+
+    // UNMAP / WRITE SAME of zeros: the range reads as zeros, also where it came from the base.
+    da.discard(512, 3 * 512).unwrap();
+    assert_eq!(read(&da, 512, 3 * 512), vec![0u8; 3 * 512]);
+    assert_eq!(read(&da, 0, 512), data[..512]);
+    assert_eq!(read(&da, 2048, 2048), data[2048..4096]);
+    da.discard(MIB, 2 * MIB).unwrap();
+    assert_eq!(
+        read(&da, MIB, 2 * MIB as usize),
+        vec![0u8; 2 * MIB as usize]
+    );
+    assert_eq!(
+        read(&db, MIB, 2 * MIB as usize),
+        data[MIB as usize..3 * MIB as usize]
+    );
+
+    // Out of range is refused, not clamped.
+    assert!(matches!(
+        da.write(8 * MIB - 512, &mine, false),
+        Err(StoreError::OutOfRange { .. })
+    ));
+    drop((da, db, base));
+    store.remove_client(&a).unwrap();
+    store.remove_client(&b).unwrap();
+}
+
+#[test]
+fn rbd_reset_recloned_persistent_kept() {
+    let store = RbdStore::connect(cluster()).unwrap();
+    let image = unique("img");
+    let data = base_bytes(4 * MIB);
+    import(&store, &image, 1, &data);
+    let c = unique("c");
+    store.create_client(&c, &image, 1, false).unwrap();
+    let marker = vec![0x5Au8; 4096];
+    {
+        let d = store.open_client(&c).unwrap();
+        d.write(0, &marker, true).unwrap();
+    }
+    // Persistent: reopening (e.g. on another server) finds the write.
+    {
+        let d = store.open_client(&c).unwrap();
+        assert_eq!(read(&d, 0, 4096), marker);
+    }
+    // A second clone under the same name is refused; reset replaces it with a fresh clone.
+    assert!(store.create_client(&c, &image, 1, false).is_err());
+    store.create_client(&c, &image, 1, true).unwrap();
+    let d = store.open_client(&c).unwrap();
+    assert_eq!(read(&d, 0, 4096), data[..4096]);
+    // The disk cannot be reset (removed) while a server serves it.
+    assert!(store.create_client(&c, &image, 1, true).is_err());
+    drop(d);
+    store.remove_client(&c).unwrap();
+}
+
+#[test]
+fn rbd_exclusive_lock_second_server_refused_until_first_closes() {
+    let server_a = RbdStore::connect(cluster()).unwrap();
+    let server_b = RbdStore::connect(cluster()).unwrap();
+    let image = unique("img");
+    import(&server_a, &image, 1, &base_bytes(2 * MIB));
+    let c = unique("c");
+    server_a.create_client(&c, &image, 1, false).unwrap();
+
+    let on_a = server_a.open_client(&c).unwrap();
+    on_a.write(0, &[1u8; 512], true).unwrap();
+    let refused = server_b
+        .open_client(&c)
+        .err()
+        .expect("B must be refused while A serves");
+    assert!(
+        refused
+            .to_string()
+            .contains("served by another isboot server"),
+        "{refused}"
+    );
+    // A keeps its lock and keeps serving after B's attempt.
+    assert!(on_a.holds_lock());
+    on_a.write(512, &[2u8; 512], true).unwrap();
+
+    drop(on_a);
+    let on_b = server_b.open_client(&c).unwrap();
+    assert!(on_b.holds_lock());
+    assert_eq!(read(&on_b, 0, 1024), [[1u8; 512], [2u8; 512]].concat());
+    drop(on_b);
+    server_a.remove_client(&c).unwrap();
+}
+
+#[test]
+fn rbd_missing_pool_or_image_is_a_clear_error() {
+    let mut cfg = cluster().clone();
+    cfg.pool = unique("nopool");
+    let e = RbdStore::connect(&cfg).err().expect("no such pool");
+    assert!(e.to_string().contains("opening pool"), "{e}");
+    let store = RbdStore::connect(cluster()).unwrap();
+    let e = store
+        .open_client(&unique("ghost"))
+        .err()
+        .expect("no such disk");
+    assert!(e.to_string().contains("no such image"), "{e}");
+    let e = store
+        .create_client(&unique("c"), &unique("noimg"), 1, false)
+        .expect_err("no such base");
+    assert!(e.to_string().contains("cloning"), "{e}");
+}
