@@ -210,3 +210,65 @@ fn rbd_missing_pool_or_image_is_a_clear_error() {
         .expect_err("no such base");
     assert!(e.to_string().contains("cloning"), "{e}");
 }
+
+/// The child half of the takeover test: holds `ISBOOT_RBD_HOLD`'s disk until killed.
+#[test]
+#[ignore = "run by rbd_lock_of_a_killed_server_is_taken_over"]
+fn rbd_lock_holder_child() {
+    let Ok(client) = std::env::var("ISBOOT_RBD_HOLD") else {
+        return;
+    };
+    let store = RbdStore::connect(cluster()).unwrap();
+    let dev = store.open_client(&client).unwrap();
+    dev.write(0, &[7u8; 512], true).unwrap();
+    println!("HOLDING");
+    std::thread::sleep(std::time::Duration::from_secs(600));
+}
+
+#[test]
+fn rbd_lock_of_a_killed_server_is_taken_over() {
+    use std::io::BufRead;
+    let store = RbdStore::connect(cluster()).unwrap();
+    let image = unique("img");
+    import(&store, &image, 1, &base_bytes(2 * MIB));
+    let c = unique("c");
+    store.create_client(&c, &image, 1, false).unwrap();
+
+    // "Server A": another process holding the disk, killed with SIGKILL (no unlock, no close).
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "store::rbd::tests::rbd_lock_holder_child"])
+        .args(["--ignored", "--nocapture", "--test-threads=1"])
+        .env("ISBOOT_RBD_HOLD", &c)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    assert!(
+        lines.any(|l| l.is_ok_and(|l| l.contains("HOLDING"))),
+        "the holder did not start"
+    );
+    let refused = store.open_client(&c).err().expect("refused while A lives");
+    assert!(
+        refused.to_string().contains("another isboot server"),
+        "{refused}"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    // "Server B": once A's watch has expired, B takes the lock over and finds A's write.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    let dev = loop {
+        match store.open_client(&c) {
+            Ok(d) => break d,
+            Err(e) if std::time::Instant::now() < deadline => {
+                let _ = e;
+                std::thread::sleep(std::time::Duration::from_millis(500));
+            }
+            Err(e) => panic!("lock never taken over: {e}"),
+        }
+    };
+    assert!(dev.holds_lock());
+    assert_eq!(read(&dev, 0, 512), vec![7u8; 512]);
+    drop(dev);
+    store.remove_client(&c).unwrap();
+}
