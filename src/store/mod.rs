@@ -62,6 +62,14 @@ pub enum StoreError {
     /// overlay stays usable and takes writes again once there is space.
     #[error("no space left for the overlay: {0}")]
     NoSpace(io::Error),
+    /// A librados/librbd call failed: what isboot was doing, the errno, and what to check.
+    #[cfg(feature = "rbd")]
+    #[error("ceph: {what}: {source}{hint}")]
+    Ceph {
+        what: String,
+        source: io::Error,
+        hint: &'static str,
+    },
 }
 
 impl StoreError {

@@ -7,7 +7,10 @@
 //! alive (an `Image` holds its `IoCtx`, which holds its `Cluster`), so librados is never shut
 //! down under an open image. Errors come back as [`io::Error`] from librbd's negative errno.
 
-#![allow(unsafe_code)]
+#![allow(
+    unsafe_code,
+    reason = "the librados/librbd C API: a storage backend's FFI module (Cargo.toml [lints])"
+)]
 
 use std::ffi::{CStr, CString, c_char, c_int, c_void};
 use std::io;

@@ -69,7 +69,11 @@ fn ceph_err(what: &str, e: io::Error) -> StoreError {
         Some(libc::EACCES) | Some(libc::EPERM) => " (check the keyring and the client's caps)",
         _ => "",
     };
-    StoreError::Other(format!("ceph: {what}: {e}{hint}"))
+    StoreError::Ceph {
+        what: what.to_string(),
+        source: e,
+        hint,
+    }
 }
 
 impl RbdStore {
@@ -202,10 +206,11 @@ impl RbdStore {
             .map_err(|e| ceph_err(&format!("opening {name}"), e))?;
         if let Err(e) = img.lock_exclusive() {
             let owners = img.lock_owners().unwrap_or_default().join(", ");
-            return Err(StoreError::Other(format!(
-                "ceph: {name} is served by another isboot server ({owners}): {e}; \
-                 stop that server or wait until its lock expires"
-            )));
+            return Err(StoreError::Ceph {
+                what: format!("{name} is served by another isboot server ({owners})"),
+                source: e,
+                hint: "; stop that server or wait until its lock expires",
+            });
         }
         RbdDevice::new(img, false, name)
     }
