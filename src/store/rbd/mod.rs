@@ -285,8 +285,9 @@ impl BlockDevice for RbdDevice {
             return Err(StoreError::ReadOnly);
         }
         self.check_range(offset, data.len() as u64)?;
-        // Durable once acknowledged (rbd_cache is off): FUA needs nothing more.
-        self.img.write(offset, data).map_err(StoreError::Writing)
+        // Durable once acknowledged (rbd_cache is off): FUA needs nothing more. A full pool or
+        // a pool quota (ENOSPC, EDQUOT) is NoSpace, like a full file system under an overlay.
+        self.img.write(offset, data).map_err(StoreError::writing)
     }
 
     fn flush(&self) -> Result<(), StoreError> {
