@@ -7,7 +7,8 @@
 
 use crate::wire::frame::{self, FrameLimits, RawPdu};
 use crate::wire::pdu::{
-    Bhs, DataOut, LoginRequest, LogoutRequest, NopOut, RESERVED_TAG, ScsiCommand, TextRequest,
+    Bhs, DataOut, LoginRequest, LogoutRequest, NopIn, NopOut, RESERVED_TAG, ScsiCommand,
+    TextRequest,
 };
 use crate::wire::text;
 use bytes::{Bytes, BytesMut};
@@ -598,17 +599,7 @@ impl Initiator {
                     self.send_data_out(r.itt, r.lun, r.ttt, &data, start, end)?;
                 }
                 Bhs::NopIn(n) => {
-                    if n.ttt != RESERVED_TAG {
-                        let reply = NopOut {
-                            immediate: true,
-                            lun: n.lun,
-                            itt: RESERVED_TAG,
-                            ttt: n.ttt,
-                            cmd_sn: self.cmd_sn,
-                            exp_stat_sn: self.exp_stat_sn,
-                        };
-                        self.send(&Bhs::NopOut(reply), &[])?;
-                    }
+                    self.answer_ping(&n)?;
                 }
                 Bhs::Reject(r) => {
                     return Err(InitiatorError::Protocol(format!(
@@ -623,6 +614,70 @@ impl Initiator {
                 }
             }
         }
+    }
+
+    /// Echo a NOP-In ping that asks for an answer (TTT set).
+    fn answer_ping(&mut self, n: &NopIn) -> Result<bool> {
+        if n.ttt == RESERVED_TAG {
+            return Ok(false);
+        }
+        let reply = NopOut {
+            immediate: true,
+            lun: n.lun,
+            itt: RESERVED_TAG,
+            ttt: n.ttt,
+            cmd_sn: self.cmd_sn,
+            exp_stat_sn: self.exp_stat_sn,
+        };
+        self.send(&Bhs::NopOut(reply), &[])?;
+        Ok(true)
+    }
+
+    /// Stay idle for `span` but answer the target's pings, as a running initiator does
+    /// between commands (open-iscsi answers them in the kernel). Returns how many it answered.
+    /// Any other PDU is a protocol error: nothing is outstanding.
+    pub fn answer_pings(&mut self, span: Duration) -> Result<usize> {
+        let until = std::time::Instant::now() + span;
+        let mut answered = 0;
+        let r = loop {
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                break Ok(answered);
+            }
+            self.stream.set_read_timeout(Some(left))?;
+            match self.recv() {
+                Ok((Bhs::NopIn(n), _)) => {
+                    if self.answer_ping(&n)? {
+                        answered += 1;
+                    }
+                }
+                Ok((other, _)) => {
+                    break Err(InitiatorError::Protocol(format!(
+                        "unexpected PDU while idle: {other:?}"
+                    )));
+                }
+                Err(InitiatorError::Io(e))
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    break Ok(answered);
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        self.stream
+            .set_read_timeout(Some(Duration::from_secs(30)))?;
+        r
+    }
+
+    /// Forget the connection the way a machine that reboots does: the socket is closed with
+    /// a reset (SO_LINGER 0), which the caller may keep from reaching the target (its link
+    /// down), so the target learns of it only when it next sends something here.
+    pub fn abandon(self) -> Result<()> {
+        socket2::SockRef::from(&self.stream).set_linger(Some(Duration::ZERO))?;
+        Ok(())
     }
 
     /// Run one command to completion.

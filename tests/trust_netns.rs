@@ -760,6 +760,114 @@ fn session_reinstatement_and_tsih_guessing_are_refused() {
     s.finish();
 }
 
+/// Log lines of the probe a login from a client's own address makes of its disk's live
+/// sessions (service/iscsi/handler.rs).
+const PROBE_ANSWERED: &str = "answered a probe";
+const PROBE_SILENT: &str = "session did not answer a probe";
+const PROBE_GONE: &str = "probed sessions ended";
+
+/// Attacker B's last door (SECURITY.md, "one user of a disk"): B stands at A's address with
+/// A's name and CHAP secret (which it can get from DHCP as A's iPXE) — here, logins from A's own
+/// host — while A runs and answers the target's pings. Each login waits for a probe of A's
+/// session, A answers, the login is refused; A keeps its disk and its session.
+#[test]
+fn a_second_login_beside_a_running_client_is_refused() {
+    let Some(mut s) = Suite::start() else { return };
+    let host = s.a.host.clone();
+    let base = s.a.login_options();
+    let mut attempts = Vec::new();
+    // A new boot's first login (iPXE's ISID format), and session reinstatement (A's own ISID).
+    let mut o = base.clone();
+    o.isid = [0x40, 0x00, 0x27, 0x23, 0x0b, 0x0b];
+    attempts.push(("a new ISID", o));
+    attempts.push(("A's session's own ISID (reinstatement)", base));
+    let sess = s.a.session.as_mut().expect("A's session");
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (answered, got) = std::thread::scope(|sc| {
+        // A, running: idle between commands, answering pings (as open-iscsi does).
+        let pinger = sc.spawn(|| {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                n += sess.answer_pings(Duration::from_millis(200))?;
+            }
+            Ok::<_, InitiatorError>(n)
+        });
+        let got: Vec<_> = attempts
+            .into_iter()
+            .map(|(how, o)| (how, login_from(&host, o)))
+            .collect();
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        (pinger.join().unwrap(), got)
+    });
+    for (how, got) in got {
+        refused(
+            &format!("A's name, CHAP secret and address, {how}, A running"),
+            got,
+            AUTH_FAILURE,
+        );
+    }
+    let answered = answered.expect("A's session stays up while it answers");
+    assert!(answered >= 2, "A answered each login's probe: {answered}");
+    let log = s.serve.log_text();
+    assert_eq!(log.matches(PROBE_ANSWERED).count(), 2, "{log}");
+    assert!(!log.contains(PROBE_SILENT), "{log}");
+    s.finish();
+}
+
+/// The other side of that rule: a client whose old session cannot answer gets its disk back
+/// at its next login. Silent (the initiator no longer answers, TCP still acknowledges): the new
+/// login waits for the probe to give up, the old session is ended. Rebooted (the machine's new
+/// IP stack does not know the old connection; its reset never reached the server): the probe
+/// meets that stack, which resets the connection, and the login goes through at once.
+#[test]
+fn a_rebooted_client_replaces_its_old_session() {
+    let Some(mut s) = Suite::start() else { return };
+    let login = |s: &Suite, isid: [u8; 6]| {
+        let mut o = s.a.login_options();
+        o.isid = isid; // open-iscsi's format: a login of the OS, not of a new boot's iPXE
+        in_ns(&s.a.host.ns, move || connect_ready(PORTAL, &o))
+    };
+    let mut old = s.a.session.take().expect("A's session");
+    let silent = login(&s, [0x00, 0x02, 0x3d, 0x00, 0x00, 0x0b]);
+    println!("attempt: A's login beside its own silent session -> In");
+    let log = s.serve.log_text();
+    assert_eq!(log.matches(PROBE_SILENT).count(), 1, "{log}");
+    assert!(
+        old.read16(0, 0, 1).is_err(),
+        "the silent session was ended for the new login"
+    );
+    // A reboots: link down, its stack forgets the connection, link up. (First a pause for
+    // A's delayed ACK of the last response: were it lost with the link, the server's
+    // retransmission after link-up would meet the new stack and be reset before the login.)
+    std::thread::sleep(Duration::from_millis(500));
+    let (ns, ifname) = (&s.a.host.ns, &s.a.host.ifname);
+    must(&["ip", "-n", ns, "link", "set", ifname, "down"]);
+    silent.abandon().expect("close with a reset");
+    must(&["ip", "-n", ns, "link", "set", ifname, "up"]);
+    let fresh = login(&s, [0x00, 0x02, 0x3d, 0x00, 0x00, 0x0c]);
+    let log = s.serve.log_text();
+    let by_probe = log.matches(PROBE_GONE).count() == 1;
+    println!(
+        "attempt: A's login after a reboot beside its forgotten session -> In (old connection reset {})",
+        if by_probe {
+            "at the probe"
+        } else {
+            "before the login"
+        }
+    );
+    assert!(
+        by_probe || log.contains("Connection reset by peer"),
+        "the new stack reset the old connection: {log}"
+    );
+    assert_eq!(
+        log.matches(PROBE_SILENT).count(),
+        1,
+        "no wait for the rebooted client: {log}"
+    );
+    s.a.session = Some(fresh);
+    s.finish();
+}
+
 /// A discovery session from `h`: Ok(targets listed) or the login outcome.
 fn discover(
     h: &Host,

@@ -111,6 +111,8 @@ fuzz_target!(|data: &[u8]| {
         match step.outcome {
             LoginOutcome::Continue => {}
             LoginOutcome::Done(_) | LoginOutcome::Failed => return,
+            // StaticRegistry's targets are shared LUNs: never probed.
+            LoginOutcome::Probe(_) => panic!("a probe for a shared LUN"),
         }
     }
 });

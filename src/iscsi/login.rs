@@ -218,10 +218,27 @@ pub struct LoginStep {
 pub enum LoginOutcome {
     /// Wait for the next Login Request.
     Continue,
+    /// Every rule lets the login in, but the target has live sessions (of this client: the
+    /// same address and initiator name, or the login was refused already): ask the initiator
+    /// of each session with these TSIHs whether it is still there (a NOP-In ping on its
+    /// connection), then call [`Login::resume`] with what they said. The last Login Response
+    /// is held until then.
+    Probe(Vec<u16>),
     /// Full feature phase reached with these parameters.
     Done(SessionParams),
     /// Refused: send the responses, then close the connection.
     Failed,
+}
+
+/// What probing a target's live sessions found ([`LoginOutcome::Probe`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Probed {
+    /// An initiator answered on its connection: the disk is in use, the login is refused.
+    Answered,
+    /// None answered: each session ended (its peer closed it, or a stack that no longer knows
+    /// the connection reset it: the client rebooted) or kept silent until the probe gave up
+    /// (the caller ends those).
+    Gone,
 }
 
 /// Why a login failed (for logs; the initiator sees only the status).
@@ -265,6 +282,8 @@ pub enum LoginError {
     WrongAddress(String),
     #[error("target {0} is in use by another initiator or address")]
     InUse(String),
+    #[error("target {0} is in use: the initiator of its live session answered a probe")]
+    Answered(String),
     #[error("no target accepts discovery from this address and initiator name")]
     NothingToDiscover,
     #[error("unsupported SessionType")]
@@ -295,7 +314,7 @@ impl LoginError {
             UnknownTarget(_) => Refusal::UnknownTarget,
             Forbidden(_) => Refusal::WrongInitiator,
             WrongAddress(_) => Refusal::WrongAddress,
-            InUse(_) => Refusal::InUse,
+            InUse(_) | Answered(_) => Refusal::InUse,
             NoSuchSession(_) => Refusal::NoSuchSession,
             NothingToDiscover => Refusal::NothingToDiscover,
             _ => return None,
@@ -310,9 +329,8 @@ impl LoginError {
             MissingInitiatorName | MissingTargetName => LoginStatus::MISSING_PARAMETER,
             // One answer for every "not you": a caller cannot tell a target that does not
             // exist from one bound elsewhere, closed to its name, or in use.
-            UnknownTarget(_) | Forbidden(_) | WrongAddress(_) | InUse(_) | NothingToDiscover => {
-                LoginStatus::AUTH_FAILED
-            }
+            UnknownTarget(_) | Forbidden(_) | WrongAddress(_) | InUse(_) | Answered(_)
+            | NothingToDiscover => LoginStatus::AUTH_FAILED,
             BadSessionType => LoginStatus::SESSION_TYPE_UNSUPPORTED,
             NoSuchSession(_) => LoginStatus::SESSION_DOES_NOT_EXIST,
             NoAuthMethod | AuthRequired | Chap(_) => LoginStatus::AUTH_FAILED,
@@ -378,6 +396,8 @@ pub struct Login {
     /// Text of a request still arriving with the C bit.
     rx: Vec<u8>,
     pending: Option<Pending>,
+    /// The last request and the answer held while the target's live sessions are probed.
+    held: Option<(LoginRequest, Vec<u8>)>,
     initiator_name: Option<String>,
     initiator_alias: Option<String>,
     session_type: SessionType,
@@ -421,6 +441,7 @@ impl Login {
             pdus: 0,
             rx: Vec::new(),
             pending: None,
+            held: None,
             initiator_name: None,
             initiator_alias: None,
             session_type: SessionType::Normal,
@@ -454,26 +475,57 @@ impl Login {
         data: &[u8],
         sessions: &dyn SessionTable,
     ) -> LoginStep {
+        if self.held.is_some() {
+            // The initiator spoke out of turn while its last request waits for a probe.
+            return self.fail(req, LoginError::Finished);
+        }
         match self.step(req, data, sessions) {
             Ok(step) => step,
-            Err(e) => {
-                self.refusal = self.refusal.or(e.refusal());
-                let who = self.initiator_name.as_deref().unwrap_or("?");
-                let peer = self.peer.map(|p| p.to_string()).unwrap_or_default();
-                // An access rule said no (another host, another initiator, a disk in use, a
-                // forged TSIH): the admin should hear of it.
-                if e.refusal().is_some() {
-                    tracing::warn!(initiator = who, %peer, status = %e.status(), "login refused: {e}");
-                } else {
-                    tracing::info!(initiator = who, %peer, status = %e.status(), "login refused: {e}");
-                }
-                self.phase = Phase::Failed;
-                let resp = self.response(req, e.status(), false, false, 0);
-                LoginStep {
-                    responses: vec![(resp, Vec::new())],
-                    outcome: LoginOutcome::Failed,
-                }
+            Err(e) => self.fail(req, e),
+        }
+    }
+
+    /// Finish a login that [`LoginOutcome::Probe`] held: refused when an initiator of the
+    /// target's live sessions answered, else it enters full-feature phase as it would have.
+    pub fn resume(&mut self, probed: Probed, sessions: &dyn SessionTable) -> LoginStep {
+        let Some((req, piece)) = self.held.take() else {
+            // Nothing held (a caller's mistake): no answer, the connection closes.
+            self.phase = Phase::Failed;
+            return LoginStep {
+                responses: Vec::new(),
+                outcome: LoginOutcome::Failed,
+            };
+        };
+        match probed {
+            Probed::Answered => {
+                let tn = self
+                    .target
+                    .as_ref()
+                    .map(|t| t.iqn.clone())
+                    .unwrap_or_default();
+                self.fail(&req, LoginError::Answered(tn))
             }
+            Probed::Gone => self.enter_ffp(&req, piece, sessions),
+        }
+    }
+
+    /// Refuse the login with `e`'s status; the connection closes after the response.
+    fn fail(&mut self, req: &LoginRequest, e: LoginError) -> LoginStep {
+        self.refusal = self.refusal.or(e.refusal());
+        let who = self.initiator_name.as_deref().unwrap_or("?");
+        let peer = self.peer.map(|p| p.to_string()).unwrap_or_default();
+        // An access rule said no (another host, another initiator, a disk in use, a forged
+        // TSIH): the admin should hear of it.
+        if e.refusal().is_some() {
+            tracing::warn!(initiator = who, %peer, status = %e.status(), "login refused: {e}");
+        } else {
+            tracing::info!(initiator = who, %peer, status = %e.status(), "login refused: {e}");
+        }
+        self.phase = Phase::Failed;
+        let resp = self.response(req, e.status(), false, false, 0);
+        LoginStep {
+            responses: vec![(resp, Vec::new())],
+            outcome: LoginOutcome::Failed,
         }
     }
 
@@ -767,30 +819,14 @@ impl Login {
                 })
             }
             Decision::Transit(STAGE_FFP) => {
-                let tsih = if req.tsih == 0 {
-                    sessions.new_session(
-                        self.initiator_name.as_deref().unwrap_or(""),
-                        req.isid,
-                        self.target.as_ref().map(|t| t.iqn.as_str()),
-                    )
-                } else {
-                    req.tsih
-                };
-                let mut resp = self.response(req, LoginStatus::SUCCESS, true, false, STAGE_FFP);
-                resp.tsih = tsih;
-                resp.max_cmd_sn = req.cmd_sn.wrapping_add(INITIAL_CMD_WINDOW - 1);
-                self.phase = Phase::Done;
-                let params = self.params(req, tsih);
-                tracing::info!(
-                    initiator = %params.initiator_name,
-                    target = params.target.as_ref().map(|t| t.iqn.as_str()).unwrap_or("-"),
-                    tsih,
-                    "login complete"
-                );
-                Ok(LoginStep {
-                    responses: vec![(resp, piece)],
-                    outcome: LoginOutcome::Done(params),
-                })
+                if let Some(live) = self.live_sessions()? {
+                    self.held = Some((*req, piece));
+                    return Ok(LoginStep {
+                        responses: Vec::new(),
+                        outcome: LoginOutcome::Probe(live),
+                    });
+                }
+                Ok(self.enter_ffp(req, piece, sessions))
             }
             Decision::Transit(nsg) => {
                 let resp = self.response(req, LoginStatus::SUCCESS, true, false, nsg);
@@ -800,6 +836,69 @@ impl Login {
                     outcome: LoginOutcome::Continue,
                 })
             }
+        }
+    }
+
+    /// The TSIHs of the target's live sessions, when this login must wait for a probe of
+    /// them: one machine's disk ([`TargetRegistry::exclusive`]) that is in use. A rebooted
+    /// client's old session and its boot chain's earlier sessions (iPXE's, the initrd's) stay
+    /// live until a probe finds them gone; a running client answers, and then this login is
+    /// not that client's (SECURITY.md, "one user of a disk"). The "one user" rule is checked
+    /// again here: sessions may have started since the first request.
+    fn live_sessions(&self) -> Result<Option<Vec<u16>>, LoginError> {
+        let (Some(t), Some(_)) = (&self.target, self.peer) else {
+            return Ok(None);
+        };
+        if !self.registry.exclusive(&t.iqn) {
+            return Ok(None);
+        }
+        let sessions = t.stats.sessions();
+        if sessions.is_empty() {
+            return Ok(None);
+        }
+        let live: Vec<Live<'_>> = sessions
+            .iter()
+            .map(|s| Live {
+                peer: s.peer.ip(),
+                initiator: &s.initiator,
+            })
+            .collect();
+        let name = self.initiator_name.as_deref().unwrap_or_default();
+        access::one_user(&live, self.peer, name).map_err(|_| LoginError::InUse(t.iqn.clone()))?;
+        Ok(Some(sessions.iter().map(|s| s.tsih).collect()))
+    }
+
+    /// Reach full-feature phase: a new session (or the one the TSIH named) and the last
+    /// response.
+    fn enter_ffp(
+        &mut self,
+        req: &LoginRequest,
+        piece: Vec<u8>,
+        sessions: &dyn SessionTable,
+    ) -> LoginStep {
+        let tsih = if req.tsih == 0 {
+            sessions.new_session(
+                self.initiator_name.as_deref().unwrap_or(""),
+                req.isid,
+                self.target.as_ref().map(|t| t.iqn.as_str()),
+            )
+        } else {
+            req.tsih
+        };
+        let mut resp = self.response(req, LoginStatus::SUCCESS, true, false, STAGE_FFP);
+        resp.tsih = tsih;
+        resp.max_cmd_sn = req.cmd_sn.wrapping_add(INITIAL_CMD_WINDOW - 1);
+        self.phase = Phase::Done;
+        let params = self.params(req, tsih);
+        tracing::info!(
+            initiator = %params.initiator_name,
+            target = params.target.as_ref().map(|t| t.iqn.as_str()).unwrap_or("-"),
+            tsih,
+            "login complete"
+        );
+        LoginStep {
+            responses: vec![(resp, piece)],
+            outcome: LoginOutcome::Done(params),
         }
     }
 
@@ -1477,17 +1576,89 @@ mod tests {
         let mut i = bound_ini("10.0.0.5", vec![t.clone()]);
         assert_fails(&i.send(0, 3, true, &leading(IQN)), LoginStatus::AUTH_FAILED);
         assert_eq!(i.login.refusal(), Some(Refusal::InUse));
+        // The same initiator from the same address: in once a probe finds the session gone.
         let mut i = bound_ini("10.0.0.5", vec![t]);
-        done(i.send(
-            0,
-            3,
-            true,
-            &[
-                ("InitiatorName", "iqn.1994-05.com.other:x"),
-                ("TargetName", IQN),
-                ("AuthMethod", "None"),
-            ],
+        let step = i.send(0, 3, true, &other_leading());
+        assert!(matches!(step.outcome, LoginOutcome::Probe(_)), "{step:?}");
+        done(i.login.resume(Probed::Gone, &i.table));
+    }
+
+    const OTHER: &str = "iqn.1994-05.com.other:x";
+
+    fn other_leading() -> [(&'static str, &'static str); 3] {
+        [
+            ("InitiatorName", OTHER),
+            ("TargetName", IQN),
+            ("AuthMethod", "None"),
+        ]
+    }
+
+    /// A target with a live session of OTHER from 10.0.0.5 (TSIH 9).
+    fn in_use() -> Arc<TargetConfig> {
+        let t = target(IQN, &[], None);
+        t.stats.add_session(crate::iscsi::target::SessionInfo {
+            id: 1,
+            initiator: OTHER.into(),
+            peer: "10.0.0.5:40000".parse().unwrap(),
+            isid: [0; 6],
+            tsih: 9,
+            kill: Default::default(),
+        });
+        t
+    }
+
+    #[test]
+    fn a_login_beside_a_live_session_of_its_client_waits_for_a_probe() {
+        // Every rule passes, but the disk has a live session: the last answer is held and the
+        // caller is asked to probe that session (TSIH 9) first.
+        let mut i = bound_ini("10.0.0.5", vec![in_use()]);
+        let step = i.send(0, 3, true, &other_leading());
+        match &step.outcome {
+            LoginOutcome::Probe(tsihs) => assert_eq!(tsihs, &[9]),
+            o => panic!("expected a probe: {o:?}"),
+        }
+        assert!(step.responses.is_empty(), "the answer waits for the probe");
+        assert!(i.table.created.borrow().is_empty(), "no session yet");
+        // Its initiator answered: the disk is in use, refused with the one answer (0201).
+        let s = i.login.resume(Probed::Answered, &i.table);
+        assert_fails(&s, LoginStatus::AUTH_FAILED);
+        assert_eq!(i.login.refusal(), Some(Refusal::InUse));
+        assert!(i.table.created.borrow().is_empty());
+        // Gone (a rebooted client, or its boot chain's earlier session): in, with the held
+        // answer, and the session is created only now.
+        let mut i = bound_ini("10.0.0.5", vec![in_use()]);
+        let _ = i.send(0, 3, true, &other_leading());
+        let s = i.login.resume(Probed::Gone, &i.table);
+        assert_eq!(s.responses.len(), 1);
+        assert!(s.responses[0].0.transit && s.responses[0].0.nsg == 3);
+        assert_eq!(done(s).initiator_name, OTHER);
+        assert_eq!(i.table.created.borrow().len(), 1);
+        // A request sent while the answer is held is out of turn: the login fails.
+        let mut i = bound_ini("10.0.0.5", vec![in_use()]);
+        let _ = i.send(0, 3, true, &other_leading());
+        assert!(matches!(
+            i.send(0, 3, true, &other_leading()).outcome,
+            LoginOutcome::Failed
         ));
+        // A resume with nothing held is refused without an answer.
+        let mut i = bound_ini("10.0.0.5", vec![target(IQN, &[], None)]);
+        let s = i.login.resume(Probed::Gone, &i.table);
+        assert!(matches!(s.outcome, LoginOutcome::Failed) && s.responses.is_empty());
+    }
+
+    #[test]
+    fn shared_luns_and_idle_disks_need_no_probe() {
+        // A free disk: straight in.
+        let mut i = bound_ini("10.0.0.5", vec![target(IQN, &[], None)]);
+        done(i.send(0, 3, true, &other_leading()));
+        // `isboot export`'s LUNs may be shared (not exclusive): no probe either.
+        let mut i = Ini::new(false);
+        i.login = Login::new(
+            Arc::new(StaticRegistry(vec![in_use()])),
+            TargetLimits::default(),
+        )
+        .from_peer("10.0.0.5".parse().unwrap());
+        done(i.send(0, 3, true, &other_leading()));
     }
 
     #[test]
@@ -2399,6 +2570,8 @@ mod hostile {
                 }
                 LoginOutcome::Failed => return None,
                 LoginOutcome::Continue => {}
+                // Shared LUNs (this registry) are never probed.
+                LoginOutcome::Probe(_) => return None,
             }
         }
         None
@@ -2479,6 +2652,7 @@ mod hostile {
                         over = true;
                     }
                     LoginOutcome::Continue => prop_assert!(!over),
+                    LoginOutcome::Probe(_) => prop_assert!(false, "shared LUNs are never probed"),
                 }
             }
         }

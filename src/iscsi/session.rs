@@ -237,6 +237,8 @@ pub struct Session {
     tasks: HashMap<u32, Task>,
     finished: VecDeque<u32>,
     next_ttt: u32,
+    /// The TTT of the last ping the initiator answered, until taken.
+    answered_ping: Option<u32>,
     pending_tmf: Vec<PendingTmf>,
     logout: Option<PendingLogout>,
     text: Box<dyn TextHandler>,
@@ -265,6 +267,7 @@ impl Session {
             tasks: HashMap::new(),
             finished: VecDeque::new(),
             next_ttt: 1,
+            answered_ping: None,
             pending_tmf: Vec::new(),
             logout: None,
             text,
@@ -352,10 +355,11 @@ impl Session {
         self.tasks.len()
     }
 
-    /// A NOP-In ping (ITT reserved, TTT set so the initiator must answer).
-    pub fn ping(&mut self) -> OutPdu {
+    /// A NOP-In ping (ITT reserved, TTT set so the initiator must answer) and its TTT, which
+    /// [`Session::take_answered_ping`] reports once the initiator's NOP-Out echoes it.
+    pub fn ping(&mut self) -> (u32, OutPdu) {
         let ttt = self.alloc_ttt();
-        OutPdu::new(
+        let pdu = OutPdu::new(
             &Bhs::NopIn(NopIn {
                 lun: 0,
                 itt: RESERVED_TAG,
@@ -366,7 +370,14 @@ impl Session {
             }),
             Stamp::Current,
             Vec::new(),
-        )
+        );
+        (ttt, pdu)
+    }
+
+    /// The TTT of a ping the initiator answered since the last call (each answer is reported
+    /// once; the caller asks after every PDU it hands to [`Session::handle`]).
+    pub fn take_answered_ping(&mut self) -> Option<u32> {
+        self.answered_ping.take()
     }
 
     fn alloc_ttt(&mut self) -> u32 {
@@ -456,6 +467,9 @@ impl Session {
     fn nop_out(&mut self, n: NopOut, data: Bytes, out: &mut Vec<Action>) {
         if n.itt == RESERVED_TAG {
             // Answer to our ping (or an unsolicited NOP-Out needing no reply).
+            if n.ttt != RESERVED_TAG {
+                self.answered_ping = Some(n.ttt);
+            }
             return;
         }
         let reply = Bhs::NopIn(NopIn {

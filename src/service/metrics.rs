@@ -160,6 +160,7 @@ pub struct Metrics {
     tftp_transfers: Family<OutcomeLabel, Counter>,
     tftp_bytes: Counter,
     iscsi_connections: Family<OutcomeLabel, Counter>,
+    login_probes: Family<OutcomeLabel, Counter>,
     boots: Family<ClientLabel, Counter>,
     takeover: AtomicHistogram,
     last_takeover: Family<ClientLabel, Gauge<f64, AtomicU64>>,
@@ -177,6 +178,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     tftp_transfers: Family::default(),
     tftp_bytes: Counter::default(),
     iscsi_connections: Family::default(),
+    login_probes: Family::default(),
     boots: Family::default(),
     takeover: AtomicHistogram::new(&BOOT_BOUNDS),
     last_takeover: Family::default(),
@@ -290,6 +292,15 @@ impl Metrics {
             .inc();
     }
 
+    /// A login probed the live sessions of the disk it asked for: "answered" (refused: the
+    /// disk is in use), "gone" (they ended: a rebooted client) or "silent" (none answered in
+    /// time; they were ended).
+    pub fn login_probe(&self, outcome: &'static str) {
+        self.login_probes
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
+    }
+
     /// Publish the counters of the iSCSI service's write-data budget.
     pub fn watch_write_budget(&self, budget: crate::service::budget::Bytes) {
         *self.write_budget.lock().unwrap_or_else(|e| e.into_inner()) = Some(budget);
@@ -342,6 +353,11 @@ impl Metrics {
             "isboot_iscsi_connections",
             "iSCSI connections by outcome at accept (accepted, or refused by a connection limit)",
             self.iscsi_connections.clone(),
+        );
+        reg.register(
+            "isboot_iscsi_login_probes",
+            "Probes of a disk's live sessions at a login from the same client, by outcome (answered: login refused)",
+            self.login_probes.clone(),
         );
         reg.register(
             "isboot_dhcp_messages",

@@ -370,8 +370,8 @@ fn immediate_commands_take_no_cmdsn_but_a_window_slot_while_open() {
 #[test]
 fn a_ping_asks_for_an_answer_and_carries_the_current_statsn() {
     let mut f = fixture();
-    let a = f.s.ping();
-    let b = f.s.ping();
+    let (ta, a) = f.s.ping();
+    let (tb, b) = f.s.ping();
     assert_eq!(a.stamp, Stamp::Current);
     let ttt = |p: &OutPdu| match Bhs::parse(&p.bhs, &[]).unwrap() {
         Bhs::NopIn(n) => {
@@ -382,6 +382,31 @@ fn a_ping_asks_for_an_answer_and_carries_the_current_statsn() {
     };
     assert_ne!(ttt(&a), RESERVED_TAG);
     assert_ne!(ttt(&a), ttt(&b));
+    assert_eq!((ttt(&a), ttt(&b)), (ta, tb), "ping() names the TTT it sent");
+}
+
+#[test]
+fn an_answered_ping_is_reported_once_by_its_ttt() {
+    let mut f = fixture();
+    let (ttt, _) = f.s.ping();
+    assert_eq!(f.s.take_answered_ping(), None, "nothing answered yet");
+    // An unsolicited NOP-Out (TTT reserved) answers no ping.
+    assert!(f.s.handle(nop_out(RESERVED_TAG, 1, true, b"")).is_empty());
+    assert_eq!(f.s.take_answered_ping(), None);
+    let answer = raw(
+        Bhs::NopOut(NopOut {
+            immediate: true,
+            lun: 0,
+            itt: RESERVED_TAG,
+            ttt,
+            cmd_sn: 1,
+            exp_stat_sn: 0,
+        }),
+        b"",
+    );
+    assert!(f.s.handle(answer).is_empty(), "an answer gets no reply");
+    assert_eq!(f.s.take_answered_ping(), Some(ttt));
+    assert_eq!(f.s.take_answered_ping(), None, "reported once");
 }
 
 #[test]

@@ -5,11 +5,11 @@
 //! [`CloseReason`], then tears it down. Every protocol decision is made by the sans-IO
 //! [`Login`] and [`Session`]; this file moves bytes, runs SCSI commands and keeps time.
 
-use super::table::{Kill, TableView};
+use super::table::{Kill, ProbeReply, TableView};
 use super::text::Text;
 use super::writer::Writer;
 use super::{ServerConfig, Shared};
-use crate::iscsi::login::{Login, LoginOutcome, SessionParams};
+use crate::iscsi::login::{Login, LoginOutcome, Probed, SessionParams};
 use crate::iscsi::session::{Action, ExecJob, OutPdu, Session, SessionConfig, SessionEnd, Stamp};
 use crate::iscsi::target::{SessionInfo, TargetStats};
 use crate::scsi::{Nexus, Outcome, TargetLus};
@@ -127,6 +127,8 @@ pub(super) struct Handler {
     writer: Writer,
     /// Fired when a new login takes this connection's session over.
     kill: Arc<Kill>,
+    /// Logins that would share this session's disk, asking whether its initiator is there.
+    probes: mpsc::Receiver<ProbeReply>,
     stop: watch::Receiver<bool>,
 }
 
@@ -167,6 +169,7 @@ impl Handler {
         };
         let (rd, wr) = stream.into_split();
         let writer = Writer::spawn(wr, shared.cfg.sendfile_min);
+        let (kill, probes) = Kill::new();
         Ok(Handler {
             shared,
             peer,
@@ -175,7 +178,8 @@ impl Handler {
                 buf: BytesMut::with_capacity(READ_GROW),
             },
             writer,
-            kill: Arc::new(Kill::default()),
+            kill,
+            probes,
             stop,
         })
     }
@@ -213,7 +217,14 @@ impl Handler {
                 table: &self.shared.table,
                 kill: self.kill.clone(),
             };
-            let step = login.handle(&req, &pdu.data, &view);
+            let mut step = login.handle(&req, &pdu.data, &view);
+            if let LoginOutcome::Probe(tsihs) = &step.outcome {
+                let probed = tokio::select! {
+                    p = probe_sessions(&self.shared, tsihs, peer) => p,
+                    _ = self.stop.changed() => return Ok(LoginEnd::Abandoned),
+                };
+                step = login.resume(probed, &view);
+            }
             let status = step
                 .responses
                 .last()
@@ -226,6 +237,8 @@ impl Handler {
             self.writer.send(pdus, (0, 0)).await?;
             match step.outcome {
                 LoginOutcome::Continue => {}
+                // `resume` never asks again.
+                LoginOutcome::Probe(_) => return Ok(LoginEnd::Abandoned),
                 LoginOutcome::Done(mut p) => {
                     // A reset-mode client's new boot may start its disk afresh here, before
                     // the session has read anything.
@@ -254,6 +267,51 @@ impl Handler {
             }
         }
     }
+}
+
+/// Ask the initiators of the live sessions `tsihs` whether they are still there, for a login
+/// from `newcomer` that would share their disk ([`LoginOutcome::Probe`]): each connection sends
+/// its initiator a NOP-In ping. One answer within [`ServerConfig::probe_timeout`] means the
+/// disk is in use. A session that ends meanwhile — its peer closed it, or the IP stack of a
+/// rebooted client, which no longer knows the connection, reset it — is gone; one that stays
+/// silent is ended here, so the newcomer replaces it (as liveness would have, later).
+async fn probe_sessions(shared: &Shared, tsihs: &[u16], newcomer: SocketAddr) -> Probed {
+    let deadline = Instant::now() + shared.cfg.probe_timeout;
+    let mut asked = Vec::new();
+    for (tsih, kill) in shared.table.connections(tsihs) {
+        let rx = tokio::time::timeout_at(deadline, kill.probe()).await.ok();
+        asked.push((tsih, kill, rx));
+    }
+    let mut silent = Vec::new();
+    let mut answered = false;
+    for (tsih, kill, rx) in asked {
+        // No receiver: the request found no room before the deadline.
+        let Some(rx) = rx else {
+            silent.push((tsih, kill));
+            continue;
+        };
+        match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(())) => answered = true,
+            Ok(Err(_)) => {} // ended without answering
+            Err(_) => silent.push((tsih, kill)),
+        }
+    }
+    let m = metrics::get();
+    if answered {
+        m.login_probe("answered");
+        return Probed::Answered;
+    }
+    if silent.is_empty() {
+        m.login_probe("gone");
+        info!(%newcomer, ?tsihs, "probed sessions ended before answering (the client restarted); the new login replaces them");
+    } else {
+        m.login_probe("silent");
+        for (tsih, kill) in silent {
+            info!(%newcomer, tsih, "session did not answer a probe; ended for a new login from its client");
+            kill.fire();
+        }
+    }
+    Probed::Gone
 }
 
 /// A command finished on the blocking pool: ITT, outcome, bytes it wrote.
@@ -399,6 +457,8 @@ enum Event {
     BudgetFreed,
     Done(Completion),
     Idle,
+    /// A login from this session's client asks whether its initiator is still there.
+    Probe(ProbeReply),
     Close(CloseReason),
 }
 
@@ -421,6 +481,8 @@ pub(super) struct SessionHandler {
     inline_done: Vec<(u32, Outcome)>,
     /// A discovery session's quiet limit: closed when this fires (moved on by every PDU).
     discovery_idle: Option<(Duration, Pin<Box<Sleep>>)>,
+    /// Probes waiting for the initiator to echo their ping's TTT.
+    probes: Vec<(u32, ProbeReply)>,
 }
 
 impl SessionHandler {
@@ -510,6 +572,7 @@ impl SessionHandler {
                 let d = cfg.discovery_idle;
                 (d, Box::pin(tokio::time::sleep(d)))
             }),
+            probes: Vec::new(),
             conn,
         }
     }
@@ -540,8 +603,15 @@ impl SessionHandler {
                         debug!(peer = %self.conn.peer.addr, "no answer to NOP-In ping; the connection stays while TCP is alive");
                         continue;
                     }
-                    IdleStep::Ping => vec![Action::Send(vec![self.session.ping()])],
+                    IdleStep::Ping => vec![Action::Send(vec![self.session.ping().1])],
                 },
+                Event::Probe(reply) => {
+                    // Probers that gave up no longer wait for their answer.
+                    self.probes.retain(|(_, r)| !r.is_closed());
+                    let (ttt, ping) = self.session.ping();
+                    self.probes.push((ttt, reply));
+                    vec![Action::Send(vec![ping])]
+                }
                 Event::Close(why) => return Ok(why),
             };
             if let Some(why) = self.work_through(actions).await? {
@@ -587,6 +657,7 @@ impl SessionHandler {
             },
             Some(c) = self.exec.done_rx.recv() => Event::Done(c),
             _ = self.idle.due() => Event::Idle,
+            Some(reply) = self.conn.probes.recv() => Event::Probe(reply),
             _ = quiet_for(&mut self.discovery_idle) => Event::Close(CloseReason::DiscoveryIdle),
             _ = self.conn.kill.notify.notified() => Event::Close(CloseReason::Reinstated),
             _ = wait_kick(stats) => Event::Close(CloseReason::ClosedByAdmin),
@@ -602,7 +673,14 @@ impl SessionHandler {
         if let Some(t) = self.tracer.as_mut() {
             t.pdu(&pdu);
         }
-        self.session.handle(pdu)
+        let actions = self.session.handle(pdu);
+        if let Some(ttt) = self.session.take_answered_ping()
+            && let Some(i) = self.probes.iter().position(|(t, _)| *t == ttt)
+        {
+            let (_, reply) = self.probes.swap_remove(i);
+            let _ = reply.send(());
+        }
+        actions
     }
 
     /// Carry out `actions`, then everything that is ready without waiting: outcomes of

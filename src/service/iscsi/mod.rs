@@ -98,6 +98,11 @@ pub struct ServerConfig {
     /// before its first R2T; while it is spent, commands wait (no R2T) and a connection with
     /// nothing else to receive stops reading its socket. Clone it to watch its counters.
     pub write_budget: budget::Bytes,
+    /// A login from a client whose disk has live sessions waits this long at most for their
+    /// initiators to answer a ping (an answer refuses it; see SECURITY.md, "one user of a
+    /// disk"). Sessions of a rebooted client end at once (its new IP stack resets the old
+    /// connection); one that stays silent is ended when this runs out.
+    pub probe_timeout: Duration,
 }
 
 impl ServerConfig {
@@ -134,6 +139,7 @@ impl Default for ServerConfig {
             discovery_idle: Duration::from_secs(limits::DEFAULT_DISCOVERY_IDLE_SECS),
             max_tasks_per_session: limits::DEFAULT_MAX_TASKS_PER_SESSION,
             write_budget: budget::Bytes::new(Limits::default().write_buffer()),
+            probe_timeout: Duration::from_secs(5),
         }
     }
 }

@@ -1,11 +1,12 @@
 //! The session table: live sessions by TSIH, for TSIH assignment and session and connection
-//! reinstatement, and the [`Kill`] switch a new login uses to close an old connection.
+//! reinstatement, and the [`Kill`] switch a new login uses to close an old connection or to
+//! have it probe its initiator.
 
 use crate::iscsi::login::SessionTable;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc, oneshot};
 use tracing::info;
 
 /// Live sessions by TSIH, for TSIH assignment and session reinstatement.
@@ -46,14 +47,42 @@ struct TableEntry {
     kill: Arc<Kill>,
 }
 
-/// Asks a connection to close.
-#[derive(Default)]
+/// How a connection answers a probe: `()` once its initiator echoed the ping; dropped unsent
+/// when the connection ends first.
+pub(super) type ProbeReply = oneshot::Sender<()>;
+
+/// Probe requests a connection holds at most (a sender waits for room, within its timeout).
+const PROBES_QUEUED: usize = 4;
+
+/// Asks a connection to close, or to ping its initiator for a login that would share its disk.
 pub(super) struct Kill {
     flag: AtomicBool,
     pub(super) notify: Notify,
+    probe: mpsc::Sender<ProbeReply>,
 }
 
 impl Kill {
+    /// A connection's switch, and the receiver of the probe requests it must answer.
+    pub(super) fn new() -> (Arc<Kill>, mpsc::Receiver<ProbeReply>) {
+        let (probe, rx) = mpsc::channel(PROBES_QUEUED);
+        let kill = Kill {
+            flag: AtomicBool::new(false),
+            notify: Notify::new(),
+            probe,
+        };
+        (Arc::new(kill), rx)
+    }
+
+    /// Ask the connection to ping its initiator. The receiver resolves `Ok` when the initiator
+    /// answered and `Err` when the connection ended without an answer; the caller bounds the
+    /// wait (this waits for room while [`PROBES_QUEUED`] requests are pending).
+    pub(super) async fn probe(&self) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        // A connection that is gone dropped its receiver: `tx` is dropped here, `rx` says so.
+        let _ = self.probe.send(tx).await;
+        rx
+    }
+
     pub(super) fn fire(&self) {
         self.flag.store(true, Ordering::SeqCst);
         // One waiter per connection: notify_one keeps a permit if it is not waiting right now.
@@ -141,6 +170,15 @@ impl Table {
             old.kill.fire();
         }
         t.insert(tsih, initiator, isid, target, kill);
+    }
+
+    /// The connections of the sessions `tsihs` that are still in the table.
+    pub(super) fn connections(&self, tsihs: &[u16]) -> Vec<(u16, Arc<Kill>)> {
+        let t = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        tsihs
+            .iter()
+            .filter_map(|tsih| t.sessions.get(tsih).map(|e| (*tsih, e.kill.clone())))
+            .collect()
     }
 
     pub(super) fn remove(&self, tsih: u16, kill: &Arc<Kill>) {
