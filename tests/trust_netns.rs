@@ -828,8 +828,12 @@ fn a_rebooted_client_replaces_its_old_session() {
         in_ns(&s.a.host.ns, move || connect_ready(PORTAL, &o))
     };
     let mut old = s.a.session.take().expect("A's session");
+    let t0 = Instant::now();
     let silent = login(&s, [0x00, 0x02, 0x3d, 0x00, 0x00, 0x0b]);
-    println!("attempt: A's login beside its own silent session -> In");
+    println!(
+        "attempt: A's login beside its own silent session -> In after {:.0?}",
+        t0.elapsed()
+    );
     let log = s.serve.log_text();
     assert_eq!(log.matches(PROBE_SILENT).count(), 1, "{log}");
     assert!(
@@ -844,11 +848,13 @@ fn a_rebooted_client_replaces_its_old_session() {
     must(&["ip", "-n", ns, "link", "set", ifname, "down"]);
     silent.abandon().expect("close with a reset");
     must(&["ip", "-n", ns, "link", "set", ifname, "up"]);
+    let t0 = Instant::now();
     let fresh = login(&s, [0x00, 0x02, 0x3d, 0x00, 0x00, 0x0c]);
+    let took = t0.elapsed();
     let log = s.serve.log_text();
     let by_probe = log.matches(PROBE_GONE).count() == 1;
     println!(
-        "attempt: A's login after a reboot beside its forgotten session -> In (old connection reset {})",
+        "attempt: A's login after a reboot beside its forgotten session -> In after {took:.0?} (old connection reset {})",
         if by_probe {
             "at the probe"
         } else {

@@ -100,8 +100,11 @@ pub struct ServerConfig {
     pub write_budget: budget::Bytes,
     /// A login from a client whose disk has live sessions waits this long at most for their
     /// initiators to answer a ping (an answer refuses it; see SECURITY.md, "one user of a
-    /// disk"). Sessions of a rebooted client end at once (its new IP stack resets the old
-    /// connection); one that stays silent is ended when this runs out.
+    /// disk"). A running initiator answers within milliseconds (Linux answers in the kernel).
+    /// Sessions the client's new IP stack resets end at once (Linux's, after iPXE); one that
+    /// stays silent is ended when this runs out — after a warm reboot that is every time, as
+    /// iPXE drops segments of connections it does not know without a reset: the cost of this
+    /// check at a reboot, hence short.
     pub probe_timeout: Duration,
 }
 
@@ -139,7 +142,7 @@ impl Default for ServerConfig {
             discovery_idle: Duration::from_secs(limits::DEFAULT_DISCOVERY_IDLE_SECS),
             max_tasks_per_session: limits::DEFAULT_MAX_TASKS_PER_SESSION,
             write_budget: budget::Bytes::new(Limits::default().write_buffer()),
-            probe_timeout: Duration::from_secs(5),
+            probe_timeout: Duration::from_secs(2),
         }
     }
 }
