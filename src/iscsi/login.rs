@@ -852,10 +852,15 @@ impl Login {
         if !self.registry.exclusive(&t.iqn) {
             return Ok(None);
         }
+        let name = self.initiator_name.as_deref().unwrap_or_default();
+        let live = self.one_user(t, name)?;
+        Ok((!live.is_empty()).then_some(live))
+    }
+
+    /// "One user of a disk" ([`access::one_user`]) for a login by `name` from this peer to
+    /// `t`: the TSIHs of `t`'s live sessions when it may share the disk with them (its own).
+    fn one_user(&self, t: &TargetConfig, name: &str) -> Result<Vec<u16>, LoginError> {
         let sessions = t.stats.sessions();
-        if sessions.is_empty() {
-            return Ok(None);
-        }
         let live: Vec<Live<'_>> = sessions
             .iter()
             .map(|s| Live {
@@ -863,9 +868,8 @@ impl Login {
                 initiator: &s.initiator,
             })
             .collect();
-        let name = self.initiator_name.as_deref().unwrap_or_default();
         access::one_user(&live, self.peer, name).map_err(|_| LoginError::InUse(t.iqn.clone()))?;
-        Ok(Some(sessions.iter().map(|s| s.tsih).collect()))
+        Ok(sessions.iter().map(|s| s.tsih).collect())
     }
 
     /// Reach full-feature phase: a new session (or the one the TSIH named) and the last
@@ -1035,16 +1039,7 @@ impl Login {
             return Err(LoginError::Forbidden(tn.to_string()));
         }
         if tsih == 0 && self.registry.exclusive(&t.iqn) {
-            let live = t.stats.sessions();
-            let live: Vec<Live<'_>> = live
-                .iter()
-                .map(|s| Live {
-                    peer: s.peer.ip(),
-                    initiator: &s.initiator,
-                })
-                .collect();
-            access::one_user(&live, self.peer, name)
-                .map_err(|_| LoginError::InUse(tn.to_string()))?;
+            self.one_user(&t, name)?;
         }
         Ok(t)
     }
