@@ -3,6 +3,7 @@
 use super::progress::{Progress, human};
 use super::{
     AddClientArgs, BootArgs, CliError, ImageCommand, InitArgs, ModeArg, OnOff, SetClientArgs,
+    WakeArgs,
 };
 use crate::config::secret::{generate_chap, read_secret_file, secret_path};
 use crate::config::{
@@ -478,6 +479,54 @@ pub fn boot(dir: &StateDir, a: BootArgs) -> R {
     )?;
     println!("client {}:", c.name);
     println!("  boot:      {}", BootView::of(&c).describe());
+    Ok(())
+}
+
+/// `isboot wake`: magic packets for the chosen clients, on the boot interface only.
+pub fn wake(dir: &StateDir, a: WakeArgs) -> R {
+    let st = dir.load()?;
+    let interface = match crate::service::boot::dhcp_config_of(&st) {
+        Some(Ok(d)) => d.interface,
+        Some(Err(e)) => return Err(bad(format!("isboot.toml [dhcp]: {e}"))),
+        None => {
+            return Err(bad(
+                "no boot interface: isboot.toml has no [dhcp] section, and wake sends only on its interface (isboot init --interface IF ...)",
+            ));
+        }
+    };
+    let clients: Vec<&crate::config::Client> = if a.all {
+        st.registry.clients.iter().collect()
+    } else if let Some(image) = &a.image {
+        let image: ImageName = parse(image)?;
+        if st.registry.image(&image).is_none() {
+            return Err(bad(format!("no image {image} (see isboot image list)")));
+        }
+        st.registry
+            .clients
+            .iter()
+            .filter(|c| c.image == image)
+            .collect()
+    } else {
+        let mut v = Vec::new();
+        for which in &a.clients {
+            let c = st
+                .registry
+                .find_client(which)
+                .ok_or_else(|| bad(format!("no client {which:?} (see isboot list-clients)")))?;
+            if !v.iter().any(|x: &&crate::config::Client| x.name == c.name) {
+                v.push(c);
+            }
+        }
+        v
+    };
+    if clients.is_empty() {
+        return Err(bad("no clients to wake"));
+    }
+    let macs: Vec<MacAddr> = clients.iter().map(|c| c.mac).collect();
+    crate::service::wol::send(&interface, &macs).map_err(|e| CliError::Failed(e.to_string()))?;
+    for c in &clients {
+        println!("woke {} ({}) on {interface}", c.name, c.mac);
+    }
     Ok(())
 }
 

@@ -71,6 +71,8 @@ pub enum Command {
     /// Choose what a client boots: once (--next), by default (--default), with or without
     /// its boot menu (--menu).
     Boot(BootArgs),
+    /// Wake clients up: Wake-on-LAN magic packets on the boot interface ([dhcp] interface).
+    Wake(WakeArgs),
     /// Serve every client's iSCSI target, following changes to the state directory.
     Serve(ServeArgs),
     /// Show each client's session, traffic, disk usage and base version.
@@ -316,6 +318,19 @@ pub struct BootArgs {
     pub clear: bool,
 }
 
+#[derive(clap::Args, Debug)]
+pub struct WakeArgs {
+    /// Client names or MAC addresses.
+    #[arg(required_unless_present_any = ["all", "image"], conflicts_with_all = ["all", "image"])]
+    pub clients: Vec<String>,
+    /// Every client.
+    #[arg(long, conflicts_with = "image")]
+    pub all: bool,
+    /// Every client of this image.
+    #[arg(long, value_name = "NAME")]
+    pub image: Option<String>,
+}
+
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OnOff {
     On,
@@ -446,6 +461,7 @@ pub fn main() -> ExitCode {
         Command::RemoveClient(a) => commands::remove_client(&dir, &a.client, a.keep_overlay),
         Command::ResetClient(a) => commands::reset_client(&dir, &a.client, a.force),
         Command::Boot(a) => commands::boot(&dir, a),
+        Command::Wake(a) => commands::wake(&dir, a),
         Command::Serve(a) => serve::run(&dir, &a),
         Command::Status(a) => commands::status(&dir, a.json),
         Command::Export(_) | Command::GenerateDocs(_) => Ok(()),

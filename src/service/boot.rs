@@ -76,7 +76,12 @@ impl PowerOnHook for PowerOnReset {
 
 /// The `[dhcp]` section of the live config, if any.
 fn dhcp_config(reg: &StateRegistry) -> Option<Result<DhcpConfig, String>> {
-    let v = reg.current_state().config.dhcp.clone()?;
+    dhcp_config_of(&reg.current_state())
+}
+
+/// The `[dhcp]` section of `st`'s config, if any (its `interface` is the boot interface).
+pub fn dhcp_config_of(st: &crate::config::State) -> Option<Result<DhcpConfig, String>> {
+    let v = st.config.dhcp.clone()?;
     Some(
         v.try_into()
             .map_err(|e: toml::de::Error| e.to_string().trim().replace('\n', " ")),

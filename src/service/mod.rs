@@ -13,6 +13,7 @@ pub mod read_trace;
 pub mod registry;
 pub mod secrets;
 pub mod tftp;
+pub mod wol;
 
 /// Run `f`, which blocks (file I/O, fsync), from async code that must wait for its result: off
 /// the executor's core threads where the runtime allows it (`block_in_place` on a multi-thread
