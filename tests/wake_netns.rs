@@ -80,8 +80,9 @@ fn magic_packets_on_the_boot_interface() {
     let rx = in_ns(&pc, move || {
         client_socket(&nic2, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 9))
     });
-    let wake = |args: &[&str]| {
-        let o = Command::new("ip")
+    // `isboot wake ARGS` in the server's namespace.
+    let wake_in_srv = |args: &[&str]| {
+        Command::new("ip")
             .args([
                 "netns",
                 "exec",
@@ -94,7 +95,10 @@ fn magic_packets_on_the_boot_interface() {
             .args(args)
             .env_remove("RUST_LOG")
             .output()
-            .unwrap();
+            .unwrap()
+    };
+    let wake = |args: &[&str]| {
+        let o = wake_in_srv(args);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         String::from_utf8_lossy(&o.stdout).into_owned()
     };
@@ -138,18 +142,7 @@ fn magic_packets_on_the_boot_interface() {
         ),
     )
     .unwrap();
-    let o = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &srv,
-            env!("CARGO_BIN_EXE_isboot"),
-            "--state-dir",
-        ])
-        .arg(&dir)
-        .args(["wake", "pc1"])
-        .output()
-        .unwrap();
+    let o = wake_in_srv(&["pc1"]);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
