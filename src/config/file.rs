@@ -5,6 +5,7 @@
 use super::ConfigError;
 use super::limits::Limits;
 use super::names::{Iqn, Net, Subnet};
+use super::store::StoreConfig;
 use serde::{Deserialize, Serialize};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
@@ -70,6 +71,9 @@ pub struct Config {
     /// Budgets: connections, buffered writes, TFTP slots, space.
     #[serde(default)]
     pub limits: Limits,
+    /// Where base images and client disks live (`file` or `rbd`).
+    #[serde(default)]
+    pub store: StoreConfig,
     /// Anything else found in the file, kept.
     #[serde(flatten)]
     pub extra: toml::Table,
@@ -189,6 +193,7 @@ impl Default for Config {
             dhcp: None,
             http: HttpConfig::default(),
             limits: Limits::default(),
+            store: StoreConfig::default(),
             extra: toml::Table::new(),
         }
     }
@@ -206,6 +211,10 @@ impl Config {
                 message: format!("iqn_prefix {} must be an iqn. name", c.iqn_prefix),
             });
         }
+        c.store.validate().map_err(|message| ConfigError::Parsing {
+            path: path.to_path_buf(),
+            message,
+        })?;
         if let (Some(ip), Some(net)) = (c.server_ip, c.subnet) {
             if !net.contains(ip) {
                 return Err(ConfigError::Parsing {
@@ -281,6 +290,8 @@ impl Config {
         }
         s.push('\n');
         s.push_str(&self.limits.render());
+        s.push('\n');
+        s.push_str(&self.store.render());
         s
     }
 

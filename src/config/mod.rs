@@ -25,6 +25,7 @@ pub mod report;
 pub mod secret;
 pub mod state;
 pub mod status;
+pub mod store;
 
 pub use file::{BootListen, Config, HttpConfig};
 pub use names::{ClientName, ImageName, Iqn, MacAddr, Net, Subnet};
@@ -36,6 +37,7 @@ pub use state::{
     StateDir, TargetKind, TargetSpec, maint_secret_name,
 };
 pub use status::{ServerStatus, SessionStatus, TargetStatus};
+pub use store::{Backend, StoreConfig};
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
