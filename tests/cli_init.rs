@@ -174,3 +174,33 @@ fn help_reads_well() {
     assert_eq!(lab.run(&["add-client"]).code, 2);
     assert_eq!(lab.run(&["frobnicate"]).code, 2);
 }
+
+#[test]
+fn store_section_is_commented_and_checked() {
+    let lab = Lab::new();
+    lab.run(&["init"]).ok();
+    let path = lab.dir.join("isboot.toml");
+    let cfg = std::fs::read_to_string(&path).unwrap();
+    assert!(cfg.contains("[store]\n"), "{cfg}");
+    assert!(cfg.contains("# backend = \"file\""), "{cfg}");
+    assert!(cfg.contains("# pool = \"isboot\""), "{cfg}");
+    // A Ceph key without backend = "rbd" is a mistake the admin hears about.
+    let with_pool = cfg.replace("# pool = \"isboot\"", "pool = \"fleet\"");
+    std::fs::write(&path, &with_pool).unwrap();
+    lab.refused(&["image", "list"], 1, "only apply to backend = \"rbd\"");
+    let rbd = cfg.replace("# backend = \"file\"", "backend = \"rbd\"");
+    std::fs::write(&path, &rbd).unwrap();
+    if cfg!(feature = "rbd") {
+        // Parsed, but nothing serves from RBD yet: the commands that put or serve disks say so.
+        lab.refused(&["serve"], 1, "not served yet");
+        lab.refused(
+            &["image", "add", "img", "/nonexistent"],
+            1,
+            "not served yet",
+        );
+    } else {
+        // This build has no RBD store: every command says so, none runs.
+        lab.refused(&["image", "list"], 1, "--features rbd");
+        lab.refused(&["serve"], 1, "--features rbd");
+    }
+}

@@ -165,6 +165,11 @@ pub fn image(dir: &StateDir, c: ImageCommand) -> R {
     match c {
         ImageCommand::Add(a) => {
             let name: ImageName = parse(&a.name)?;
+            dir.load()?
+                .config
+                .store
+                .file_store_only("isboot image add")
+                .map_err(CliError::Failed)?;
             let mut p = Progress::new(format!("importing {name}"));
             let v = dir.image_add(&name, &a.file, &mut |d, t| p.update(d, t))?;
             println!(

@@ -16,6 +16,11 @@ pub fn run(dir: &StateDir, args: &super::ServeArgs) -> Result<(), CliError> {
     let listen = args.listen.as_deref();
     super::init_tracing();
     let state = dir.load()?;
+    state
+        .config
+        .store
+        .file_store_only("isboot serve")
+        .map_err(CliError::Failed)?;
     let addr: SocketAddr = match listen {
         Some(s) => s
             .parse()
