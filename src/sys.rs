@@ -172,6 +172,50 @@ pub fn add_arp_entry(
     })
 }
 
+// ---- page cache ---------------------------------------------------------------------------
+
+/// Bytes of `map` (a whole file mapping, starting at a page boundary) that are in the page
+/// cache now (`mincore(2)`), counted in whole pages (the last one partly past the end counts
+/// as full: capped at `map.len()`). Walks the mapping in chunks with one small buffer.
+pub fn resident_bytes(map: &[u8]) -> io::Result<u64> {
+    /// Pages asked about per call (256 MiB of 4 KiB pages; a 64 KiB buffer).
+    const CHUNK_PAGES: usize = 1 << 16;
+    let page = page_size();
+    if map.is_empty() {
+        return Ok(0);
+    }
+    if (map.as_ptr() as usize) % page != 0 {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    }
+    let mut vec = vec![0u8; CHUNK_PAGES];
+    let mut pages = 0u64;
+    for chunk in map.chunks(CHUNK_PAGES * page) {
+        let n = chunk.len().div_ceil(page);
+        let out = vec.get_mut(..n).ok_or(io::ErrorKind::InvalidInput)?;
+        // SAFETY: `chunk` is a live, page-aligned part of a mapping (each chunk starts a whole
+        // number of pages after the aligned start) borrowed for the call; mincore writes one
+        // byte per page of `chunk.len()` rounded up to pages, which is `n` bytes, and `out`
+        // holds exactly `n`.
+        check(unsafe {
+            libc::mincore(
+                chunk.as_ptr() as *mut libc::c_void,
+                chunk.len(),
+                out.as_mut_ptr(),
+            )
+        })?;
+        pages += out.iter().filter(|b| **b & 1 == 1).count() as u64;
+    }
+    Ok((pages * page as u64).min(map.len() as u64))
+}
+
+/// The size of a memory page.
+pub fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions; it returns -1 (never for _SC_PAGESIZE on Linux)
+    // on error, which falls back to 4 KiB.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(n).ok().filter(|n| *n > 0).unwrap_or(4096)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,13 +4,14 @@
 //! - events, counted where they happen with one call into the process-wide [`Metrics`]
 //!   ([`get`]): logins, READ/WRITE latency, DHCP messages, TFTP transfers, boots;
 //! - state, read at scrape time from the live registry and the file system
-//!   ([`StateCollector`]): per-client traffic, sessions and overlay sizes, free space. Those
-//!   cost the serving paths nothing.
+//!   ([`StateCollector`]): per-client traffic, sessions and overlay sizes, free space, and the
+//!   base images' page-cache residency (`mincore`, sampled at most every
+//!   [`IMAGE_CACHE_SAMPLE`]). Those cost the serving paths nothing.
 //!
 //! Latency histograms are lock-free ([`AtomicHistogram`]): the READ path pays two clock reads
 //! and three relaxed atomic adds per command (see benches/RESULTS.md).
 
-use crate::service::registry::StateRegistry;
+use crate::service::registry::{IMAGE_CACHE_SAMPLE, ImageCache, StateRegistry};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{
     DescriptorEncoder, EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet,
@@ -162,7 +163,7 @@ pub struct Metrics {
     iscsi_connections: Family<OutcomeLabel, Counter>,
     login_probes: Family<OutcomeLabel, Counter>,
     boots: Family<ClientLabel, Counter>,
-    takeover: AtomicHistogram,
+    takeover: Family<ClientLabel, AtomicHistogram, fn() -> AtomicHistogram>,
     last_takeover: Family<ClientLabel, Gauge<f64, AtomicU64>>,
     /// By target IQN (lower case).
     watched: Mutex<HashMap<String, BootWatch>>,
@@ -180,7 +181,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     iscsi_connections: Family::default(),
     login_probes: Family::default(),
     boots: Family::default(),
-    takeover: AtomicHistogram::new(&BOOT_BOUNDS),
+    takeover: Family::new_with_constructor(|| AtomicHistogram::new(&BOOT_BOUNDS)),
     last_takeover: Family::default(),
     watched: Mutex::new(HashMap::new()),
     write_budget: Mutex::new(None),
@@ -243,11 +244,12 @@ impl Metrics {
             Some(_) => {
                 // A second initiator on the same boot: the OS took over from the firmware.
                 let secs = b.at.elapsed();
-                self.takeover.observe(secs);
+                let client = ClientLabel {
+                    client: b.client.clone(),
+                };
+                self.takeover.get_or_create(&client).observe(secs);
                 self.last_takeover
-                    .get_or_create(&ClientLabel {
-                        client: b.client.clone(),
-                    })
+                    .get_or_create(&client)
                     .set(secs.as_secs_f64());
                 w.remove(&key);
             }
@@ -382,9 +384,9 @@ impl Metrics {
         );
         reg.register_with_unit(
             "isboot_boot_takeover",
-            "Time from a client's power-on (PXE DHCP) to its operating system's iSCSI login",
+            "Time from a client's power-on (PXE DHCP) to its operating system's iSCSI login, per client",
             Unit::Seconds,
-            HistogramRef(&METRICS, |m| &m.takeover),
+            self.takeover.clone(),
         );
         reg.register_with_unit(
             "isboot_client_last_boot_takeover",
@@ -434,12 +436,18 @@ struct TargetLabels {
     kind: String,
 }
 
-fn family<M: EncodeMetric>(
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ImageLabels {
+    image: String,
+    version: String,
+}
+
+fn family<L: EncodeLabelSet, M: EncodeMetric>(
     enc: &mut DescriptorEncoder,
     name: &str,
     help: &str,
     unit: Option<&Unit>,
-    rows: &[(TargetLabels, M)],
+    rows: &[(L, M)],
 ) -> Result<(), std::fmt::Error> {
     let Some((_, first)) = rows.first() else {
         return Ok(());
@@ -534,6 +542,36 @@ impl Collector for StateCollector {
                 size.metric_type(),
             )?)?;
         }
+        let images = self.registry.image_cache(IMAGE_CACHE_SAMPLE);
+        let rows = |f: fn(&ImageCache) -> u64| -> Vec<(ImageLabels, ConstGauge<i64>)> {
+            images
+                .iter()
+                .map(|i| {
+                    let labels = ImageLabels {
+                        image: i.image.clone(),
+                        version: i.version.to_string(),
+                    };
+                    (
+                        labels,
+                        ConstGauge::new(i64::try_from(f(i)).unwrap_or(i64::MAX)),
+                    )
+                })
+                .collect()
+        };
+        family(
+            &mut enc,
+            "isboot_image_cached",
+            "Bytes of a base image version in the page cache (mincore, sampled at most every 10 s)",
+            Some(&Unit::Bytes),
+            &rows(|i| i.cached),
+        )?;
+        family(
+            &mut enc,
+            "isboot_image_size",
+            "Size of a base image version the targets use",
+            Some(&Unit::Bytes),
+            &rows(|i| i.size),
+        )?;
         Ok(())
     }
 }
@@ -703,21 +741,42 @@ mod tests {
     fn takeover_is_the_first_login_with_another_isid() {
         let m = get();
         let t = "iqn.2026-11.test:takeover-unit";
-        let before = m.takeover.count();
+        let client = ClientLabel {
+            client: "takeover-unit".into(),
+        };
+        let count = || m.takeover.get_or_create(&client).count();
+        assert_eq!(count(), 0);
         m.power_on("takeover-unit", t);
         m.login_accepted(Some(t), [0x80, 0, 0x27, 0x23, 0, 1]); // iPXE
         m.login_accepted(Some(t), [0x80, 0, 0x27, 0x23, 0, 1]); // iPXE again
         m.login_accepted(Some("iqn.2026-11.test:other"), [0, 2, 0x3d, 0, 0, 1]);
-        assert_eq!(m.takeover.count(), before);
+        assert_eq!(count(), 0);
         m.login_accepted(Some(&t.to_uppercase()), [0, 2, 0x3d, 0, 0, 1]); // open-iscsi
-        assert_eq!(m.takeover.count(), before + 1);
+        assert_eq!(count(), 1);
         // Once per power-on.
         m.login_accepted(Some(t), [0, 2, 0x3d, 0, 0, 2]);
-        assert_eq!(m.takeover.count(), before + 1);
-        let g = m.last_takeover.get_or_create(&ClientLabel {
-            client: "takeover-unit".into(),
-        });
+        assert_eq!(count(), 1);
+        let g = m.last_takeover.get_or_create(&client);
         assert!(g.get() >= 0.0);
+        // One histogram per client in the exposition.
+        let mut reg = Registry::default();
+        m.register(&mut reg);
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &reg).unwrap();
+        assert!(
+            out.contains("# TYPE isboot_boot_takeover_seconds histogram"),
+            "{out}"
+        );
+        assert!(
+            out.contains("isboot_boot_takeover_seconds_count{client=\"takeover-unit\"} 1"),
+            "{out}"
+        );
+        assert!(
+            out.contains(
+                "isboot_boot_takeover_seconds_bucket{le=\"+Inf\",client=\"takeover-unit\"} 1"
+            ),
+            "{out}"
+        );
     }
 
     #[test]

@@ -28,6 +28,19 @@ use std::time::Duration;
 /// login ([`StateRegistry::login_accepted`]): PXE to iPXE's login takes seconds.
 pub const PENDING_POWER_ON: Duration = Duration::from_secs(120);
 
+/// How old a page-cache sample of the base images may be before a scrape takes a new one
+/// ([`StateRegistry::image_cache`]).
+pub const IMAGE_CACHE_SAMPLE: Duration = Duration::from_secs(10);
+
+/// How much of one open base image version is in the page cache.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageCache {
+    pub image: String,
+    pub version: u64,
+    pub size: u64,
+    pub cached: u64,
+}
+
 /// How often [`maintain`] looks at the state files and publishes the status.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -70,6 +83,8 @@ pub struct StateRegistry {
     pending_power_on: Mutex<HashMap<String, std::time::Instant>>,
     /// Addresses DHCP learned clients hold (see [`StateRegistry::learn_address`]).
     learned: Mutex<HashMap<MacAddr, (std::net::Ipv4Addr, AddressOrigin)>>,
+    /// The last page-cache sample of the open base images, and when it was taken.
+    image_cache: Mutex<Option<(std::time::Instant, Vec<ImageCache>)>>,
 }
 
 fn fnv1a(s: &str) -> u64 {
@@ -110,6 +125,7 @@ impl StateRegistry {
             boot_http: Mutex::new(None),
             pending_power_on: Mutex::new(HashMap::new()),
             learned: Mutex::new(HashMap::new()),
+            image_cache: Mutex::new(None),
         };
         r.reload()?;
         Ok(r)
@@ -117,6 +133,42 @@ impl StateRegistry {
 
     pub fn state_dir(&self) -> &StateDir {
         &self.dir
+    }
+
+    /// Page-cache residency of every base image version the targets use, sampled at most
+    /// every `max_age` (a scrape between samples gets the last one): `mincore` over each
+    /// image, never on the serving path.
+    pub fn image_cache(&self, max_age: Duration) -> Vec<ImageCache> {
+        let bases: Vec<(PathBuf, Arc<BaseImage>)> = self
+            .read()
+            .bases
+            .iter()
+            .filter_map(|(p, w)| Some((p.clone(), w.upgrade()?)))
+            .collect();
+        let mut last = self.image_cache.lock().unwrap_or_else(|e| e.into_inner());
+        // A new or dropped base is sampled at once.
+        if let Some((at, v)) = last.as_ref()
+            && at.elapsed() < max_age
+            && v.len() == bases.len()
+        {
+            return v.clone();
+        }
+        let mut v: Vec<ImageCache> = bases
+            .iter()
+            .filter_map(|(path, b)| {
+                let cached = b.cached_bytes()?.ok()?;
+                Some(ImageCache {
+                    // images/NAME/vN.raw
+                    image: path.parent()?.file_name()?.to_string_lossy().into_owned(),
+                    version: b.version(),
+                    size: b.bytes().len() as u64,
+                    cached,
+                })
+            })
+            .collect();
+        v.sort_by(|a, b| (&a.image, a.version).cmp(&(&b.image, b.version)));
+        *last = Some((std::time::Instant::now(), v.clone()));
+        v
     }
 
     /// The state as last loaded (config with its `[dhcp]` section, clients, images): what the
@@ -675,6 +727,35 @@ mod tests {
         }
         drop(l);
         (t, dir)
+    }
+
+    /// The residency sample follows the page cache: none after the kernel drops the image's
+    /// clean pages, all of it after a read; a sample younger than `max_age` is reused.
+    #[test]
+    fn image_cache_samples_the_base_images_page_cache() {
+        let (_t, dir) = setup();
+        let file = dir.path("images/deb/v1.raw");
+        let reg = StateRegistry::open(dir).unwrap();
+        let f = std::fs::File::open(&file).unwrap();
+        f.sync_all().unwrap();
+        rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::DontNeed).unwrap();
+        let v = reg.image_cache(Duration::ZERO);
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert_eq!(
+            (v[0].image.as_str(), v[0].version, v[0].size),
+            ("deb", 1, 1 << 20)
+        );
+        assert!(v[0].cached < v[0].size, "nothing was dropped: {v:?}");
+        let data = std::fs::read(&file).unwrap();
+        assert_eq!(data.len(), 1 << 20);
+        let v = reg.image_cache(Duration::ZERO);
+        assert_eq!(v[0].cached, v[0].size, "{v:?}");
+        rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::DontNeed).unwrap();
+        assert_eq!(
+            reg.image_cache(Duration::from_secs(3600)),
+            v,
+            "not the last sample"
+        );
     }
 
     fn fake_session(t: &TargetConfig) -> Arc<AtomicBool> {

@@ -90,6 +90,13 @@ impl BaseImage {
         self.version
     }
 
+    /// Bytes of the image file in the page cache now (`mincore`); `None` for a base held in
+    /// memory. Costs one system call per 256 MiB of image: sample it, never per request.
+    pub fn cached_bytes(&self) -> Option<std::io::Result<u64>> {
+        self.file.as_ref()?;
+        Some(crate::sys::resident_bytes(&self.bytes))
+    }
+
     /// The whole image; slice it for zero-copy segments.
     pub fn bytes(&self) -> &Bytes {
         &self.bytes
