@@ -49,7 +49,12 @@ pub struct JournalFormat {
 impl JournalFormat {
     pub fn new() -> JournalFormat {
         JournalFormat {
-            inner: format::format().without_time().with_ansi(false),
+            // The level is written unpadded by format_event: tracing pads it to five columns
+            // (" INFO"), which left every journal line starting with a space.
+            inner: format::format()
+                .without_time()
+                .with_level(false)
+                .with_ansi(false),
         }
     }
 }
@@ -65,7 +70,8 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        write!(writer, "<{}>", syslog_priority(event.metadata().level()))?;
+        let level = event.metadata().level();
+        write!(writer, "<{}>{} ", syslog_priority(level), level.as_str())?;
         self.inner.format_event(ctx, writer, event)
     }
 }
@@ -129,15 +135,15 @@ mod tests {
             .unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 4, "{text}");
-        assert!(lines[0].starts_with("<4> WARN "), "{}", lines[0]);
+        assert!(lines[0].starts_with("<4>WARN isboot"), "{}", lines[0]);
         assert!(
             lines[0].contains("disk nearly full client=\"pc1\""),
             "{}",
             lines[0]
         );
-        assert!(lines[1].starts_with("<6> INFO "), "{}", lines[1]);
-        assert!(lines[2].starts_with("<3>ERROR "), "{}", lines[2]);
-        assert!(lines[3].starts_with("<7>DEBUG "), "{}", lines[3]);
+        assert!(lines[1].starts_with("<6>INFO isboot"), "{}", lines[1]);
+        assert!(lines[2].starts_with("<3>ERROR isboot"), "{}", lines[2]);
+        assert!(lines[3].starts_with("<7>DEBUG isboot"), "{}", lines[3]);
         assert!(!text.contains("202"), "no timestamp: {text}");
     }
 }
