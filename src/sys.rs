@@ -52,6 +52,31 @@ pub fn punch_hole(file: &impl AsFd, offset: u64, len: u64) -> io::Result<()> {
     check(unsafe { libc::fallocate(file.as_fd().as_raw_fd(), mode, off, l) })
 }
 
+/// Take a read lease on `file` (`fcntl(F_SETLEASE, F_RDLCK)`; `file` open read-only, owned
+/// by this process's user or CAP_LEASE): from now on a process that opens it for writing or
+/// truncates it waits, up to the kernel's lease-break-time, until the lease is let go, and
+/// this process gets SIGIO (whose default action ends it: handle SIGIO first).
+pub fn take_read_lease(file: &File) -> io::Result<()> {
+    // SAFETY: fcntl on a descriptor `file` owns for the duration of the call.
+    check(unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLEASE, libc::F_RDLCK) })
+}
+
+/// Is the lease held on `file` being broken (or gone)? (`fcntl(F_GETLEASE)` says F_UNLCK.)
+pub fn lease_breaking(file: &File) -> io::Result<bool> {
+    // SAFETY: fcntl on a descriptor `file` owns for the duration of the call.
+    let r = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETLEASE) };
+    if r == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(r == libc::F_UNLCK)
+}
+
+/// Let go of the lease on `file`, so whoever waits for it goes on.
+pub fn release_lease(file: &File) -> io::Result<()> {
+    // SAFETY: fcntl on a descriptor `file` owns for the duration of the call.
+    check(unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLEASE, libc::F_UNLCK) })
+}
+
 /// A read-only shared mapping of `len` bytes of `file` from `offset` (a multiple of the page
 /// size).
 ///

@@ -261,6 +261,60 @@ fn writers_share_a_small_write_budget_and_all_finish() {
     );
 }
 
+/// A target `IQN:name` whose disk is a fresh overlay in `dir` over `base`.
+fn overlay_target(
+    name: &str,
+    base: &Arc<isboot::store::base::BaseImage>,
+    dir: &std::path::Path,
+) -> Arc<isboot::iscsi::target::TargetConfig> {
+    use isboot::iscsi::target::{TargetConfig, TargetStats};
+    use isboot::scsi::{LogicalUnit, LuIdentity, TargetLus};
+    use isboot::store::overlay::Overlay;
+    let path = dir.join(format!("{name}.ovl"));
+    drop(Overlay::create_at(&path, base.clone(), 4096).expect("create overlay"));
+    let ov = Overlay::open_at(&path, base.clone(), false).expect("open overlay");
+    Arc::new(TargetConfig {
+        iqn: format!("{IQN}:{name}"),
+        lus: Arc::new(TargetLus::single(Arc::new(LogicalUnit::new(
+            Arc::new(ov),
+            LuIdentity {
+                vendor: "ISBOOT".into(),
+                product: "TEST".into(),
+                revision: "0001".into(),
+                serial: name.into(),
+                naa_id: 9,
+            },
+        )))),
+        allowed_initiators: Vec::new(),
+        chap: None,
+        listed: true,
+        stats: Arc::new(TargetStats::default()),
+    })
+}
+
+/// A base image over the file `name` (4 MiB) made in `dir`.
+fn base_image(
+    dir: &std::path::Path,
+    name: &str,
+) -> (std::path::PathBuf, Arc<isboot::store::base::BaseImage>) {
+    use isboot::store::base::{BaseId, BaseImage};
+    let path = fixture::patterned_image(dir, name, 4 << 20);
+    let base = BaseImage::open(&path, BaseId::random().expect("id"), 1).expect("base");
+    (path, Arc::new(base))
+}
+
+/// Log in to `IQN:name` (open-iscsi's keys) and take the unit attention.
+fn login(addr: SocketAddr, name: &str) -> Initiator {
+    let opts = LoginOptions::new(
+        &format!("iqn.2026-12.test:{name}"),
+        Some(&format!("{IQN}:{name}")),
+    )
+    .linux_profile();
+    let mut c = Initiator::connect(addr, &opts).expect("login");
+    c.clear_unit_attention(0).expect("unit attention");
+    c
+}
+
 /// A tmpfs of `size` mounted on `at` (root only), unmounted when dropped.
 struct Tmpfs(std::path::PathBuf);
 
@@ -291,40 +345,13 @@ impl Drop for Tmpfs {
 
 #[test]
 fn a_full_state_file_system_fails_only_the_writes_that_need_space() {
-    use isboot::iscsi::target::{TargetConfig, TargetStats};
-    use isboot::scsi::{LogicalUnit, LuIdentity, TargetLus};
-    use isboot::store::base::{BaseId, BaseImage};
-    use isboot::store::overlay::Overlay;
     if !fixture::netns::is_root() {
         return fixture::skip("mounting a tmpfs needs root");
     }
     let dir = tempfile::tempdir().expect("tmp");
-    let base_path = fixture::patterned_image(dir.path(), "base.raw", 4 << 20);
-    let base =
-        Arc::new(BaseImage::open(&base_path, BaseId::random().expect("id"), 1).expect("base"));
+    let (base_path, base) = base_image(dir.path(), "base.raw");
     let fs = Tmpfs::mount(&dir.path().join("state"), "1m");
-    let target = |name: &str| {
-        let path = fs.0.join(format!("{name}.ovl"));
-        drop(Overlay::create_at(&path, base.clone(), 4096).expect("create overlay"));
-        let ov = Overlay::open_at(&path, base.clone(), false).expect("open overlay");
-        Arc::new(TargetConfig {
-            iqn: format!("{IQN}:{name}"),
-            lus: Arc::new(TargetLus::single(Arc::new(LogicalUnit::new(
-                Arc::new(ov),
-                LuIdentity {
-                    vendor: "ISBOOT".into(),
-                    product: "TEST".into(),
-                    revision: "0001".into(),
-                    serial: name.into(),
-                    naa_id: 9,
-                },
-            )))),
-            allowed_initiators: Vec::new(),
-            chap: None,
-            listed: true,
-            stats: Arc::new(TargetStats::default()),
-        })
-    };
+    let target = |name: &str| overlay_target(name, &base, &fs.0);
     let reg = Arc::new(StaticRegistry(vec![target("a"), target("b")]));
     let srv = start(reg, ServerConfig::default());
     let login = |name: &str| {
@@ -374,4 +401,72 @@ fn a_full_state_file_system_fails_only_the_writes_that_need_space() {
     a.logout().expect("logout");
     b.logout().expect("logout");
     drop(srv);
+}
+
+#[test]
+fn a_base_changed_underneath_fails_its_clients_and_no_other() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (trunc_path, trunc) = base_image(dir.path(), "truncated.raw");
+    let (swap_path, swap) = base_image(dir.path(), "replaced.raw");
+    let (_, good) = base_image(dir.path(), "good.raw");
+    let reg = Arc::new(StaticRegistry(vec![
+        overlay_target("t", &trunc, dir.path()),
+        overlay_target("r", &swap, dir.path()),
+        overlay_target("g", &good, dir.path()),
+    ]));
+    drop((trunc, swap, good));
+    let srv = start(
+        reg,
+        ServerConfig {
+            base_check: Duration::from_millis(100),
+            ..Default::default()
+        },
+    );
+    let (mut t, mut r, mut g) = (
+        login(srv.addr, "t"),
+        login(srv.addr, "r"),
+        login(srv.addr, "g"),
+    );
+    let want = std::fs::read(&trunc_path).expect("base");
+    for c in [&mut t, &mut r, &mut g] {
+        let w = fixture::pattern(4096, 9);
+        assert_eq!(c.write16(0, 8, &w).expect("write").status, 0);
+        assert!(c.read16(0, 0, 8).expect("read").data == want[..4096]);
+    }
+    let medium_error = |c: &mut Initiator| {
+        let x = c.read16(0, 0, 8).expect("answered");
+        x.status == 2 && x.sense.get(2).map(|k| k & 0x0f) == Some(0x03)
+    };
+
+    // Truncated to half while its client reads: the client gets MEDIUM ERROR (for the half
+    // that is still there too), the server does not die of SIGBUS.
+    let truncating = std::thread::spawn(move || {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&trunc_path)
+            .expect("open for writing");
+        f.set_len(2 << 20).expect("truncate");
+    });
+    assert!(
+        eventually(|| medium_error(&mut t)),
+        "the truncated base's client gets errors"
+    );
+    truncating.join().expect("the truncation went ahead");
+    assert!(medium_error(&mut t), "and keeps getting them");
+    let w = t.write16(0, 8, &[1; 512]).expect("answered");
+    assert_eq!(w.status, 2, "writes too");
+
+    // Replaced by a file of the same size (what a `cp` to a temporary name and `mv` does).
+    let other = dir.path().join("other.raw");
+    std::fs::write(&other, vec![0xEEu8; 4 << 20]).expect("other");
+    std::fs::rename(&other, &swap_path).expect("replace");
+    assert!(
+        eventually(|| medium_error(&mut r)),
+        "the replaced base's client gets errors"
+    );
+
+    // The third image keeps serving, data intact.
+    assert!(g.read16(0, 0, 8).expect("read").data == want[..4096]);
+    assert!(g.read16(0, 8, 8).expect("read").data == fixture::pattern(4096, 9));
+    g.logout().expect("logout");
 }

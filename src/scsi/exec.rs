@@ -219,6 +219,10 @@ fn store_sense(e: &StoreError) -> Sense {
         // file system above, not an I/O error on a failing disk. The device logs it.
         return Sense::new(key::DATA_PROTECT, asc::SPACE_ALLOCATION_FAILED);
     }
+    if let StoreError::BaseChanged(_) = e {
+        // Every read and write of the disk fails alike; the base logged why, once.
+        return Sense::new(key::MEDIUM_ERROR, asc::UNRECOVERED_READ_ERROR);
+    }
     tracing::warn!(error = %e, "block device I/O failed");
     match e {
         StoreError::OutOfRange { .. } => Sense::lba_out_of_range(),

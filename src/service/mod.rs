@@ -1,6 +1,7 @@
 //! The only layer with sockets, spawned tasks and signals.
 
 pub mod api;
+pub mod bases;
 pub mod boot;
 pub mod budget;
 pub mod dhcp;

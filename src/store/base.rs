@@ -6,8 +6,10 @@ use super::{BlockDevice, SECTOR, Segment, StoreError};
 use bytes::Bytes;
 use std::fmt;
 use std::fs::File;
-use std::path::Path;
-use std::sync::Arc;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 
 /// Identifies one base image version; recorded in every overlay made on it, so an overlay is
 /// never opened over a different base.
@@ -41,12 +43,161 @@ impl fmt::Debug for BaseId {
     }
 }
 
+/// How a base file changed under the server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BaseChange {
+    /// Someone opened it for writing or truncated it (its read lease was broken).
+    Written,
+    /// It is shorter than when it was opened.
+    Truncated,
+    /// Its size or modification time changed.
+    Modified,
+    /// Another file stands at its path.
+    Replaced,
+}
+
+impl fmt::Display for BaseChange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BaseChange::Written => "was opened for writing or truncated",
+            BaseChange::Truncated => "was truncated",
+            BaseChange::Modified => "was modified in place",
+            BaseChange::Replaced => "was replaced by another file",
+        })
+    }
+}
+
+impl BaseChange {
+    const ALL: [BaseChange; 4] = [
+        BaseChange::Written,
+        BaseChange::Truncated,
+        BaseChange::Modified,
+        BaseChange::Replaced,
+    ];
+}
+
+/// What identifies a base file: where it lives (device, inode), its size and modification
+/// time, as seen when it was opened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Identity {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+}
+
+impl Identity {
+    fn of(m: &std::fs::Metadata) -> Identity {
+        Identity {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.len(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+        }
+    }
+}
+
+/// A base file opened from a path, watched for changes ([`check_all`]).
+pub struct Watched {
+    path: PathBuf,
+    file: Arc<File>,
+    identity: Identity,
+    /// 0 while unchanged, else 1 + the index of the [`BaseChange`] in `BaseChange::ALL`.
+    changed: AtomicU8,
+    leased: AtomicBool,
+}
+
+/// Every base file opened in this process (dead entries are dropped as [`check_all`] runs).
+static WATCHED: Mutex<Vec<Weak<Watched>>> = Mutex::new(Vec::new());
+
+impl Watched {
+    fn changed(&self) -> Option<BaseChange> {
+        let i = self.changed.load(Ordering::Acquire);
+        BaseChange::ALL.get(usize::from(i).checked_sub(1)?).copied()
+    }
+
+    /// Compare the file with what it was at open; the first change found sticks.
+    fn check(&self) -> Option<BaseChange> {
+        if let Some(c) = self.changed() {
+            return Some(c);
+        }
+        let id = self.identity;
+        let found = if self.leased.load(Ordering::Acquire)
+            && crate::sys::lease_breaking(&self.file).unwrap_or(false)
+        {
+            Some(BaseChange::Written)
+        } else {
+            match self.file.metadata().map(|m| Identity::of(&m)) {
+                Ok(now) if now.size < id.size => Some(BaseChange::Truncated),
+                Ok(now) if now != id => Some(BaseChange::Modified),
+                _ => match std::fs::metadata(&self.path) {
+                    Ok(m) if (m.dev(), m.ino()) != (id.dev, id.ino) => Some(BaseChange::Replaced),
+                    _ => None,
+                },
+            }
+        };
+        let c = found?;
+        let i = BaseChange::ALL.iter().position(|x| *x == c).unwrap_or(0) as u8 + 1;
+        if self.changed.swap(i, Ordering::AcqRel) == 0 {
+            tracing::error!(
+                "base image {} {c} while clients use it: their disks answer MEDIUM ERROR from \
+                 now on instead of mixing old and new data. A published base is never changed \
+                 in place: put the file back as it was and restart the server, or publish a \
+                 new version and reset the clients that used it",
+                self.path.display()
+            );
+        }
+        Some(c)
+    }
+
+    /// Let go of the read lease (after a change was seen), so the writer waiting for it goes on.
+    pub fn release_lease(&self) {
+        if self.leased.swap(false, Ordering::AcqRel) {
+            let _ = crate::sys::release_lease(&self.file);
+        }
+    }
+}
+
+/// Check every base file opened in this process against what it was at open, and mark the
+/// changed ones (their reads fail from then on). With `lease`, also take a read lease on each
+/// one not yet leased: a process that then opens one for writing or truncates it waits (up to
+/// the kernel's lease-break-time, 45 s by default) for the lease, which shows here as
+/// [`BaseChange::Written`], before any byte changes: so no read meets a truncated map. Returns
+/// the bases found changed while leased: let their leases go ([`Watched::release_lease`])
+/// once reads that began before the mark have finished. Call with `lease` only where SIGIO is
+/// handled (a lease break sends it; its default action ends the process).
+pub fn check_all(lease: bool) -> Vec<Arc<Watched>> {
+    let live: Vec<Arc<Watched>> = {
+        let mut w = WATCHED.lock().unwrap_or_else(|e| e.into_inner());
+        w.retain(|x| x.strong_count() > 0);
+        w.iter().filter_map(Weak::upgrade).collect()
+    };
+    let mut release = Vec::new();
+    for w in live {
+        if w.check().is_some() {
+            if w.leased.load(Ordering::Acquire) {
+                release.push(w);
+            }
+        } else if lease
+            && !w.leased.swap(true, Ordering::AcqRel)
+            && crate::sys::take_read_lease(&w.file).is_err()
+        {
+            // Not the owner, or open for writing elsewhere: changes are still seen, by
+            // comparing the file at every check.
+            w.leased.store(false, Ordering::Release);
+        }
+    }
+    release
+}
+
 /// A read-only base image. Reads are zero-copy slices of the shared map, which also name their
 /// place in the file (a published version never changes), so they may be sent with `sendfile`.
 pub struct BaseImage {
     bytes: Bytes,
     /// The image file, when the base is one (not for bases held in memory).
     file: Option<Arc<File>>,
+    /// The file as opened, watched for changes.
+    watched: Option<Arc<Watched>>,
     id: BaseId,
     version: u64,
 }
@@ -57,9 +208,29 @@ impl BaseImage {
         // A published version is never written, truncated or replaced in place while it
         // exists (a new version is a new file, renamed in once complete).
         let m = MappedFile::open(path, false)?;
+        let identity = m
+            .file
+            .metadata()
+            .map(|meta| Identity::of(&meta))
+            .map_err(|source| StoreError::Opening {
+                path: path.display().to_string(),
+                source,
+            })?;
+        let watched = Arc::new(Watched {
+            path: path.to_path_buf(),
+            file: m.file.clone(),
+            identity,
+            changed: AtomicU8::new(0),
+            leased: AtomicBool::new(false),
+        });
+        WATCHED
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Arc::downgrade(&watched));
         Ok(BaseImage {
             bytes: map_bytes(&m.map, 0, m.map.len()),
             file: Some(m.file),
+            watched: Some(watched),
             id,
             version,
         })
@@ -77,6 +248,7 @@ impl BaseImage {
         Ok(BaseImage {
             bytes,
             file: None,
+            watched: None,
             id,
             version,
         })
@@ -95,6 +267,14 @@ impl BaseImage {
     pub fn cached_bytes(&self) -> Option<std::io::Result<u64>> {
         self.file.as_ref()?;
         Some(crate::sys::resident_bytes(&self.bytes))
+    }
+
+    /// `Err` once the file was seen changed ([`check_all`]): nothing of it may be served.
+    pub fn unchanged(&self) -> Result<(), StoreError> {
+        match self.watched.as_ref().and_then(|w| w.changed()) {
+            Some(c) => Err(StoreError::BaseChanged(c)),
+            None => Ok(()),
+        }
     }
 
     /// The whole image; slice it for zero-copy segments.
@@ -126,6 +306,7 @@ impl BlockDevice for BaseImage {
     }
     fn read(&self, offset: u64, len: usize, out: &mut Vec<Segment>) -> Result<(), StoreError> {
         self.check_range(offset, len as u64)?;
+        self.unchanged()?;
         if len > 0 {
             let o = offset as usize;
             out.push(self.segment(o, o + len));
@@ -140,5 +321,48 @@ impl BlockDevice for BaseImage {
     }
     fn discard(&self, _: u64, _: u64) -> Result<(), StoreError> {
         Err(StoreError::ReadOnly)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base_file(dir: &Path, name: &str) -> (PathBuf, BaseImage) {
+        let p = dir.join(name);
+        std::fs::write(&p, vec![7u8; 8192]).unwrap();
+        let b = BaseImage::open(&p, BaseId::default(), 1).unwrap();
+        (p, b)
+    }
+
+    #[test]
+    fn a_base_file_changed_after_open_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (p1, in_place) = base_file(dir.path(), "a");
+        let (p2, replaced) = base_file(dir.path(), "b");
+        let (_p3, kept) = base_file(dir.path(), "c");
+        check_all(false);
+        let mut out = Vec::new();
+        assert!(in_place.read(0, 512, &mut out).is_ok());
+        // Written in place (same size; the modification time moves on)...
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&p1, vec![8u8; 8192]).unwrap();
+        // ... and replaced by another file of the same size.
+        let tmp = dir.path().join("b.new");
+        std::fs::write(&tmp, vec![7u8; 8192]).unwrap();
+        std::fs::rename(&tmp, &p2).unwrap();
+        check_all(false);
+        assert!(matches!(
+            in_place.read(0, 512, &mut out),
+            Err(StoreError::BaseChanged(BaseChange::Modified))
+        ));
+        assert!(matches!(
+            replaced.read(0, 512, &mut out),
+            Err(StoreError::BaseChanged(BaseChange::Replaced))
+        ));
+        assert!(
+            kept.read(0, 512, &mut out).is_ok(),
+            "the others keep serving"
+        );
     }
 }

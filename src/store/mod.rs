@@ -70,6 +70,10 @@ pub enum StoreError {
         source: io::Error,
         hint: &'static str,
     },
+    /// The base image file changed under the server: its clients get errors, not a mix of
+    /// old and new data.
+    #[error("the base image {0}")]
+    BaseChanged(base::BaseChange),
 }
 
 impl StoreError {

@@ -555,6 +555,7 @@ impl Overlay {
         if self.read_only {
             return Err(StoreError::ReadOnly);
         }
+        self.base.unchanged()?;
         if self.failed.load(Ordering::Acquire) {
             return Err(StoreError::OverlayFailed);
         }
@@ -773,6 +774,8 @@ impl BlockDevice for Overlay {
 
     fn read(&self, offset: u64, len: usize, out: &mut Vec<Segment>) -> Result<(), StoreError> {
         self.check_range(offset, len as u64)?;
+        // A disk over a changed base is refused whole (its overlay was made on the old one).
+        self.base.unchanged()?;
         let end = offset + len as u64;
         let bs = self.bs;
         let mut pos = offset;

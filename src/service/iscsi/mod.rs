@@ -94,6 +94,8 @@ pub struct ServerConfig {
     pub discovery_idle: Duration,
     /// Commands one session may have open at once, immediate ones included.
     pub max_tasks_per_session: u32,
+    /// How often the base images served are checked for changes ([`crate::service::bases`]).
+    pub base_check: Duration,
     /// Memory for write data, over all connections: a write command takes its buffer from it
     /// before its first R2T; while it is spent, commands wait (no R2T) and a connection with
     /// nothing else to receive stops reading its socket. Clone it to watch its counters.
@@ -143,6 +145,7 @@ impl Default for ServerConfig {
             max_tasks_per_session: limits::DEFAULT_MAX_TASKS_PER_SESSION,
             write_budget: budget::Bytes::new(Limits::default().write_buffer()),
             probe_timeout: Duration::from_secs(2),
+            base_check: Duration::from_secs(2),
         }
     }
 }
@@ -173,6 +176,7 @@ pub async fn serve_with(
         next_session_id: AtomicU64::new(1),
     });
     let mut conns = tokio::task::JoinSet::new();
+    let watcher = tokio::spawn(crate::service::bases::watch(shared.cfg.base_check));
     let refusals = PeerLog::new("iSCSI peer");
     tokio::pin!(shutdown);
     loop {
@@ -213,6 +217,7 @@ pub async fn serve_with(
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
         }
     }
+    watcher.abort();
     info!("shutting down: closing {} connection(s)", conns.len());
     let _ = stop_tx.send(true);
     let grace = shared.cfg.drain_timeout + Duration::from_secs(2);
