@@ -470,3 +470,50 @@ fn a_base_changed_underneath_fails_its_clients_and_no_other() {
     assert!(g.read16(0, 8, 8).expect("read").data == fixture::pattern(4096, 9));
     g.logout().expect("logout");
 }
+
+#[test]
+fn a_writer_that_withholds_its_data_is_closed_and_its_buffer_given_back() {
+    use isboot::wire::pdu::Bhs;
+    const WRITE: usize = 64 * 1024;
+    let dir = tempfile::tempdir().expect("tmp");
+    let write_budget = budget::Bytes::new(1 << 20);
+    let srv = start(
+        registry(&dir),
+        ServerConfig {
+            write_budget: write_budget.clone(),
+            stalled_write: Duration::from_secs(1),
+            ..Default::default()
+        },
+    );
+    // As iPXE writes: everything on R2T.
+    let opts = LoginOptions::new("iqn.2026-12.test:stall", Some(IQN)).ipxe_profile();
+    let mut c = Initiator::connect(srv.addr, &opts).expect("login");
+    c.clear_unit_attention(0).expect("unit attention");
+    let cdb = write16_cdb(0, (WRITE / 512) as u32, false);
+    c.submit(0, &cdb, bytes::Bytes::from(vec![1u8; WRITE]), 0)
+        .expect("submit");
+    c.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    // The R2T comes; it is never answered.
+    let (bhs, _) = c.recv().expect("R2T");
+    assert!(matches!(bhs, Bhs::R2t(_)), "{bhs:?}");
+    assert_eq!(
+        write_budget.stats().in_use,
+        WRITE as u64,
+        "its buffer is held"
+    );
+    loop {
+        match c.recv() {
+            Ok((Bhs::NopIn(_), _)) => continue,
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(InitiatorError::Closed) => break,
+            Err(InitiatorError::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("expected the server to close the stalled session: {e:?}"),
+        }
+    }
+    assert!(
+        eventually(|| write_budget.stats().in_use == 0),
+        "given back: {:?}",
+        write_budget.stats()
+    );
+}

@@ -354,3 +354,110 @@ fn thousands_of_unknown_login_keys_get_a_bounded_answer() {
     }
     still_serving(&exp);
 }
+
+/// Hostile writers on `exp`: `sessions` sessions announce `per_session` WRITEs of 8 MiB each
+/// and answer every R2T but never send the last 4 KiB of a command. Returns the sessions (keep
+/// them open) once no R2T came for a second.
+fn withholding_writers(exp: &Export, sessions: usize, per_session: u32) -> Vec<Initiator> {
+    const BIG: u32 = 8 << 20;
+    let mut held = Vec::new();
+    for s in 0..sessions {
+        let name = format!("iqn.2026-11.org.isboot.test:withholder{s}");
+        // Data only on R2T (a command PDU carries none), in bursts of up to 16 MiB.
+        let mut o = LoginOptions::new(&name, None);
+        for (k, v) in [
+            ("ImmediateData", "No"),
+            ("InitialR2T", "Yes"),
+            ("MaxBurstLength", "16776192"),
+        ] {
+            o.keys.push((k.into(), v.into()));
+        }
+        let mut i = login(exp, o);
+        i.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+        let data = Bytes::from(vec![0xA5u8; BIG as usize]);
+        for n in 0..per_session {
+            let lba = u64::from(s as u32 * per_session + n) * u64::from(BIG / 512);
+            i.submit(0, &write16_cdb(lba, BIG / 512, false), data.clone(), 0)
+                .unwrap();
+        }
+        held.push(i);
+    }
+    // Answer R2Ts (short of each command's last 4 KiB) until none comes for a second.
+    for i in &mut held {
+        loop {
+            let r = match i.recv() {
+                Ok((Bhs::R2t(r), _)) => r,
+                Ok((Bhs::NopIn(_), _)) => continue,
+                Ok(other) => panic!("unexpected {other:?}"),
+                Err(InitiatorError::Io(e))
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    break;
+                }
+                Err(e) => panic!("{e:?}"),
+            };
+            let end = (r.buffer_offset + r.desired_len).min(BIG - 4096);
+            let mut off = r.buffer_offset;
+            let mut sn = 0;
+            while off < end {
+                let n = (256 * 1024).min(end - off);
+                let d = DataOut {
+                    final_: off + n == r.buffer_offset + r.desired_len,
+                    lun: 0,
+                    itt: r.itt,
+                    ttt: r.ttt,
+                    exp_stat_sn: 0,
+                    data_sn: sn,
+                    buffer_offset: off,
+                };
+                i.send(&Bhs::DataOut(d), &vec![0xA5; n as usize]).unwrap();
+                off += n;
+                sn += 1;
+            }
+        }
+    }
+    held
+}
+
+#[test]
+fn withheld_write_data_stays_within_the_write_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("big.raw");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(512 << 20)
+        .unwrap();
+    // 4 sessions x 8 WRITEs x 8 MiB = 256 MiB announced, all but 4 KiB of each sent if asked.
+    let rss_growth = |budget_mib: &str| {
+        let exp = Export::start(&img, &["--write-buffer-mib", budget_mib]);
+        let good = |exp: &Export| {
+            let mut i = login(
+                exp,
+                LoginOptions::new("iqn.2026-11.org.isboot.test:good", None),
+            );
+            assert_eq!(i.read16(0, 3, 1).unwrap().status, 0, "a good client reads");
+        };
+        good(&exp);
+        let before = exp.rss_kib();
+        let held = withholding_writers(&exp, 4, 8);
+        good(&exp);
+        let grew = exp.rss_kib().saturating_sub(before);
+        eprintln!("write budget {budget_mib} MiB: RSS {before} KiB -> +{grew} KiB");
+        drop(held);
+        grew
+    };
+    let small = rss_growth("32");
+    assert!(
+        small < (32 + 32) * 1024,
+        "RSS grew by {small} KiB with a 32 MiB write budget"
+    );
+    // The same load with room for all of it: the measure sees the data it holds.
+    let large = rss_growth("1024");
+    assert!(
+        large > 128 * 1024,
+        "RSS grew by only {large} KiB with a 1 GiB budget"
+    );
+}

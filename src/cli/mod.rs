@@ -398,6 +398,10 @@ pub struct ExportArgs {
     /// costs more CPU than the copy it saves; see benches/RESULTS.md).
     #[arg(long, value_name = "BYTES")]
     pub sendfile_min: Option<usize>,
+    /// Write data buffered at once, MiB (as `[limits] write_buffer_mib`; default 1024 or 1/8
+    /// of the memory, whichever is smaller; at least 32).
+    #[arg(long, value_name = "MIB")]
+    pub write_buffer_mib: Option<u64>,
 }
 
 /// A failed command: its one-line message and whether the command line was at fault.

@@ -293,6 +293,13 @@ impl Session {
                 .any(|t| matches!(t.phase, Phase::Collecting))
     }
 
+    /// Some command holds a write buffer and waits for Data-Out from the initiator.
+    pub fn holds_write_buffers(&self) -> bool {
+        self.tasks
+            .values()
+            .any(|t| matches!(t.phase, Phase::Collecting))
+    }
+
     /// Give budget to the commands waiting for it, oldest first, and solicit their data.
     pub fn retry_budget(&mut self) -> Vec<Action> {
         let mut out = Vec::new();

@@ -62,6 +62,8 @@ pub(super) enum CloseReason {
     ShuttingDown,
     /// A discovery session sent nothing for [`ServerConfig::discovery_idle`].
     DiscoveryIdle,
+    /// The session held write buffers and sent nothing for [`ServerConfig::stalled_write`].
+    StalledWrite,
     /// A framing or I/O error.
     Failed(io::Error),
 }
@@ -75,6 +77,9 @@ impl fmt::Display for CloseReason {
             CloseReason::ClosedByAdmin => f.write_str("closed by the administrator"),
             CloseReason::ShuttingDown => f.write_str("server shutting down"),
             CloseReason::DiscoveryIdle => f.write_str("discovery session idle"),
+            CloseReason::StalledWrite => {
+                f.write_str("sent no data for its write commands for too long (stalled_write_secs)")
+            }
             CloseReason::Failed(e) => write!(f, "connection error: {e}"),
         }
     }
@@ -483,6 +488,9 @@ pub(super) struct SessionHandler {
     discovery_idle: Option<(Duration, Pin<Box<Sleep>>)>,
     /// Probes waiting for the initiator to echo their ping's TTT.
     probes: Vec<(u32, ProbeReply)>,
+    /// Closes a session that holds write buffers and sends nothing (moved on by every PDU
+    /// and every grant of write budget).
+    stalled_write: (Duration, Pin<Box<Sleep>>),
 }
 
 impl SessionHandler {
@@ -568,6 +576,10 @@ impl SessionHandler {
             tracer,
             out: Vec::new(),
             inline_done: Vec::new(),
+            stalled_write: (
+                cfg.stalled_write,
+                Box::pin(tokio::time::sleep(cfg.stalled_write)),
+            ),
             discovery_idle: target_name.is_none().then(|| {
                 let d = cfg.discovery_idle;
                 (d, Box::pin(tokio::time::sleep(d)))
@@ -589,8 +601,14 @@ impl SessionHandler {
         loop {
             let actions = match self.next_event().await? {
                 Event::Pdu(pdu) => self.on_pdu(pdu),
-                Event::Budget(actions) => actions,
-                Event::BudgetFreed => self.session.retry_budget(),
+                Event::Budget(actions) => {
+                    self.moved_on();
+                    actions
+                }
+                Event::BudgetFreed => {
+                    self.moved_on();
+                    self.session.retry_budget()
+                }
                 Event::Done(c) => {
                     let (itt, outcome) = self.exec.finished(c);
                     self.session.complete(itt, outcome)
@@ -659,14 +677,24 @@ impl SessionHandler {
             _ = self.idle.due() => Event::Idle,
             Some(reply) = self.conn.probes.recv() => Event::Probe(reply),
             _ = quiet_for(&mut self.discovery_idle) => Event::Close(CloseReason::DiscoveryIdle),
+            _ = self.stalled_write.1.as_mut(), if self.session.holds_write_buffers() => {
+                Event::Close(CloseReason::StalledWrite)
+            }
             _ = self.conn.kill.notify.notified() => Event::Close(CloseReason::Reinstated),
             _ = wait_kick(stats) => Event::Close(CloseReason::ClosedByAdmin),
             _ = self.conn.stop.changed() => Event::Close(CloseReason::ShuttingDown),
         })
     }
 
+    /// The initiator sent something, or write budget was granted: a stall starts over.
+    fn moved_on(&mut self) {
+        let (d, sleep) = &mut self.stalled_write;
+        sleep.as_mut().reset(Instant::now() + *d);
+    }
+
     fn on_pdu(&mut self, pdu: RawPdu) -> Vec<Action> {
         self.idle.heard();
+        self.moved_on();
         if let Some((d, sleep)) = self.discovery_idle.as_mut() {
             sleep.as_mut().reset(Instant::now() + *d);
         }

@@ -94,6 +94,8 @@ pub struct ServerConfig {
     pub discovery_idle: Duration,
     /// Commands one session may have open at once, immediate ones included.
     pub max_tasks_per_session: u32,
+    /// A session that holds write buffers and sends nothing for this long is closed.
+    pub stalled_write: Duration,
     /// How often the base images served are checked for changes ([`crate::service::bases`]).
     pub base_check: Duration,
     /// Memory for write data, over all connections: a write command takes its buffer from it
@@ -121,6 +123,7 @@ impl ServerConfig {
             discovery_idle: Duration::from_secs(limits.discovery_idle_secs()),
             max_tasks_per_session: limits.max_tasks_per_session(),
             write_budget: budget::Bytes::new(limits.write_buffer()),
+            stalled_write: Duration::from_secs(limits.stalled_write_secs()),
             ..Default::default()
         }
     }
@@ -146,6 +149,7 @@ impl Default for ServerConfig {
             write_budget: budget::Bytes::new(Limits::default().write_buffer()),
             probe_timeout: Duration::from_secs(2),
             base_check: Duration::from_secs(2),
+            stalled_write: Duration::from_secs(limits::DEFAULT_STALLED_WRITE_SECS),
         }
     }
 }
