@@ -83,3 +83,70 @@ fn status_shows_what_the_server_publishes() {
     std::fs::write(lab.dir.join("run/status.json"), stale).unwrap();
     assert!(lab.run(&["status"]).ok().contains("server: not running"));
 }
+
+/// A reader that goes away (`isboot status | head -1`) ends the output, not the command: no
+/// panic, the command's own exit status; a command that changes state still does all of it.
+/// Any other write error (a full disk behind `> file`) is one line and exit status 1.
+#[test]
+fn a_closed_or_full_stdout_is_not_a_panic() {
+    use std::process::Stdio;
+    let lab = Lab::with_image();
+    lab.add("52:54:00:00:00:01", "pc1", &[]);
+    let closed = || {
+        // A pipe whose reader is gone before isboot writes: every write gets EPIPE.
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        Stdio::from(writer)
+    };
+    let run_closed = |args: &[&str]| {
+        let out = isboot_cmd(&lab.dir)
+            .args(args)
+            .stdout(closed())
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    for args in [
+        &["status"][..],
+        &["status", "--json"],
+        &["list-clients"],
+        &["list-clients", "--json"],
+        &["show-client", "pc1"],
+    ] {
+        let (code, stderr) = run_closed(args);
+        assert_eq!(code, Some(0), "{args:?}: {stderr}");
+        assert!(stderr.is_empty(), "{args:?}: {stderr}");
+    }
+    // The work is done even though nobody read what it printed.
+    let (code, stderr) = run_closed(&[
+        "add-client",
+        "--mac",
+        "52:54:00:00:00:02",
+        "--image",
+        "deb",
+        "--name",
+        "pc2",
+        "--no-chap",
+    ]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        lab.run(&["show-client", "pc2"])
+            .ok()
+            .contains("52:54:00:00:00:02")
+    );
+
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let out = isboot_cmd(&lab.dir)
+        .args(["list-clients"])
+        .stdout(full)
+        .output()
+        .unwrap();
+    Run::from(out).fails(1, "cannot write the output: No space left on device");
+}

@@ -29,7 +29,7 @@ fn parse_iqns(v: &[String]) -> Result<Vec<Iqn>, CliError> {
 
 fn json<T: Serialize>(v: &T) -> R {
     let s = serde_json::to_string_pretty(v).map_err(|e| CliError::Failed(e.to_string()))?;
-    println!("{s}");
+    outln!("{s}");
     Ok(())
 }
 
@@ -104,7 +104,7 @@ pub fn init(dir: &StateDir, a: InitArgs) -> R {
             crate::dhcp::config::DhcpMode::Full => "full",
             crate::dhcp::config::DhcpMode::Proxy => "proxy",
         };
-        println!(
+        outln!(
             "  DHCP:       {mode} mode on {} (isboot serve answers there only)",
             cfg.interface
         );
@@ -118,22 +118,22 @@ pub fn init(dir: &StateDir, a: InitArgs) -> R {
                 dir.tftp_dir().display()
             ))
         })?;
-        println!("  TFTP root:  {}", dir.tftp_dir().display());
+        outln!("  TFTP root:  {}", dir.tftp_dir().display());
         if !got.missing.is_empty() {
-            println!(
+            outln!(
                 "  note: {} not found in {}; install Debian's ipxe package (apt-get install ipxe) and run `isboot init` again in a fresh state dir, or copy them into the TFTP root",
                 got.missing.join(", "),
                 crate::tftp::ipxe::DEBIAN_IPXE_DIR
             );
         }
     }
-    println!("initialised {}", dir.root().display());
-    println!("  config:     {}", dir.config_path().display());
-    println!("  iqn prefix: {}", c.iqn_prefix);
+    outln!("initialised {}", dir.root().display());
+    outln!("  config:     {}", dir.config_path().display());
+    outln!("  iqn prefix: {}", c.iqn_prefix);
     if let (Some(ip), Some(net)) = (c.server_ip, c.subnet) {
-        println!("  server ip:  {ip} (subnet {net})");
+        outln!("  server ip:  {ip} (subnet {net})");
     }
-    println!("  listen:     {}", c.listen_addr());
+    outln!("  listen:     {}", c.listen_addr());
     Ok(())
 }
 
@@ -172,7 +172,7 @@ pub fn image(dir: &StateDir, c: ImageCommand) -> R {
                 .map_err(CliError::Failed)?;
             let mut p = Progress::new(format!("importing {name}"));
             let v = dir.image_add(&name, &a.file, &mut |d, t| p.update(d, t))?;
-            println!(
+            outln!(
                 "image {name} version {}: {} ({})",
                 v.number,
                 human(v.size),
@@ -211,10 +211,10 @@ pub fn image(dir: &StateDir, c: ImageCommand) -> R {
                 return json(&views);
             }
             if views.is_empty() {
-                println!("no images (add one with `isboot image add NAME FILE`)");
+                outln!("no images (add one with `isboot image add NAME FILE`)");
                 return Ok(());
             }
-            println!("{:<20} {:>7} {:>10}  CLIENTS", "IMAGE", "VERSION", "SIZE");
+            outln!("{:<20} {:>7} {:>10}  CLIENTS", "IMAGE", "VERSION", "SIZE");
             for i in &views {
                 for v in &i.versions {
                     let clients = if v.clients.is_empty() {
@@ -222,7 +222,7 @@ pub fn image(dir: &StateDir, c: ImageCommand) -> R {
                     } else {
                         v.clients.join(",")
                     };
-                    println!(
+                    outln!(
                         "{:<20} {:>7} {:>10}  {}",
                         i.name,
                         v.version,
@@ -231,9 +231,13 @@ pub fn image(dir: &StateDir, c: ImageCommand) -> R {
                     );
                 }
                 if let Some(m) = &i.maintenance {
-                    println!(
+                    outln!(
                         "{:<20} {:>7} {:>10}  (being edited on version {} as {})",
-                        i.name, "edit", "-", m.from_version, m.target
+                        i.name,
+                        "edit",
+                        "-",
+                        m.from_version,
+                        m.target
                     );
                 }
             }
@@ -242,7 +246,7 @@ pub fn image(dir: &StateDir, c: ImageCommand) -> R {
         ImageCommand::Remove(a) => {
             let name: ImageName = parse(&a.name)?;
             let img = dir.lock()?.image_remove(&name)?;
-            println!(
+            outln!(
                 "removed image {name} ({} version{})",
                 img.versions.len(),
                 if img.versions.len() == 1 { "" } else { "s" }
@@ -259,45 +263,45 @@ pub fn image(dir: &StateDir, c: ImageCommand) -> R {
             let m = l.image_edit(&name, mac, a.from.clone(), initiators, chap)?;
             let st = &l.state;
             let target = st.maintenance_iqn(&name);
-            println!("editing {name} version {} (writable)", m.from_version);
-            println!("  target:    {target}");
+            outln!("editing {name} version {} (writable)", m.from_version);
+            outln!("  target:    {target}");
             let secret_name = crate::config::maint_secret_name(&name);
             if chap {
-                println!(
+                outln!(
                     "  chap:      user {secret_name}, secret in {} (0600; iPXE gets it by DHCP when --mac is given)",
                     secret_path(dir.root(), &secret_name).display()
                 );
             } else {
-                println!("  chap:      OFF (--no-chap)");
+                outln!("  chap:      OFF (--no-chap)");
                 eprintln!(
                     "isboot: warning: CHAP is off for the maintenance target: a host at an accepted address that states its initiator name can write the next version of {name}"
                 );
             }
             for i in &m.initiators {
-                println!("  initiator: {i}");
+                outln!("  initiator: {i}");
             }
             if let Some(mac) = m.mac {
-                println!("  machine:   {mac}");
+                outln!("  machine:   {mac}");
             }
             let kind = crate::config::TargetKind::Maintenance(name.clone());
-            println!("  logins:    from {}", st.bound_offline(&kind).describe());
+            outln!("  logins:    from {}", st.bound_offline(&kind).describe());
             if let Some(rp) = st.config.root_path(&target) {
-                println!("  root-path: {rp}");
+                outln!("  root-path: {rp}");
             }
-            println!("when done: isboot image commit {name}   (or: isboot image abort {name})");
+            outln!("when done: isboot image commit {name}   (or: isboot image abort {name})");
             Ok(())
         }
         ImageCommand::Commit(a) => {
             let name: ImageName = parse(&a.name)?;
             let mut p = Progress::new(format!("publishing {name}"));
             let v = dir.image_commit(&name, a.force, &mut |d, t| p.update(d, t))?;
-            println!("published {name} version {}: {}", v.number, human(v.size));
+            outln!("published {name} version {}: {}", v.number, human(v.size));
             Ok(())
         }
         ImageCommand::Abort(a) => {
             let name: ImageName = parse(&a.name)?;
             let m = dir.lock()?.image_abort(&name, a.force)?;
-            println!(
+            outln!(
                 "dropped the maintenance view of {name} (on version {})",
                 m.from_version
             );
@@ -307,10 +311,10 @@ pub fn image(dir: &StateDir, c: ImageCommand) -> R {
             let name = a.name.as_deref().map(parse::<ImageName>).transpose()?;
             let gone = dir.lock()?.image_prune(name.as_ref())?;
             if gone.is_empty() {
-                println!("nothing to prune");
+                outln!("nothing to prune");
             }
             for (i, v) in gone {
-                println!("removed {i} version {v}");
+                outln!("removed {i} version {v}");
             }
             Ok(())
         }
@@ -345,27 +349,29 @@ pub fn add_client(dir: &StateDir, a: AddClientArgs) -> R {
         chap,
     })?;
     let st = &l.state;
-    println!("added client {} ({})", c.name, c.mac);
-    println!("  target:    {}", st.target_iqn(&c.name));
+    outln!("added client {} ({})", c.name, c.mac);
+    outln!("  target:    {}", st.target_iqn(&c.name));
     print_chap_line(dir, c.name.as_str(), chap_user.as_deref());
     if chap_user.is_none() {
         warn_chap_off();
     }
     for i in &c.initiators {
-        println!("  initiator: {i}");
+        outln!("  initiator: {i}");
     }
-    println!(
+    outln!(
         "  ip:        {}",
         c.ip.map(|i| i.to_string())
             .unwrap_or_else(|| "(from the DHCP pool)".into())
     );
-    println!(
+    outln!(
         "  image:     {} version {} ({} mode)",
-        c.image, c.version, c.mode
+        c.image,
+        c.version,
+        c.mode
     );
     match st.client_root_path(&c) {
-        Some(rp) => println!("  root-path: {rp}"),
-        None => println!(
+        Some(rp) => outln!("  root-path: {rp}"),
+        None => outln!(
             "  root-path: (set server_ip in {} to get one)",
             dir.config_path().display()
         ),
@@ -409,11 +415,11 @@ fn warn_chap_off() {
 
 fn print_chap_line(dir: &StateDir, name: &str, user: Option<&str>) {
     match user {
-        Some(u) => println!(
+        Some(u) => outln!(
             "  chap:      on, user {u} (secret in {}; print it with `isboot show-client {name} --show-secrets`)",
             secret_path(dir.root(), name).display()
         ),
-        None => println!("  chap:      OFF (turn it on: isboot set-client {name} --chap)"),
+        None => outln!("  chap:      OFF (turn it on: isboot set-client {name} --chap)"),
     }
 }
 
@@ -431,14 +437,14 @@ pub fn set_client(dir: &StateDir, a: SetClientArgs) -> R {
         };
         let c = dir.lock()?.set_client_ip(&a.client, ip)?;
         let kind = crate::config::TargetKind::Client(c.name.clone());
-        println!(
+        outln!(
             "client {}: ip {} (its disk accepts logins from {})",
             c.name,
             c.ip.map_or_else(|| "none".to_string(), |i| i.to_string()),
             dir.load()?.bound_offline(&kind).describe()
         );
         if !chap_change {
-            println!("  (a running server uses it at the client's next login)");
+            outln!("  (a running server uses it at the client's next login)");
             return Ok(());
         }
     }
@@ -457,12 +463,12 @@ pub fn set_client(dir: &StateDir, a: SetClientArgs) -> R {
     )?;
     let user = chap.as_ref().map(|c| c.user.clone());
     l.set_client_chap(&name, chap)?;
-    println!("client {name}:");
+    outln!("client {name}:");
     print_chap_line(dir, &name, user.as_deref());
     if user.is_none() {
         warn_chap_off();
     }
-    println!("  (a running server uses it at the client's next login)");
+    outln!("  (a running server uses it at the client's next login)");
     Ok(())
 }
 
@@ -482,8 +488,8 @@ pub fn boot(dir: &StateDir, a: BootArgs) -> R {
             menu: a.menu.map(|m| m == OnOff::On),
         },
     )?;
-    println!("client {}:", c.name);
-    println!("  boot:      {}", BootView::of(&c).describe());
+    outln!("client {}:", c.name);
+    outln!("  boot:      {}", BootView::of(&c).describe());
     Ok(())
 }
 
@@ -530,7 +536,7 @@ pub fn wake(dir: &StateDir, a: WakeArgs) -> R {
     let macs: Vec<MacAddr> = clients.iter().map(|c| c.mac).collect();
     crate::service::wol::send(&interface, &macs).map_err(|e| CliError::Failed(e.to_string()))?;
     for c in &clients {
-        println!("woke {} ({}) on {interface}", c.name, c.mac);
+        outln!("woke {} ({}) on {interface}", c.name, c.mac);
     }
     Ok(())
 }
@@ -543,15 +549,20 @@ pub fn list_clients(dir: &StateDir, as_json: bool) -> R {
         return json(&views);
     }
     if views.is_empty() {
-        println!("no clients (add one with `isboot add-client`)");
+        outln!("no clients (add one with `isboot add-client`)");
         return Ok(());
     }
-    println!(
+    outln!(
         "{:<20} {:<17} {:<15} {:<16} {:<10} {:<4} TARGET",
-        "NAME", "MAC", "IP", "IMAGE", "MODE", "CHAP"
+        "NAME",
+        "MAC",
+        "IP",
+        "IMAGE",
+        "MODE",
+        "CHAP"
     );
     for v in &views {
-        println!(
+        outln!(
             "{:<20} {:<17} {:<15} {:<16} {:<10} {:<4} {}",
             v.name,
             v.mac,
@@ -574,7 +585,7 @@ pub fn list_clients(dir: &StateDir, as_json: bool) -> R {
 
 fn print_without_chap(names: &[String]) {
     if !names.is_empty() {
-        println!(
+        outln!(
             "{} client{} without CHAP: {} (turn it on: isboot set-client NAME --chap)",
             names.len(),
             if names.len() == 1 { " runs" } else { "s run" },
@@ -597,21 +608,21 @@ pub fn show_client(dir: &StateDir, which: &str, as_json: bool, show_secrets: boo
     if as_json {
         return json(&v);
     }
-    println!("name:       {}", v.name);
-    println!("mac:        {}", v.mac);
-    println!(
+    outln!("name:       {}", v.name);
+    outln!("mac:        {}", v.mac);
+    outln!(
         "ip:         {}",
         v.ip.as_deref().unwrap_or("(from the DHCP pool)")
     );
-    println!("image:      {} version {}", v.image, v.version);
-    println!("mode:       {}", v.mode);
-    println!("target:     {}", v.target);
-    println!("logins:     from {}", v.bound.describe());
-    println!("boot:       {}", v.boot.describe());
+    outln!("image:      {} version {}", v.image, v.version);
+    outln!("mode:       {}", v.mode);
+    outln!("target:     {}", v.target);
+    outln!("logins:     from {}", v.bound.describe());
+    outln!("boot:       {}", v.boot.describe());
     for i in &v.initiators {
-        println!("initiator:  {i}");
+        outln!("initiator:  {i}");
     }
-    println!(
+    outln!(
         "root-path:  {}",
         v.root_path
             .as_deref()
@@ -619,40 +630,40 @@ pub fn show_client(dir: &StateDir, which: &str, as_json: bool, show_secrets: boo
     );
     let ch = &v.chap;
     match (&ch.error, &ch.user) {
-        (Some(e), _) => println!("chap:       on, but its secret file is unreadable ({e})"),
-        (None, Some(u)) if ch.mutual => println!("chap:       on, user {u}, mutual"),
-        (None, Some(u)) => println!("chap:       on, user {u}"),
-        (None, None) => println!(
+        (Some(e), _) => outln!("chap:       on, but its secret file is unreadable ({e})"),
+        (None, Some(u)) if ch.mutual => outln!("chap:       on, user {u}, mutual"),
+        (None, Some(u)) => outln!("chap:       on, user {u}"),
+        (None, None) => outln!(
             "chap:       OFF (turn it on: isboot set-client {} --chap)",
             v.name
         ),
     }
     if let Some(s) = &ch.secret {
-        println!("secret:     {s}");
+        outln!("secret:     {s}");
     }
     if let (Some(u), Some(s)) = (&ch.mutual_user, &ch.mutual_secret) {
-        println!("mutual:     user {u}, secret {s}");
+        outln!("mutual:     user {u}, secret {s}");
     }
-    println!(
+    outln!(
         "overlay:    {} ({} on disk)",
         v.overlay,
         human(v.overlay_bytes)
     );
     let sessions = st.sessions_of(&st.target_iqn(&c.name));
     if sessions.is_empty() {
-        println!("session:    not logged in");
+        outln!("session:    not logged in");
     }
     for s in sessions {
-        println!("session:    {} from {}", s.initiator, s.peer);
+        outln!("session:    {} from {}", s.initiator, s.peer);
     }
     Ok(())
 }
 
 pub fn remove_client(dir: &StateDir, which: &str, keep: bool) -> R {
     let (c, kept) = dir.lock()?.remove_client(which, keep)?;
-    println!("removed client {} ({})", c.name, c.mac);
+    outln!("removed client {} ({})", c.name, c.mac);
     if let Some(p) = kept {
-        println!("kept its overlay: {}", p.display());
+        outln!("kept its overlay: {}", p.display());
     }
     Ok(())
 }
@@ -666,9 +677,11 @@ pub fn reset_client(dir: &StateDir, which: &str, force: bool) -> R {
         .map(|c| l.state.sessions_of(&l.state.target_iqn(&c.name)));
     let c = l.reset_client(which, force)?;
     drop(l);
-    println!(
+    outln!(
         "reset client {}: fresh disk on {} version {}",
-        c.name, c.image, c.version
+        c.name,
+        c.image,
+        c.version
     );
     // --force on a logged-in client: wait (a few seconds at most) for the running server to
     // pick the change up and end the session.
@@ -680,9 +693,9 @@ pub fn reset_client(dir: &StateDir, which: &str, force: bool) -> R {
             std::thread::sleep(std::time::Duration::from_millis(200));
         }
         if st.sessions_of(&iqn).is_empty() {
-            println!("its session was ended");
+            outln!("its session was ended");
         } else {
-            println!("its session is still open; isboot serve ends it when it sees the change");
+            outln!("its session is still open; isboot serve ends it when it sees the change");
         }
     }
     Ok(())
@@ -717,12 +730,17 @@ pub fn status(dir: &StateDir, as_json: bool) -> R {
         return json(&v);
     }
     match &v.listen {
-        Some(l) => println!("server: running, listening on {l}"),
-        None => println!("server: not running (traffic counters need `isboot serve`)"),
+        Some(l) => outln!("server: running, listening on {l}"),
+        None => outln!("server: not running (traffic counters need `isboot serve`)"),
     }
-    println!(
+    outln!(
         "{:<20} {:<4} {:<28} {:>10} {:>10} {:>10}  BASE",
-        "CLIENT", "CHAP", "SESSION", "READ", "WRITTEN", "OVERLAY"
+        "CLIENT",
+        "CHAP",
+        "SESSION",
+        "READ",
+        "WRITTEN",
+        "OVERLAY"
     );
     for r in &v.targets {
         let who = display_name(r);
@@ -735,7 +753,7 @@ pub fn status(dir: &StateDir, as_json: bool) -> R {
                 .collect::<Vec<_>>()
                 .join(",")
         };
-        println!(
+        outln!(
             "{:<20} {:<4} {:<28} {:>10} {:>10} {:>10}  {}@{}{}",
             who,
             if r.chap { "on" } else { "OFF" },
@@ -752,7 +770,7 @@ pub fn status(dir: &StateDir, as_json: bool) -> R {
             }
         );
     }
-    println!(
+    outln!(
         "{:<20} {:<4} {:<28} {:>10} {:>10} {:>10}",
         "TOTAL",
         "",
@@ -765,10 +783,10 @@ pub fn status(dir: &StateDir, as_json: bool) -> R {
         human(v.total_bytes_written),
         human(v.total_overlay_bytes)
     );
-    println!();
-    println!("{:<20} LOGINS ACCEPTED FROM", "CLIENT");
+    outln!();
+    outln!("{:<20} LOGINS ACCEPTED FROM", "CLIENT");
     for r in &v.targets {
-        println!("{:<20} {}", display_name(r), r.bound.describe());
+        outln!("{:<20} {}", display_name(r), r.bound.describe());
     }
     print_without_chap(&v.clients_without_chap);
     Ok(())

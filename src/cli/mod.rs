@@ -5,10 +5,22 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// `println!` for the CLI's output: see [`out`] (a closed pipe ends the output, not the
+/// command).
+macro_rules! outln {
+    () => {
+        $crate::cli::out::line(format_args!(""))
+    };
+    ($($arg:tt)*) => {
+        $crate::cli::out::line(format_args!($($arg)*))
+    };
+}
+
 mod api;
 mod commands;
 mod export;
 mod log;
+mod out;
 mod prepare;
 mod progress;
 mod serve;
@@ -470,6 +482,7 @@ pub fn main() -> ExitCode {
         Command::Status(a) => commands::status(&dir, a.json),
         Command::Export(_) | Command::GenerateDocs(_) => Ok(()),
     };
+    let res = res.and(out::finish().map_err(CliError::Failed));
     match res {
         Ok(()) => ExitCode::SUCCESS,
         Err(CliError::Bad(m)) => {

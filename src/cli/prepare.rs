@@ -94,7 +94,7 @@ pub fn run(dir: &StateDir, a: &ImagePrepareArgs) -> Result<(), CliError> {
     let v = dir.image_publish(&name, &staged).inspect_err(|_| {
         let _ = std::fs::remove_file(&staged);
     })?;
-    println!(
+    outln!(
         "image {name}: version {} published (initrd rebuilt for diskless boot); reset-mode clients get it at their next power-on, persistent clients when they are reset",
         v.number
     );
