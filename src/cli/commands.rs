@@ -273,7 +273,7 @@ pub fn image(dir: &StateDir, c: ImageCommand) -> R {
                 );
             } else {
                 outln!("  chap:      OFF (--no-chap)");
-                eprintln!(
+                errln!(
                     "isboot: warning: CHAP is off for the maintenance target: a host at an accepted address that states its initiator name can write the next version of {name}"
                 );
             }
@@ -408,7 +408,7 @@ fn chap_choice(
 
 /// After a change that left a client without CHAP.
 fn warn_chap_off() {
-    eprintln!(
+    errln!(
         "isboot: warning: CHAP is off for this client: a host at its address that states its initiator name can log in to its disk (turn it on: isboot set-client NAME --chap)"
     );
 }
@@ -709,7 +709,7 @@ fn status_view(dir: &StateDir) -> Result<StatusView, CliError> {
     if let Some(addr) = live.as_ref().and_then(super::api::admin_addr) {
         match super::api::get_json(addr, "/api/v1/status") {
             Ok(v) => return Ok(v),
-            Err(e) => eprintln!("isboot: {e}; showing the status file instead"),
+            Err(e) => errln!("isboot: {e}; showing the status file instead"),
         }
     }
     Ok(StatusView::of(&st, live.as_ref()))

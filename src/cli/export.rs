@@ -42,7 +42,7 @@ pub fn run(args: &ExportArgs) -> ExitCode {
     let dev = match RawFile::open(&args.image, args.read_only) {
         Ok(d) => d,
         Err(e) => {
-            eprintln!("isboot export: {e}");
+            errln!("isboot export: {e}");
             return ExitCode::from(1);
         }
     };
@@ -84,7 +84,7 @@ pub fn run(args: &ExportArgs) -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("isboot export: cannot start the runtime: {e}");
+            errln!("isboot export: cannot start the runtime: {e}");
             return ExitCode::from(1);
         }
     };
@@ -92,7 +92,7 @@ pub fn run(args: &ExportArgs) -> ExitCode {
         let listener = match tokio::net::TcpListener::bind(&args.listen).await {
             Ok(l) => l,
             Err(e) => {
-                eprintln!("isboot export: cannot listen on {}: {e}", args.listen);
+                errln!("isboot export: cannot listen on {}: {e}", args.listen);
                 return ExitCode::from(1);
             }
         };
@@ -100,7 +100,7 @@ pub fn run(args: &ExportArgs) -> ExitCode {
             .local_addr()
             .map(|a| a.to_string())
             .unwrap_or_else(|_| args.listen.clone());
-        eprintln!(
+        errln!(
             "isboot export: serving {} ({} bytes{}) as {} LUN 0 on {} — Ctrl-C to stop",
             args.image.display(),
             size,
@@ -124,11 +124,11 @@ pub fn run(args: &ExportArgs) -> ExitCode {
             .await
         {
             Ok(()) => {
-                eprintln!("isboot export: stopped");
+                errln!("isboot export: stopped");
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                eprintln!("isboot export: {e}");
+                errln!("isboot export: {e}");
                 ExitCode::from(1)
             }
         }

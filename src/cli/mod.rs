@@ -16,6 +16,14 @@ macro_rules! outln {
     };
 }
 
+/// `eprintln!` for the CLI's messages: a closed stderr (`isboot image add … 2>&1 | head -1`)
+/// drops the message instead of panicking in the middle of the work.
+macro_rules! errln {
+    ($($arg:tt)*) => {
+        $crate::cli::out::err_line(format_args!($($arg)*))
+    };
+}
+
 mod api;
 mod commands;
 mod export;
@@ -451,7 +459,7 @@ pub fn main() -> ExitCode {
         return match generate_docs(&args.out) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!(
+                errln!(
                     "isboot: cannot write the docs into {}: {e}",
                     args.out.display()
                 );
@@ -461,7 +469,7 @@ pub fn main() -> ExitCode {
     }
     let dir = crate::config::StateDir::new(cli.state_dir.clone());
     if let Some(m) = no_access(dir.root()) {
-        eprintln!("isboot: {m}");
+        errln!("isboot: {m}");
         return ExitCode::from(1);
     }
     // What the CLI creates in the state directory stays usable by the service's user and
@@ -486,11 +494,11 @@ pub fn main() -> ExitCode {
     match res {
         Ok(()) => ExitCode::SUCCESS,
         Err(CliError::Bad(m)) => {
-            eprintln!("isboot: {}", one_line(&m));
+            errln!("isboot: {}", one_line(&m));
             ExitCode::from(2)
         }
         Err(CliError::Failed(m)) => {
-            eprintln!("isboot: {}", one_line(&m));
+            errln!("isboot: {}", one_line(&m));
             ExitCode::from(1)
         }
     }

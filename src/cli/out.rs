@@ -1,8 +1,10 @@
-//! The CLI's standard output. A reader that goes away early (`isboot status | head -1`)
+//! The CLI's standard output and error. A reader that goes away early (`isboot status | head -1`)
 //! ends the output, not the command: the rest of what the command prints is dropped, the
 //! work it was doing (an import, a commit) finishes, and its exit status is its own.
 //! Any other write error (a full disk behind `> file`) is reported once at the end and
 //! makes the exit status 1, so a script never takes a truncated listing for a whole one.
+//! Messages on standard error (warnings, progress, the final one-line error) are dropped when
+//! it is gone: they never stop the command either.
 
 use std::fmt;
 use std::io::{self, Write};
@@ -29,6 +31,13 @@ pub fn line(args: fmt::Arguments<'_>) {
     if let Err(e) = out.write_fmt(args).and_then(|()| out.write_all(b"\n")) {
         *sink = failed(e);
     }
+}
+
+/// Prints one line on standard error; a write error drops the line (there is nowhere left
+/// to say anything) and never stops the command.
+pub fn err_line(args: fmt::Arguments<'_>) {
+    let mut err = io::stderr().lock();
+    let _ = err.write_fmt(args).and_then(|()| err.write_all(b"\n"));
 }
 
 fn failed(e: io::Error) -> Sink {

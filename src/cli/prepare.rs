@@ -48,7 +48,7 @@ pub fn run(dir: &StateDir, a: &ImagePrepareArgs) -> Result<(), CliError> {
         "images/.prepare-{name}-{}.raw",
         std::process::id()
     ));
-    eprintln!("image prepare: copying {} (sparse)", src.display());
+    errln!("image prepare: copying {} (sparse)", src.display());
     let ok = Command::new("cp")
         .arg("--sparse=always")
         .arg(&src)
@@ -71,7 +71,7 @@ pub fn run(dir: &StateDir, a: &ImagePrepareArgs) -> Result<(), CliError> {
         cmd.arg("--install-missing");
     }
     cmd.arg(&staged);
-    eprintln!(
+    errln!(
         "image prepare: {}",
         hooks.join("isboot-rebuild-initrd").display()
     );
