@@ -133,6 +133,42 @@ fn base_of(lab: &Lab, version: u64) -> Arc<BaseImage> {
     Arc::new(BaseImage::open(&lab.dir.join(v["file"].as_str().unwrap()), id, version).unwrap())
 }
 
+fn mode(p: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
+}
+
+/// `isboot export` never opens a published base for writing, even as root (who may write a
+/// 0444 file): neither one read-only on disk nor one a registry lists (a base published
+/// before bases were made read-only). It says what to do instead.
+#[test]
+fn export_refuses_to_write_into_a_published_base() {
+    let lab = Lab::with_image();
+    let v1 = lab.dir.join("images/deb/v1.raw");
+    assert_eq!(mode(&v1), 0o444);
+    let before = std::fs::read(&v1).unwrap();
+    let p = v1.to_str().unwrap();
+    // One line (export's errors start "isboot export:"), saying what to do.
+    let refused = |why: &str| {
+        let r = lab.run(&["export", p, "--listen", "127.0.0.1:0"]);
+        assert_eq!(r.code, 1, "{}", r.stderr);
+        assert_eq!(r.stderr.trim_end().lines().count(), 1, "{}", r.stderr);
+        assert!(
+            r.stderr.starts_with("isboot export: ")
+                && r.stderr.contains(why)
+                && r.stderr
+                    .contains("export it read-only (--read-only), or copy it"),
+            "{}",
+            r.stderr
+        );
+    };
+    refused("is read-only on disk (mode 0444");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&v1, std::fs::Permissions::from_mode(0o644)).unwrap();
+    refused("is version 1 of the published isboot image deb");
+    assert_eq!(std::fs::read(&v1).unwrap(), before);
+}
+
 fn read(dev: &dyn BlockDevice, off: u64, len: usize) -> Vec<u8> {
     let mut out = Vec::new();
     dev.read(off, len, &mut out).unwrap();
@@ -196,6 +232,19 @@ fn edit_commit_publishes_a_new_version_and_persistent_clients_keep_theirs() {
         pattern(4 << 20, 1),
         "v1 changed"
     );
+    // Both versions are read-only on disk and their identity is in the registry.
+    for v in [1, 2] {
+        let f = lab.dir.join(format!("images/deb/v{v}.raw"));
+        assert_eq!(mode(&f), 0o444, "v{v}");
+        assert!(
+            lab.registry().contains(&format!(
+                "published = \"{}\"",
+                isboot::store::base::Published::of(&f).unwrap()
+            )),
+            "v{v}: {}",
+            lab.registry()
+        );
+    }
     // A fresh reset-mode client gets v2; the persistent client stays on v1 with its data.
     lab.add("52:54:00:00:00:02", "fresh", &["--mode", "reset"]);
     let j: serde_json::Value =

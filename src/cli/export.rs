@@ -5,6 +5,8 @@ use super::ExportArgs;
 use crate::iscsi::target::{StaticRegistry, TargetConfig, TargetStats};
 use crate::scsi::{LogicalUnit, LuIdentity, TargetLus};
 use crate::store::raw::RawFile;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -37,8 +39,51 @@ pub fn iqn_suffix(stem: &str) -> String {
     if s.is_empty() { "disk".to_owned() } else { s }
 }
 
+/// Why `path` must not be exported writable, if it must not: it is read-only on disk (as
+/// every published base is, `BASE_MODE`), or a state directory's registry lists it as a
+/// version of an image (`<state>/images/NAME/vN.raw`, published before bases were sealed).
+fn published_base(path: &Path) -> Option<String> {
+    let meta = std::fs::metadata(path).ok()?;
+    if meta.permissions().mode() & 0o222 == 0 {
+        return Some(format!(
+            "is read-only on disk (mode {:04o}, as every published isboot base image is)",
+            meta.permissions().mode() & 0o7777
+        ));
+    }
+    let root = path.parent()?.parent()?.parent()?;
+    let text = std::fs::read_to_string(root.join("registry.toml")).ok()?;
+    let reg: crate::config::Registry = toml::from_str(&text).ok()?;
+    let listed = reg.images.iter().flat_map(|i| {
+        i.versions
+            .iter()
+            .map(move |v| (i.name.clone(), v.number, root.join(&v.file)))
+    });
+    for (image, number, file) in listed {
+        if let Ok(m) = std::fs::metadata(&file) {
+            if (m.dev(), m.ino()) == (meta.dev(), meta.ino()) {
+                return Some(format!(
+                    "is version {number} of the published isboot image {image} (clients' \
+                     overlays depend on it never changing)"
+                ));
+            }
+        }
+    }
+    None
+}
+
 pub fn run(args: &ExportArgs) -> ExitCode {
     super::init_tracing();
+    if !args.read_only {
+        if let Some(why) = published_base(&args.image) {
+            errln!(
+                "isboot export: {} {why}: export it read-only (--read-only), or copy it \
+                 (cp --sparse=always {} COPY) and export the copy",
+                args.image.display(),
+                args.image.display()
+            );
+            return ExitCode::from(1);
+        }
+    }
     let dev = match RawFile::open(&args.image, args.read_only) {
         Ok(d) => d,
         Err(e) => {

@@ -4,6 +4,7 @@
 use super::{CliError, ImagePrepareArgs};
 use crate::config::StateDir;
 use crate::config::names::ImageName;
+use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -61,6 +62,14 @@ pub fn run(dir: &StateDir, a: &ImagePrepareArgs) -> Result<(), CliError> {
         return Err(CliError::Failed(format!(
             "copying {} failed",
             src.display()
+        )));
+    }
+    // The copy took the published file's mode (read-only, BASE_MODE); the rebuild writes it.
+    if let Err(e) = std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o660)) {
+        let _ = std::fs::remove_file(&staged);
+        return Err(CliError::Failed(format!(
+            "making {} writable: {e}",
+            staged.display()
         )));
     }
     let mut cmd = Command::new(hooks.join("isboot-rebuild-initrd"));

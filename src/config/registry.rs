@@ -4,6 +4,7 @@
 use super::names::{ClientName, ImageName, Iqn, MacAddr};
 use super::secret::Secret;
 use super::state::NextBoot;
+use crate::store::base::Published;
 use serde::{Deserialize, Serialize};
 use std::net::Ipv4Addr;
 
@@ -80,6 +81,10 @@ pub struct Version {
     pub size: u64,
     /// Unix seconds.
     pub created: u64,
+    /// The file as published (inode:size:mtime_ns): the server refuses to open a file that
+    /// differs (replaced or changed since). Absent in registries written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub published: Option<Published>,
 }
 
 /// A writable view of an image's newest version being prepared as its next version.
@@ -178,6 +183,11 @@ mod tests {
                     file: "images/debian/v1.raw".into(),
                     size: 4096,
                     created: 5,
+                    published: Some(Published {
+                        inode: 12,
+                        size: 4096,
+                        mtime_ns: 1_765_000_000_123_456_789,
+                    }),
                 }],
                 maintenance: Some(Maintenance {
                     from_version: 1,

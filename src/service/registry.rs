@@ -326,10 +326,11 @@ impl StateRegistry {
         let base = match bases.get(&spec.base_path).and_then(Weak::upgrade) {
             Some(b) if b.id() == spec.base_id => b,
             _ => {
-                let b = Arc::new(BaseImage::open(
+                let b = Arc::new(BaseImage::open_published(
                     &spec.base_path,
                     spec.base_id,
                     spec.version,
+                    spec.base_published.as_ref(),
                 )?);
                 bases.insert(spec.base_path.clone(), Arc::downgrade(&b));
                 b
@@ -963,6 +964,70 @@ mod tests {
             );
         }
         assert_eq!(sum(&base_file), before, "the base image changed");
+    }
+
+    /// A base replaced while the server was down (same size, even) is not served over the
+    /// overlays made on the old one; the published file put back is served again; other
+    /// images are unaffected.
+    #[test]
+    fn a_base_replaced_while_the_server_was_down_is_refused_at_open() {
+        let (t, dir) = setup();
+        let other = t.path().join("other.img");
+        std::fs::write(&other, vec![0x33u8; 1 << 20]).unwrap();
+        dir.image_add(&"other".parse().unwrap(), &other, &mut |_, _| {})
+            .unwrap();
+        dir.lock()
+            .unwrap()
+            .add_client(AddClient {
+                mac: "52:54:00:00:00:03".parse().unwrap(),
+                image: "other".parse().unwrap(),
+                name: Some("pc3".parse().unwrap()),
+                ip: None,
+                mode: Mode::Persistent,
+                initiators: vec![],
+                chap: None,
+            })
+            .unwrap();
+        let iqn = |n: &str| format!("iqn.2026-11.org.isboot:{n}");
+        {
+            let reg = StateRegistry::open(dir.clone()).unwrap();
+            write(&reg.lookup(&iqn("pc1")).unwrap(), 0, &[0x11; 512]);
+            reg.flush_all();
+        }
+        let file = dir.path("images/deb/v1.raw");
+        let kept = t.path().join("v1.kept");
+        std::fs::rename(&file, &kept).unwrap();
+        std::fs::write(&file, vec![0x5Au8; 1 << 20]).unwrap();
+        let reg = StateRegistry::open(dir.clone()).unwrap();
+        assert!(reg.lookup(&iqn("pc1")).is_none(), "served over a new file");
+        assert!(reg.lookup(&iqn("pc2")).is_none(), "served over a new file");
+        assert_eq!(read(&reg.lookup(&iqn("pc3")).unwrap(), 0, 512), [0x33; 512]);
+        drop(reg);
+        // The error says which file, what differs and what to do.
+        let state = dir.load().unwrap();
+        let spec = state
+            .targets()
+            .into_iter()
+            .find(|s| s.iqn.as_str() == iqn("pc1"))
+            .unwrap();
+        let e = BaseImage::open_published(
+            &spec.base_path,
+            spec.base_id,
+            1,
+            spec.base_published.as_ref(),
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(
+            e.contains("is not the file that was published (inode")
+                && e.contains("Put the published file back"),
+            "{e}"
+        );
+        // Put back, it is served again with the client's data.
+        std::fs::rename(&kept, &file).unwrap();
+        let reg = StateRegistry::open(dir.clone()).unwrap();
+        assert_eq!(read(&reg.lookup(&iqn("pc1")).unwrap(), 0, 512), [0x11; 512]);
     }
 
     #[test]

@@ -97,6 +97,81 @@ impl Identity {
     }
 }
 
+/// What a base file was when it was published, recorded beside its version in the registry
+/// and compared when the server opens the file again (after a restart, say): inode, size and
+/// modification time (ns). A replacement (`cp` over it, `mv`, a restore) changes at least one
+/// of them, so an overlay is never opened over a file other than the one it was made on. Not
+/// a content hash on purpose: checking one would read every base in full at every start.
+/// The device number is left out: it may differ after a reboot on the same file system.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Published {
+    pub inode: u64,
+    pub size: u64,
+    pub mtime_ns: i128,
+}
+
+impl Published {
+    /// The stamp of the file at `path` now.
+    pub fn of(path: &Path) -> std::io::Result<Published> {
+        Ok(Published::from(&Identity::of(&std::fs::metadata(path)?)))
+    }
+
+    /// The file's stamp differs from this one: say what differs, in words.
+    fn differences(&self, now: &Published) -> String {
+        let mut d = Vec::new();
+        if now.inode != self.inode {
+            d.push(format!("inode {}, published {}", now.inode, self.inode));
+        }
+        if now.size != self.size {
+            d.push(format!("size {}, published {}", now.size, self.size));
+        }
+        if now.mtime_ns != self.mtime_ns {
+            d.push("modification time changed".to_owned());
+        }
+        d.join("; ")
+    }
+}
+
+impl From<&Identity> for Published {
+    fn from(i: &Identity) -> Published {
+        Published {
+            inode: i.ino,
+            size: i.size,
+            mtime_ns: i128::from(i.mtime.0) * 1_000_000_000 + i128::from(i.mtime.1),
+        }
+    }
+}
+
+/// `inode:size:mtime_ns`, as written in the registry.
+impl fmt::Display for Published {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.inode, self.size, self.mtime_ns)
+    }
+}
+
+impl From<Published> for String {
+    fn from(p: Published) -> String {
+        p.to_string()
+    }
+}
+
+impl TryFrom<String> for Published {
+    type Error = String;
+    fn try_from(s: String) -> Result<Published, String> {
+        let bad = || format!("{s:?} is not inode:size:mtime_ns");
+        let mut it = s.split(':');
+        let (Some(i), Some(z), Some(m), None) = (it.next(), it.next(), it.next(), it.next()) else {
+            return Err(bad());
+        };
+        Ok(Published {
+            inode: i.parse().map_err(|_| bad())?,
+            size: z.parse().map_err(|_| bad())?,
+            mtime_ns: m.parse().map_err(|_| bad())?,
+        })
+    }
+}
+
 /// A base file opened from a path, watched for changes ([`check_all`]).
 pub struct Watched {
     path: PathBuf,
@@ -205,6 +280,17 @@ pub struct BaseImage {
 impl BaseImage {
     /// Map the raw file at `path` read-only.
     pub fn open(path: &Path, id: BaseId, version: u64) -> Result<BaseImage, StoreError> {
+        BaseImage::open_published(path, id, version, None)
+    }
+
+    /// Map the raw file at `path` read-only, refused ([`StoreError::NotAsPublished`]) unless
+    /// it is still the file `published` describes (when given).
+    pub fn open_published(
+        path: &Path,
+        id: BaseId,
+        version: u64,
+        published: Option<&Published>,
+    ) -> Result<BaseImage, StoreError> {
         // A published version is never written, truncated or replaced in place while it
         // exists (a new version is a new file, renamed in once complete).
         let m = MappedFile::open(path, false)?;
@@ -216,6 +302,15 @@ impl BaseImage {
                 path: path.display().to_string(),
                 source,
             })?;
+        if let Some(p) = published {
+            let now = Published::from(&identity);
+            if now != *p {
+                return Err(StoreError::NotAsPublished {
+                    path: path.display().to_string(),
+                    differs: p.differences(&now),
+                });
+            }
+        }
         let watched = Arc::new(Watched {
             path: path.to_path_buf(),
             file: m.file.clone(),

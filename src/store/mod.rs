@@ -74,6 +74,15 @@ pub enum StoreError {
     /// old and new data.
     #[error("the base image {0}")]
     BaseChanged(base::BaseChange),
+    /// The base file is not the one published: it was replaced or changed since (seen when it
+    /// is opened, by [`base::Published`]).
+    #[error(
+        "base image {path} is not the file that was published ({differs}): it was \
+         replaced or changed since, and overlays made on it would mix its data with the old \
+         base's. Put the published file back, or publish the new file as a new version \
+         (isboot image publish) and reset the clients on this one"
+    )]
+    NotAsPublished { path: String, differs: String },
 }
 
 impl StoreError {

@@ -1,6 +1,6 @@
 //! Images and their versions: import, publish, remove, prune.
 
-use super::{Locked, StateDir, io_write};
+use super::{Locked, StateDir, io_write, seal_base};
 use crate::config::names::ImageName;
 use crate::config::registry::{Image, Version};
 use crate::config::{ConfigError, import, now_unix, sync_dir};
@@ -31,6 +31,7 @@ impl StateDir {
         let file = File::open(staged).map_err(io_write(staged))?;
         file.sync_all().map_err(io_write(staged))?;
         std::fs::rename(staged, &dest).map_err(io_write(&dest))?;
+        let published = seal_base(&dest)?;
         let dir = self.path(&dir_rel);
         sync_dir(&dir).map_err(io_write(&dir))?;
         let v = Version {
@@ -39,6 +40,7 @@ impl StateDir {
             file: rel,
             size,
             created: now_unix(),
+            published: Some(published),
         };
         let img = l
             .state
@@ -98,6 +100,7 @@ impl StateDir {
             let rel = format!("{dir_rel}/v1.raw");
             let dest = self.path(&rel);
             std::fs::rename(&staged, &dest).map_err(io_write(&dest))?;
+            let published = seal_base(&dest)?;
             sync_dir(&dir).map_err(io_write(&dir))?;
             sync_dir(&images).map_err(io_write(&images))?;
             let v = Version {
@@ -106,6 +109,7 @@ impl StateDir {
                 file: rel.clone(),
                 size,
                 created: now_unix(),
+                published: Some(published),
             };
             l.state.registry.images.push(Image {
                 name: name.clone(),

@@ -1,7 +1,7 @@
 //! Image maintenance: a writable overlay on an image's newest version (`image edit`),
 //! published as the next version (`image commit`) or dropped (`image abort`).
 
-use super::{Locked, StateDir, io_write, maint_secret_name};
+use super::{Locked, StateDir, io_write, maint_secret_name, seal_base};
 use crate::config::names::{ImageName, Iqn, MacAddr};
 use crate::config::registry::{Maintenance, Version};
 use crate::config::secret::{generate_chap, remove_secret_file, secret_path, write_secret_file};
@@ -77,6 +77,7 @@ impl StateDir {
             let rel = format!("images/{name}/v{number}.raw");
             let dest = self.path(&rel);
             std::fs::rename(&staged, &dest).map_err(io_write(&dest))?;
+            let published = seal_base(&dest)?;
             sync_dir(&dir).map_err(io_write(&dir))?;
             let v = Version {
                 number,
@@ -84,6 +85,7 @@ impl StateDir {
                 file: rel.clone(),
                 size,
                 created: now_unix(),
+                published: Some(published),
             };
             if let Some(i) = l.state.registry.image_mut(name) {
                 i.versions.push(v.clone());

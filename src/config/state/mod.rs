@@ -27,7 +27,7 @@ use super::names::{ClientName, ImageName, Iqn, MacAddr, Subnet};
 use super::registry::{Chap, Client, Image, Registry};
 use super::secret::{read_secret_file, secret_path};
 use super::{ConfigError, sync_dir, write_atomic};
-use crate::store::base::{BaseId, BaseImage};
+use crate::store::base::{BaseId, BaseImage, Published};
 use crate::store::overlay::{DEFAULT_BLOCK_SIZE, Overlay};
 use std::fs::{File, OpenOptions};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -71,6 +71,8 @@ pub struct TargetSpec {
     pub version: u64,
     pub base_path: PathBuf,
     pub base_id: BaseId,
+    /// The base file as published, when the registry recorded it.
+    pub base_published: Option<Published>,
     pub overlay_path: PathBuf,
     pub initiators: Vec<Iqn>,
     pub chap: Option<Chap>,
@@ -100,6 +102,22 @@ pub const REGISTRY_MODE: u32 = 0o660;
 /// service's user and group `isboot`) create files in it; set-group-ID, so every file and
 /// directory made in it belongs to that group, whoever of them makes it.
 pub const STATE_DIR_MODE: u32 = 0o2770;
+
+/// The mode of a published base image file: nobody writes it, ever (a new version is a new
+/// file). Who may read it is settled by the state directory's mode ([`STATE_DIR_MODE`]);
+/// the service's user reads it whichever member of group `isboot` published it.
+pub const BASE_MODE: u32 = 0o444;
+
+/// Make the base file at `path`, just renamed into place, read-only ([`BASE_MODE`]) and return
+/// what identifies it from now on (recorded in its [`Version`](crate::config::Version)).
+fn seal_base(path: &Path) -> Result<Published, ConfigError> {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(BASE_MODE))
+        .map_err(io_write(path))?;
+    Published::of(path).map_err(|source| ConfigError::Reading {
+        path: path.to_path_buf(),
+        source,
+    })
+}
 
 pub fn maint_secret_name(image: &ImageName) -> String {
     format!("maint-{image}")
@@ -345,6 +363,7 @@ impl State {
                 version: c.version,
                 base_path: self.dir.path(&v.file),
                 base_id: id,
+                base_published: v.published,
                 overlay_path: self.dir.path(&c.overlay),
                 initiators: c.initiators.clone(),
                 chap,
@@ -368,6 +387,7 @@ impl State {
                 version: m.from_version,
                 base_path: self.dir.path(&v.file),
                 base_id: id,
+                base_published: v.published,
                 overlay_path: self.dir.path(&m.overlay),
                 initiators: m.initiators.clone(),
                 chap,
@@ -415,10 +435,11 @@ impl State {
             path: self.dir.registry_path(),
             message: format!("image {image} version {number} has a bad id"),
         })?;
-        Ok(Arc::new(BaseImage::open(
+        Ok(Arc::new(BaseImage::open_published(
             &self.dir.path(&v.file),
             id,
             number,
+            v.published.as_ref(),
         )?))
     }
 }
