@@ -25,6 +25,7 @@ impl ClientDirectory for Dir {
             initiator_iqn: None,
             root_path: None,
             san_filename: None,
+            boot_script: None,
             chap: None,
         })
     }

@@ -19,6 +19,9 @@ impl ClientDirectory for EveryoneKnown {
             initiator_iqn: Some("iqn.2026-11.fuzz:i".into()),
             root_path: None,
             san_filename: (mac.0[4] & 1 == 1).then(|| "\\EFI\\BOOT\\BOOTX64.EFI".to_string()),
+            // Some clients have a boot script (the boot routes on), some the root-path.
+            boot_script: (mac.0[2] & 1 == 1)
+                .then(|| format!("http://10.0.0.1:9261/boot/{}.ipxe", mac.dashed())),
             // Some clients carry CHAP credentials, so the iPXE-stage option path is fuzzed too.
             chap: (mac.0[3] & 1 == 1).then(|| isboot::dhcp::IpxeChap {
                 username: "c".into(),

@@ -12,6 +12,12 @@
 //!   `iscsi:<server>::::<target-iqn>`, initiator IQN 203, hostname 12, 175.176 = 1, and no boot
 //!   file at all; with CHAP, 175.190/191 (mutual: 175.192/193), but only in a reply that is not
 //!   broadcast ([`Reply::secret`]: the service never falls back to broadcasting it).
+//!   When the client has a [`DhcpClient::boot_script`] (the boot routes are on), its URL is the
+//!   boot file instead and the root-path is left out: iPXE attaches a root-path's SAN disk
+//!   *before* it runs a boot file, which would log in to the disk even for memtest or the
+//!   local disk; the script `sanboot`s the disk itself. The CHAP settings stay in 175 (iPXE's
+//!   iSCSI login reads `username`/`password` from its settings, wherever the root-path came
+//!   from), so the script carries no secret.
 //! - anything else that is a known client (the initrd's dhclient): the reserved address and
 //!   the usual options, no boot file.
 //! - unknown MACs: nothing, unless `auto_enroll` is on and [`EnrollHook::enroll`] adds them.
@@ -54,6 +60,10 @@ pub struct DhcpClient {
     /// CHAP credentials for iPXE's iSCSI login (175.190/191, mutual 175.192/193), sent only
     /// in a reply to this client's own iPXE stage that is not broadcast.
     pub chap: Option<IpxeChap>,
+    /// URL of this client's iPXE script (`http://<boot_listen>/boot/<mac>.ipxe`), when the
+    /// boot routes are on: the iPXE stage gets it as its boot file and no root-path (see
+    /// the module doc).
+    pub boot_script: Option<String>,
 }
 
 /// iPXE's `username`/`password` (and `reverse-username`/`reverse-password`) settings. Debug

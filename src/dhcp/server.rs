@@ -599,8 +599,19 @@ impl DhcpServer {
                 }
             }
             ClientKind::Ipxe { .. } => {
-                self.san_options(&mut m, client);
-                if purpose == Purpose::Proxy {
+                if let Some(url) = &client.boot_script {
+                    // The client's script decides what boots, and SAN-boots the disk itself.
+                    self.name_options(&mut m, client);
+                    m.set_siaddr(server_ip);
+                    if url.len() < 128 {
+                        m.set_fname_str(url);
+                    }
+                    m.opts_mut()
+                        .insert(DhcpOption::BootfileName(url.clone().into_bytes()));
+                } else {
+                    self.san_options(&mut m, client);
+                }
+                if purpose == Purpose::Proxy && client.boot_script.is_none() {
                     // iPXE drops a ProxyDHCP answer without next-server + boot file; name the
                     // empty script, after which iPXE SAN-boots the root-path.
                     let script = self.cfg.bootfiles.proxy_sanboot_script.clone();
@@ -678,10 +689,15 @@ impl DhcpServer {
             .root_path
             .clone()
             .unwrap_or_else(|| root_path(&self.cfg, &client.target_iqn));
-        let o = m.opts_mut();
         if !client.target_iqn.is_empty() || client.root_path.is_some() {
-            o.insert(DhcpOption::RootPath(root));
+            m.opts_mut().insert(DhcpOption::RootPath(root));
         }
+        self.name_options(m, client);
+    }
+
+    /// Hostname 12, initiator IQN 203.
+    fn name_options(&self, m: &mut Message, client: &DhcpClient) {
+        let o = m.opts_mut();
         if !client.name.is_empty() {
             o.insert(DhcpOption::Hostname(client.name.clone()));
         }
@@ -781,6 +797,7 @@ mod tests {
                     initiator_iqn: Some("iqn.2026-11.lab:init-ws1".into()),
                     root_path: None,
                     san_filename: None,
+                    boot_script: None,
                     chap: None,
                 }),
                 DYN => Some(DhcpClient {
@@ -790,6 +807,7 @@ mod tests {
                     initiator_iqn: None,
                     root_path: None,
                     san_filename: None,
+                    boot_script: None,
                     chap: None,
                 }),
                 _ => None,
@@ -1027,6 +1045,7 @@ mod tests {
                 initiator_iqn: None,
                 root_path: None,
                 san_filename: None,
+                boot_script: None,
                 chap: Some(crate::dhcp::IpxeChap {
                     username: name.into(),
                     password: if name == "a" { PW_A } else { PW_B }.into(),
@@ -1173,6 +1192,99 @@ mod tests {
         }
     }
 
+    /// [`ChapDir`]'s clients with the boot routes on: each has its script URL.
+    struct ScriptDir;
+    const SCRIPT_A: &str = "http://10.77.0.1:9261/boot/52-54-00-00-00-01.ipxe";
+    impl ClientDirectory for ScriptDir {
+        fn by_mac(&self, mac: MacAddr) -> Option<DhcpClient> {
+            ChapDir.by_mac(mac).map(|c| DhcpClient {
+                boot_script: Some(format!("http://10.77.0.1:9261/boot/{}.ipxe", mac.dashed())),
+                ..c
+            })
+        }
+        fn by_ip(&self, ip: Ipv4Addr) -> Option<MacAddr> {
+            ChapDir.by_ip(ip)
+        }
+    }
+
+    #[test]
+    fn boot_routes_on_ipxe_gets_its_script_and_no_root_path() {
+        assert_eq!(KNOWN.dashed(), "52-54-00-00-00-01", "SCRIPT_A names KNOWN");
+        let a_creds = vec![(190, b"a".to_vec()), (191, PW_A.as_bytes().to_vec())];
+        for mode in [DhcpMode::Full, DhcpMode::Proxy] {
+            let mut s = DhcpServer::new(cfg(mode), Leases::new());
+            let hooks = DhcpHooks::default();
+            let mut ask = |m: &Message, port: u16, src: Ipv4Addr, now: u64| {
+                let arrival = Arrival {
+                    port,
+                    src: SocketAddrV4::new(src, CLIENT_PORT),
+                };
+                s.handle(&ScriptDir, &hooks, &m.to_vec().expect("enc"), arrival, now)
+            };
+            // The PXE ROM still gets the first iPXE binary over TFTP.
+            let rom = ask(
+                &req(KNOWN, MessageType::Discover, Who::Pxe(0), vec![]),
+                67,
+                Ipv4Addr::UNSPECIFIED,
+                1,
+            )
+            .expect("ROM offer");
+            assert_eq!(fname(&rom.msg), "undionly.kpxe", "{mode:?}");
+            let ipxe = match mode {
+                DhcpMode::Full => ask(
+                    &req(
+                        KNOWN,
+                        MessageType::Request,
+                        Who::Ipxe(0),
+                        vec![
+                            DhcpOption::ServerIdentifier(SERVER),
+                            DhcpOption::RequestedIpAddress(RESERVED),
+                        ],
+                    ),
+                    67,
+                    Ipv4Addr::UNSPECIFIED,
+                    2,
+                ),
+                DhcpMode::Proxy => {
+                    let mut r = req(KNOWN, MessageType::Request, Who::Ipxe(0), vec![]);
+                    r.set_ciaddr(RESERVED);
+                    ask(&r, 4011, RESERVED, 2)
+                }
+            }
+            .expect("iPXE-stage ACK");
+            // The script is the boot file; no root-path, so iPXE attaches no disk before
+            // running it; CHAP and the initiator name stay iPXE settings for the script's
+            // sanboot.
+            assert_eq!(fname(&ipxe.msg), SCRIPT_A, "{mode:?}");
+            assert_eq!(opt(&ipxe.msg, 67), Some(SCRIPT_A.as_bytes().to_vec()));
+            assert_eq!(ipxe.msg.siaddr(), SERVER);
+            assert!(opt(&ipxe.msg, 17).is_none(), "{mode:?}: no root-path");
+            assert_eq!(opt(&ipxe.msg, 12), Some(b"a".to_vec()));
+            assert_eq!(credentials(&ipxe.msg), a_creds, "{mode:?}");
+            assert!(ipxe.secret);
+            let b = ipxe.encode().expect("encodes");
+            assert!(
+                !String::from_utf8_lossy(&b).contains("isboot-sanboot.ipxe"),
+                "{mode:?}: the empty proxy script is not named"
+            );
+            // The initrd's dhclient still gets the root-path (netroot=dhcp).
+            if mode == DhcpMode::Full {
+                let l = ask(
+                    &req(KNOWN, MessageType::Discover, Who::Linux, vec![]),
+                    67,
+                    Ipv4Addr::UNSPECIFIED,
+                    3,
+                )
+                .expect("dhclient offer");
+                assert_eq!(
+                    opt(&l.msg, 17),
+                    Some(b"iscsi:10.77.0.1::::iqn.2026-11.lab:a".to_vec())
+                );
+                assert_eq!(fname(&l.msg), "");
+            }
+        }
+    }
+
     #[test]
     fn ipxe_chap_debug_hides_passwords_and_long_values_do_not_encode() {
         let c = crate::dhcp::IpxeChap {
@@ -1222,6 +1334,7 @@ mod tests {
                 initiator_iqn: None,
                 root_path: None,
                 san_filename: None,
+                boot_script: None,
                 chap: None,
             })
         };

@@ -18,7 +18,14 @@ pub struct RegistryDirectory(pub Arc<StateRegistry>);
 
 impl ClientDirectory for RegistryDirectory {
     fn by_mac(&self, mac: MacAddr) -> Option<DhcpClient> {
-        let b = self.0.current_state().boot_target(&mac)?;
+        let st = self.0.current_state();
+        let b = st.boot_target(&mac)?;
+        // A client's iPXE fetches its script (menu, next boot); a maintenance machine boots
+        // its image's maintenance target from the root-path, as before.
+        let own = st
+            .registry
+            .client_by_mac(&mac)
+            .is_some_and(|c| st.target_iqn(&c.name) == b.target);
         Some(DhcpClient {
             name: b.name.replace(':', "-"),
             ip: b.ip,
@@ -26,6 +33,7 @@ impl ClientDirectory for RegistryDirectory {
             initiator_iqn: Some(b.initiator.to_string()),
             root_path: b.root_path,
             san_filename: None,
+            boot_script: own.then(|| self.0.boot_script_url(&mac)).flatten(),
             chap: b.chap.map(|c| crate::dhcp::IpxeChap {
                 username: c.user,
                 password: c.secret.expose().to_string(),

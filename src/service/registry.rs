@@ -192,6 +192,25 @@ impl StateRegistry {
         *self.boot_http.lock().unwrap_or_else(|e| e.into_inner()) = Some(addr.to_string());
     }
 
+    /// The URL of `mac`'s iPXE script (`http://<boot routes>/boot/<mac>.ipxe`), once the boot
+    /// routes are bound (None while they are off: DHCP then names the root-path as before).
+    /// Routes bound to a wildcard address are named by the config's `server_ip`.
+    pub fn boot_script_url(&self, mac: &crate::mac::MacAddr) -> Option<String> {
+        let bound: std::net::SocketAddr = self
+            .boot_http
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_deref()?
+            .parse()
+            .ok()?;
+        let addr = if bound.ip().is_unspecified() {
+            std::net::SocketAddr::new(self.current_state().config.server_ip?.into(), bound.port())
+        } else {
+            bound
+        };
+        Some(format!("http://{addr}/boot/{}.ipxe", mac.dashed()))
+    }
+
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
         self.inner.read().unwrap_or_else(|e| e.into_inner())
     }
