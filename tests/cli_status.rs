@@ -19,6 +19,38 @@ fn status_without_a_server() {
     assert_eq!(j["server_running"], false);
     assert_eq!(j["targets"][0]["logged_in"], false);
     assert!(j["targets"][0]["overlay_bytes"].as_u64().unwrap() > 0);
+    assert!(j["state_fs"]["free_bytes"].as_u64().unwrap() > 0, "{j}");
+    assert_eq!(j["targets"][0]["quota_bytes"], serde_json::Value::Null);
+}
+
+/// The quota and the state file system's free space, with the warning when it is low.
+#[test]
+fn status_shows_quotas_and_free_space() {
+    let lab = Lab::with_image();
+    lab.add("52:54:00:00:00:01", "pc1", &[]);
+    let cfg_path = lab.dir.join("isboot.toml");
+    let cfg = std::fs::read_to_string(&cfg_path).unwrap();
+    let cfg = cfg
+        .replace("# client_quota_mib = 0", "client_quota_mib = 3")
+        .replace(
+            "# space_warning_mib = 1024",
+            "space_warning_mib = 1073741824",
+        );
+    assert!(cfg.contains("client_quota_mib = 3") && cfg.contains("space_warning_mib = 10"));
+    std::fs::write(&cfg_path, cfg).unwrap();
+    let out = lab.run(&["status"]).ok().to_string();
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("state file system: ") && l.contains("LOW: below 1024.0 TiB")),
+        "{out}"
+    );
+    let row = out.lines().find(|l| l.starts_with("pc1")).unwrap();
+    assert!(row.contains("0 B/3.0 MiB"), "{row}");
+    let j: serde_json::Value = serde_json::from_str(lab.run(&["status", "--json"]).ok()).unwrap();
+    assert_eq!(j["targets"][0]["quota_bytes"], 3 << 20);
+    assert_eq!(j["targets"][0]["overlay_data_bytes"], 0);
+    assert_eq!(j["state_fs"]["low"], true);
+    assert_eq!(j["state_fs"]["warning_bytes"], 1u64 << 50);
 }
 
 #[test]

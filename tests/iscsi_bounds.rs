@@ -267,12 +267,23 @@ fn overlay_target(
     base: &Arc<isboot::store::base::BaseImage>,
     dir: &std::path::Path,
 ) -> Arc<isboot::iscsi::target::TargetConfig> {
+    quota_target(name, base, dir, None)
+}
+
+/// [`overlay_target`] with an overlay quota of `quota` bytes.
+fn quota_target(
+    name: &str,
+    base: &Arc<isboot::store::base::BaseImage>,
+    dir: &std::path::Path,
+    quota: Option<u64>,
+) -> Arc<isboot::iscsi::target::TargetConfig> {
     use isboot::iscsi::target::{TargetConfig, TargetStats};
     use isboot::scsi::{LogicalUnit, LuIdentity, TargetLus};
     use isboot::store::overlay::Overlay;
     let path = dir.join(format!("{name}.ovl"));
     drop(Overlay::create_at(&path, base.clone(), 4096).expect("create overlay"));
     let ov = Overlay::open_at(&path, base.clone(), false).expect("open overlay");
+    ov.set_quota(quota);
     Arc::new(TargetConfig {
         iqn: format!("{IQN}:{name}"),
         lus: Arc::new(TargetLus::single(Arc::new(LogicalUnit::new(
@@ -400,6 +411,51 @@ fn a_full_state_file_system_fails_only_the_writes_that_need_space() {
     assert!(a.read16(0, 0, 128).expect("read").data == a1);
     a.logout().expect("logout");
     b.logout().expect("logout");
+    drop(srv);
+}
+
+/// A client whose overlay holds its quota gets SPACE ALLOCATION FAILED for the write that
+/// needs more, and only for that command: its rewrites, its reads and the other client go
+/// on; after it trims (UNMAP) its writes work again, without a restart.
+#[test]
+fn a_full_quota_fails_only_that_clients_writes_until_it_trims() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (base_path, base) = base_image(dir.path(), "base.raw");
+    let reg = Arc::new(StaticRegistry(vec![
+        quota_target("q", &base, dir.path(), Some(128 * 1024)),
+        overlay_target("o", &base, dir.path()),
+    ]));
+    let srv = start(reg, ServerConfig::default());
+    let (mut q, mut o) = (login(srv.addr, "q"), login(srv.addr, "o"));
+    let q1 = fixture::pattern(128 * 1024, 1);
+    assert_eq!(q.write16(0, 0, &q1).expect("write").status, 0);
+    let q2 = fixture::pattern(4096, 2);
+    let c = q.write16(0, 1024, &q2).expect("answered");
+    assert_eq!(c.status, 2, "CHECK CONDITION");
+    let (k, asc, ascq) = (c.sense[2] & 0x0f, c.sense[12], c.sense[13]);
+    assert_eq!((k, asc, ascq), (0x07, 0x27, 0x07), "sense {:02x?}", c.sense);
+    // Nothing of it landed; what was acknowledged is there; a rewrite needs no new space.
+    let base_bytes = std::fs::read(&base_path).expect("base");
+    assert!(q.read16(0, 1024, 8).expect("read").data == base_bytes[1024 * 512..1032 * 512]);
+    assert!(q.read16(0, 0, 256).expect("read").data == q1);
+    let q3 = fixture::pattern(4096, 3);
+    assert_eq!(q.write16(0, 8, &q3).expect("write").status, 0);
+    // The other client writes past q's quota.
+    let o1 = fixture::pattern(512 * 1024, 4);
+    assert_eq!(o.write16(0, 0, &o1).expect("write").status, 0);
+    assert!(o.read16(0, 0, 1024).expect("read").data == o1);
+    // q trims its first 64 KiB (UNMAP, one descriptor): its write goes through.
+    let mut unmap = vec![0u8, 22, 0, 16, 0, 0, 0, 0];
+    unmap.extend_from_slice(&0u64.to_be_bytes());
+    unmap.extend_from_slice(&128u32.to_be_bytes());
+    unmap.extend_from_slice(&[0; 4]);
+    let cdb = [0x42, 0, 0, 0, 0, 0, 0, 0, 24, 0];
+    assert_eq!(q.command(0, &cdb, &unmap, 0).expect("unmap").status, 0);
+    assert_eq!(q.write16(0, 1024, &q2).expect("write").status, 0);
+    assert!(q.read16(0, 1024, 8).expect("read").data == q2);
+    assert!(q.read16(0, 128, 128).expect("read").data == q1[64 * 1024..]);
+    q.logout().expect("logout");
+    o.logout().expect("logout");
     drop(srv);
 }
 

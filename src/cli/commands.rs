@@ -733,14 +733,31 @@ pub fn status(dir: &StateDir, as_json: bool) -> R {
         Some(l) => outln!("server: running, listening on {l}"),
         None => outln!("server: not running (traffic counters need `isboot serve`)"),
     }
+    if let Some(fs) = &v.state_fs {
+        outln!(
+            "state file system: {} free of {}{}",
+            human(fs.free_bytes),
+            human(fs.size_bytes),
+            if fs.low {
+                format!(
+                    "  LOW: below {} ([limits] space_warning_mib); when it is full, writes that \
+                     need space fail: isboot image prune, or reset clients whose overlays grew",
+                    human(fs.warning_bytes)
+                )
+            } else {
+                String::new()
+            }
+        );
+    }
     outln!(
-        "{:<20} {:<4} {:<28} {:>10} {:>10} {:>10}  BASE",
+        "{:<20} {:<4} {:<28} {:>10} {:>10} {:>10} {:>21}  BASE",
         "CLIENT",
         "CHAP",
         "SESSION",
         "READ",
         "WRITTEN",
-        "OVERLAY"
+        "OVERLAY",
+        "DATA/QUOTA"
     );
     for r in &v.targets {
         let who = display_name(r);
@@ -753,18 +770,28 @@ pub fn status(dir: &StateDir, as_json: bool) -> R {
                 .collect::<Vec<_>>()
                 .join(",")
         };
+        let quota = match r.quota_bytes {
+            Some(q) => format!("{}/{}", human(r.overlay_data_bytes), human(q)),
+            None => format!("{}/-", human(r.overlay_data_bytes)),
+        };
         outln!(
-            "{:<20} {:<4} {:<28} {:>10} {:>10} {:>10}  {}@{}{}",
+            "{:<20} {:<4} {:<28} {:>10} {:>10} {:>10} {:>21}  {}@{}{}{}",
             who,
             if r.chap { "on" } else { "OFF" },
             session,
             human(r.bytes_read),
             human(r.bytes_written),
             human(r.overlay_bytes),
+            quota,
             r.image,
             r.base_version,
             if r.disk_error {
                 "  DISK ERROR: writes refused (free space, then reset the client or restart serve)"
+            } else {
+                ""
+            },
+            if r.over_quota {
+                "  QUOTA FULL: writes that need space refused (trim in the client, or reset it)"
             } else {
                 ""
             }

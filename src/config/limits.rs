@@ -229,8 +229,10 @@ impl Limits {
             &DEFAULT_TFTP_TRANSFER_SECS.to_string(),
         );
         s.push_str(
-            "# Space one client's overlay may use, MiB (a client's own `quota_mib` wins).\n\
-             # Writes past it get SPACE ALLOCATION FAILED. Default (and 0): no quota.\n",
+            "# Data one client's overlay may hold, MiB. A write that needs more space gets\n\
+             # SPACE ALLOCATION FAILED (the client sees ENOSPC) until the client trims or is\n\
+             # reset; other clients go on. Applies to running clients when the file changes.\n\
+             # Default (and 0): no quota.\n",
         );
         key(&mut s, "client_quota_mib", self.client_quota_mib, "0");
         s.push_str(

@@ -36,7 +36,7 @@ pub use state::{
     AddClient, BootAction, BootChange, BootTarget, Bound, BoundAddress, NextBoot, Origin, State,
     StateDir, TargetKind, TargetSpec, maint_secret_name,
 };
-pub use status::{ServerStatus, SessionStatus, TargetStatus};
+pub use status::{ServerStatus, SessionStatus, Space, TargetStatus};
 pub use store::{Backend, StoreConfig};
 
 use std::fs::{File, OpenOptions};

@@ -171,6 +171,12 @@ pub struct StatusRow {
     pub bytes_read: u64,
     pub bytes_written: u64,
     pub overlay_bytes: u64,
+    /// Bytes of data the overlay holds: what the quota counts.
+    pub overlay_data_bytes: u64,
+    /// The client's overlay quota, if one is set (`[limits] client_quota_mib`).
+    pub quota_bytes: Option<u64>,
+    /// Its last write that needed space was refused for the quota (live server only).
+    pub over_quota: bool,
     pub image: String,
     pub base_version: u64,
     /// The server's view of this disk hit an I/O error and refuses writes.
@@ -193,6 +199,8 @@ pub struct StatusView {
     pub total_bytes_read: u64,
     pub total_bytes_written: u64,
     pub total_overlay_bytes: u64,
+    /// Space on the state directory's file system, where the overlays grow.
+    pub state_fs: Option<super::Space>,
     /// Clients whose targets run without CHAP (`add-client --no-chap`, or added before CHAP
     /// was the default; `isboot set-client NAME --chap` turns it on).
     pub clients_without_chap: Vec<String>,
@@ -220,6 +228,17 @@ impl StatusView {
                     bytes_read: t.map_or(0, |t| t.bytes_read),
                     bytes_written: t.map_or(0, |t| t.bytes_written),
                     overlay_bytes: on_disk(&spec.overlay_path),
+                    overlay_data_bytes: match t {
+                        Some(t) => t.overlay_data_bytes,
+                        None => crate::store::overlay::Overlay::usage_at(&spec.overlay_path)
+                            .map_or(0, |u| u.data_blocks * u64::from(u.block_size)),
+                    },
+                    quota_bytes: match (t, &spec.kind) {
+                        (Some(t), _) => t.quota_bytes,
+                        (None, TargetKind::Client(_)) => st.config.limits.client_quota(),
+                        (None, TargetKind::Maintenance(_)) => None,
+                    },
+                    over_quota: t.is_some_and(|t| t.over_quota),
                     image: spec.image.to_string(),
                     base_version: spec.version,
                     disk_error: t.is_some_and(|t| t.failed),
@@ -235,6 +254,7 @@ impl StatusView {
             total_bytes_read: rows.iter().map(|r| r.bytes_read).sum(),
             total_bytes_written: rows.iter().map(|r| r.bytes_written).sum(),
             total_overlay_bytes: rows.iter().map(|r| r.overlay_bytes).sum(),
+            state_fs: super::Space::of(st.dir.root(), st.config.limits.space_warning()),
             targets: rows,
             clients_without_chap: st.clients_without_chap(),
         }

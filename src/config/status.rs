@@ -25,6 +25,35 @@ pub struct ServerStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot_http: Option<String>,
     pub targets: Vec<TargetStatus>,
+    /// Space on the state directory's file system.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_fs: Option<Space>,
+}
+
+/// Space on the state directory's file system (where the overlays grow).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Space {
+    /// Bytes free for isboot (what an unprivileged writer may still use).
+    pub free_bytes: u64,
+    pub size_bytes: u64,
+    /// `[limits] space_warning_mib` in bytes: below it, `status` and the log warn.
+    pub warning_bytes: u64,
+    /// Free space is below the warning threshold.
+    pub low: bool,
+}
+
+impl Space {
+    /// The file system holding `dir` now, against the threshold `warning_bytes`.
+    pub fn of(dir: &Path, warning_bytes: u64) -> Option<Space> {
+        let fs = rustix::fs::statvfs(dir).ok()?;
+        let free_bytes = fs.f_bavail.saturating_mul(fs.f_frsize);
+        Some(Space {
+            free_bytes,
+            size_bytes: fs.f_blocks.saturating_mul(fs.f_frsize),
+            warning_bytes,
+            low: free_bytes < warning_bytes,
+        })
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,6 +70,15 @@ pub struct TargetStatus {
     pub bytes_written: u64,
     /// Bytes the overlay file occupies on disk.
     pub overlay_bytes: u64,
+    /// Bytes of data the overlay holds (its written blocks): what the quota counts.
+    #[serde(default)]
+    pub overlay_data_bytes: u64,
+    /// The overlay's quota (`[limits] client_quota_mib`), if one is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota_bytes: Option<u64>,
+    /// The last write that needed space was refused for the quota.
+    #[serde(default)]
+    pub over_quota: bool,
     /// The server holds map changes for this overlay not yet flushed to its file.
     #[serde(default)]
     pub unflushed: bool,

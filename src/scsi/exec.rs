@@ -214,7 +214,7 @@ fn plan_of(cmd: &Command) -> Plan {
 }
 
 fn store_sense(e: &StoreError) -> Sense {
-    if let StoreError::NoSpace(_) = e {
+    if let StoreError::NoSpace(_) | StoreError::QuotaExceeded { .. } = e {
         // Thin provisioning's answer (SBC-4 4.7.3.6): Linux turns it into ENOSPC for the
         // file system above, not an I/O error on a failing disk. The device logs it.
         return Sense::new(key::DATA_PROTECT, asc::SPACE_ALLOCATION_FAILED);

@@ -6,7 +6,7 @@
 //! flushes overlays whose sessions have all ended.
 
 use crate::config::{
-    Bound, ConfigError, Origin, ServerStatus, SessionStatus, State, StateDir, TargetKind,
+    Bound, ConfigError, Origin, ServerStatus, SessionStatus, Space, State, StateDir, TargetKind,
     TargetSpec, TargetStatus,
 };
 use crate::config::{MacAddr, Mode, now_unix, write_atomic};
@@ -85,6 +85,9 @@ pub struct StateRegistry {
     learned: Mutex<HashMap<MacAddr, (std::net::Ipv4Addr, AddressOrigin)>>,
     /// The last page-cache sample of the open base images, and when it was taken.
     image_cache: Mutex<Option<(std::time::Instant, Vec<ImageCache>)>>,
+    /// Free space on the state file system was below the warning threshold at the last look
+    /// (the crossing is logged once each way).
+    space_low: std::sync::atomic::AtomicBool,
 }
 
 fn fnv1a(s: &str) -> u64 {
@@ -126,6 +129,7 @@ impl StateRegistry {
             pending_power_on: Mutex::new(HashMap::new()),
             learned: Mutex::new(HashMap::new()),
             image_cache: Mutex::new(None),
+            space_low: std::sync::atomic::AtomicBool::new(false),
         };
         r.reload()?;
         Ok(r)
@@ -318,6 +322,14 @@ impl StateRegistry {
             }
         }
         bases.retain(|_, w| w.strong_count() > 0);
+        // Every client's overlay under today's quota (a maintenance disk has none).
+        let quota = state.config.limits.client_quota();
+        for l in &next {
+            l.overlay.set_quota(match l.spec.kind {
+                TargetKind::Client(_) => quota,
+                TargetKind::Maintenance(_) => None,
+            });
+        }
         {
             let mut w = self.inner.write().unwrap_or_else(|e| e.into_inner());
             w.targets = next;
@@ -556,6 +568,9 @@ impl StateRegistry {
                     overlay_bytes: std::fs::metadata(&l.spec.overlay_path)
                         .map(|m| m.blocks() * 512)
                         .unwrap_or(0),
+                    overlay_data_bytes: l.overlay.data_bytes(),
+                    quota_bytes: l.overlay.quota(),
+                    over_quota: l.overlay.over_quota(),
                     bound: self.bound_of(&st, &l.spec.kind),
                 }
             })
@@ -576,7 +591,38 @@ impl StateRegistry {
                 .unwrap_or_else(|e| e.into_inner())
                 .clone(),
             targets,
+            state_fs: Space::of(self.dir.root(), st.config.limits.space_warning()),
         }
+    }
+
+    /// Log once when free space on the state file system falls below the warning threshold,
+    /// and once when it is back above. Returns what was seen.
+    pub fn check_space(&self) -> Option<Space> {
+        let warning = self.current_state().config.limits.space_warning();
+        let s = Space::of(self.dir.root(), warning)?;
+        let mib = |b: u64| b >> 20;
+        if s.low != self.space_low.swap(s.low, Ordering::AcqRel) {
+            if s.low {
+                tracing::warn!(
+                    "the state file system ({}) has {} MiB free, below the warning threshold \
+                     of {} MiB ([limits] space_warning_mib): when it is full, clients' writes \
+                     that need space fail. Free space: remove unused image versions (isboot \
+                     image prune) or reset clients whose overlays grew (isboot status shows each \
+                     one's)",
+                    self.dir.root().display(),
+                    mib(s.free_bytes),
+                    mib(warning)
+                );
+            } else {
+                tracing::info!(
+                    "the state file system has {} MiB free again, above the warning threshold \
+                     of {} MiB",
+                    mib(s.free_bytes),
+                    mib(warning)
+                );
+            }
+        }
+        Some(s)
     }
 
     /// Write `run/status.json` atomically.
@@ -595,6 +641,7 @@ impl StateRegistry {
             tracing::warn!("reloading state: {e} (still serving the previous state)");
         }
         self.flush_idle();
+        self.check_space();
         if let Err(e) = self.write_status() {
             tracing::warn!("publishing status: {e}");
         }
@@ -1047,6 +1094,79 @@ mod tests {
         std::fs::rename(&kept, &file).unwrap();
         let reg = StateRegistry::open(dir.clone()).unwrap();
         assert_eq!(read(&reg.lookup(&iqn("pc1")).unwrap(), 0, 512), [0x11; 512]);
+    }
+
+    /// `[limits] client_quota_mib` bounds each client's overlay,
+    /// shows in the status, and follows the config file without a restart.
+    #[test]
+    fn client_quota_follows_the_config_and_shows_in_the_status() {
+        let (t, dir) = setup();
+        // A 4 MiB image (the quota is set in MiB) with a client on it.
+        let big = t.path().join("big.img");
+        std::fs::write(&big, vec![0x44u8; 4 << 20]).unwrap();
+        dir.image_add(&"big".parse().unwrap(), &big, &mut |_, _| {})
+            .unwrap();
+        dir.lock()
+            .unwrap()
+            .add_client(AddClient {
+                mac: "52:54:00:00:00:05".parse().unwrap(),
+                image: "big".parse().unwrap(),
+                name: Some("pc5".parse().unwrap()),
+                ip: None,
+                mode: Mode::Persistent,
+                initiators: vec![],
+                chap: None,
+            })
+            .unwrap();
+        let cfg = std::fs::read_to_string(dir.config_path()).unwrap();
+        let with = |line: &str| cfg.replace("# client_quota_mib = 0", line);
+        assert_ne!(with("x"), cfg, "no client_quota_mib key in the config");
+        write_atomic(
+            &dir.config_path(),
+            with("client_quota_mib = 1").as_bytes(),
+            0o644,
+        )
+        .unwrap();
+        let reg = StateRegistry::open(dir.clone()).unwrap();
+        let pc5 = reg.lookup("iqn.2026-11.org.isboot:pc5").unwrap();
+        let dev = pc5.lus.get(0).unwrap().device().clone();
+        dev.write(0, &[1; 1 << 20], false).unwrap();
+        let e = dev.write(1 << 20, &[2; 4096], false).unwrap_err();
+        assert!(
+            matches!(e, crate::store::StoreError::QuotaExceeded { .. }),
+            "{e}"
+        );
+        // The other client is not held back by pc5's use.
+        write(
+            &reg.lookup("iqn.2026-11.org.isboot:pc2").unwrap(),
+            0,
+            &[3; 4096],
+        );
+        let st = reg.status();
+        let t = st.target("iqn.2026-11.org.isboot:pc5").unwrap();
+        assert_eq!(
+            (t.overlay_data_bytes, t.quota_bytes, t.over_quota),
+            (1 << 20, Some(1 << 20), true)
+        );
+        let fs = st.state_fs.unwrap();
+        assert!(
+            fs.size_bytes > 0 && fs.free_bytes <= fs.size_bytes,
+            "{fs:?}"
+        );
+        // The quota raised in the config: the running client writes again.
+        std::thread::sleep(Duration::from_millis(20));
+        write_atomic(
+            &dir.config_path(),
+            with("client_quota_mib = 2").as_bytes(),
+            0o644,
+        )
+        .unwrap();
+        assert!(reg.reload_if_changed().unwrap());
+        dev.write(1 << 20, &[2; 4096], false).unwrap();
+        let st = reg.status();
+        let t = st.target("iqn.2026-11.org.isboot:pc5").unwrap();
+        assert_eq!(t.quota_bytes, Some(2 << 20));
+        assert!(!t.over_quota);
     }
 
     #[test]

@@ -62,6 +62,10 @@ pub enum StoreError {
     /// overlay stays usable and takes writes again once there is space.
     #[error("no space left for the overlay: {0}")]
     NoSpace(io::Error),
+    /// The overlay holds as much data as its quota allows: this write, which needs more, failed
+    /// and changed nothing; the overlay stays usable.
+    #[error("the overlay's quota of {quota} bytes is used up")]
+    QuotaExceeded { quota: u64 },
     /// A librados/librbd call failed: what isboot was doing, the errno, and what to check.
     #[cfg(feature = "rbd")]
     #[error("ceph: {what}: {source}{hint}")]

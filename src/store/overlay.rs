@@ -251,6 +251,14 @@ pub struct Overlay {
     name: String,
     /// The file system was full at the last write (logged once until a write succeeds).
     out_of_space: AtomicBool,
+    /// Blocks in state DATA (kept by [`Overlay::set`]): what the quota counts.
+    data_blocks: AtomicU64,
+    /// Blocks writes under way have claimed against the quota, not yet DATA.
+    claimed: AtomicU64,
+    /// Most blocks in state DATA allowed (0: no quota); see [`Overlay::set_quota`].
+    quota_blocks: AtomicU64,
+    /// A write was refused for the quota (logged once until a write that needs space works).
+    over_quota: AtomicBool,
 }
 
 fn count_usage(hdr: &Header, words: &[AtomicU64]) -> OverlayUsage {
@@ -381,6 +389,14 @@ impl Overlay {
             failed: AtomicBool::new(false),
             name: "overlay".into(),
             out_of_space: AtomicBool::new(false),
+            data_blocks: AtomicU64::new(0),
+            claimed: AtomicU64::new(0),
+            quota_blocks: AtomicU64::new(0),
+            over_quota: AtomicBool::new(false),
+        })
+        .inspect(|o| {
+            o.data_blocks
+                .store(o.usage().data_blocks, Ordering::Release);
         })
     }
 
@@ -500,6 +516,76 @@ impl Overlay {
         count_usage(&self.hdr, &self.state)
     }
 
+    /// Bytes of data the overlay holds (its DATA blocks): what [`Overlay::set_quota`] limits.
+    pub fn data_bytes(&self) -> u64 {
+        self.data_blocks
+            .load(Ordering::Acquire)
+            .saturating_mul(self.bs)
+    }
+
+    /// Limit the data this overlay holds to `bytes` (rounded down to whole blocks, at least
+    /// one; `None`: no limit). A write that needs blocks past it fails with
+    /// [`StoreError::QuotaExceeded`] and changes nothing; rewrites of blocks the overlay
+    /// already holds still work, and a discard or a reset makes room. Takes effect at once.
+    pub fn set_quota(&self, bytes: Option<u64>) {
+        let blocks = bytes.map_or(0, |b| (b / self.bs).max(1));
+        self.quota_blocks.store(blocks, Ordering::Release);
+    }
+
+    /// The quota in bytes, if one is set.
+    pub fn quota(&self) -> Option<u64> {
+        match self.quota_blocks.load(Ordering::Acquire) {
+            0 => None,
+            b => Some(b.saturating_mul(self.bs)),
+        }
+    }
+
+    /// True when the last write that needed space was refused for the quota.
+    pub fn over_quota(&self) -> bool {
+        self.over_quota.load(Ordering::Acquire)
+    }
+
+    /// Claim the blocks of `first..=last` not yet DATA against the quota (the caller holds
+    /// their stripe locks, so none changes meanwhile); give them back with [`Overlay::unclaim`]
+    /// once the write is done (then they are DATA, or the write failed). Each writer adds its
+    /// claim before it reads the others' claims and the DATA count, so of two racing writers
+    /// the later one sees the earlier: together they never pass the quota.
+    fn claim(&self, first: u64, last: u64) -> Result<u64, StoreError> {
+        let quota = self.quota_blocks.load(Ordering::Acquire);
+        if quota == 0 {
+            return Ok(0);
+        }
+        let new = (first..=last).filter(|&k| self.get(k) != ST_DATA).count() as u64;
+        if new == 0 {
+            return Ok(0);
+        }
+        self.claimed.fetch_add(new, Ordering::AcqRel);
+        let used = self.claimed.load(Ordering::Acquire) + self.data_blocks.load(Ordering::Acquire);
+        if used <= quota {
+            return Ok(new);
+        }
+        self.claimed.fetch_sub(new, Ordering::AcqRel);
+        let e = StoreError::QuotaExceeded {
+            quota: quota.saturating_mul(self.bs),
+        };
+        if !self.over_quota.swap(true, Ordering::AcqRel) {
+            tracing::warn!(
+                "{}: {e}: this client's writes that need new space fail with SPACE ALLOCATION \
+                 FAILED (its file system sees ENOSPC; other clients are not affected) until it \
+                 frees space (fstrim, discard) or is reset (isboot reset-client); [limits] \
+                 client_quota_mib sets the quota",
+                self.name
+            );
+        }
+        Err(e)
+    }
+
+    fn unclaim(&self, n: u64) {
+        if n > 0 {
+            self.claimed.fetch_sub(n, Ordering::AcqRel);
+        }
+    }
+
     fn get(&self, k: u64) -> u64 {
         (self.state[(k / BLOCKS_PER_WORD) as usize].load(Ordering::Acquire)
             >> ((k % BLOCKS_PER_WORD) * 2))
@@ -512,16 +598,24 @@ impl Overlay {
             & 3
     }
 
-    /// Set block `k`'s state in one atomic step (no reader sees an intermediate value).
+    /// Set block `k`'s state in one atomic step (no reader sees an intermediate value), and
+    /// keep the count of DATA blocks.
     fn set(&self, k: u64, v: u64) -> bool {
         let sh = (k % BLOCKS_PER_WORD) * 2;
         let w = &self.state[(k / BLOCKS_PER_WORD) as usize];
-        let old = w
+        let old = (w
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |x| {
                 Some((x & !(3 << sh)) | (v << sh))
             })
-            .unwrap_or_else(|x| x);
-        (old >> sh) & 3 != v
+            .unwrap_or_else(|x| x)
+            >> sh)
+            & 3;
+        if old != ST_DATA && v == ST_DATA {
+            self.data_blocks.fetch_add(1, Ordering::AcqRel);
+        } else if old == ST_DATA && v != ST_DATA {
+            self.data_blocks.fetch_sub(1, Ordering::AcqRel);
+        }
+        old != v
     }
 
     fn mark_dirty(&self, first: u64, last: u64) {
@@ -823,8 +917,16 @@ impl BlockDevice for Overlay {
         let last = (offset + data.len() as u64 - 1) / self.bs;
         {
             let _g = self.lock_blocks(first, last);
-            match self.write_locked(offset, data, first, last) {
-                Ok(_) => self.space_back(),
+            let claimed = self.claim(first, last)?;
+            let written = self.write_locked(offset, data, first, last);
+            self.unclaim(claimed);
+            match written {
+                Ok(_) => {
+                    self.space_back();
+                    if claimed > 0 && self.over_quota.swap(false, Ordering::AcqRel) {
+                        tracing::info!("{}: writes fit in the quota again", self.name);
+                    }
+                }
                 // Nothing of it is in the map: the blocks read as before (a block written in
                 // place may hold part of the new data, as a disk may after a failed write).
                 // The overlay stays usable; later writes succeed once there is space.
@@ -960,6 +1062,56 @@ mod tests {
             ..h.clone()
         };
         assert!(bad.validate().is_err());
+    }
+
+    /// A quota counts the blocks the overlay holds: a write that needs one more fails whole
+    /// and changes nothing, rewrites of held blocks still work, a discard makes room, the
+    /// count survives a reopen, and no quota means no limit.
+    #[test]
+    fn a_quota_fails_only_writes_that_need_new_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let size = 64 * 4096;
+        let base = mem_base(size);
+        let mut model = base_bytes(size);
+        let path = dir.path().join("q.ovl");
+        let ov = Overlay::create_at(&path, base.clone(), 4096).unwrap();
+        ov.set_quota(Some(4 * 4096 + 100));
+        assert_eq!(ov.quota(), Some(4 * 4096));
+        ov.write(0, &[1; 3 * 4096], false).unwrap();
+        model[..3 * 4096].fill(1);
+        // Two new blocks, one left: refused whole, nothing of it lands.
+        let e = ov.write(10 * 4096, &[2; 2 * 4096], false).unwrap_err();
+        assert!(
+            matches!(e, StoreError::QuotaExceeded { quota } if quota == 4 * 4096),
+            "{e}"
+        );
+        assert!(ov.over_quota());
+        assert_eq!(read_all(&ov), model);
+        // A partial write into a held block and a rewrite need nothing new.
+        ov.write(512, &[3; 512], false).unwrap();
+        model[512..1024].fill(3);
+        ov.write(4096, &[4; 2 * 4096], false).unwrap();
+        model[4096..3 * 4096].fill(4);
+        ov.write(10 * 4096, &[5; 4096], false).unwrap();
+        model[10 * 4096..11 * 4096].fill(5);
+        assert!(!ov.over_quota(), "a write that needed space worked");
+        assert_eq!(ov.data_bytes(), 4 * 4096);
+        assert!(ov.write(20 * 4096, &[6; 512], false).is_err());
+        // A discard gives blocks back.
+        ov.discard(0, 2 * 4096).unwrap();
+        model[..2 * 4096].fill(0);
+        assert_eq!(ov.data_bytes(), 2 * 4096);
+        ov.write(20 * 4096, &[6; 2 * 4096], false).unwrap();
+        model[20 * 4096..22 * 4096].fill(6);
+        assert_eq!(read_all(&ov), model);
+        ov.flush().unwrap();
+        drop(ov);
+        let ov = Overlay::open_at(&path, base, false).unwrap();
+        assert_eq!(ov.data_bytes(), 4 * 4096, "counted again at open");
+        assert_eq!(ov.quota(), None);
+        ov.write(30 * 4096, &[7; 8 * 4096], false).unwrap();
+        model[30 * 4096..38 * 4096].fill(7);
+        assert_eq!(read_all(&ov), model);
     }
 
     #[test]
