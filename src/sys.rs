@@ -143,6 +143,46 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// The effective user ID of this process.
+pub fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// The supplementary groups of the process at the other end of the connected unix socket
+/// `sock`, as they were when it connected (`SO_PEERGROUPS`, Linux 4.13). Its user and primary
+/// group come from `SO_PEERCRED` (tokio's `UnixStream::peer_cred`).
+pub fn peer_groups(sock: &impl AsFd) -> io::Result<Vec<u32>> {
+    let mut groups: Vec<libc::gid_t> = vec![0; 64];
+    for _ in 0..2 {
+        let mut len = libc::socklen_t::try_from(groups.len() * std::mem::size_of::<libc::gid_t>())
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        // SAFETY: `groups` is a writable buffer of `len` bytes for the duration of the call;
+        // the kernel writes at most `len` bytes and sets `len` to what it wrote (or needs).
+        let rc = unsafe {
+            libc::getsockopt(
+                sock.as_fd().as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_PEERGROUPS,
+                groups.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        let n = len as usize / std::mem::size_of::<libc::gid_t>();
+        if rc == 0 {
+            groups.truncate(n);
+            return Ok(groups);
+        }
+        let e = io::Error::last_os_error();
+        // ERANGE: the buffer was too small; `len` says how large it must be.
+        if e.raw_os_error() != Some(libc::ERANGE) || n <= groups.len() {
+            return Err(e);
+        }
+        groups.resize(n, 0);
+    }
+    Err(io::Error::from(io::ErrorKind::InvalidData))
+}
+
 // ---- network ----------------------------------------------------------------------------------
 
 /// The index of network interface `name` (`if_nametoindex(3)`).

@@ -701,13 +701,13 @@ pub fn reset_client(dir: &StateDir, which: &str, force: bool) -> R {
     Ok(())
 }
 
-/// The running server's answer to `GET /api/v1/status`; without one (no server, or its
-/// admin routes unreachable: said on stderr), the view from the state files.
+/// The running server's answer to `GET /api/v1/status` on its admin socket; without one (no
+/// server, or its socket unreachable: said on stderr), the view from the state files.
 fn status_view(dir: &StateDir) -> Result<StatusView, CliError> {
     let st = dir.load()?;
     let live = ServerStatus::load_live(&dir.status_path());
-    if let Some(addr) = live.as_ref().and_then(super::api::admin_addr) {
-        match super::api::get_json(addr, "/api/v1/status") {
+    if live.is_some() {
+        match super::api::get_json(dir.root(), "/api/v1/status") {
             Ok(v) => return Ok(v),
             Err(e) => errln!("isboot: {e}; showing the status file instead"),
         }

@@ -104,7 +104,12 @@ pub fn run(dir: &StateDir, args: &super::ServeArgs) -> Result<(), CliError> {
         // DHCP and TFTP on the boot interface, when one is configured.
         let boot = tokio::spawn(boot_services.run(stopped(rx.clone())));
         let http = tokio::spawn(http.serve(stopped(rx.clone())));
-        tokio::spawn(secrets.serve(stopped(rx.clone())));
+        // The status API is on the admin socket (root and group isboot), not on the loopback
+        // HTTP listener every local user can reach.
+        tokio::spawn(secrets.serve(
+            crate::service::api::router(registry.clone()),
+            stopped(rx.clone()),
+        ));
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
         let cfg = ServerConfig {
             read_trace,
@@ -131,7 +136,7 @@ pub fn run(dir: &StateDir, args: &super::ServeArgs) -> Result<(), CliError> {
     })
 }
 
-/// The embedded HTTP listener with the admin routes (metrics, status API) and the boot routes
+/// The embedded HTTP listener with the admin routes (metrics) and the boot routes
 /// (scripts, boot files; `boot_base` is set to their address once bound), bound.
 async fn http_server(
     registry: &Arc<StateRegistry>,
@@ -144,10 +149,6 @@ async fn http_server(
             .add(
                 Audience::Admin,
                 crate::service::metrics::router(metrics.clone()),
-            )
-            .add(
-                Audience::Admin,
-                crate::service::api::router(registry.clone()),
             )
             .add(
                 Audience::Boot,

@@ -12,7 +12,7 @@ use std::path::Path;
 
 pub const DEFAULT_IQN_PREFIX: &str = "iqn.2026-11.org.isboot";
 pub const ISCSI_PORT: u16 = 3260;
-/// Default address of the embedded HTTP listener's admin routes (metrics, status API):
+/// Default address of the embedded HTTP listener's admin routes (metrics):
 /// loopback only, so the boot LAN never reaches them unless the admin says so.
 pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:9260";
 /// Default port of the boot routes (iPXE scripts, boot files) on `server_ip`.
@@ -79,8 +79,9 @@ pub struct Config {
     pub extra: toml::Table,
 }
 
-/// `[http]`: the embedded HTTP listener (`service::http`). Its admin routes (`/metrics`,
-/// `/api/v1/...`) listen on `listen` and answer only peers inside `allow`.
+/// `[http]`: the embedded HTTP listener (`service::http`). Its admin routes (`/metrics`) listen
+/// on `listen` and answer only peers inside `allow`. The status API is on the admin socket
+/// (`service::secrets`), for root and group isboot only.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct HttpConfig {
     /// Address of the admin routes.
@@ -136,9 +137,12 @@ impl HttpConfig {
 
     fn render(&self, s: &mut String, server_ip: Option<Ipv4Addr>) {
         s.push_str(
-            "\n# The embedded HTTP listener: Prometheus metrics (GET /metrics) and the status\n",
+            "\n# The embedded HTTP listener: Prometheus metrics (GET /metrics). The status API\n",
         );
-        s.push_str("# API (GET /api/v1/status, GET /api/v1/clients).\n[http]\n");
+        s.push_str(
+            "# (GET /api/v1/status, /api/v1/clients) is on <state dir>/run/admin.sock instead,\n",
+        );
+        s.push_str("# for root and group isboot only.\n[http]\n");
         s.push_str(&format!(
             "# Address and port of those admin routes. Default \"{DEFAULT_HTTP_LISTEN}\" (this host\n"
         ));

@@ -1,4 +1,5 @@
-//! The status API on the admin HTTP routes: `GET /api/v1/status` and `GET /api/v1/clients`,
+//! The status API on the admin socket (`service::secrets`, root and group isboot only):
+//! `GET /api/v1/status` and `GET /api/v1/clients`,
 //! the same JSON as `isboot status --json` and `isboot list-clients --json`
 //! ([`crate::config::report`]), from the running server's live view.
 

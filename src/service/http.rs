@@ -1,7 +1,7 @@
 //! The embedded HTTP listener of `isboot serve`: axum on the server's tokio runtime.
 //!
 //! Owners contribute routers, each for an [`Audience`]:
-//! - [`Audience::Admin`]: metrics and the status API, for the server's admin and a Prometheus
+//! - [`Audience::Admin`]: metrics, for the server's admin and a Prometheus
 //!   server. Listens on `[http] listen` (default `127.0.0.1:9260`, this host only) and answers
 //!   only peers inside `[http] allow` (403 Forbidden for anyone else).
 //! - [`Audience::Boot`]: what machines on the boot LAN fetch (boot scripts, boot files: see
@@ -46,7 +46,8 @@ use tokio::net::TcpListener;
 /// Who a router is for; each audience listens on its own addresses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Audience {
-    /// The server's admin and its monitoring: metrics, status API.
+    /// The server's admin and its monitoring: metrics (the status API is on the admin socket,
+    /// `service::secrets`).
     Admin,
     /// Machines on the boot LAN: boot scripts, boot files.
     Boot,
