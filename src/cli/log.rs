@@ -71,9 +71,34 @@ where
         event: &Event<'_>,
     ) -> fmt::Result {
         let level = event.metadata().level();
-        write!(writer, "<{}>{} ", syslog_priority(level), level.as_str())?;
-        self.inner.format_event(ctx, writer, event)
+        let mut line = String::new();
+        self.inner
+            .format_event(ctx, Writer::new(&mut line), event)?;
+        writer.write_str(&journal_lines(
+            syslog_priority(level),
+            level.as_str(),
+            &line,
+        ))
     }
+}
+
+/// `text` (one formatted event, maybe of several lines: an error with its source's lines, a
+/// peer's file name with a newline in it) as journal lines that each start with priority
+/// `prio`: journald makes each line an entry of its own and reads the priority from its start,
+/// so a line without one would be logged at the stream's default (info), and a peer's text
+/// could otherwise start a line with a priority of its choosing (`<3>` after a newline in a
+/// TFTP file name). The first line also says the level.
+pub fn journal_lines(prio: u8, level: &str, text: &str) -> String {
+    let body = text.strip_suffix('\n').unwrap_or(text);
+    let mut out = format!("<{prio}>{level} ");
+    for (i, l) in body.split('\n').enumerate() {
+        if i > 0 {
+            out.push_str(&format!("\n<{prio}>"));
+        }
+        out.push_str(l.strip_suffix('\r').unwrap_or(l));
+    }
+    out.push('\n');
+    out
 }
 
 #[cfg(test)]
@@ -145,5 +170,21 @@ mod tests {
         assert!(lines[2].starts_with("<3>ERROR isboot"), "{}", lines[2]);
         assert!(lines[3].starts_with("<7>DEBUG isboot"), "{}", lines[3]);
         assert!(!text.contains("202"), "no timestamp: {text}");
+    }
+
+    /// Every line of a multi-line message carries the priority, also when the message's text
+    /// (a peer's file name) tries to start a line with a priority of its own.
+    #[test]
+    fn every_line_of_a_multi_line_message_has_the_priority() {
+        assert_eq!(
+            journal_lines(4, "WARN", "parse error at line 2\n  |\n2 | x = [\n"),
+            "<4>WARN parse error at line 2\n<4>  |\n<4>2 | x = [\n"
+        );
+        assert_eq!(
+            journal_lines(6, "INFO", "TFTP request refused file=a\n<3>forged\r\n"),
+            "<6>INFO TFTP request refused file=a\n<6><3>forged\n"
+        );
+        assert_eq!(journal_lines(3, "ERROR", "gone\n"), "<3>ERROR gone\n");
+        assert_eq!(journal_lines(7, "DEBUG", ""), "<7>DEBUG \n");
     }
 }
