@@ -337,6 +337,28 @@ mod tests {
         }
     }
 
+    /// Serve the socket of state directory `root` on a runtime of its own: the runtime, the
+    /// stop sender and the server's task.
+    fn start(
+        root: &Path,
+    ) -> (
+        tokio::runtime::Runtime,
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<std::io::Result<()>>,
+    ) {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let sock = rt.block_on(async { bind(root) }).unwrap();
+        let server = rt.spawn(sock.serve(Router::new(), async {
+            let _ = rx.await;
+        }));
+        (rt, tx, server)
+    }
+
     /// The socket writes a 0600 secret file, removes it, refuses bad input, and the socket
     /// itself is 0660.
     #[test]
@@ -344,16 +366,7 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let root = t.path().to_path_buf();
         std::fs::create_dir_all(root.join("run")).unwrap();
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let sock = rt.block_on(async { bind(&root) }).unwrap();
-        let server = rt.spawn(sock.serve(Router::new(), async {
-            let _ = rx.await;
-        }));
+        let (rt, tx, server) = start(&root);
         let mode = std::fs::metadata(socket_path(&root)).unwrap().mode() & 0o777;
         assert_eq!(mode, 0o660);
 
@@ -438,16 +451,7 @@ mod tests {
         for d in [&root, &root.join("run"), &root.join("secrets")] {
             std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o777)).unwrap();
         }
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let sock = rt.block_on(async { bind(&root) }).unwrap();
-        let server = rt.spawn(sock.serve(Router::new(), async {
-            let _ = rx.await;
-        }));
+        let (rt, tx, server) = start(&root);
         let path = socket_path(&root);
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
         let chap = generate_chap("pc1").unwrap();
