@@ -1058,6 +1058,32 @@ mod tests {
         }
     }
 
+    /// iPXE's DHCP REQUEST from `mac` (arch `arch`) that holds or asks for `ip`, with the port
+    /// and source address it arrives with: in full mode a broadcast REQUEST to 67 naming the
+    /// server and `ip`; in proxy mode the ProxyDHCP REQUEST to 4011 from `ip`.
+    fn ipxe_request(
+        mode: DhcpMode,
+        mac: MacAddr,
+        ip: Ipv4Addr,
+        arch: u16,
+    ) -> (Message, u16, Ipv4Addr) {
+        match mode {
+            DhcpMode::Full => {
+                let opts = vec![
+                    DhcpOption::ServerIdentifier(SERVER),
+                    DhcpOption::RequestedIpAddress(ip),
+                ];
+                let r = req(mac, MessageType::Request, Who::Ipxe(arch), opts);
+                (r, 67, Ipv4Addr::UNSPECIFIED)
+            }
+            DhcpMode::Proxy => {
+                let mut r = req(mac, MessageType::Request, Who::Ipxe(arch), vec![]);
+                r.set_ciaddr(ip);
+                (r, 4011, ip)
+            }
+        }
+    }
+
     fn send_to(
         s: &mut DhcpServer,
         m: &Message,
@@ -1125,56 +1151,14 @@ mod tests {
                 assert!(credentials(&r.msg).is_empty(), "{mode:?}: broadcast");
                 assert!(!r.secret);
             }
-            let ipxe = match mode {
-                // Full mode: iPXE's REQUEST is answered at A's hardware address.
-                DhcpMode::Full => send_to(
-                    &mut s,
-                    &req(
-                        KNOWN,
-                        MessageType::Request,
-                        Who::Ipxe(7),
-                        vec![
-                            DhcpOption::ServerIdentifier(SERVER),
-                            DhcpOption::RequestedIpAddress(RESERVED),
-                        ],
-                    ),
-                    67,
-                    Ipv4Addr::UNSPECIFIED,
-                    5,
-                ),
-                // Proxy mode: iPXE's ProxyDHCP REQUEST to 4011 is answered to its address.
-                DhcpMode::Proxy => {
-                    let mut r = req(KNOWN, MessageType::Request, Who::Ipxe(7), vec![]);
-                    r.set_ciaddr(RESERVED);
-                    send_to(&mut s, &r, 4011, RESERVED, 5)
-                }
-            }
-            .expect("iPXE-stage ACK");
+            let (r, port, src) = ipxe_request(mode, KNOWN, RESERVED, 7);
+            let ipxe = send_to(&mut s, &r, port, src, 5).expect("iPXE-stage ACK");
             assert_ne!(ipxe.dest, Destination::Broadcast);
             assert!(ipxe.secret, "{mode:?}: the service must not broadcast it");
             assert_eq!(credentials(&ipxe.msg), a_creds, "{mode:?}");
             // B's iPXE stage gets B's credentials (mutual: 192/193 too), never A's.
-            let b = match mode {
-                DhcpMode::Full => {
-                    let mut r = req(
-                        DYN,
-                        MessageType::Request,
-                        Who::Ipxe(7),
-                        vec![
-                            DhcpOption::ServerIdentifier(SERVER),
-                            DhcpOption::RequestedIpAddress(Ipv4Addr::new(10, 77, 0, 11)),
-                        ],
-                    );
-                    r.set_ciaddr(Ipv4Addr::UNSPECIFIED);
-                    send_to(&mut s, &r, 67, Ipv4Addr::UNSPECIFIED, 6)
-                }
-                DhcpMode::Proxy => {
-                    let mut r = req(DYN, MessageType::Request, Who::Ipxe(7), vec![]);
-                    r.set_ciaddr(Ipv4Addr::new(10, 77, 0, 11));
-                    send_to(&mut s, &r, 4011, Ipv4Addr::new(10, 77, 0, 11), 6)
-                }
-            }
-            .expect("B's ACK");
+            let (r, port, src) = ipxe_request(mode, DYN, Ipv4Addr::new(10, 77, 0, 11), 7);
+            let b = send_to(&mut s, &r, port, src, 6).expect("B's ACK");
             assert_eq!(
                 credentials(&b.msg),
                 vec![
@@ -1230,28 +1214,8 @@ mod tests {
             )
             .expect("ROM offer");
             assert_eq!(fname(&rom.msg), "undionly.kpxe", "{mode:?}");
-            let ipxe = match mode {
-                DhcpMode::Full => ask(
-                    &req(
-                        KNOWN,
-                        MessageType::Request,
-                        Who::Ipxe(0),
-                        vec![
-                            DhcpOption::ServerIdentifier(SERVER),
-                            DhcpOption::RequestedIpAddress(RESERVED),
-                        ],
-                    ),
-                    67,
-                    Ipv4Addr::UNSPECIFIED,
-                    2,
-                ),
-                DhcpMode::Proxy => {
-                    let mut r = req(KNOWN, MessageType::Request, Who::Ipxe(0), vec![]);
-                    r.set_ciaddr(RESERVED);
-                    ask(&r, 4011, RESERVED, 2)
-                }
-            }
-            .expect("iPXE-stage ACK");
+            let (r, port, src) = ipxe_request(mode, KNOWN, RESERVED, 0);
+            let ipxe = ask(&r, port, src, 2).expect("iPXE-stage ACK");
             // The script is the boot file; no root-path, so iPXE attaches no disk before
             // running it; CHAP and the initiator name stay iPXE settings for the script's
             // sanboot.

@@ -1032,28 +1032,41 @@ mod tests {
         assert_eq!(sum(&base_file), before, "the base image changed");
     }
 
-    /// A base replaced while the server was down (same size, even) is not served over the
-    /// overlays made on the old one; the published file put back is served again; other
-    /// images are unaffected.
-    #[test]
-    fn a_base_replaced_while_the_server_was_down_is_refused_at_open() {
-        let (t, dir) = setup();
-        let other = t.path().join("other.img");
-        std::fs::write(&other, vec![0x33u8; 1 << 20]).unwrap();
-        dir.image_add(&"other".parse().unwrap(), &other, &mut |_, _| {})
+    /// Publishes image `image` of `size` bytes of `fill` and adds persistent client `name` on it.
+    fn image_with_client(
+        t: &tempfile::TempDir,
+        dir: &StateDir,
+        image: &str,
+        fill: u8,
+        size: usize,
+        mac: &str,
+        name: &str,
+    ) {
+        let file = t.path().join(format!("{image}.img"));
+        std::fs::write(&file, vec![fill; size]).unwrap();
+        dir.image_add(&image.parse().unwrap(), &file, &mut |_, _| {})
             .unwrap();
         dir.lock()
             .unwrap()
             .add_client(AddClient {
-                mac: "52:54:00:00:00:03".parse().unwrap(),
-                image: "other".parse().unwrap(),
-                name: Some("pc3".parse().unwrap()),
+                mac: mac.parse().unwrap(),
+                image: image.parse().unwrap(),
+                name: Some(name.parse().unwrap()),
                 ip: None,
                 mode: Mode::Persistent,
                 initiators: vec![],
                 chap: None,
             })
             .unwrap();
+    }
+
+    /// A base replaced while the server was down (same size, even) is not served over the
+    /// overlays made on the old one; the published file put back is served again; other
+    /// images are unaffected.
+    #[test]
+    fn a_base_replaced_while_the_server_was_down_is_refused_at_open() {
+        let (t, dir) = setup();
+        image_with_client(&t, &dir, "other", 0x33, 1 << 20, "52:54:00:00:00:03", "pc3");
         let iqn = |n: &str| format!("iqn.2026-11.org.isboot:{n}");
         {
             let reg = StateRegistry::open(dir.clone()).unwrap();
@@ -1102,22 +1115,7 @@ mod tests {
     fn client_quota_follows_the_config_and_shows_in_the_status() {
         let (t, dir) = setup();
         // A 4 MiB image (the quota is set in MiB) with a client on it.
-        let big = t.path().join("big.img");
-        std::fs::write(&big, vec![0x44u8; 4 << 20]).unwrap();
-        dir.image_add(&"big".parse().unwrap(), &big, &mut |_, _| {})
-            .unwrap();
-        dir.lock()
-            .unwrap()
-            .add_client(AddClient {
-                mac: "52:54:00:00:00:05".parse().unwrap(),
-                image: "big".parse().unwrap(),
-                name: Some("pc5".parse().unwrap()),
-                ip: None,
-                mode: Mode::Persistent,
-                initiators: vec![],
-                chap: None,
-            })
-            .unwrap();
+        image_with_client(&t, &dir, "big", 0x44, 4 << 20, "52:54:00:00:00:05", "pc5");
         let cfg = std::fs::read_to_string(dir.config_path()).unwrap();
         let with = |line: &str| cfg.replace("# client_quota_mib = 0", line);
         assert_ne!(with("x"), cfg, "no client_quota_mib key in the config");
