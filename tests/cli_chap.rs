@@ -270,3 +270,53 @@ fn status_and_show_client_say_where_each_target_accepts_logins_from() {
     assert_eq!(j["ip"], serde_json::Value::Null);
     assert_eq!(j["bound"], serde_json::json!("any"));
 }
+
+/// A member of the state directory's group who is not root (the admin's own account on a
+/// packaged server) may run show-client: it says CHAP is on without calling the unreadable
+/// secret file an error, and `--show-secrets` fails in one line that says who may read it.
+#[test]
+fn a_group_member_is_told_the_secret_is_for_root_only() {
+    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::process::CommandExt;
+    if std::fs::metadata("/proc/self").unwrap().uid() != 0 {
+        eprintln!("SKIPPED: needs root to run the CLI as another user");
+        return;
+    }
+    let lab = Lab::with_image();
+    lab.add("52:54:00:00:00:01", "pc1", &["--chap"]);
+    let secret_file = lab.dir.join("secrets/pc1.toml");
+    let secret = std::fs::read_to_string(&secret_file).unwrap();
+    // The temp dir above the state dir is root's 0700: open it so only the state dir's own
+    // modes decide. The member: uid nobody, primary group the state directory's group.
+    std::fs::set_permissions(lab.tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let gid = std::fs::metadata(&lab.dir).unwrap().gid();
+    let member = |args: &[&str]| {
+        let mut c = isboot_cmd(&lab.dir);
+        c.args(args).uid(65534).gid(gid);
+        Run::from(c.output().unwrap())
+    };
+    let text = member(&["show-client", "pc1"]).ok().to_string();
+    assert!(
+        text.contains(
+            "chap:       on (its secret file is for root and the isboot service's user only)"
+        ),
+        "{text}"
+    );
+    let shown = json(member(&["show-client", "pc1", "--json"]).ok());
+    assert_eq!(shown["chap"]["enabled"], true, "{shown}");
+    assert_eq!(shown["chap"]["restricted"], true, "{shown}");
+    assert!(shown["chap"].get("error").is_none(), "{shown}");
+    let refused = member(&["show-client", "pc1", "--show-secrets"]);
+    refused.fails(1, "sudo isboot show-client pc1 --show-secrets");
+    for line in secret.lines().filter(|l| l.starts_with("secret")) {
+        let value = line.split('"').nth(1).unwrap();
+        assert!(!refused.stdout.contains(value) && !refused.stderr.contains(value));
+    }
+    // Root still sees it, and the field is absent when it is not restricted.
+    let root = json(
+        lab.run(&["show-client", "pc1", "--json", "--show-secrets"])
+            .ok(),
+    );
+    assert!(root["chap"].get("restricted").is_none(), "{root}");
+    assert_eq!(root["chap"]["user"], "pc1");
+}

@@ -604,6 +604,12 @@ pub fn show_client(dir: &StateDir, which: &str, as_json: bool, show_secrets: boo
     let mut v = ClientView::of(&st, c, live.as_ref());
     if show_secrets {
         v.chap = ChapView::reveal(&st, c.name.as_str(), c.chap.as_ref());
+        if v.chap.restricted {
+            return Err(CliError::Failed(format!(
+                "{}'s CHAP secret is readable by root and the isboot service's user only: run `sudo isboot show-client {} --show-secrets`",
+                c.name, c.name
+            )));
+        }
     }
     if as_json {
         return json(&v);
@@ -631,6 +637,9 @@ pub fn show_client(dir: &StateDir, which: &str, as_json: bool, show_secrets: boo
     let ch = &v.chap;
     match (&ch.error, &ch.user) {
         (Some(e), _) => outln!("chap:       on, but its secret file is unreadable ({e})"),
+        (None, None) if ch.restricted => outln!(
+            "chap:       on (its secret file is for root and the isboot service's user only)"
+        ),
         (None, Some(u)) if ch.mutual => outln!("chap:       on, user {u}, mutual"),
         (None, Some(u)) => outln!("chap:       on, user {u}"),
         (None, None) => outln!(

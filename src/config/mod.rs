@@ -118,6 +118,12 @@ impl ConfigError {
                 | ConfigError::AlreadyInitialised(_)
         )
     }
+
+    /// True when a file could not be read because this user may not read it (EACCES).
+    pub fn is_permission_denied(&self) -> bool {
+        matches!(self, ConfigError::Reading { source, .. }
+            if source.kind() == io::ErrorKind::PermissionDenied)
+    }
 }
 
 /// fsync a directory (makes a rename or unlink in it durable).

@@ -77,6 +77,10 @@ pub struct ChapView {
     /// The secret file could not be read: the target is not served until it is fixed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The user who asked may not read the secret file (root and the service's user only,
+    /// mode 0600): CHAP is on, its user and secrets are not known here. Not an error.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub restricted: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -88,15 +92,17 @@ pub struct ChapView {
 impl ChapView {
     /// The CHAP state of a target, without secrets.
     pub fn of(st: &State, name: &str, legacy: Option<&Chap>) -> ChapView {
-        let (chap, error) = match st.chap_of(name, legacy) {
-            Ok(c) => (c, None),
-            Err(e) => (None, Some(e.to_string())),
+        let (chap, error, restricted) = match st.chap_of(name, legacy) {
+            Ok(c) => (c, None, false),
+            Err(e) if e.is_permission_denied() => (None, None, true),
+            Err(e) => (None, Some(e.to_string()), false),
         };
         ChapView {
-            enabled: chap.is_some() || error.is_some(),
+            enabled: chap.is_some() || error.is_some() || restricted,
             user: chap.as_ref().map(|c| c.user.clone()),
             mutual: chap.as_ref().is_some_and(|c| c.mutual_secret.is_some()),
             error,
+            restricted,
             secret: None,
             mutual_user: None,
             mutual_secret: None,

@@ -148,8 +148,6 @@ struct ClientLabel {
 struct BootWatch {
     client: String,
     at: Instant,
-    /// ISID of the first login after the power-on (the boot firmware's or iPXE's).
-    first_isid: Option<[u8; 6]>,
 }
 
 /// The event counters of this process.
@@ -235,25 +233,22 @@ impl Metrics {
             })
             .inc();
         let Some(target) = target else { return };
-        let mut w = self.watched.lock().unwrap_or_else(|e| e.into_inner());
-        let key = target.to_ascii_lowercase();
-        let Some(b) = w.get_mut(&key) else { return };
-        match b.first_isid {
-            None => b.first_isid = Some(isid),
-            Some(first) if first == isid => {}
-            Some(_) => {
-                // A second initiator on the same boot: the OS took over from the firmware.
-                let secs = b.at.elapsed();
-                let client = ClientLabel {
-                    client: b.client.clone(),
-                };
-                self.takeover.get_or_create(&client).observe(secs);
-                self.last_takeover
-                    .get_or_create(&client)
-                    .set(secs.as_secs_f64());
-                w.remove(&key);
-            }
+        // iPXE logs in more than once per boot (each with its own ISID qualifier): its logins
+        // are the firmware's stage, not the takeover.
+        if crate::iscsi::target::boot_firmware_isid(isid) {
+            return;
         }
+        let mut w = self.watched.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(b) = w.remove(&target.to_ascii_lowercase()) else {
+            return;
+        };
+        // The first login of another initiator after the power-on: the OS took over.
+        let secs = b.at.elapsed();
+        let client = ClientLabel { client: b.client };
+        self.takeover.get_or_create(&client).observe(secs);
+        self.last_takeover
+            .get_or_create(&client)
+            .set(secs.as_secs_f64());
     }
 
     /// A login was refused with `reason` (see [`login_reason`]).
@@ -310,7 +305,7 @@ impl Metrics {
 
     /// A client powered on (its boot firmware's DHCP): count the boot and time it until the
     /// operating system's initiator logs in to `target` (the takeover login: the first login
-    /// after the power-on with another ISID than the firmware's).
+    /// after the power-on whose ISID is not iPXE's, [`crate::iscsi::target::boot_firmware_isid`]).
     pub fn power_on(&self, client: &str, target: &str) {
         self.boots
             .get_or_create(&ClientLabel {
@@ -327,7 +322,6 @@ impl Metrics {
             BootWatch {
                 client: client.to_string(),
                 at: Instant::now(),
-                first_isid: None,
             },
         );
     }
@@ -738,7 +732,7 @@ mod tests {
     }
 
     #[test]
-    fn takeover_is_the_first_login_with_another_isid() {
+    fn takeover_is_the_first_login_that_is_not_ipxes() {
         let m = get();
         let t = "iqn.2026-11.test:takeover-unit";
         let client = ClientLabel {
@@ -747,8 +741,11 @@ mod tests {
         let count = || m.takeover.get_or_create(&client).count();
         assert_eq!(count(), 0);
         m.power_on("takeover-unit", t);
-        m.login_accepted(Some(t), [0x80, 0, 0x27, 0x23, 0, 1]); // iPXE
-        m.login_accepted(Some(t), [0x80, 0, 0x27, 0x23, 0, 1]); // iPXE again
+        // iPXE's ISID (IANA EN 10019): it logs in again with a new qualifier during its
+        // sanboot (seen in the lab); neither login is the takeover.
+        m.login_accepted(Some(t), [0x40, 0, 0x27, 0x23, 0x12, 0x34]);
+        m.login_accepted(Some(t), [0x40, 0, 0x27, 0x23, 0x56, 0x78]);
+        m.login_accepted(Some(t), [0x40, 0, 0x27, 0x23, 0x12, 0x34]);
         m.login_accepted(Some("iqn.2026-11.test:other"), [0, 2, 0x3d, 0, 0, 1]);
         assert_eq!(count(), 0);
         m.login_accepted(Some(&t.to_uppercase()), [0, 2, 0x3d, 0, 0, 1]); // open-iscsi
