@@ -135,7 +135,11 @@ const OUR_MRDSL: u32 = 262144;
 impl Initiator {
     /// Open a TCP connection without logging in.
     pub fn connect_raw(addr: SocketAddr) -> Result<Initiator> {
-        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        Initiator::from_stream(TcpStream::connect_timeout(&addr, Duration::from_secs(5))?)
+    }
+
+    /// A connection made by the caller (e.g. bound to a chosen source address), not logged in.
+    pub fn from_stream(stream: TcpStream) -> Result<Initiator> {
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(Duration::from_secs(30)))?;
         Ok(Initiator {

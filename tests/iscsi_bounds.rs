@@ -4,7 +4,7 @@
 //! without deadlock and without the budget ever being overdrawn.
 
 mod fixture;
-use fixture::connect_from;
+use fixture::{connect_from, connect_ready_from};
 use isboot::initiator::{Initiator, InitiatorError, LoginOptions, write16_cdb};
 use isboot::iscsi::target::StaticRegistry;
 use isboot::service::budget::{self, Slots};
@@ -258,6 +258,107 @@ fn writers_share_a_small_write_budget_and_all_finish() {
     assert!(
         eventually(|| write_budget.stats().in_use == 0),
         "all given back"
+    );
+}
+
+/// Peers on one address that announce WRITEs and withhold the data hold only their address's
+/// share of the write budget: a writer from another address gets the rest and finishes.
+#[test]
+fn withheld_writes_from_one_address_do_not_starve_another() {
+    use isboot::wire::pdu::Bhs;
+    const WRITE: usize = 64 * 1024;
+    const LIMIT: u64 = 640 * 1024;
+    const SHARE: u64 = 256 * 1024;
+    const HOSTILE: [u8; 4] = [127, 0, 0, 2];
+    let dir = tempfile::tempdir().expect("tmp");
+    let write_budget = budget::Bytes::shared(LIMIT, SHARE);
+    let srv = start(
+        registry(&dir),
+        ServerConfig {
+            write_budget: write_budget.clone(),
+            // Longer than the test: only the share keeps the hostile peers from the rest.
+            stalled_write: Duration::from_secs(3600),
+            ..Default::default()
+        },
+    );
+    // Three sessions from one address announce four 64 KiB WRITEs each (768 KiB, more than
+    // the whole budget), as iPXE sends them (data only on R2T), and answer no R2T.
+    let hostile: Vec<Initiator> = (0..3u32)
+        .map(|s| {
+            let name = format!("iqn.2026-12.test:withholder{s}");
+            let opts = LoginOptions::new(&name, Some(IQN)).ipxe_profile();
+            let mut c = connect_ready_from(HOSTILE, srv.addr, &opts);
+            for n in 0..4u32 {
+                let lba = u64::from(s * 4 + n) * (WRITE as u64 / 512);
+                let cdb = write16_cdb(lba, (WRITE / 512) as u32, false);
+                c.submit(0, &cdb, bytes::Bytes::from(vec![0xA5u8; WRITE]), 0)
+                    .expect("submit");
+            }
+            c
+        })
+        .collect();
+    let hostile_ip = std::net::IpAddr::from(HOSTILE);
+    assert!(
+        eventually(|| write_budget.held_by(hostile_ip) == SHARE),
+        "the hostile address holds its whole share: {} of {SHARE}, {:?}",
+        write_budget.held_by(hostile_ip),
+        write_budget.stats()
+    );
+    assert_eq!(write_budget.stats().in_use, SHARE, "and no more");
+
+    // A writer from another address: four 64 KiB WRITEs in flight (open-iscsi's way) to the
+    // last 256 KiB of the 1 MiB disk; all complete and read back while the hostile peers
+    // still hold their share.
+    let opts = LoginOptions::new("iqn.2026-12.test:good", Some(IQN)).linux_profile();
+    let mut good = connect_ready_from([127, 0, 0, 3], srv.addr, &opts);
+    good.set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("timeout");
+    let chunks: Vec<(u64, Vec<u8>)> = (0..4u64)
+        .map(|i| {
+            (
+                (12 + i) * (WRITE as u64 / 512),
+                fixture::pattern(WRITE, i as u8 + 1),
+            )
+        })
+        .collect();
+    for (lba, data) in &chunks {
+        let cdb = write16_cdb(*lba, (WRITE / 512) as u32, false);
+        good.submit(0, &cdb, bytes::Bytes::from(data.clone()), 0)
+            .expect("submit");
+    }
+    for _ in &chunks {
+        assert_eq!(good.wait_any().expect("completes").status, 0);
+    }
+    for (lba, data) in &chunks {
+        let r = good.read16(0, *lba, (WRITE / 512) as u32).expect("read");
+        assert!(r.data == *data, "reads back what it wrote");
+    }
+    good.logout().expect("logout");
+    assert_eq!(write_budget.held_by(hostile_ip), SHARE, "still held");
+    assert!(
+        write_budget.stats().peak <= LIMIT,
+        "{:?}",
+        write_budget.stats()
+    );
+    // The hostile peers were asked for data only for the commands their share holds (all
+    // are read before any goes, which would give its share to the others).
+    let mut hostile = hostile;
+    let mut asked = std::collections::HashSet::new();
+    for (s, c) in hostile.iter_mut().enumerate() {
+        c.set_read_timeout(Some(Duration::from_millis(300)))
+            .expect("timeout");
+        while let Ok((bhs, _)) = c.recv() {
+            if let Bhs::R2t(r) = bhs {
+                asked.insert((s, r.itt));
+            }
+        }
+    }
+    assert_eq!(asked.len(), (SHARE / WRITE as u64) as usize, "{asked:?}");
+    drop(hostile);
+    assert!(
+        eventually(|| write_budget.stats().in_use == 0),
+        "given back when they go: {:?}",
+        write_budget.stats()
     );
 }
 

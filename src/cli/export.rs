@@ -156,13 +156,10 @@ pub fn run(args: &ExportArgs) -> ExitCode {
         let cfg = crate::service::iscsi::ServerConfig {
             login_timeout: std::time::Duration::from_secs(args.login_timeout.max(1)),
             sendfile_min: args.sendfile_min,
-            write_budget: crate::service::budget::Bytes::new(
-                crate::config::limits::Limits {
-                    write_buffer_mib: args.write_buffer_mib,
-                    ..Default::default()
-                }
-                .write_buffer(),
-            ),
+            write_budget: crate::service::iscsi::write_budget(&crate::config::limits::Limits {
+                write_buffer_mib: args.write_buffer_mib,
+                ..Default::default()
+            }),
             ..Default::default()
         };
         match crate::service::iscsi::serve_with(listener, registry, cfg, super::shutdown_signal())

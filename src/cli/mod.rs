@@ -419,7 +419,8 @@ pub struct ExportArgs {
     #[arg(long, value_name = "BYTES")]
     pub sendfile_min: Option<usize>,
     /// Write data buffered at once, MiB (as `[limits] write_buffer_mib`; default 1024 or 1/8
-    /// of the memory, whichever is smaller; at least 32).
+    /// of the memory, whichever is smaller; at least 32). Sessions from one address hold at
+    /// most a quarter of it (at least 32).
     #[arg(long, value_name = "MIB")]
     pub write_buffer_mib: Option<u64>,
 }

@@ -41,6 +41,8 @@ pub struct Limits {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub write_buffer_mib: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_buffer_per_address_mib: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_tasks_per_session: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub discovery_idle_secs: Option<u64>,
@@ -93,6 +95,18 @@ impl Limits {
             None => default_write_buffer(),
         }
         .max(MIN_WRITE_BUFFER)
+    }
+    /// Bytes of write data the sessions from one peer address may hold at once: a quarter
+    /// of [`Limits::write_buffer`] by default, never below the largest single write nor above
+    /// the whole.
+    pub fn write_buffer_per_address(&self) -> u64 {
+        let whole = self.write_buffer();
+        match self.write_buffer_per_address_mib {
+            Some(m) => m.saturating_mul(1 << 20),
+            None => whole / 4,
+        }
+        .max(MIN_WRITE_BUFFER)
+        .min(whole)
     }
     pub fn max_tasks_per_session(&self) -> u32 {
         self.max_tasks_per_session
@@ -172,6 +186,18 @@ impl Limits {
              # largest single write, which takes its whole buffer at once).\n",
         );
         key(&mut s, "write_buffer_mib", self.write_buffer_mib, "1024");
+        s.push_str(
+            "# Of that, what the sessions from one peer address may hold, MiB, so peers on one\n\
+             # address cannot starve the others. Default: a quarter of write_buffer_mib; at\n\
+             # least 32, at most write_buffer_mib. Peers on several addresses can still hold\n\
+             # the whole until stalled_write_secs closes their sessions.\n",
+        );
+        key(
+            &mut s,
+            "write_buffer_per_address_mib",
+            self.write_buffer_per_address_mib,
+            "256",
+        );
         s.push_str(
             "# Commands one session may have open at once (immediate ones included); more\n\
              # are answered TASK SET FULL.\n",
@@ -272,6 +298,25 @@ mod tests {
         assert_eq!(back, l);
         assert_eq!(l.tftp_transfers_per_address(), 8);
         assert!(l.write_buffer() <= DEFAULT_WRITE_BUFFER_MAX && l.write_buffer() > 0);
+        assert!(text.contains("# write_buffer_per_address_mib = 256\n"));
+    }
+
+    #[test]
+    fn the_per_address_write_share_stays_between_one_write_and_the_whole() {
+        let l = |whole: u64, share: Option<u64>| {
+            Limits {
+                write_buffer_mib: Some(whole),
+                write_buffer_per_address_mib: share,
+                ..Default::default()
+            }
+            .write_buffer_per_address()
+                >> 20
+        };
+        assert_eq!(l(1024, None), 256, "a quarter");
+        assert_eq!(l(64, None), 32, "at least the largest write");
+        assert_eq!(l(64, Some(1)), 32);
+        assert_eq!(l(64, Some(100)), 64, "at most the whole");
+        assert_eq!(l(512, Some(200)), 200);
     }
 
     #[test]

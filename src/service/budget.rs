@@ -147,17 +147,28 @@ pub struct BytesStats {
 #[derive(Debug)]
 struct BytesInner {
     limit: u64,
+    /// Most one peer address may hold (at most `limit`).
+    per_address: u64,
     in_use: AtomicU64,
     peak: AtomicU64,
     waits: AtomicU64,
+    /// Bytes held per address, by holders taken through [`Bytes::with_share`].
+    by_addr: Mutex<HashMap<IpAddr, u64>>,
     freed: tokio::sync::Notify,
 }
 
 /// A byte budget (buffered write data): holders take bytes when data arrives and give them
 /// back when it is written or the holder goes away. Taking never blocks; a holder that is
 /// refused waits on [`Bytes::freed`] and tries again.
+///
+/// A view made by [`Bytes::with_share`] draws on one peer address's share as well as on the
+/// whole, so peers on one address cannot hold more than their share (they can still, with
+/// enough addresses, hold the whole until the stalled-write timeout frees it).
 #[derive(Debug, Clone)]
-pub struct Bytes(Arc<BytesInner>);
+pub struct Bytes {
+    inner: Arc<BytesInner>,
+    addr: Option<IpAddr>,
+}
 
 /// Bytes held; given back when dropped.
 #[derive(Debug)]
@@ -167,23 +178,64 @@ pub struct HeldBytes {
 }
 
 impl Bytes {
+    /// `limit` bytes, all of which one address may hold.
     pub fn new(limit: u64) -> Bytes {
-        Bytes(Arc::new(BytesInner {
-            limit,
-            in_use: AtomicU64::new(0),
-            peak: AtomicU64::new(0),
-            waits: AtomicU64::new(0),
-            freed: tokio::sync::Notify::new(),
-        }))
+        Bytes::shared(limit, limit)
     }
 
+    /// `limit` bytes in all, `per_address` of them (capped at `limit`) for the holders of one
+    /// peer address (see [`Bytes::with_share`]).
+    pub fn shared(limit: u64, per_address: u64) -> Bytes {
+        Bytes {
+            inner: Arc::new(BytesInner {
+                limit,
+                per_address: per_address.min(limit),
+                in_use: AtomicU64::new(0),
+                peak: AtomicU64::new(0),
+                waits: AtomicU64::new(0),
+                by_addr: Mutex::default(),
+                freed: tokio::sync::Notify::new(),
+            }),
+            addr: None,
+        }
+    }
+
+    /// This budget as the holders from `addr` see it: what they take counts against the
+    /// address's share and the whole.
+    pub fn with_share(&self, addr: IpAddr) -> Bytes {
+        Bytes {
+            inner: self.inner.clone(),
+            addr: Some(addr),
+        }
+    }
+
+    /// The most one holder can ever get: the whole, or for a view of one address its share.
     pub fn limit(&self) -> u64 {
-        self.0.limit
+        match self.addr {
+            Some(_) => self.inner.per_address,
+            None => self.inner.limit,
+        }
     }
 
-    /// Hold `n` more bytes if the budget allows it.
+    /// Hold `n` more bytes if the budget (and the address's share) allows it.
     pub fn try_take(&self, n: u64) -> Option<HeldBytes> {
-        let inner = &self.0;
+        let Some(addr) = self.addr else {
+            return self.take_global(n);
+        };
+        // The share is checked and counted under its lock, so racing holders of one address
+        // cannot pass it between them.
+        let mut shares = lock(&self.inner.by_addr);
+        let held = shares.get(&addr).copied().unwrap_or(0);
+        if held.checked_add(n)? > self.inner.per_address {
+            return None;
+        }
+        let h = self.take_global(n)?;
+        shares.insert(addr, held + n);
+        Some(h)
+    }
+
+    fn take_global(&self, n: u64) -> Option<HeldBytes> {
+        let inner = &self.inner;
         let mut cur = inner.in_use.load(Ordering::Relaxed);
         loop {
             let next = cur.checked_add(n).filter(|&v| v <= inner.limit)?;
@@ -205,21 +257,26 @@ impl Bytes {
 
     /// Count a wait (the caller is about to wait on [`Bytes::freed`]).
     pub fn note_wait(&self) {
-        self.0.waits.fetch_add(1, Ordering::Relaxed);
+        self.inner.waits.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Completes when some bytes were given back (register before re-checking, as with any
     /// `Notify`: `let f = b.freed(); if let Some(h) = b.try_take(n) {..} else { f.await }`).
     pub fn freed(&self) -> tokio::sync::futures::Notified<'_> {
-        self.0.freed.notified()
+        self.inner.freed.notified()
+    }
+
+    /// Bytes held now by the holders of `addr`.
+    pub fn held_by(&self, addr: IpAddr) -> u64 {
+        lock(&self.inner.by_addr).get(&addr).copied().unwrap_or(0)
     }
 
     pub fn stats(&self) -> BytesStats {
         BytesStats {
-            limit: self.0.limit,
-            in_use: self.0.in_use.load(Ordering::Relaxed),
-            peak: self.0.peak.load(Ordering::Relaxed),
-            waits: self.0.waits.load(Ordering::Relaxed),
+            limit: self.inner.limit,
+            in_use: self.inner.in_use.load(Ordering::Relaxed),
+            peak: self.inner.peak.load(Ordering::Relaxed),
+            waits: self.inner.waits.load(Ordering::Relaxed),
         }
     }
 }
@@ -233,8 +290,9 @@ impl HeldBytes {
         self.n == 0
     }
 
-    /// Add `other` to this holding.
+    /// Add `other` (taken from the same view of the budget) to this holding.
     pub fn merge(&mut self, mut other: HeldBytes) {
+        debug_assert_eq!(self.budget.addr, other.budget.addr);
         self.n += std::mem::take(&mut other.n);
     }
 }
@@ -242,7 +300,7 @@ impl HeldBytes {
 /// The iSCSI sessions take their write buffers from this budget.
 impl crate::iscsi::session::WriteBudget for Bytes {
     fn limit(&self) -> u64 {
-        self.0.limit
+        Bytes::limit(self)
     }
 
     fn hold(&mut self, n: u64) -> Option<crate::iscsi::session::WriteHold> {
@@ -254,8 +312,18 @@ impl crate::iscsi::session::WriteBudget for Bytes {
 impl Drop for HeldBytes {
     fn drop(&mut self) {
         if self.n > 0 {
-            self.budget.0.in_use.fetch_sub(self.n, Ordering::AcqRel);
-            self.budget.0.freed.notify_waiters();
+            let inner = &self.budget.inner;
+            if let Some(addr) = self.budget.addr {
+                let mut shares = lock(&inner.by_addr);
+                if let Some(h) = shares.get_mut(&addr) {
+                    *h = h.saturating_sub(self.n);
+                    if *h == 0 {
+                        shares.remove(&addr);
+                    }
+                }
+            }
+            inner.in_use.fetch_sub(self.n, Ordering::AcqRel);
+            inner.freed.notify_waiters();
         }
     }
 }
@@ -330,6 +398,30 @@ mod tests {
         assert_eq!(b.stats().in_use, 0);
         assert_eq!(b.stats().peak, 100);
         assert!(b.try_take(u64::MAX).is_none(), "no overflow");
+    }
+
+    #[test]
+    fn one_address_holds_only_its_share() {
+        let b = Bytes::shared(100, 40);
+        let (a, c) = (b.with_share(ip(2)), b.with_share(ip(3)));
+        assert_eq!((b.limit(), a.limit()), (100, 40));
+        let mut h = a.try_take(30).expect("within the share");
+        assert!(a.try_take(11).is_none(), "past the share");
+        h.merge(a.try_take(10).expect("the share exactly"));
+        assert_eq!(b.held_by(ip(2)), 40);
+        let h3 = c.try_take(40).expect("another address has its own share");
+        assert!(b.try_take(21).is_none(), "the whole still binds");
+        let g = b
+            .try_take(20)
+            .expect("unshared holders draw on the whole only");
+        drop(h);
+        assert_eq!(b.held_by(ip(2)), 0);
+        assert_eq!(b.stats().in_use, 60);
+        drop((h3, g));
+        assert_eq!(b.stats().in_use, 0);
+        assert!(a.try_take(u64::MAX).is_none(), "no overflow");
+        assert_eq!(b.held_by(ip(2)), 0, "a refusal holds nothing");
+        assert!(Bytes::shared(10, 99).with_share(ip(2)).limit() == 10);
     }
 
     #[tokio::test]

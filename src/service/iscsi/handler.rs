@@ -546,7 +546,7 @@ impl SessionHandler {
         let mut scfg: SessionConfig = (&params).into();
         scfg.max_tasks = cfg.max_tasks_per_session;
         let mut session = Session::new(scfg, lus.clone(), nexus.clone(), params.exp_cmd_sn, text);
-        session.set_write_budget(Box::new(cfg.write_budget.clone()));
+        session.set_write_budget(Box::new(cfg.write_budget.with_share(conn.peer.addr.ip())));
         let tracer = match (&cfg.read_trace, &target_name) {
             (Some(t), Some(iqn)) => Some(SessionTrace::new(
                 t.clone(),

@@ -100,7 +100,9 @@ pub struct ServerConfig {
     pub base_check: Duration,
     /// Memory for write data, over all connections: a write command takes its buffer from it
     /// before its first R2T; while it is spent, commands wait (no R2T) and a connection with
-    /// nothing else to receive stops reading its socket. Clone it to watch its counters.
+    /// nothing else to receive stops reading its socket. The sessions from one peer address
+    /// draw only on that address's share of it ([`budget::Bytes::with_share`]). Clone it to
+    /// watch its counters.
     pub write_budget: budget::Bytes,
     /// A login from a client whose disk has live sessions waits this long at most for their
     /// initiators to answer a ping (an answer refuses it; see SECURITY.md, "one user of a
@@ -122,11 +124,16 @@ impl ServerConfig {
             ),
             discovery_idle: Duration::from_secs(limits.discovery_idle_secs()),
             max_tasks_per_session: limits.max_tasks_per_session(),
-            write_budget: budget::Bytes::new(limits.write_buffer()),
+            write_budget: write_budget(limits),
             stalled_write: Duration::from_secs(limits.stalled_write_secs()),
             ..Default::default()
         }
     }
+}
+
+/// The write-data budget of a `[limits]` section, with its per-address share.
+pub fn write_budget(limits: &Limits) -> budget::Bytes {
+    budget::Bytes::shared(limits.write_buffer(), limits.write_buffer_per_address())
 }
 
 impl Default for ServerConfig {
@@ -146,7 +153,7 @@ impl Default for ServerConfig {
             ),
             discovery_idle: Duration::from_secs(limits::DEFAULT_DISCOVERY_IDLE_SECS),
             max_tasks_per_session: limits::DEFAULT_MAX_TASKS_PER_SESSION,
-            write_budget: budget::Bytes::new(Limits::default().write_buffer()),
+            write_budget: write_budget(&Limits::default()),
             probe_timeout: Duration::from_secs(2),
             base_check: Duration::from_secs(2),
             stalled_write: Duration::from_secs(limits::DEFAULT_STALLED_WRITE_SECS),
