@@ -77,13 +77,7 @@ fn add_converts_qcow2_only_with_qemu_img() {
     {
         let raw = lab.file("src.raw", &pattern(2 << 20, 4));
         let qc = lab.tmp.path().join("src.qcow2");
-        let ok = std::process::Command::new("qemu-img")
-            .args(["convert", "-f", "raw", "-O", "qcow2"])
-            .arg(&raw)
-            .arg(&qc)
-            .status()
-            .unwrap();
-        assert!(ok.success());
+        to_qcow2(&raw, &qc);
         lab.run(&["image", "add", "q", qc.to_str().unwrap()]).ok();
         assert_eq!(
             std::fs::read(lab.dir.join("images/q/v1.raw")).unwrap(),

@@ -141,9 +141,28 @@ pub fn init(dir: &StateDir, a: InitArgs) -> R {
 struct VersionView {
     version: u64,
     size: u64,
-    created: u64,
+    /// Absent for a version only the pool knows (published by another server).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    created: Option<u64>,
     file: String,
+    /// "file" (the state directory), "rbd" (in the pool), "missing" (listed, not in the
+    /// pool), "pool-only" (in the pool, not listed here: another server published it).
+    location: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rbd: Option<String>,
     clients: Vec<String>,
+}
+
+impl VersionView {
+    fn where_text(&self) -> String {
+        let spec = self.rbd.as_deref().unwrap_or_default();
+        match self.location {
+            "file" => "file".into(),
+            "missing" => format!("MISSING from the pool ({spec})"),
+            "pool-only" => format!("in the pool only ({spec})"),
+            _ => spec.to_string(),
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -165,12 +184,11 @@ pub fn image(dir: &StateDir, c: ImageCommand) -> R {
     match c {
         ImageCommand::Add(a) => {
             let name: ImageName = parse(&a.name)?;
-            dir.load()?
-                .config
-                .store
-                .file_store_only("isboot image add")
-                .map_err(CliError::Failed)?;
+            let store = dir.load()?.config.store;
             let mut p = Progress::new(format!("importing {name}"));
+            if store.backend() == crate::config::store::Backend::Rbd {
+                return image_add_rbd(dir, &name, &a.file, &store, &mut p);
+            }
             let v = dir.image_add(&name, &a.file, &mut |d, t| p.update(d, t))?;
             outln!(
                 "image {name} version {}: {} ({})",
@@ -194,8 +212,10 @@ pub fn image(dir: &StateDir, c: ImageCommand) -> R {
                         .map(|v| VersionView {
                             version: v.number,
                             size: v.size,
-                            created: v.created,
+                            created: Some(v.created),
                             file: v.file.clone(),
+                            location: if v.rbd.is_some() { "rbd" } else { "file" },
+                            rbd: v.rbd.clone(),
                             clients: st.clients_using(&i.name, Some(v.number)),
                         })
                         .collect(),
@@ -207,6 +227,7 @@ pub fn image(dir: &StateDir, c: ImageCommand) -> R {
                     }),
                 })
                 .collect();
+            let views = pool_sizes(&st, views);
             if a.json {
                 return json(&views);
             }
@@ -214,7 +235,13 @@ pub fn image(dir: &StateDir, c: ImageCommand) -> R {
                 outln!("no images (add one with `isboot image add NAME FILE`)");
                 return Ok(());
             }
-            outln!("{:<20} {:>7} {:>10}  CLIENTS", "IMAGE", "VERSION", "SIZE");
+            outln!(
+                "{:<20} {:>7} {:>10}  {:<16} WHERE",
+                "IMAGE",
+                "VERSION",
+                "SIZE",
+                "CLIENTS"
+            );
             for i in &views {
                 for v in &i.versions {
                     let clients = if v.clients.is_empty() {
@@ -223,11 +250,12 @@ pub fn image(dir: &StateDir, c: ImageCommand) -> R {
                         v.clients.join(",")
                     };
                     outln!(
-                        "{:<20} {:>7} {:>10}  {}",
+                        "{:<20} {:>7} {:>10}  {:<16} {}",
                         i.name,
                         v.version,
                         human(v.size),
-                        clients
+                        clients,
+                        v.where_text()
                     );
                 }
                 if let Some(m) = &i.maintenance {
@@ -246,6 +274,12 @@ pub fn image(dir: &StateDir, c: ImageCommand) -> R {
         ImageCommand::Remove(a) => {
             let name: ImageName = parse(&a.name)?;
             let img = dir.lock()?.image_remove(&name)?;
+            let gone: Vec<_> = img
+                .versions
+                .iter()
+                .map(|v| (name.clone(), v.clone()))
+                .collect();
+            remove_from_pool(dir, &gone);
             outln!(
                 "removed image {name} ({} version{})",
                 img.versions.len(),
@@ -313,10 +347,142 @@ pub fn image(dir: &StateDir, c: ImageCommand) -> R {
             if gone.is_empty() {
                 outln!("nothing to prune");
             }
+            remove_from_pool(dir, &gone);
             for (i, v) in gone {
-                outln!("removed {i} version {v}");
+                outln!("removed {i} version {}", v.number);
             }
             Ok(())
+        }
+    }
+}
+
+/// `image list` with RBD versions: sizes from the pool, versions missing from it, and the
+/// pool's versions this registry does not list. Nothing to do on a file-only server.
+fn pool_sizes(st: &crate::config::State, views: Vec<ImageView>) -> Vec<ImageView> {
+    let rbd = st.config.store.backend() == crate::config::store::Backend::Rbd;
+    if !rbd
+        && views
+            .iter()
+            .all(|i| i.versions.iter().all(|v| v.rbd.is_none()))
+    {
+        return views;
+    }
+    #[cfg(feature = "rbd")]
+    {
+        use crate::config::state::rbd::{Place, PoolView, pool_view};
+        let PoolView { places, others } = match pool_view(&st.config.store, &st.registry.images) {
+            Ok(x) => x,
+            Err(e) => {
+                errln!("isboot: warning: {e}: sizes of RBD versions are the registry's");
+                return views;
+            }
+        };
+        let mut views = views;
+        for (name, number, place) in places {
+            let Some(v) = views
+                .iter_mut()
+                .filter(|i| i.name == name.as_str())
+                .flat_map(|i| i.versions.iter_mut())
+                .find(|v| v.version == number)
+            else {
+                continue;
+            };
+            match place {
+                Place::Pool(size) => v.size = size,
+                Place::Missing => v.location = "missing",
+            }
+        }
+        for b in others {
+            let view = VersionView {
+                version: u64::from(b.version),
+                size: b.size,
+                created: None,
+                file: String::new(),
+                location: "pool-only",
+                rbd: Some(b.spec),
+                clients: Vec::new(),
+            };
+            match views.iter_mut().find(|i| i.name == b.image) {
+                Some(i) => i.versions.push(view),
+                None => views.push(ImageView {
+                    name: b.image.clone(),
+                    versions: vec![view],
+                    maintenance: None,
+                }),
+            }
+        }
+        views
+    }
+    #[cfg(not(feature = "rbd"))]
+    {
+        errln!(
+            "isboot: warning: this isboot was built without the rbd feature: sizes of RBD \
+             versions are the registry's"
+        );
+        views
+    }
+}
+
+#[cfg(feature = "rbd")]
+fn image_add_rbd(
+    dir: &StateDir,
+    name: &ImageName,
+    file: &std::path::Path,
+    store: &crate::config::store::StoreConfig,
+    p: &mut Progress,
+) -> R {
+    let v = dir.image_add_rbd(name, file, store, &mut |d, t| p.update(d, t))?;
+    outln!(
+        "image {name} version {}: {} (Ceph RBD {})",
+        v.number,
+        human(v.size),
+        v.rbd.as_deref().unwrap_or_default()
+    );
+    Ok(())
+}
+
+#[cfg(not(feature = "rbd"))]
+fn image_add_rbd(
+    _: &StateDir,
+    _: &ImageName,
+    _: &std::path::Path,
+    store: &crate::config::store::StoreConfig,
+    _: &mut Progress,
+) -> R {
+    // Loading the config refuses backend = "rbd" in a build without the feature; this says
+    // the same should it ever get here.
+    Err(CliError::Failed(store.validate().err().unwrap_or_default()))
+}
+
+/// After `image remove` / `prune`: take RBD versions out of the pool too; a version that
+/// stays is a warning naming the `rbd` commands (the registry no longer lists it either way).
+fn remove_from_pool(dir: &StateDir, gone: &[(ImageName, crate::config::Version)]) {
+    if gone.iter().all(|(_, v)| v.rbd.is_none()) {
+        return;
+    }
+    #[cfg(feature = "rbd")]
+    {
+        let store = match dir.load() {
+            Ok(st) => st.config.store,
+            Err(e) => {
+                errln!("isboot: warning: {e}: the removed versions stay in the Ceph pool");
+                return;
+            }
+        };
+        for w in crate::config::state::rbd::remove_from_pool(&store, gone) {
+            errln!("isboot: warning: {w}");
+        }
+    }
+    #[cfg(not(feature = "rbd"))]
+    {
+        let _ = dir;
+        for (name, v) in gone.iter().filter(|(_, v)| v.rbd.is_some()) {
+            errln!(
+                "isboot: warning: version {} of {name} stays in the Ceph pool ({}): this isboot \
+                 was built without the rbd feature; remove it with the rbd command",
+                v.number,
+                v.rbd.as_deref().unwrap_or_default()
+            );
         }
     }
 }

@@ -48,13 +48,9 @@ fn which(prog: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// Copy or convert `src` into the raw file `dest` (via a temp file and a rename). `progress`
-/// gets (bytes done, bytes total). Returns the image size.
-pub fn import(
-    src: &Path,
-    dest: &Path,
-    progress: &mut dyn FnMut(u64, u64),
-) -> Result<u64, ConfigError> {
+/// Open `src` and tell its format; a raw image must be a non-zero multiple of 512 bytes.
+/// Returns the open file, its length and its format.
+pub fn probe(src: &Path) -> Result<(File, u64, Format), ConfigError> {
     let bad = |m: String| ConfigError::BadArgument(m);
     let mut f = File::open(src).map_err(|e| bad(format!("cannot read {}: {e}", src.display())))?;
     let meta = f
@@ -68,6 +64,24 @@ pub fn import(
         .read(&mut head)
         .map_err(|e| bad(format!("cannot read {}: {e}", src.display())))?;
     let format = detect(&head[..n]);
+    let size = meta.len();
+    if format == Format::Raw && (size == 0 || size % 512 != 0) {
+        return Err(bad(format!(
+            "{} is {size} bytes: a raw disk image must be a non-zero multiple of 512 bytes",
+            src.display()
+        )));
+    }
+    Ok((f, size, format))
+}
+
+/// Copy or convert `src` into the raw file `dest` (via a temp file and a rename). `progress`
+/// gets (bytes done, bytes total). Returns the image size.
+pub fn import(
+    src: &Path,
+    dest: &Path,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<u64, ConfigError> {
+    let (f, size, format) = probe(src)?;
     let dir = dest.parent().unwrap_or(Path::new("."));
     let name = dest
         .file_name()
@@ -81,13 +95,6 @@ pub fn import(
     let res = (|| {
         let size = match format {
             Format::Raw => {
-                let size = meta.len();
-                if size == 0 || size % 512 != 0 {
-                    return Err(bad(format!(
-                        "{} is {size} bytes: a raw disk image must be a non-zero multiple of 512 bytes",
-                        src.display()
-                    )));
-                }
                 let out = OpenOptions::new()
                     .write(true)
                     .create(true)
@@ -142,7 +149,7 @@ pub fn import(
                     });
                 }
                 let out = OpenOptions::new().write(true).open(&tmp).map_err(werr)?;
-                let size = out.metadata().map_err(werr)?.len();
+                let size: u64 = out.metadata().map_err(werr)?.len();
                 if size == 0 || size % 512 != 0 {
                     return Err(ConfigError::Importing {
                         path: src.to_path_buf(),

@@ -76,7 +76,8 @@ pub struct Version {
     pub number: u64,
     /// Random id (hex) recorded in every overlay made on this version.
     pub id: String,
-    /// Raw file, relative to the state directory.
+    /// Raw file, relative to the state directory (empty for a version on Ceph RBD).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub file: String,
     pub size: u64,
     /// Unix seconds.
@@ -85,6 +86,26 @@ pub struct Version {
     /// differs (replaced or changed since). Absent in registries written before it existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub published: Option<Published>,
+    /// A version on Ceph RBD (`[store] backend = "rbd"`): `POOL/isboot-base-NAME-vN@base`, a
+    /// protected snapshot in the shared pool, instead of a file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rbd: Option<String>,
+}
+
+impl Version {
+    /// `Err` (one line) for a version on Ceph RBD: client disks, maintenance and image prepare
+    /// work on file versions only until `isboot serve` serves from RBD.
+    pub fn file_only(&self, image: &ImageName) -> Result<(), crate::config::ConfigError> {
+        match &self.rbd {
+            None => Ok(()),
+            Some(spec) => Err(crate::config::ConfigError::BadArgument(format!(
+                "image {image} version {} is on Ceph RBD ({spec}); client disks, image edit \
+                 and image prepare need a file version until isboot serves from RBD \
+                 (see docs/scale-out.md)",
+                self.number
+            ))),
+        }
+    }
 }
 
 /// A writable view of an image's newest version being prepared as its next version.
@@ -188,6 +209,7 @@ mod tests {
                         size: 4096,
                         mtime_ns: 1_765_000_000_123_456_789,
                     }),
+                    rbd: None,
                 }],
                 maintenance: Some(Maintenance {
                     from_version: 1,

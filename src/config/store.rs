@@ -65,6 +65,17 @@ impl StoreConfig {
             .unwrap_or(Path::new(DEFAULT_KEYRING))
     }
 
+    /// The cluster and pool of `backend = "rbd"`, for the RBD store.
+    #[cfg(feature = "rbd")]
+    pub fn rbd_config(&self) -> crate::store::rbd::RbdConfig {
+        crate::store::rbd::RbdConfig {
+            conf: self.ceph_conf().to_string_lossy().into_owned(),
+            keyring: self.keyring().to_string_lossy().into_owned(),
+            client: self.client().to_string(),
+            pool: self.pool().to_string(),
+        }
+    }
+
     /// Check the values; the error is one line naming the key and what to do.
     pub fn validate(&self) -> Result<(), String> {
         let ceph_keys: Vec<&str> = [
@@ -125,9 +136,9 @@ impl StoreConfig {
         Ok(())
     }
 
-    /// `Err` with a one-line message when `what` (a command that puts or serves disks) cannot
-    /// run on this backend. Today every such command uses the state directory: the RBD store
-    /// (`store::rbd`) exists, but the registry and `isboot serve` do not drive it yet.
+    /// `Err` with a one-line message when `what` (a command that serves disks) cannot run on
+    /// this backend. `image add`/`list`/`remove`/`prune` work on the RBD pool; `isboot serve`
+    /// does not drive the RBD store yet.
     pub fn file_store_only(&self, what: &str) -> Result<(), String> {
         match self.backend() {
             Backend::File => Ok(()),

@@ -114,10 +114,11 @@ impl Locked {
             });
         }
         let image = st.image(&req.image)?;
-        let version = image
+        let newest = image
             .newest()
-            .map(|v| v.number)
             .ok_or_else(|| ConfigError::UnknownImage(format!("{} (no versions)", req.image)))?;
+        newest.file_only(&req.image)?;
+        let version = newest.number;
         if let Some(ip) = req.ip {
             check_client_ip(st, ip, None)?;
         }

@@ -41,6 +41,7 @@ impl StateDir {
             size,
             created: now_unix(),
             published: Some(published),
+            rbd: None,
         };
         let img = l
             .state
@@ -66,6 +67,7 @@ impl StateDir {
             .iter()
             .max_by_key(|v| v.number)
             .ok_or_else(|| ConfigError::UnknownImage(name.to_string()))?;
+        v.file_only(name)?;
         Ok(self.path(&v.file))
     }
 
@@ -110,6 +112,7 @@ impl StateDir {
                 size,
                 created: now_unix(),
                 published: Some(published),
+                rbd: None,
             };
             l.state.registry.images.push(Image {
                 name: name.clone(),
@@ -144,7 +147,7 @@ impl Locked {
         }
         self.state.registry.images.retain(|i| &i.name != name);
         self.save()?;
-        for v in &img.versions {
+        for v in img.versions.iter().filter(|v| !v.file.is_empty()) {
             self.forget(&v.file);
         }
         let _ = std::fs::remove_dir(self.state.dir.path(&format!("images/{name}")));
@@ -156,7 +159,7 @@ impl Locked {
     pub fn image_prune(
         &mut self,
         only: Option<&ImageName>,
-    ) -> Result<Vec<(ImageName, u64)>, ConfigError> {
+    ) -> Result<Vec<(ImageName, Version)>, ConfigError> {
         if let Some(n) = only {
             self.state.image(n)?;
         }
@@ -181,8 +184,10 @@ impl Locked {
                     || Some(v.number) == maint
                     || used.iter().any(|(i, n)| i == &name && *n == v.number);
                 if !keep {
-                    gone.push((name.clone(), v.number));
-                    files.push(v.file.clone());
+                    gone.push((name.clone(), v.clone()));
+                    if !v.file.is_empty() {
+                        files.push(v.file.clone());
+                    }
                 }
                 keep
             });

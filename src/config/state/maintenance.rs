@@ -86,6 +86,7 @@ impl StateDir {
                 size,
                 created: now_unix(),
                 published: Some(published),
+                rbd: None,
             };
             if let Some(i) = l.state.registry.image_mut(name) {
                 i.versions.push(v.clone());
@@ -117,10 +118,11 @@ impl Locked {
         if img.maintenance.is_some() {
             return Err(ConfigError::MaintenanceOpen(name.to_string()));
         }
-        let from = img
+        let newest = img
             .newest()
-            .map(|v| v.number)
             .ok_or_else(|| ConfigError::UnknownImage(name.to_string()))?;
+        newest.file_only(name)?;
+        let from = newest.number;
         let initiators = if initiators.is_empty() {
             vec![self.state.default_initiator(&format!("maint:{name}"))]
         } else {

@@ -17,6 +17,8 @@ mod lock;
 mod maintenance;
 mod nextboot;
 mod poll;
+#[cfg(feature = "rbd")]
+pub mod rbd;
 
 pub use binding::{Bound, BoundAddress, Origin};
 pub use clients::{AddClient, MAX_CHAP_SECRET, MIN_CHAP_SECRET, validate_chap};
@@ -346,6 +348,7 @@ impl State {
                 .registry
                 .image(&c.image)
                 .and_then(|i| i.version(c.version))
+                .filter(|v| v.rbd.is_none())
             else {
                 continue;
             };
@@ -371,7 +374,7 @@ impl State {
         }
         for img in &self.registry.images {
             let Some(m) = &img.maintenance else { continue };
-            let Some(v) = img.version(m.from_version) else {
+            let Some(v) = img.version(m.from_version).filter(|v| v.rbd.is_none()) else {
                 continue;
             };
             let Some(id) = BaseId::parse(&v.id) else {
@@ -431,6 +434,7 @@ impl State {
             .image(image)?
             .version(number)
             .ok_or_else(|| ConfigError::UnknownImage(format!("{image} version {number}")))?;
+        v.file_only(image)?;
         let id = BaseId::parse(&v.id).ok_or_else(|| ConfigError::Parsing {
             path: self.dir.registry_path(),
             message: format!("image {image} version {number} has a bad id"),

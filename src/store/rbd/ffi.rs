@@ -84,6 +84,8 @@ unsafe extern "C" {
     fn rbd_flush(image: ImageT) -> c_int;
     fn rbd_snap_create(image: ImageT, name: *const c_char) -> c_int;
     fn rbd_snap_protect(image: ImageT, name: *const c_char) -> c_int;
+    fn rbd_snap_unprotect(image: ImageT, name: *const c_char) -> c_int;
+    fn rbd_snap_remove(image: ImageT, name: *const c_char) -> c_int;
     fn rbd_lock_acquire(image: ImageT, mode: c_int) -> c_int;
     fn rbd_is_exclusive_lock_owner(image: ImageT, is_owner: *mut c_int) -> c_int;
     fn rbd_lock_get_owners(
@@ -369,6 +371,18 @@ impl Image {
         check(unsafe { rbd_snap_create(self.h, n.as_ptr()) })?;
         // SAFETY: as above.
         check(unsafe { rbd_snap_protect(self.h, n.as_ptr()) })
+    }
+
+    /// Unprotect snapshot `name` (an unprotected one is fine) and remove it.
+    pub fn snap_unprotect_remove(&self, name: &str) -> io::Result<()> {
+        let n = cstr(name)?;
+        // SAFETY: open image, NUL-terminated name.
+        match check(unsafe { rbd_snap_unprotect(self.h, n.as_ptr()) }) {
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {} // not protected
+            r => r?,
+        }
+        // SAFETY: as above.
+        check(unsafe { rbd_snap_remove(self.h, n.as_ptr()) })
     }
 
     /// Take the image's exclusive lock and keep it (librbd will not hand it over to another

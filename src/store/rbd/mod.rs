@@ -50,6 +50,17 @@ pub struct RbdConfig {
 /// Base versions and client disks in one RBD pool.
 pub struct RbdStore {
     io: Arc<IoCtx>,
+    pool: String,
+}
+
+/// A published base version found in the pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolBase {
+    pub image: String,
+    pub version: u32,
+    pub size: u64,
+    /// `POOL/isboot-base-IMAGE-vN@base`.
+    pub spec: String,
 }
 
 fn base_name(image: &str, version: u32) -> String {
@@ -95,7 +106,16 @@ impl RbdStore {
         let io = cluster
             .ioctx(&cfg.pool)
             .map_err(|e| ceph_err(&format!("opening pool {}", cfg.pool), e))?;
-        Ok(RbdStore { io })
+        Ok(RbdStore {
+            io,
+            pool: cfg.pool.clone(),
+        })
+    }
+
+    /// Where version `version` of `image` lives: `POOL/isboot-base-IMAGE-vN@base` (what the
+    /// registry records and the `rbd` command takes).
+    pub fn base_spec(&self, image: &str, version: u32) -> String {
+        format!("{}/{}@{BASE_SNAP}", self.pool, base_name(image, version))
     }
 
     /// Publish version `version` of `image` from `src` (a raw disk image of `size` bytes, read
@@ -136,30 +156,71 @@ impl RbdStore {
                 .map_err(|e| ceph_err(&format!("snapshot {name}@{BASE_SNAP}"), e))
         })();
         if r.is_err() {
-            let _ = self.io.remove(&name);
+            let _ = self.remove_base(image, version);
         }
         r
     }
 
-    /// Versions of `image` published in the pool, with their sizes, oldest first.
-    pub fn versions(&self, image: &str) -> Result<Vec<(u32, u64)>, StoreError> {
-        let prefix = format!("isboot-base-{image}-v");
+    /// Remove version `version` of `image` from the pool: unprotect and remove its snapshot,
+    /// then the image. Absent is fine; refused (EBUSY) while clones of it exist or a server
+    /// has it open.
+    pub fn remove_base(&self, image: &str, version: u32) -> Result<(), StoreError> {
+        let name = base_name(image, version);
+        match self.io.open(&name, None, false) {
+            Ok(img) => match img.snap_unprotect_remove(BASE_SNAP) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(e) => return Err(ceph_err(&format!("removing {name}@{BASE_SNAP}"), e)),
+            },
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
+            Err(e) => return Err(ceph_err(&format!("opening {name}"), e)),
+        }
+        match self.io.remove(&name) {
+            Ok(()) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+            Err(e) => Err(ceph_err(&format!("removing {name}"), e)),
+        }
+    }
+
+    /// Every published base version in the pool (an image `isboot-base-IMAGE-vN` with its
+    /// snapshot), sorted by image and version.
+    pub fn bases(&self) -> Result<Vec<PoolBase>, StoreError> {
         let mut out = Vec::new();
         for n in self
             .io
             .list()
             .map_err(|e| ceph_err("listing the pool", e))?
         {
-            let Some(v) = n.strip_prefix(&prefix).and_then(|v| v.parse::<u32>().ok()) else {
+            let Some((image, version)) = n
+                .strip_prefix("isboot-base-")
+                .and_then(|r| r.rsplit_once("-v"))
+                .and_then(|(i, v)| Some((i.to_string(), v.parse::<u32>().ok()?)))
+            else {
                 continue;
             };
             // Only versions whose snapshot exists are published (an import in progress has none).
             if let Ok(img) = self.io.open(&n, Some(BASE_SNAP), true) {
-                out.push((v, img.size().map_err(|e| ceph_err(&n, e))?));
+                let size = img.size().map_err(|e| ceph_err(&n, e))?;
+                out.push(PoolBase {
+                    spec: self.base_spec(&image, version),
+                    image,
+                    version,
+                    size,
+                });
             }
         }
-        out.sort_unstable();
+        out.sort_unstable_by(|a, b| (&a.image, a.version).cmp(&(&b.image, b.version)));
         Ok(out)
+    }
+
+    /// Versions of `image` published in the pool, with their sizes, oldest first.
+    pub fn versions(&self, image: &str) -> Result<Vec<(u32, u64)>, StoreError> {
+        Ok(self
+            .bases()?
+            .into_iter()
+            .filter(|b| b.image == image)
+            .map(|b| (b.version, b.size))
+            .collect())
     }
 
     /// Make `client`'s disk a fresh copy-on-write clone of `image` version `version`. With
@@ -253,6 +314,21 @@ impl RbdDevice {
         &self.name
     }
 
+    fn writable(&self, offset: u64, len: u64) -> Result<(), StoreError> {
+        if self.read_only {
+            return Err(StoreError::ReadOnly);
+        }
+        self.check_range(offset, len)
+    }
+
+    fn usize_len(&self, offset: u64, len: u64) -> Result<usize, StoreError> {
+        usize::try_from(len).map_err(|_| StoreError::OutOfRange {
+            offset,
+            len,
+            size: self.size,
+        })
+    }
+
     /// True while this device holds its image's exclusive lock.
     pub fn holds_lock(&self) -> bool {
         self.img.is_lock_owner().unwrap_or(false)
@@ -281,10 +357,7 @@ impl BlockDevice for RbdDevice {
     }
 
     fn write(&self, offset: u64, data: &[u8], _durable: bool) -> Result<(), StoreError> {
-        if self.read_only {
-            return Err(StoreError::ReadOnly);
-        }
-        self.check_range(offset, data.len() as u64)?;
+        self.writable(offset, data.len() as u64)?;
         // Durable once acknowledged (rbd_cache is off): FUA needs nothing more. A full pool or
         // a pool quota (ENOSPC, EDQUOT) is NoSpace, like a full file system under an overlay.
         self.img.write(offset, data).map_err(StoreError::writing)
@@ -295,15 +368,8 @@ impl BlockDevice for RbdDevice {
     }
 
     fn discard(&self, offset: u64, len: u64) -> Result<(), StoreError> {
-        if self.read_only {
-            return Err(StoreError::ReadOnly);
-        }
-        self.check_range(offset, len)?;
-        let len = usize::try_from(len).map_err(|_| StoreError::OutOfRange {
-            offset,
-            len,
-            size: self.size,
-        })?;
+        self.writable(offset, len)?;
+        let len = self.usize_len(offset, len)?;
         self.img
             .write_zeroes(offset, len)
             .map_err(StoreError::Discarding)
