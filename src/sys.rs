@@ -9,7 +9,7 @@ use std::ffi::CString;
 use std::fs::File;
 use std::io;
 use std::net::Ipv4Addr;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 
 use crate::mac::MacAddr;
 
@@ -192,6 +192,65 @@ pub fn if_index(name: &str) -> io::Result<u32> {
     match unsafe { libc::if_nametoindex(c.as_ptr()) } {
         0 => Err(io::Error::last_os_error()),
         i => Ok(i),
+    }
+}
+
+/// A socket that sends IPv4 datagrams straight to a link-layer address (`AF_PACKET`,
+/// `SOCK_DGRAM`: the kernel adds the Ethernet header). Protocol 0: it receives nothing. Needs
+/// `CAP_NET_RAW`, where an ARP entry ([`add_arp_entry`]) needs `CAP_NET_ADMIN`.
+pub struct LinkSender {
+    fd: OwnedFd,
+}
+
+impl LinkSender {
+    pub fn open() -> io::Result<LinkSender> {
+        // SAFETY: socket(2) with constant arguments; the result is checked before use.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_DGRAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+                0,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a new, valid descriptor that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(LinkSender { fd })
+    }
+
+    /// Send the IPv4 datagram `packet` to `mac` on `interface` (without blocking: a full
+    /// transmit queue is an error).
+    pub fn send_ipv4(&self, interface: &str, mac: MacAddr, packet: &[u8]) -> io::Result<()> {
+        const ETH_P_IP: u16 = 0x0800;
+        let ifindex = i32::try_from(if_index(interface)?)
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        // SAFETY: sockaddr_ll is plain old data; all-zero is a valid value.
+        let mut to: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        to.sll_family = libc::AF_PACKET as libc::c_ushort;
+        to.sll_protocol = ETH_P_IP.to_be();
+        to.sll_ifindex = ifindex;
+        to.sll_halen = 6;
+        for (d, s) in to.sll_addr.iter_mut().zip(mac.0) {
+            *d = s;
+        }
+        // SAFETY: `packet` and `to` live across the call; the length given is `to`'s size.
+        let sent = unsafe {
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                packet.as_ptr().cast(),
+                packet.len(),
+                0,
+                (&to as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        };
+        match usize::try_from(sent) {
+            Err(_) => Err(io::Error::last_os_error()),
+            Ok(n) if n != packet.len() => Err(io::Error::from(io::ErrorKind::WriteZero)),
+            Ok(_) => Ok(()),
+        }
     }
 }
 

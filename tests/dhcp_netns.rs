@@ -181,6 +181,139 @@ fn start_isboot_watched(
     watch: tokio::sync::watch::Receiver<DhcpConfig>,
     lease_file: Option<PathBuf>,
 ) -> DhcpServerThread {
+    start_isboot_with(ns, watch, lease_file, false)
+}
+
+/// Drop CAP_NET_ADMIN from the calling thread's effective and permitted sets (capabilities
+/// belong to threads): what the packaged service runs without.
+fn drop_net_admin() {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const VERSION_3: u32 = 0x2008_0522;
+    const CAP_NET_ADMIN: u32 = 12;
+    let mut h = Header {
+        version: VERSION_3,
+        pid: 0,
+    };
+    let mut d = [Data::default(); 2];
+    // SAFETY: capget with a version-3 header fills two Data structs, which `d` holds.
+    let rc = unsafe { libc::syscall(libc::SYS_capget, &mut h as *mut Header, d.as_mut_ptr()) };
+    assert_eq!(rc, 0, "capget: {}", std::io::Error::last_os_error());
+    d[0].effective &= !(1 << CAP_NET_ADMIN);
+    d[0].permitted &= !(1 << CAP_NET_ADMIN);
+    // SAFETY: capset reads the header and two Data structs; pid 0 is this thread.
+    let rc = unsafe { libc::syscall(libc::SYS_capset, &mut h as *mut Header, d.as_ptr()) };
+    assert_eq!(rc, 0, "capset: {}", std::io::Error::last_os_error());
+    let status = std::fs::read_to_string("/proc/thread-self/status").expect("status");
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .expect("CapEff");
+    assert_eq!(
+        eff & (1 << CAP_NET_ADMIN),
+        0,
+        "CAP_NET_ADMIN still effective"
+    );
+}
+
+/// Destination MACs of the frames to UDP port 68 that reach `ifname` in `ns` while `f` runs
+/// (an AF_PACKET capture in a thread inside the namespace).
+fn frames_to_port_68<T>(ns: &str, ifname: &str, f: impl FnOnce() -> T) -> (T, Vec<[u8; 6]>) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    const ETH_P_ALL: u16 = 0x0003;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (ns, ifname, stop2) = (ns.to_string(), ifname.to_string(), stop.clone());
+    let capture = std::thread::spawn(move || {
+        enter_netns(&ns);
+        // SAFETY: socket(2) with constant arguments, checked below.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                i32::from(ETH_P_ALL.to_be()),
+            )
+        };
+        assert!(
+            fd >= 0,
+            "AF_PACKET socket: {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: a new descriptor nothing else owns.
+        let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        let raw = std::os::fd::AsRawFd::as_raw_fd(&sock);
+        // SAFETY: sockaddr_ll is plain old data; all-zero is valid.
+        let mut at: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        at.sll_family = libc::AF_PACKET as u16;
+        at.sll_protocol = ETH_P_ALL.to_be();
+        let name = std::ffi::CString::new(ifname).unwrap();
+        // SAFETY: a valid NUL-terminated name.
+        at.sll_ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) } as i32;
+        // SAFETY: `at` lives across the call; its size is passed.
+        let rc = unsafe {
+            libc::bind(
+                raw,
+                (&at as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
+        let timeout = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 100_000,
+        };
+        // SAFETY: SO_RCVTIMEO takes a timeval, which lives across the call.
+        unsafe {
+            libc::setsockopt(
+                raw,
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&timeout as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as u32,
+            )
+        };
+        ready_tx.send(()).unwrap();
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 2048];
+        while !stop2.load(Ordering::Relaxed) {
+            // SAFETY: `buf` is writable for its length.
+            let n = unsafe { libc::recv(raw, buf.as_mut_ptr().cast(), buf.len(), 0) };
+            let Ok(n) = usize::try_from(n) else { continue };
+            let frame = &buf[..n];
+            // Ethernet II, IPv4, UDP to port 68.
+            if n < 14 + 20 + 8 || frame[12..14] != [0x08, 0x00] || frame[23] != 17 {
+                continue;
+            }
+            let udp = 14 + usize::from(frame[14] & 0x0f) * 4;
+            if frame.get(udp + 2..udp + 4) == Some(&[0, 68][..]) {
+                seen.push(<[u8; 6]>::try_from(&frame[..6]).unwrap());
+            }
+        }
+        seen
+    });
+    ready_rx.recv().expect("capture ready");
+    let out = f();
+    stop.store(true, Ordering::Relaxed);
+    (out, capture.join().expect("capture"))
+}
+
+fn start_isboot_with(
+    ns: &str,
+    watch: tokio::sync::watch::Receiver<DhcpConfig>,
+    lease_file: Option<PathBuf>,
+    without_net_admin: bool,
+) -> DhcpServerThread {
     let cfg = watch.borrow().clone();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let (ttx, trx) = std::sync::mpsc::channel();
@@ -189,6 +322,9 @@ fn start_isboot_watched(
     drop(cfg);
     let thread = std::thread::spawn(move || {
         enter_netns(&ns);
+        if without_net_admin {
+            drop_net_admin();
+        }
         // SAFETY: gettid has no preconditions.
         ttx.send(unsafe { libc::gettid() }).expect("tid");
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -368,21 +504,48 @@ fn dhclient_known_mac_gets_reserved_address_and_options() {
         env_value(&env, "new_filename").is_none(),
         "no boot file for the OS: {env}"
     );
-    // dhclient does not set the broadcast flag: the reply was unicast to the new address
-    // through an ARP entry the server added (RFC 2131 4.1).
+    let saved = std::fs::read_to_string(&leases).expect("lease file written");
+    assert!(
+        saved.contains("52:54:00:77:00:01") && saved.contains("10.77.0.10"),
+        "{saved}"
+    );
+}
+
+/// dhclient does not set the broadcast flag, so its replies are unicast to its MAC and the
+/// address it is being given (RFC 2131 4.1). The server sends them on the link layer
+/// (`AF_PACKET`, `CAP_NET_RAW`), so it runs without `CAP_NET_ADMIN` (the packaged service
+/// does) and adds no ARP entry.
+#[test]
+fn replies_to_a_client_without_an_address_are_unicast_without_cap_net_admin() {
+    require_root!();
+    let mut lab = Lab::new();
+    let (s, c, vs, vc) = two_namespaces(&mut lab, WS1_MAC);
+    let (_keep, watch) = tokio::sync::watch::channel(full_config(&vs));
+    let _srv = start_isboot_with(&s, watch, None, true);
+    let (env, frames) = frames_to_port_68(&c, &vc, || dhclient(&mut lab, &c, &vc, 20));
+    let env = env.expect("dhclient got a lease from a server without CAP_NET_ADMIN");
+    assert_eq!(
+        env_value(&env, "new_ip_address").as_deref(),
+        Some("10.77.0.10"),
+        "{env}"
+    );
+    // The offer and the ack, both to the client's MAC, none broadcast.
+    assert!(
+        frames.len() >= 2,
+        "replies seen on the client's link: {frames:?}"
+    );
+    assert!(
+        frames.iter().all(|m| *m == WS1_MAC.0),
+        "a reply was not unicast to the client's MAC: {frames:?}"
+    );
     let neigh = Command::new("ip")
         .args(["-n", &s, "neigh", "show", "10.77.0.10"])
         .output()
         .expect("ip neigh");
     let neigh = String::from_utf8_lossy(&neigh.stdout);
     assert!(
-        neigh.contains("52:54:00:77:00:01"),
-        "ARP entry for the unicast reply: {neigh}"
-    );
-    let saved = std::fs::read_to_string(&leases).expect("lease file written");
-    assert!(
-        saved.contains("52:54:00:77:00:01") && saved.contains("10.77.0.10"),
-        "{saved}"
+        !neigh.contains("52:54:00:77:00:01"),
+        "the server added an ARP entry: {neigh}"
     );
 }
 

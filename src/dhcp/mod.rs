@@ -29,6 +29,7 @@
 pub mod config;
 pub mod flood;
 pub mod leases;
+pub mod link;
 pub mod ra;
 pub mod server;
 pub mod wire;

@@ -42,7 +42,8 @@ pub enum Destination {
     /// Limited broadcast 255.255.255.255:68 on the DHCP interface.
     Broadcast,
     /// Unicast to `ip` at hardware address `mac`, a client that has no address yet: the
-    /// service may add an ARP entry and unicast, or broadcast instead.
+    /// service sends it on the link layer (or through an ARP entry), or broadcasts it when
+    /// it carries no secret and neither works.
     Hardware { ip: Ipv4Addr, mac: MacAddr },
 }
 

@@ -18,7 +18,7 @@ use tokio::net::UdpSocket;
 use crate::dhcp::server::{CLIENT_PORT, PXE_PORT, SERVER_PORT};
 use crate::dhcp::{
     Arrival, ClientDirectory, Destination, DhcpConfig, DhcpError, DhcpHooks, DhcpMode, DhcpServer,
-    Leases,
+    Leases, MacAddr,
 };
 
 /// Receive buffer: larger than any datagram the parser accepts, so oversize ones are seen
@@ -94,6 +94,11 @@ pub struct Sockets {
     mode: DhcpMode,
     s67: UdpSocket,
     s4011: Option<UdpSocket>,
+    /// Replies to a client without an address go straight to its MAC through this
+    /// (`CAP_NET_RAW`); without it, through an ARP entry (`CAP_NET_ADMIN`).
+    link: Option<crate::sys::LinkSender>,
+    /// Our address on the interface: the source of link-layer replies.
+    server_ip: Ipv4Addr,
 }
 
 impl Sockets {
@@ -108,12 +113,17 @@ impl Sockets {
             DhcpMode::Proxy => Some(bind_interface_socket(&cfg.interface, PXE_PORT)?),
             DhcpMode::Full => None,
         };
+        let link = crate::sys::LinkSender::open()
+            .inspect_err(|e| tracing::debug!(error = %e, "no link-layer socket; unicast replies to clients without an address need an ARP entry"))
+            .ok();
         tracing::info!(interface = %cfg.interface, server_ip = %cfg.server_ip, mode = ?cfg.mode, "DHCP listening");
         Ok(Sockets {
             interface: cfg.interface.clone(),
             mode: cfg.mode,
             s67,
             s4011,
+            link,
+            server_ip: cfg.server_ip,
         })
     }
 }
@@ -264,6 +274,7 @@ fn apply_update(server: &mut DhcpServer, socks: &mut Sockets, new: DhcpConfig) {
         );
         drop(placeholder);
     }
+    socks.server_ip = new.server_ip;
     tracing::info!(interface = %new.interface, mode = ?new.mode, "DHCP configuration updated");
     server.set_config(new);
 }
@@ -285,6 +296,9 @@ async fn send_reply(socks: &Sockets, port: u16, reply: &crate::dhcp::Reply) {
         Destination::Relay(a) | Destination::Unicast(a) => a,
         Destination::Broadcast => SocketAddrV4::new(Ipv4Addr::BROADCAST, CLIENT_PORT),
         Destination::Hardware { ip, mac } => {
+            if send_on_link(socks, sock, ip, mac, &out) {
+                return;
+            }
             match crate::sys::add_arp_entry(sock, &socks.interface, ip, mac) {
                 Ok(()) => SocketAddrV4::new(ip, CLIENT_PORT),
                 Err(e) if reply.secret => {
@@ -307,6 +321,31 @@ async fn send_reply(socks: &Sockets, port: u16, reply: &crate::dhcp::Reply) {
     );
     if let Err(e) = sock.send_to(&out, to).await {
         tracing::warn!(%to, error = %e, "sending DHCP reply failed");
+    }
+}
+
+/// Send `out` to `mac` at `ip` (a client without an address yet) as a UDP datagram from
+/// `sock`'s port, through the link-layer socket. False when there is none or it failed: the
+/// caller falls back to an ARP entry.
+fn send_on_link(socks: &Sockets, sock: &UdpSocket, ip: Ipv4Addr, mac: MacAddr, out: &[u8]) -> bool {
+    let Some(link) = &socks.link else {
+        return false;
+    };
+    let port = sock.local_addr().map_or(SERVER_PORT, |a| a.port());
+    let src = SocketAddrV4::new(socks.server_ip, port);
+    let dst = SocketAddrV4::new(ip, CLIENT_PORT);
+    let Some(datagram) = crate::dhcp::link::udp_datagram(src, dst, out) else {
+        return false;
+    };
+    match link.send_ipv4(&socks.interface, mac, &datagram) {
+        Ok(()) => {
+            tracing::debug!(%dst, %mac, "DHCP reply sent on the link layer");
+            true
+        }
+        Err(e) => {
+            tracing::debug!(%mac, error = %e, "link-layer send failed; trying an ARP entry");
+            false
+        }
     }
 }
 
