@@ -356,69 +356,15 @@ fn thousands_of_unknown_login_keys_get_a_bounded_answer() {
 }
 
 /// Hostile writers on `exp`: `sessions` sessions announce `per_session` WRITEs of 8 MiB each
-/// and answer every R2T but never send the last 4 KiB of a command. Returns the sessions (keep
-/// them open) once no R2T came for a second.
+/// and withhold the last 4 KiB of each (see [`withhold_writes`]).
 fn withholding_writers(exp: &Export, sessions: usize, per_session: u32) -> Vec<Initiator> {
-    const BIG: u32 = 8 << 20;
-    let mut held = Vec::new();
-    for s in 0..sessions {
-        let name = format!("iqn.2026-11.org.isboot.test:withholder{s}");
-        // Data only on R2T (a command PDU carries none), in bursts of up to 16 MiB.
-        let mut o = LoginOptions::new(&name, None);
-        for (k, v) in [
-            ("ImmediateData", "No"),
-            ("InitialR2T", "Yes"),
-            ("MaxBurstLength", "16776192"),
-        ] {
-            o.keys.push((k.into(), v.into()));
-        }
-        let mut i = login(exp, o);
-        i.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
-        let data = Bytes::from(vec![0xA5u8; BIG as usize]);
-        for n in 0..per_session {
-            let lba = u64::from(s as u32 * per_session + n) * u64::from(BIG / 512);
-            i.submit(0, &write16_cdb(lba, BIG / 512, false), data.clone(), 0)
-                .unwrap();
-        }
-        held.push(i);
-    }
-    // Answer R2Ts (short of each command's last 4 KiB) until none comes for a second.
-    for i in &mut held {
-        loop {
-            let r = match i.recv() {
-                Ok((Bhs::R2t(r), _)) => r,
-                Ok((Bhs::NopIn(_), _)) => continue,
-                Ok(other) => panic!("unexpected {other:?}"),
-                Err(InitiatorError::Io(e))
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    break;
-                }
-                Err(e) => panic!("{e:?}"),
-            };
-            let end = (r.buffer_offset + r.desired_len).min(BIG - 4096);
-            let mut off = r.buffer_offset;
-            let mut sn = 0;
-            while off < end {
-                let n = (256 * 1024).min(end - off);
-                let d = DataOut {
-                    final_: off + n == r.buffer_offset + r.desired_len,
-                    lun: 0,
-                    itt: r.itt,
-                    ttt: r.ttt,
-                    exp_stat_sn: 0,
-                    data_sn: sn,
-                    buffer_offset: off,
-                };
-                i.send(&Bhs::DataOut(d), &vec![0xA5; n as usize]).unwrap();
-                off += n;
-                sn += 1;
-            }
-        }
-    }
+    let mut held: Vec<Initiator> = (0..sessions)
+        .map(|s| {
+            let name = format!("iqn.2026-11.org.isboot.test:withholder{s}");
+            login(exp, withholder_options(&name, &exp.iqn))
+        })
+        .collect();
+    withhold_writes(&mut held, per_session, 8 << 20, (512 << 20) / 512).expect("withheld");
     held
 }
 

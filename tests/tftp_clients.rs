@@ -1,7 +1,7 @@
 //! TFTP against real clients (curl, tftp-hpa, atftp) and a scripted client, on 127.0.0.1.
 
 mod fixture;
-use fixture::have;
+use fixture::{have, recv_retrying, tftp_get_from as scripted_get_from};
 use isboot::service::tftp::{TftpLimits, bind_tftp, run_tftp};
 use isboot::tftp::packet::{self, Packet};
 use std::net::SocketAddr;
@@ -229,77 +229,6 @@ fn scripted_get(
     scripted_get_from([127, 0, 0, 1], port, file, opts, expect_window)
 }
 
-/// [`scripted_get`] from a chosen loopback source address.
-fn scripted_get_from(
-    src: [u8; 4],
-    port: u16,
-    file: &str,
-    opts: &[(&str, &str)],
-    expect_window: u16,
-) -> Result<Vec<u8>, (u16, String)> {
-    let sock = std::net::UdpSocket::bind(SocketAddr::from((src, 0))).expect("bind");
-    sock.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    let server: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-    sock.send_to(
-        &packet::request(packet::OP_RRQ, file, "octet", opts),
-        server,
-    )
-    .expect("send");
-    let mut buf = vec![0u8; 70_000];
-    let (n, tid) = sock.recv_from(&mut buf).expect("reply");
-    let mut blksize = 512usize;
-    let mut window = 1u16;
-    let mut out = Vec::new();
-    let mut expect: u16 = 1;
-    let mut first = Some(buf[..n].to_vec());
-    match Packet::parse(&buf[..n]).expect("parse") {
-        Packet::Error { code, message } => return Err((code, message)),
-        Packet::Oack { options } => {
-            for (k, v) in options {
-                match k.as_str() {
-                    "blksize" => blksize = v.parse().expect("num"),
-                    "windowsize" => window = v.parse().expect("num"),
-                    _ => {}
-                }
-            }
-            assert_eq!(window, expect_window, "negotiated window");
-            sock.send_to(&packet::ack(0), tid).expect("ack0");
-            first = None;
-        }
-        _ => {}
-    }
-    let mut in_window = 0u16;
-    loop {
-        let pkt = match first.take() {
-            Some(p) => p,
-            None => {
-                let (n, from) = sock.recv_from(&mut buf).expect("data");
-                assert_eq!(from, tid, "data from the transfer's own port");
-                buf[..n].to_vec()
-            }
-        };
-        match Packet::parse(&pkt).expect("parse") {
-            Packet::Data { block, data } => {
-                assert_eq!(block, expect, "in-order block (no loss on loopback)");
-                out.extend_from_slice(data);
-                in_window += 1;
-                let last = data.len() < blksize;
-                if last || in_window == window {
-                    sock.send_to(&packet::ack(block), tid).expect("ack");
-                    in_window = 0;
-                }
-                expect = expect.wrapping_add(1);
-                if last {
-                    return Ok(out);
-                }
-            }
-            Packet::Error { code, message } => return Err((code, message)),
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-}
-
 #[test]
 fn scripted_client_windowsize_8_and_rollover() {
     let Some(s) = start_server() else { return };
@@ -495,17 +424,4 @@ fn a_silent_peer_holds_its_share_of_slots_only_briefly() {
     let got = scripted_get_from([127, 0, 0, 50], s.port, "undionly.kpxe", &[], 1)
         .expect("slots given back");
     assert!(got == want);
-}
-
-/// `recv_from`, again when a signal interrupts it (EINTR: seen under a loaded full test run).
-fn recv_retrying(
-    sock: &std::net::UdpSocket,
-    buf: &mut [u8],
-) -> std::io::Result<(usize, SocketAddr)> {
-    loop {
-        match sock.recv_from(buf) {
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            r => return r,
-        }
-    }
 }
