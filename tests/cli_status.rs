@@ -53,6 +53,76 @@ fn status_shows_quotas_and_free_space() {
     assert_eq!(j["state_fs"]["warning_bytes"], 1u64 << 50);
 }
 
+/// A client's own quota (`add-client --quota-mib`, `set-client --quota-mib`) overrides
+/// `[limits] client_quota_mib` in show-client, list-clients and status; `default` goes back.
+#[test]
+fn a_clients_own_quota_overrides_the_config() {
+    let lab = Lab::with_image();
+    lab.add("52:54:00:00:00:01", "pc1", &["--quota-mib", "5"]);
+    lab.add("52:54:00:00:00:02", "pc2", &[]);
+    let cfg_path = lab.dir.join("isboot.toml");
+    let cfg = std::fs::read_to_string(&cfg_path).unwrap();
+    std::fs::write(
+        &cfg_path,
+        cfg.replace("# client_quota_mib = 0", "client_quota_mib = 3"),
+    )
+    .unwrap();
+    let shown = |name: &str| {
+        let out = lab.run(&["show-client", name]).ok().to_string();
+        out.lines()
+            .find(|l| l.starts_with("quota:"))
+            .unwrap_or_else(|| panic!("{out}"))
+            .to_string()
+    };
+    assert!(
+        shown("pc1").contains("5.0 MiB (the client's own)"),
+        "{}",
+        shown("pc1")
+    );
+    assert!(
+        shown("pc2").contains("3.0 MiB ([limits] client_quota_mib)"),
+        "{}",
+        shown("pc2")
+    );
+    let quotas = || {
+        let j: serde_json::Value =
+            serde_json::from_str(lab.run(&["status", "--json"]).ok()).unwrap();
+        let l: serde_json::Value =
+            serde_json::from_str(lab.run(&["list-clients", "--json"]).ok()).unwrap();
+        assert_eq!(l[0]["quota_bytes"], j["targets"][0]["quota_bytes"]);
+        (
+            j["targets"][0]["quota_bytes"].clone(),
+            j["targets"][1]["quota_bytes"].clone(),
+        )
+    };
+    use serde_json::json;
+    assert_eq!(quotas(), (json!(5u64 << 20), json!(3u64 << 20)));
+    let row = lab.run(&["status"]).ok().to_string();
+    assert!(
+        row.lines()
+            .any(|l| l.starts_with("pc1") && l.contains("0 B/5.0 MiB")),
+        "{row}"
+    );
+
+    let out = lab
+        .run(&["set-client", "pc2", "--quota-mib", "0"])
+        .ok()
+        .to_string();
+    assert!(
+        out.contains("client pc2: quota none (the client's own)"),
+        "{out}"
+    );
+    assert_eq!(quotas().1, serde_json::Value::Null);
+    lab.run(&["set-client", "pc1", "--quota-mib", "default"])
+        .ok();
+    assert_eq!(quotas(), (json!(3u64 << 20), serde_json::Value::Null));
+    lab.refused(
+        &["set-client", "pc1", "--quota-mib", "lots"],
+        2,
+        "bad --quota-mib \"lots\"",
+    );
+}
+
 #[test]
 fn status_shows_what_the_server_publishes() {
     let lab = Lab::with_image();

@@ -513,6 +513,7 @@ pub fn add_client(dir: &StateDir, a: AddClientArgs) -> R {
         mode,
         initiators,
         chap,
+        quota_mib: a.quota_mib,
     })?;
     let st = &l.state;
     outln!("added client {} ({})", c.name, c.mac);
@@ -535,6 +536,7 @@ pub fn add_client(dir: &StateDir, a: AddClientArgs) -> R {
         c.version,
         c.mode
     );
+    outln!("  quota:     {}", quota_text(st, &c));
     match st.client_root_path(&c) {
         Some(rp) => outln!("  root-path: {rp}"),
         None => outln!(
@@ -589,12 +591,40 @@ fn print_chap_line(dir: &StateDir, name: &str, user: Option<&str>) {
     }
 }
 
+/// A client's overlay quota as `add-client`, `set-client` and `show-client` print it.
+fn quota_text(st: &crate::config::State, c: &crate::config::registry::Client) -> String {
+    let q = match st.client_quota(&c.name) {
+        Some(b) => human(b),
+        None => "none".to_string(),
+    };
+    match c.quota_mib {
+        Some(_) => format!("{q} (the client's own)"),
+        None => format!("{q} ([limits] client_quota_mib)"),
+    }
+}
+
 pub fn set_client(dir: &StateDir, a: SetClientArgs) -> R {
     let chap_change = a.chap.chap || a.chap.no_chap || a.chap.chap_secret_file.is_some();
-    if !chap_change && a.ip.is_none() {
+    if !chap_change && a.ip.is_none() && a.quota_mib.is_none() {
         return Err(bad(
-            "say what to change: --ip ADDR|none, --chap, --chap-secret-file PATH or --no-chap",
+            "say what to change: --ip ADDR|none, --quota-mib MIB|default, --chap, --chap-secret-file PATH or --no-chap",
         ));
+    }
+    if let Some(q) = &a.quota_mib {
+        let q = match q.as_str() {
+            "default" => None,
+            s => Some(s.parse::<u64>().map_err(|_| {
+                bad(format!(
+                    "bad --quota-mib {s:?} (expected MiB, 0 for no quota, or `default`)"
+                ))
+            })?),
+        };
+        let c = dir.lock()?.set_client_quota(&a.client, q)?;
+        outln!("client {}: quota {}", c.name, quota_text(&dir.load()?, &c));
+        if !chap_change && a.ip.is_none() {
+            outln!("  (a running server applies it within seconds)");
+            return Ok(());
+        }
     }
     if let Some(ip) = &a.ip {
         let ip = match ip.as_str() {
@@ -824,6 +854,7 @@ pub fn show_client(dir: &StateDir, which: &str, as_json: bool, show_secrets: boo
         v.overlay,
         human(v.overlay_bytes)
     );
+    outln!("quota:      {}", quota_text(&st, c));
     let sessions = st.sessions_of(&st.target_iqn(&c.name));
     if sessions.is_empty() {
         outln!("session:    not logged in");

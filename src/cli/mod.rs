@@ -257,6 +257,10 @@ pub struct AddClientArgs {
     /// hands to iPXE).
     #[arg(long = "initiator", value_name = "IQN")]
     pub initiators: Vec<String>,
+    /// Data this client's disk may hold, MiB, instead of `[limits] client_quota_mib`
+    /// (0: no quota for this client).
+    #[arg(long, value_name = "MIB")]
+    pub quota_mib: Option<u64>,
     #[command(flatten)]
     pub chap: ChapArgs,
 }
@@ -312,6 +316,11 @@ pub struct SetClientArgs {
     /// learn the address: proxy DHCP, static addresses).
     #[arg(long, value_name = "ADDR|none")]
     pub ip: Option<String>,
+    /// Data the client's disk may hold, MiB (0: no quota for this client), or `default`:
+    /// `[limits] client_quota_mib`. A running server applies it within seconds; writes that
+    /// need space past it get SPACE ALLOCATION FAILED.
+    #[arg(long, value_name = "MIB|default")]
+    pub quota_mib: Option<String>,
     #[command(flatten)]
     pub chap: ChapArgs,
 }

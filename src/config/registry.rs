@@ -147,6 +147,10 @@ pub struct Client {
     /// Next-boot choice, default choice and menu (`isboot boot`).
     #[serde(default, skip_serializing_if = "NextBoot::is_empty")]
     pub boot: NextBoot,
+    /// Data this client's overlay may hold, MiB, instead of `[limits] client_quota_mib`
+    /// (0: no quota for this client).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota_mib: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -241,6 +245,7 @@ mod tests {
                     default: None,
                     menu: Some(true),
                 },
+                quota_mib: Some(512),
             }],
         };
         let text = toml::to_string(&r).unwrap();

@@ -33,6 +33,13 @@ pub struct ClientView {
     pub bound: super::Bound,
     /// What the client boots next (`isboot boot`).
     pub boot: BootView,
+    /// The client's overlay quota, bytes (its own, else `[limits] client_quota_mib`; none:
+    /// no quota).
+    #[serde(default)]
+    pub quota_bytes: Option<u64>,
+    /// The quota is the client's own (`set-client --quota-mib`), not the `[limits]` default.
+    #[serde(default)]
+    pub quota_own: bool,
 }
 
 /// A client's boot settings: `next` (one-shot, cleared once served), `default` (what it boots
@@ -151,6 +158,8 @@ impl ClientView {
             overlay_bytes: on_disk(&path),
             bound,
             boot: BootView::of(c),
+            quota_bytes: st.client_quota(&c.name),
+            quota_own: c.quota_mib.is_some(),
         }
     }
 
@@ -241,7 +250,7 @@ impl StatusView {
                     },
                     quota_bytes: match (t, &spec.kind) {
                         (Some(t), _) => t.quota_bytes,
-                        (None, TargetKind::Client(_)) => st.config.limits.client_quota(),
+                        (None, TargetKind::Client(name)) => st.client_quota(name),
                         (None, TargetKind::Maintenance(_)) => None,
                     },
                     over_quota: t.is_some_and(|t| t.over_quota),

@@ -323,10 +323,9 @@ impl StateRegistry {
         }
         bases.retain(|_, w| w.strong_count() > 0);
         // Every client's overlay under today's quota (a maintenance disk has none).
-        let quota = state.config.limits.client_quota();
         for l in &next {
-            l.overlay.set_quota(match l.spec.kind {
-                TargetKind::Client(_) => quota,
+            l.overlay.set_quota(match &l.spec.kind {
+                TargetKind::Client(name) => state.client_quota(name),
                 TargetKind::Maintenance(_) => None,
             });
         }
@@ -789,6 +788,7 @@ mod tests {
                 mode,
                 initiators: vec![],
                 chap: None,
+                quota_mib: None,
             })
             .unwrap();
         }
@@ -1056,6 +1056,7 @@ mod tests {
                 mode: Mode::Persistent,
                 initiators: vec![],
                 chap: None,
+                quota_mib: None,
             })
             .unwrap();
     }
@@ -1165,6 +1166,55 @@ mod tests {
         let t = st.target("iqn.2026-11.org.isboot:pc5").unwrap();
         assert_eq!(t.quota_bytes, Some(2 << 20));
         assert!(!t.over_quota);
+
+        // pc5's own quota overrides the config's (and follows the registry without a
+        // restart); pc2 keeps the config's.
+        std::thread::sleep(Duration::from_millis(20));
+        let pc5_own = dir
+            .lock()
+            .unwrap()
+            .set_client_quota("pc5", Some(1))
+            .unwrap();
+        assert_eq!(pc5_own.quota_mib, Some(1));
+        assert!(reg.reload_if_changed().unwrap());
+        let e = dev.write(2 << 20, &[4; 4096], false).unwrap_err();
+        assert!(
+            matches!(e, crate::store::StoreError::QuotaExceeded { .. }),
+            "{e}"
+        );
+        let st = reg.status();
+        let quota = |name: &str| {
+            st.target(&format!("iqn.2026-11.org.isboot:{name}"))
+                .unwrap()
+                .quota_bytes
+        };
+        assert_eq!((quota("pc5"), quota("pc2")), (Some(1 << 20), Some(2 << 20)));
+        // 0: no quota for this client, whatever the config says.
+        std::thread::sleep(Duration::from_millis(20));
+        dir.lock()
+            .unwrap()
+            .set_client_quota("pc5", Some(0))
+            .unwrap();
+        assert!(reg.reload_if_changed().unwrap());
+        dev.write(2 << 20, &[4; 1 << 20], false).unwrap();
+        assert_eq!(
+            reg.status()
+                .target("iqn.2026-11.org.isboot:pc5")
+                .unwrap()
+                .quota_bytes,
+            None
+        );
+        // Back to the config's.
+        std::thread::sleep(Duration::from_millis(20));
+        dir.lock().unwrap().set_client_quota("pc5", None).unwrap();
+        assert!(reg.reload_if_changed().unwrap());
+        assert_eq!(
+            reg.status()
+                .target("iqn.2026-11.org.isboot:pc5")
+                .unwrap()
+                .quota_bytes,
+            Some(2 << 20)
+        );
     }
 
     #[test]

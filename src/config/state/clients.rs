@@ -26,6 +26,8 @@ pub struct AddClient {
     /// Allowed initiators; empty = the default `<prefix>:initiator:<name>`.
     pub initiators: Vec<Iqn>,
     pub chap: Option<Chap>,
+    /// Overlay quota, MiB, instead of `[limits] client_quota_mib` (0: none).
+    pub quota_mib: Option<u64>,
 }
 
 impl StateDir {
@@ -184,6 +186,7 @@ impl Locked {
             // Secrets live in secrets/<name>.toml; `chap` in the registry is the old place.
             chap: None,
             boot: Default::default(),
+            quota_mib: req.quota_mib,
         };
         self.state.registry.clients.push(client.clone());
         self.save_or_forget(&[&rel])?;
@@ -230,6 +233,26 @@ impl Locked {
         for x in self.state.registry.clients.iter_mut() {
             if x.name == name {
                 x.ip = ip;
+                out = Some(x.clone());
+            }
+        }
+        self.save()?;
+        out.ok_or_else(|| ConfigError::UnknownClient(which.to_string()))
+    }
+
+    /// Set a client's overlay quota, MiB (0: none), or with `None` go back to
+    /// `[limits] client_quota_mib` (`set-client --quota-mib`). A running server applies it
+    /// when it reloads the registry.
+    pub fn set_client_quota(
+        &mut self,
+        which: &str,
+        quota_mib: Option<u64>,
+    ) -> Result<Client, ConfigError> {
+        let name = self.state.client(which)?.name.clone();
+        let mut out = None;
+        for x in self.state.registry.clients.iter_mut() {
+            if x.name == name {
+                x.quota_mib = quota_mib;
                 out = Some(x.clone());
             }
         }

@@ -423,6 +423,19 @@ impl State {
             .ok_or_else(|| ConfigError::UnknownImage(name.to_string()))
     }
 
+    /// The overlay quota of client `name`, bytes: its own `quota_mib` if set (0: none), else
+    /// `[limits] client_quota_mib`.
+    pub fn client_quota(&self, name: &ClientName) -> Option<u64> {
+        match self.registry.clients.iter().find(|c| &c.name == name) {
+            Some(Client {
+                quota_mib: Some(m), ..
+            }) => Some(*m)
+                .filter(|&m| m > 0)
+                .map(|m| m.saturating_mul(1 << 20)),
+            _ => self.config.limits.client_quota(),
+        }
+    }
+
     fn client(&self, which: &str) -> Result<&Client, ConfigError> {
         self.registry
             .find_client(which)
