@@ -235,7 +235,8 @@ fn sample(metrics: &str, name: &str) -> Option<f64> {
 #[test]
 fn metrics_and_the_status_api_on_the_admin_routes() {
     let lab = Lab::with_image();
-    lab.add("52:54:00:00:00:01", "pc1", &[]);
+    lab.add("52:54:00:00:00:01", "pc1", &["--quota-mib", "5"]);
+    lab.add("52:54:00:00:00:02", "pc2", &[]);
     let mut srv = Serve::start(&lab.dir);
     let mut a = client(srv.addr, "pc1");
     write(&mut a, 16, &[0xA1; 8192], true);
@@ -290,8 +291,46 @@ fn metrics_and_the_status_api_on_the_admin_routes() {
         Some(1.0),
         "{m}"
     );
+    // pc1's quota (its own; pc2 has none) and the data it counts: 8 KiB written at 8 KiB,
+    // two 4 KiB overlay blocks.
+    let pc2 = "{client=\"pc2\",kind=\"client\"}";
+    assert_eq!(
+        sample(&m, &format!("isboot_client_quota_bytes{pc1}")),
+        Some((5u64 << 20) as f64),
+        "{m}"
+    );
+    assert_eq!(
+        sample(&m, &format!("isboot_client_quota_bytes{pc2}")),
+        None,
+        "{m}"
+    );
+    assert_eq!(
+        sample(&m, &format!("isboot_client_overlay_data_bytes{pc1}")),
+        Some(8192.0),
+        "{m}"
+    );
+    assert_eq!(
+        sample(&m, &format!("isboot_client_over_quota{pc1}")),
+        Some(0.0),
+        "{m}"
+    );
+    // The state file system as statvfs(2) sees it (free space moves with other writers on
+    // this machine: within 256 MiB), and the warning threshold's default, 1024 MiB.
+    let fs = rustix::fs::statvfs(&lab.dir).unwrap();
+    assert_eq!(
+        sample(&m, "isboot_state_fs_size_bytes"),
+        Some((fs.f_blocks * fs.f_frsize) as f64),
+        "{m}"
+    );
+    let free = sample(&m, "isboot_state_fs_available_bytes").unwrap();
     assert!(
-        sample(&m, "isboot_state_fs_available_bytes").unwrap() > 0.0,
+        (free - (fs.f_bavail * fs.f_frsize) as f64).abs() < (256u64 << 20) as f64,
+        "{free} vs {} free now",
+        fs.f_bavail * fs.f_frsize
+    );
+    assert_eq!(
+        sample(&m, "isboot_state_fs_warning_bytes"),
+        Some((1024u64 << 20) as f64),
         "{m}"
     );
     // The write-data budget ([limits] write_buffer_mib, default at least 32 MiB): the write

@@ -506,6 +506,36 @@ impl Collector for StateCollector {
         )?;
         family(
             &mut enc,
+            "isboot_client_overlay_data",
+            "Bytes of data a client's overlay holds (its written blocks): what its quota counts",
+            Some(&Unit::Bytes),
+            &gauges(|t| i64::try_from(t.overlay_data_bytes).unwrap_or(i64::MAX)),
+        )?;
+        // Only disks with a quota (the client's own or [limits] client_quota_mib).
+        let quotas: Vec<(TargetLabels, ConstGauge<i64>)> = status
+            .targets
+            .iter()
+            .filter_map(|t| {
+                let q = i64::try_from(t.quota_bytes?).unwrap_or(i64::MAX);
+                Some((labels(t), ConstGauge::new(q)))
+            })
+            .collect();
+        family(
+            &mut enc,
+            "isboot_client_quota",
+            "Bytes of data a client's overlay may hold (absent: no quota)",
+            Some(&Unit::Bytes),
+            &quotas,
+        )?;
+        family(
+            &mut enc,
+            "isboot_client_over_quota",
+            "1 while a client's writes that need space are refused for its quota",
+            None,
+            &gauges(|t| i64::from(t.over_quota)),
+        )?;
+        family(
+            &mut enc,
             "isboot_client_disk_failed",
             "1 when a client's overlay hit an I/O error and refuses writes",
             None,
@@ -534,6 +564,13 @@ impl Collector for StateCollector {
                 "Size of the state directory's file system",
                 Some(&Unit::Bytes),
                 size.metric_type(),
+            )?)?;
+            let warning = ConstGauge::new(status.state_fs.map_or(0, |s| s.warning_bytes) as f64);
+            warning.encode(enc.encode_descriptor(
+                "isboot_state_fs_warning",
+                "Free space below which isboot warns ([limits] space_warning_mib)",
+                Some(&Unit::Bytes),
+                warning.metric_type(),
             )?)?;
         }
         let images = self.registry.image_cache(IMAGE_CACHE_SAMPLE);
