@@ -1,7 +1,8 @@
 //! The boot routes of `isboot serve` on loopback, fetched with curl from several 127.0.0.x
 //! source addresses: a client's iPXE script only to its own address (403 for anyone else, and
 //! for a client with no known address), the one-shot choice used up when served, the
-//! installer callback, and boot files with byte ranges and no way out of `boot-files/`.
+//! installer callback, and boot files with byte ranges and no way out of `boot-files/`;
+//! installers' files (ranges) and their answer files, only to their client.
 
 mod fixture;
 use fixture::*;
@@ -51,13 +52,10 @@ fn boot_addr(dir: &Path) -> SocketAddr {
     }
 }
 
-#[test]
-fn scripts_only_to_their_client_files_with_ranges() {
-    if !have("curl") {
-        return skip("curl not installed");
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("state");
+/// A state directory in `tmp/state` serving on 127.0.0.1 with its boot routes on 127.0.0.1:0,
+/// `extra` appended to its config, and one image `deb`.
+fn boot_state(tmp: &Path, extra: &str) -> std::path::PathBuf {
+    let dir = tmp.join("state");
     isboot(
         &dir,
         &[
@@ -71,13 +69,28 @@ fn scripts_only_to_their_client_files_with_ranges() {
     let cfg = dir.join("isboot.toml");
     let text = std::fs::read_to_string(&cfg).unwrap();
     assert!(text.contains("# boot_listen = "), "{text}");
+    // init may have found Debian's installer; these tests set their own.
+    let text = match text.find("\n[[installer]]") {
+        Some(i) => text[..i].to_string(),
+        None => text,
+    };
     std::fs::write(
         &cfg,
-        text.replace("[http]\n", "[http]\nboot_listen = \"127.0.0.1:0\"\n"),
+        text.replace("[http]\n", "[http]\nboot_listen = \"127.0.0.1:0\"\n") + extra,
     )
     .unwrap();
-    let img = patterned_image(tmp.path(), "base.img", 1 << 20);
+    let img = patterned_image(tmp, "base.img", 1 << 20);
     isboot(&dir, &["image", "add", "deb", img.to_str().unwrap()]);
+    dir
+}
+
+#[test]
+fn scripts_only_to_their_client_files_with_ranges() {
+    if !have("curl") {
+        return skip("curl not installed");
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = boot_state(tmp.path(), "");
     // pca reserved at 127.0.0.2; pcb with no address at all.
     isboot(
         &dir,
@@ -224,4 +237,170 @@ fn scripts_only_to_their_client_files_with_ranges() {
         "{log}"
     );
     assert!(log.contains("script served"), "{log}");
+}
+
+#[test]
+fn installer_files_and_answers_only_to_their_client() {
+    if !have("curl") {
+        return skip("curl not installed");
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let kernel = pattern(300_000, 3);
+    let initrd = pattern(200_000, 5);
+    std::fs::write(tmp.path().join("linux"), &kernel).unwrap();
+    std::fs::write(tmp.path().join("initrd.gz"), &initrd).unwrap();
+    let t = tmp.path().display();
+    let extra = format!(
+        "\n[[installer]]\nname = \"debian12\"\nlabel = \"Install Debian 12\"\nkernel = \"{t}/linux\"\ninitrd = \"{t}/initrd.gz\"\ncmdline = \"console=ttyS0,115200\"\nanswer = \"preseed\"\n[installer.vars]\nearly_command = \"echo ISBOOT-MARK > /dev/ttyS0\"\n\n[[installer]]\nname = \"rocky\"\nkernel = \"{t}/linux\"\ninitrd = \"{t}/initrd.gz\"\nanswer = \"kickstart\"\n"
+    );
+    let dir = boot_state(tmp.path(), &extra);
+    isboot(
+        &dir,
+        &[
+            "add-client",
+            "--mac",
+            MAC_A,
+            "--image",
+            "deb",
+            "--name",
+            "pca",
+            "--ip",
+            "127.0.0.2",
+        ],
+    );
+    let (_user, secret) = chap_of(&dir, "pca").expect("pca has CHAP");
+    // The admin's kickstart template for rocky does not render.
+    std::fs::create_dir_all(dir.join("templates/rocky")).unwrap();
+    std::fs::write(
+        dir.join("templates/rocky/ks.cfg.j2"),
+        "text\n{{ no_such_var }}\n",
+    )
+    .unwrap();
+
+    // An unknown installer is refused in one line, and nothing changes.
+    let o = isboot_cmd(&dir)
+        .args(["boot", "pca", "--next", "install:nosuch"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("no installer named nosuch") && err.contains("debian12, rocky"),
+        "{err}"
+    );
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    isboot(&dir, &["boot", "pca", "--next", "install:debian12"]);
+
+    let mut srv = Serve::start(&dir);
+    let boot = boot_addr(&dir);
+    let url = |p: &str| format!("http://{boot}{p}");
+    let script = url(&format!("/boot/{MAC_A}.ipxe"));
+    let answer = url("/answer/52-54-00-00-00-01/debian12/preseed.cfg");
+
+    // The script boots the installer, over HTTP, with the answer-file arguments; it holds no
+    // secret; another address gets 403.
+    assert_eq!(get("127.0.0.3", &script).0, 403);
+    let until = Instant::now() + Duration::from_secs(10);
+    let body = loop {
+        let (code, body) = get("127.0.0.2", &script);
+        assert_eq!(code, 200, "{body}");
+        if body.contains("goto install-debian12") {
+            break body;
+        }
+        assert!(Instant::now() < until, "install never served: {body}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        body.starts_with("#!ipxe\ngoto install-debian12\n"),
+        "{body}"
+    );
+    let want = format!(
+        ":install-debian12\nkernel http://{boot}/install/debian12/kernel initrd=initrd console=ttyS0,115200 auto=true priority=critical interface=auto url={answer} || goto failed\ninitrd http://{boot}/install/debian12/initrd || goto failed\nboot || goto failed\n"
+    );
+    assert!(body.contains(&want), "{body}");
+    assert!(body.contains(":install-rocky\n"), "{body}");
+    assert!(!body.contains(&secret), "{body}");
+
+    // The preseed: 403 elsewhere, rendered for pca at its address, no secret.
+    let (code, body) = get("127.0.0.3", &answer);
+    assert_eq!(code, 403, "{body}");
+    assert!(!body.contains("pca"), "{body}");
+    let (code, body) = get("127.0.0.2", &answer);
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        body.contains("d-i preseed/early_command string echo ISBOOT-MARK > /dev/ttyS0\n"),
+        "{body}"
+    );
+    assert!(
+        body.contains("d-i netcfg/get_hostname string pca\n"),
+        "{body}"
+    );
+    assert!(
+        body.contains(&format!("http://{boot}/done/52-54-00-00-00-01")),
+        "{body}"
+    );
+    assert!(!body.contains(&secret), "{body}");
+    // A file the installer does not have, an unknown installer: 404.
+    for p in [
+        "/answer/52-54-00-00-00-01/debian12/ks.cfg",
+        "/answer/52-54-00-00-00-01/nosuch/preseed.cfg",
+        "/answer/52-54-00-00-00-01/debian12/..%2f..%2fisboot.toml",
+    ] {
+        let (code, body) = get("127.0.0.2", &url(p));
+        assert_eq!(code, 404, "{p}: {body}");
+    }
+    // A broken template: 500 naming it.
+    let (code, body) = get("127.0.0.2", &url("/answer/52-54-00-00-00-01/rocky/ks.cfg"));
+    assert_eq!(code, 500, "{body}");
+    assert!(body.contains("templates/rocky/ks.cfg.j2"), "{body}");
+
+    // The installer's files: any host, whole and by range; nothing else.
+    let k = url("/install/debian12/kernel");
+    let (code, body) = curl("127.0.0.4", &[&k]);
+    assert_eq!((code, body.len()), (200, kernel.len()));
+    assert_eq!(body, kernel);
+    let (code, body) = curl("127.0.0.4", &["-r", "4096-69631", &k]);
+    assert_eq!(code, 206);
+    assert_eq!(body, kernel[4096..69632]);
+    let (code, body) = curl("127.0.0.4", &[&url("/install/debian12/initrd")]);
+    assert_eq!((code, body == initrd), (200, true));
+    for p in [
+        "/install/debian12/iso",
+        "/install/nosuch/kernel",
+        "/install/debian12/cmdline",
+    ] {
+        assert_eq!(get("127.0.0.4", &url(p)).0, 404, "{p}");
+    }
+
+    // The install stays until its callback (a reboot lands in the installer again) ...
+    assert!(
+        get("127.0.0.2", &script)
+            .1
+            .contains("goto install-debian12")
+    );
+    let done = url(&format!("/done/{MAC_A}"));
+    assert_eq!(curl("127.0.0.3", &["-X", "POST", &done]).0, 403);
+    let (code, body) = curl("127.0.0.2", &["-X", "POST", "--data", "done", &done]);
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+    // ... which ends it: the disk again.
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (code, body) = get("127.0.0.2", &script);
+        assert_eq!(code, 200);
+        if body.starts_with("#!ipxe\ngoto disk\n") {
+            break;
+        }
+        assert!(Instant::now() < until, "install not ended: {body}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let v: serde_json::Value =
+        serde_json::from_str(&isboot(&dir, &["show-client", "pca", "--json"])).unwrap();
+    assert!(v["boot"]["next"].is_null(), "{v}");
+
+    srv.stop();
+    let log = srv.log_text();
+    assert!(log.contains("answer file refused"), "{log}");
+    assert!(log.contains("answer file served"), "{log}");
+    assert!(log.contains("ks.cfg.j2"), "{log}");
+    assert!(!log.contains(&secret), "{log}");
 }

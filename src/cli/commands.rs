@@ -127,6 +127,34 @@ pub fn init(dir: &StateDir, a: InitArgs) -> R {
             );
         }
     }
+    // Boot menu entries from Debian's packages, when installed.
+    let netboot = std::path::Path::new(crate::config::installer::DEBIAN12_NETBOOT_DIR);
+    if netboot.join("linux").is_file() && netboot.join("initrd.gz").is_file() {
+        c.installers
+            .push(crate::config::installer::debian12(netboot));
+        crate::config::write_atomic(&dir.config_path(), c.render().as_bytes(), 0o644)?;
+        outln!(
+            "  installer:  debian12 (debian-installer-12-netboot-amd64; isboot boot CLIENT --next install:debian12)"
+        );
+    }
+    let memtest = dir.path(crate::service::menu::BOOT_FILES_DIR);
+    match crate::service::menu::populate_memtest(
+        &memtest,
+        std::path::Path::new(crate::service::menu::MEMTEST_SOURCE_DIR),
+    ) {
+        Ok(0) => outln!(
+            "  note: memtest86+ not found in {}; install Debian's memtest86+ package for the menu's memory test (apt-get install memtest86+) and copy its memtest86+x64.bin/.efi into {}/memtest/",
+            crate::service::menu::MEMTEST_SOURCE_DIR,
+            memtest.display()
+        ),
+        Ok(_) => outln!("  memtest:    {}/memtest/", memtest.display()),
+        Err(e) => {
+            return Err(CliError::Failed(format!(
+                "copying memtest86+ into {}: {e}",
+                memtest.display()
+            )));
+        }
+    }
     outln!("initialised {}", dir.root().display());
     outln!("  config:     {}", dir.config_path().display());
     outln!("  iqn prefix: {}", c.iqn_prefix);

@@ -3,6 +3,7 @@
 //! (and the `[dhcp]` section, owned by the DHCP service) are kept as they are.
 
 use super::ConfigError;
+use super::installer::Installer;
 use super::limits::Limits;
 use super::names::{Iqn, Net, Subnet};
 use super::store::StoreConfig;
@@ -17,6 +18,12 @@ pub const ISCSI_PORT: u16 = 3260;
 pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:9260";
 /// Default port of the boot routes (iPXE scripts, boot files) on `server_ip`.
 pub const DEFAULT_BOOT_HTTP_PORT: u16 = 9261;
+
+/// Seconds a client's boot menu waits before it boots the default, when `menu_timeout` is
+/// not set.
+pub const DEFAULT_MENU_TIMEOUT: u32 = 5;
+/// Longest `menu_timeout` taken (an hour).
+pub const MAX_MENU_TIMEOUT: u32 = 3600;
 
 /// `[http] boot_listen`: where the boot routes listen. Unset: `server_ip`, port
 /// [`DEFAULT_BOOT_HTTP_PORT`] (off without a `server_ip`); `"off"`: not at all.
@@ -62,6 +69,13 @@ pub struct Config {
     /// iSCSI listen address; None: [`Config::listen_addr`]'s default (the boot address).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub listen: Option<SocketAddr>,
+    /// Seconds a client's boot menu (`isboot boot --menu on`) waits before booting its
+    /// default; 0: no menu, the default boots at once. None: [`DEFAULT_MENU_TIMEOUT`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub menu_timeout: Option<u32>,
+    /// `[[installer]]` entries.
+    #[serde(default, rename = "installer", skip_serializing_if = "Vec::is_empty")]
+    pub installers: Vec<Installer>,
     /// DHCP settings (defined by the DHCP service).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dhcp: Option<toml::Value>,
@@ -194,6 +208,8 @@ impl Default for Config {
             subnet: None,
             iqn_prefix: default_prefix(),
             listen: None,
+            menu_timeout: None,
+            installers: Vec::new(),
             dhcp: None,
             http: HttpConfig::default(),
             limits: Limits::default(),
@@ -219,6 +235,16 @@ impl Config {
             path: path.to_path_buf(),
             message,
         })?;
+        super::installer::validate(&c.installers).map_err(|message| ConfigError::Parsing {
+            path: path.to_path_buf(),
+            message,
+        })?;
+        if c.menu_timeout.is_some_and(|t| t > MAX_MENU_TIMEOUT) {
+            return Err(ConfigError::Parsing {
+                path: path.to_path_buf(),
+                message: format!("menu_timeout must be 0 (no menu) to {MAX_MENU_TIMEOUT} seconds"),
+            });
+        }
         if let (Some(ip), Some(net)) = (c.server_ip, c.subnet) {
             if !net.contains(ip) {
                 return Err(ConfigError::Parsing {
@@ -275,6 +301,16 @@ impl Config {
             Some(l) => s.push_str(&format!("listen = \"{l}\"\n")),
             None => s.push_str(&format!("# listen = \"{}\"\n", self.listen_addr())),
         }
+        s.push_str(
+            "\n# Seconds a client's boot menu (isboot boot CLIENT --menu on) waits before it boots\n",
+        );
+        s.push_str(&format!(
+            "# the client's default choice; 0: no menu, the default boots at once. Default {DEFAULT_MENU_TIMEOUT}.\n"
+        ));
+        match self.menu_timeout {
+            Some(t) => s.push_str(&format!("menu_timeout = {t}\n")),
+            None => s.push_str(&format!("# menu_timeout = {DEFAULT_MENU_TIMEOUT}\n")),
+        }
         let mut rest = self.extra.clone();
         if let Some(d) = &self.dhcp {
             rest.insert("dhcp".into(), d.clone());
@@ -296,7 +332,18 @@ impl Config {
         s.push_str(&self.limits.render());
         s.push('\n');
         s.push_str(&self.store.render());
+        super::installer::render(&self.installers, &mut s);
         s
+    }
+
+    /// Seconds the boot menu waits (0: no menu).
+    pub fn menu_timeout(&self) -> u32 {
+        self.menu_timeout.unwrap_or(DEFAULT_MENU_TIMEOUT)
+    }
+
+    /// The `[[installer]]` entry named `name`.
+    pub fn installer(&self, name: &super::ImageName) -> Option<&Installer> {
+        self.installers.iter().find(|i| i.name == *name)
     }
 
     /// Where the iSCSI target listens: `listen` when set, else this server's address on the

@@ -18,6 +18,7 @@
 
 pub mod file;
 pub mod import;
+pub mod installer;
 pub mod limits;
 pub mod names;
 pub mod registry;
@@ -28,6 +29,7 @@ pub mod status;
 pub mod store;
 
 pub use file::{BootListen, Config, HttpConfig};
+pub use installer::{AnswerKind, Installer};
 pub use names::{ClientName, ImageName, Iqn, MacAddr, Net, Subnet};
 pub use registry::{Chap, Client, Image, Maintenance, Mode, Registry, Version};
 pub use report::{BootView, ChapView, ClientView, StatusRow, StatusView};

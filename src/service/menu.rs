@@ -6,6 +6,13 @@
 //!   (cleared in the registry) when its script is served, except an install, which stays until
 //!   its installer calls back, so a reboot during the install lands in the installer again.
 //! - `POST /done/<mac>`: the installer's callback; clears that client's pending install.
+//! - `GET /answer/<mac>/<installer>/<file>`: that client's answer file for an `[[installer]]`
+//!   (preseed, kickstart, autoinstall; [`crate::boot::answer`]), rendered from
+//!   `<state>/templates/<installer>/<file>.j2`, `<state>/templates/<file>.j2` or the built-in
+//!   template; only to the client's own address, like its script. A template that does not
+//!   render is a 500 naming it (and an error line in the log).
+//! - `GET /install/<name>/kernel|initrd|iso`: an installer's files, with byte ranges; like
+//!   `/files/`, not secret and served to any host that reaches the boot address.
 //! - `GET /files/...`: boot files (kernels, initrds, memtest, ISOs) from `<state>/boot-files/`,
 //!   with byte ranges (tower-http's `ServeDir`; paths with `..` are refused). They are not
 //!   secret and the same for every client: any host that reaches the boot address gets them.
@@ -21,23 +28,51 @@
 //! `[dhcp]`) gets nothing: no address is its own, so no fetch can be told from a stranger's.
 //! Unknown MACs get the same 403, so the routes do not tell which MACs are clients.
 
-use crate::boot::script::{BootChoice, ClientScript, render};
-use crate::config::{BootAction, Bound, ClientName, MacAddr, State, TargetKind};
+use crate::boot::answer::{self, AnswerContext};
+use crate::boot::script::{BootChoice, ClientScript, ScriptInstaller, render};
+use crate::config::{BootAction, Bound, Client, ClientName, Installer, MacAddr, State, TargetKind};
 use crate::service::budget::PeerLog;
 use crate::service::registry::StateRegistry;
 use axum::Router;
-use axum::extract::{ConnectInfo, Path, State as AxState};
+use axum::extract::{ConnectInfo, Path, Request, State as AxState};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, OnceLock};
 
-/// Seconds the menu waits for a key when a client's menu is on (`isboot boot --menu on`).
-pub const MENU_TIMEOUT_SECS: u32 = 5;
-
 /// The directory under the state directory that `/files/` serves.
 pub const BOOT_FILES_DIR: &str = "boot-files";
+/// Where Debian's memtest86+ package puts its binaries.
+pub const MEMTEST_SOURCE_DIR: &str = "/boot";
+/// The memtest86+ binaries the menu chains (BIOS, UEFI), under `<boot files>/memtest/`.
+pub const MEMTEST_FILES: [&str; 2] = ["memtest86+x64.bin", "memtest86+x64.efi"];
+
+/// Copy memtest86+'s binaries from `from` into `<boot_files>/memtest/`, where the menu
+/// serves them; returns how many were found.
+pub fn populate_memtest(
+    boot_files: &std::path::Path,
+    from: &std::path::Path,
+) -> std::io::Result<usize> {
+    let dst = boot_files.join("memtest");
+    let mut n = 0;
+    for f in MEMTEST_FILES {
+        let src = from.join(f);
+        if !src.is_file() {
+            continue;
+        }
+        std::fs::create_dir_all(&dst)?;
+        let tmp = dst.join(format!(".{f}.tmp"));
+        std::fs::copy(&src, &tmp)?;
+        std::fs::File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, dst.join(f))?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// The directory under the state directory with the admin's answer-file templates.
+pub const TEMPLATES_DIR: &str = "templates";
 
 #[derive(Clone)]
 struct Menu {
@@ -59,6 +94,8 @@ pub fn router(registry: Arc<StateRegistry>, base: Arc<OnceLock<SocketAddr>>) -> 
     Router::new()
         .route("/boot/{file}", get(script))
         .route("/done/{mac}", post(done))
+        .route("/answer/{mac}/{installer}/{file}", get(answer_file))
+        .route("/install/{name}/{what}", get(install_file))
         .nest_service("/files", tower_http::services::ServeDir::new(files))
         .with_state(m)
 }
@@ -128,20 +165,35 @@ async fn script(
         BootAction::Disk => BootChoice::Disk,
         BootAction::Memtest => BootChoice::Memtest,
         BootAction::Local => BootChoice::Local,
-        BootAction::Image(_) | BootAction::Install(_) => {
-            tracing::warn!(client = %name, %action, "boot HTTP: booting other images and installers is not built yet; its script boots its disk");
+        BootAction::Install(n) if st.config.installer(n).is_some() => {
+            BootChoice::Install(n.to_string())
+        }
+        BootAction::Install(_) => {
+            tracing::warn!(client = %name, %action, "boot HTTP: no such [[installer]] in isboot.toml (removed?); its script boots its disk");
             BootChoice::Disk
         }
+        BootAction::Image(_) => {
+            tracing::warn!(client = %name, %action, "boot HTTP: booting other images is not built yet; its script boots its disk");
+            BootChoice::Disk
+        }
+    };
+    let installers: Vec<ScriptInstaller> = st
+        .config
+        .installers
+        .iter()
+        .map(|i| script_installer(*base, c, i))
+        .collect();
+    let menu_timeout = if c.boot.menu == Some(true) {
+        st.config.menu_timeout()
+    } else {
+        0
     };
     let body = render(&ClientScript {
         root_path: &root_path,
         files_url: &format!("http://{base}/files"),
         default,
-        menu_timeout: if c.boot.menu == Some(true) {
-            MENU_TIMEOUT_SECS
-        } else {
-            0
-        },
+        menu_timeout,
+        installers: &installers,
     });
     // A one-shot choice is used up now (an install when its installer calls back).
     if let Some(next) = c
@@ -160,6 +212,175 @@ async fn script(
     }
     tracing::info!(client = %name, %peer, boot = %action, "boot HTTP: script served");
     ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
+}
+
+/// `http://<base>/answer/<mac>/<installer>`: client `c`'s answer files for `i`.
+fn answer_url(base: SocketAddr, c: &Client, i: &Installer) -> String {
+    format!("http://{base}/answer/{}/{}", c.mac.dashed(), i.name)
+}
+
+fn install_url(base: SocketAddr, i: &Installer, what: &str) -> String {
+    format!("http://{base}/install/{}/{what}", i.name)
+}
+
+/// Installer `i` as client `c`'s script boots it: its command line plus the arguments that
+/// point it at `c`'s answer files.
+fn script_installer(base: SocketAddr, c: &Client, i: &Installer) -> ScriptInstaller {
+    let iso = i.iso.as_ref().map(|_| install_url(base, i, "iso"));
+    let mut args = i.cmdline.trim().to_string();
+    if let Some(kind) = i.answer {
+        if !args.is_empty() {
+            args.push(' ');
+        }
+        args.push_str(&answer::kernel_args(
+            kind,
+            &answer_url(base, c, i),
+            iso.as_deref(),
+        ));
+    }
+    ScriptInstaller {
+        name: i.name.to_string(),
+        label: i.label().to_string(),
+        kernel_url: install_url(base, i, "kernel"),
+        initrd_url: install_url(base, i, "initrd"),
+        args,
+    }
+}
+
+/// `GET /answer/<mac>/<installer>/<file>`: only to the client's own address.
+async fn answer_file(
+    AxState(m): AxState<Menu>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path((mac, installer, file)): Path<(String, String, String)>,
+) -> Response {
+    let st = m.registry.current_state();
+    let Some(name) = own_client(&m, &st, &mac, peer.ip(), "answer file") else {
+        return refused();
+    };
+    let (Some(c), Some(base)) = (st.registry.client(&name), m.base.get()) else {
+        return refused();
+    };
+    let not_found = || {
+        text(
+            StatusCode::NOT_FOUND,
+            "not found: no such installer or answer file\n",
+        )
+    };
+    let Some(i) = installer.parse().ok().and_then(|n| st.config.installer(&n)) else {
+        return not_found();
+    };
+    let Some(kind) = i.answer.filter(|k| k.files().contains(&file.as_str())) else {
+        return not_found();
+    };
+    let target = st.target_iqn(&c.name).to_string();
+    let ctx = AnswerContext {
+        client: name.as_str(),
+        mac: c.mac.to_string(),
+        ip: peer.ip().to_canonical().to_string(),
+        target: &target,
+        server: base.to_string(),
+        installer: i.name.as_str(),
+        answer_url: answer_url(*base, c, i),
+        done_url: format!("http://{base}/done/{}", c.mac.dashed()),
+        kernel_url: install_url(*base, i, "kernel"),
+        initrd_url: install_url(*base, i, "initrd"),
+        iso_url: i.iso.as_ref().map(|_| install_url(*base, i, "iso")),
+        vars: &i.vars,
+    };
+    let dir = m.registry.state_dir().path(TEMPLATES_DIR);
+    let candidates = [
+        dir.join(i.name.as_str()).join(format!("{file}.j2")),
+        dir.join(format!("{file}.j2")),
+    ];
+    let own = super::blocking(|| {
+        for p in &candidates {
+            match read_template(p) {
+                Ok(Some(t)) => return Ok(Some((p.display().to_string(), t))),
+                Ok(None) => {}
+                Err(e) => return Err(format!("answer template {}: {e}", p.display())),
+            }
+        }
+        Ok(None)
+    });
+    let rendered = match own {
+        Ok(Some((path, t))) => answer::render(&path, &t, &ctx).map_err(|e| e.to_string()),
+        Ok(None) => match answer::builtin(kind, &file) {
+            Some(t) => {
+                answer::render(&format!("built-in {file}.j2"), t, &ctx).map_err(|e| e.to_string())
+            }
+            None => return not_found(),
+        },
+        Err(e) => Err(e),
+    };
+    match rendered {
+        Ok(body) => {
+            tracing::info!(client = %name, %peer, installer = %i.name, file, "boot HTTP: answer file served");
+            ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
+        }
+        Err(e) => {
+            tracing::error!(client = %name, installer = %i.name, "boot HTTP: {e}");
+            text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n"))
+        }
+    }
+}
+
+/// An admin's template at `p`: None when there is none; bounded by [`answer::MAX_TEMPLATE`].
+fn read_template(p: &std::path::Path) -> Result<Option<String>, String> {
+    use std::io::Read as _;
+    let f = match std::fs::File::open(p) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.to_string()),
+    };
+    let mut t = String::new();
+    f.take(answer::MAX_TEMPLATE + 1)
+        .read_to_string(&mut t)
+        .map_err(|e| e.to_string())?;
+    if t.len() as u64 > answer::MAX_TEMPLATE {
+        return Err(format!("longer than {} bytes", answer::MAX_TEMPLATE));
+    }
+    Ok(Some(t))
+}
+
+/// `GET /install/<name>/kernel|initrd|iso`: an installer's files, with byte ranges.
+async fn install_file(
+    AxState(m): AxState<Menu>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path((name, what)): Path<(String, String)>,
+    req: Request,
+) -> Response {
+    let st = m.registry.current_state();
+    let Some(path) = name
+        .parse()
+        .ok()
+        .and_then(|n| st.config.installer(&n))
+        .and_then(|i| i.file(&what))
+    else {
+        return text(
+            StatusCode::NOT_FOUND,
+            "not found: GET /install/<installer>/kernel|initrd|iso\n",
+        );
+    };
+    match tower_http::services::ServeFile::new(path)
+        .try_call(req)
+        .await
+    {
+        Ok(r) => {
+            if r.status() == StatusCode::NOT_FOUND {
+                tracing::warn!(installer = name, file = %path.display(), "boot HTTP: installer file missing (see [[installer]] in isboot.toml)");
+            } else {
+                tracing::info!(installer = name, file = what, %peer, status = r.status().as_u16(), "boot HTTP: installer file served");
+            }
+            r.into_response()
+        }
+        Err(e) => {
+            tracing::error!(installer = name, file = %path.display(), "boot HTTP: {e}");
+            text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "cannot read the installer file\n",
+            )
+        }
+    }
 }
 
 /// Clear `name`'s one-shot choice when `used` says so, and serve the changed state at once.

@@ -170,9 +170,28 @@ impl Locked {
                 }
                 Ok(())
             }
-            BootAction::Install(n) => Err(ConfigError::BadArgument(format!(
-                "no installer named {n}: isboot.toml has no [[installer]] entries yet (installers are not built yet; use disk, image:NAME, memtest or local)"
-            ))),
+            BootAction::Install(n) => {
+                if self.state.config.installer(n).is_some() {
+                    return Ok(());
+                }
+                let known: Vec<&str> = self
+                    .state
+                    .config
+                    .installers
+                    .iter()
+                    .map(|i| i.name.as_str())
+                    .collect();
+                Err(ConfigError::BadArgument(if known.is_empty() {
+                    format!(
+                        "no installer named {n}: isboot.toml has no [[installer]] entries (add one; the file has a commented example)"
+                    )
+                } else {
+                    format!(
+                        "no installer named {n} in isboot.toml (its [[installer]] entries: {})",
+                        known.join(", ")
+                    )
+                }))
+            }
             BootAction::Disk | BootAction::Memtest | BootAction::Local => Ok(()),
         }
     }
