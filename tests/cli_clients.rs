@@ -429,9 +429,9 @@ fn boot_choices_are_stored_shown_and_cleared() {
         "unknown image nope",
     );
     lab.refused(
-        &["boot", "pc1", "--default", "install:debian12"],
+        &["boot", "pc1", "--default", "install:nosuch"],
         2,
-        "no installer named debian12",
+        "no installer named nosuch",
     );
     let before = lab.snapshot();
     for bad in ["shell", "image:", "disk:x", "image:a/b"] {
