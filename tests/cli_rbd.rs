@@ -7,40 +7,13 @@
 
 mod fixture;
 use fixture::*;
-use std::collections::HashMap;
+use isboot::store::rbd::{RbdConfig, dev_cluster};
 use std::process::Command;
 use std::sync::OnceLock;
 
-struct Ceph {
-    conf: String,
-    keyring: String,
-    pool: String,
-}
-
-fn ceph() -> &'static Ceph {
-    static C: OnceLock<Ceph> = OnceLock::new();
-    C.get_or_init(|| {
-        let id = std::env::var("ISBOOT_CEPH_ID").unwrap_or_else(|_| "rbdtest".into());
-        let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/ceph-dev"))
-            .args(["start", &id])
-            .output()
-            .expect("running scripts/ceph-dev");
-        assert!(
-            out.status.success(),
-            "scripts/ceph-dev start failed (needs ceph-mon, ceph-osd, ceph-common):\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let env: HashMap<String, String> = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| l.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        Ceph {
-            conf: env["CEPH_CONF"].clone(),
-            keyring: env["CEPH_KEYRING"].clone(),
-            pool: env["CEPH_POOL"].clone(),
-        }
-    })
+fn ceph() -> &'static RbdConfig {
+    static C: OnceLock<RbdConfig> = OnceLock::new();
+    C.get_or_init(dev_cluster)
 }
 
 /// Ceph's `rbd` command on the test cluster.

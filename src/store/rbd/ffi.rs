@@ -12,13 +12,20 @@
     reason = "the librados/librbd C API: a storage backend's FFI module (Cargo.toml [lints])"
 )]
 
+use std::cell::UnsafeCell;
 use std::ffi::{CStr, CString, c_char, c_int, c_void};
+use std::future::Future;
 use std::io;
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 
 type RadosT = *mut c_void;
 type IoCtxT = *mut c_void;
 type ImageT = *mut c_void;
+type CompletionT = *mut c_void;
+/// `rbd_callback_t`.
+type Callback = unsafe extern "C" fn(c: CompletionT, arg: *mut c_void);
 
 /// `rbd_lock_mode_t`: `RBD_LOCK_MODE_EXCLUSIVE`.
 const RBD_LOCK_MODE_EXCLUSIVE: c_int = 0;
@@ -95,6 +102,40 @@ unsafe extern "C" {
         max_owners: *mut usize,
     ) -> c_int;
     fn rbd_lock_get_owners_cleanup(owners: *mut *mut c_char, count: usize);
+    fn rbd_aio_create_completion(
+        cb_arg: *mut c_void,
+        complete_cb: Callback,
+        c: *mut CompletionT,
+    ) -> c_int;
+    fn rbd_aio_get_return_value(c: CompletionT) -> isize;
+    fn rbd_aio_release(c: CompletionT);
+    fn rbd_aio_read(image: ImageT, off: u64, len: usize, buf: *mut c_char, c: CompletionT)
+    -> c_int;
+    fn rbd_aio_write(
+        image: ImageT,
+        off: u64,
+        len: usize,
+        buf: *const c_char,
+        c: CompletionT,
+    ) -> c_int;
+    fn rbd_aio_flush(image: ImageT, c: CompletionT) -> c_int;
+    fn rbd_aio_write_zeroes(
+        image: ImageT,
+        off: u64,
+        len: usize,
+        c: CompletionT,
+        zero_flags: c_int,
+        op_flags: c_int,
+    ) -> c_int;
+    fn rbd_aio_writesame(
+        image: ImageT,
+        off: u64,
+        len: usize,
+        buf: *const c_char,
+        data_len: usize,
+        c: CompletionT,
+        op_flags: c_int,
+    ) -> c_int;
 }
 
 /// `rbd_image_spec_t`.
@@ -419,5 +460,162 @@ impl Image {
         // SAFETY: frees exactly the `n` strings librbd allocated; not used afterwards.
         unsafe { rbd_lock_get_owners_cleanup(owners.as_mut_ptr(), n) };
         Ok(list)
+    }
+}
+
+/// One asynchronous librbd operation: the buffer librbd reads into or writes from, and the
+/// result. Shared (`Arc`) by the [`Aio`] future that awaits it and by librbd's completion
+/// callback, so the buffer outlives whatever librbd does with it even when the future is
+/// dropped first (a cancelled SCSI command): the last of the two to let go frees it.
+struct Op {
+    /// Touched by the submitter before the operation starts, by librbd while it is in
+    /// flight, and by the future only after `done` holds the result (librbd is finished with
+    /// the buffer before it calls the completion callback).
+    buf: UnsafeCell<Vec<u8>>,
+    done: Mutex<Done>,
+}
+
+#[derive(Default)]
+struct Done {
+    result: Option<isize>,
+    waker: Option<Waker>,
+}
+
+// SAFETY: `buf` is only ever accessed by one party at a time, in the order the `done` mutex
+// establishes (see the field comment); everything else is behind the mutex.
+unsafe impl Sync for Op {}
+
+/// librbd's completion callback, on one of its threads: stores the result and wakes the task.
+/// It never blocks on anything but the `done` mutex, held only for a store by anyone.
+unsafe extern "C" fn on_complete(c: CompletionT, arg: *mut c_void) {
+    // SAFETY: `arg` is the `Arc::into_raw` that `Image::submit` passed with this completion;
+    // librbd calls this callback exactly once per completion, so the reference is taken back
+    // exactly once.
+    let op = unsafe { Arc::from_raw(arg.cast_const().cast::<Op>()) };
+    // SAFETY: `c` is the completion this callback is for; it is released here, once, after
+    // its value is read, and nothing else holds it.
+    let r = unsafe { rbd_aio_get_return_value(c) };
+    // SAFETY: as above.
+    unsafe { rbd_aio_release(c) };
+    let waker = {
+        let mut d = op.done.lock().unwrap_or_else(|e| e.into_inner());
+        d.result = Some(r);
+        d.waker.take()
+    };
+    if let Some(w) = waker {
+        w.wake();
+    }
+}
+
+/// A librbd operation in flight: resolves to librbd's result (bytes for a read, 0 for the
+/// others, or a negative errno) and the operation's buffer. Dropping it does not cancel the
+/// operation: librbd finishes it and the buffer is freed then.
+pub struct Aio {
+    op: Arc<Op>,
+}
+
+impl Future for Aio {
+    type Output = (isize, Vec<u8>);
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut d = self.op.done.lock().unwrap_or_else(|e| e.into_inner());
+        match d.result {
+            Some(r) => {
+                drop(d);
+                // SAFETY: the result is set, so librbd is done with the buffer and the callback
+                // never touches it; this future is the only other holder.
+                let buf = std::mem::take(unsafe { &mut *self.op.buf.get() });
+                Poll::Ready((r, buf))
+            }
+            None => {
+                d.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+}
+
+/// An errno from librbd's `isize` result.
+pub fn aio_err(r: isize) -> io::Error {
+    io::Error::from_raw_os_error(i32::try_from(-r).unwrap_or(libc::EIO))
+}
+
+impl Image {
+    /// Start one asynchronous operation on `buf` with `start(image, buf ptr, buf len,
+    /// completion)`, which must call exactly one `rbd_aio_*` function with that completion.
+    fn submit(
+        &self,
+        buf: Vec<u8>,
+        start: impl FnOnce(ImageT, *mut c_char, usize, CompletionT) -> c_int,
+    ) -> io::Result<Aio> {
+        let op = Arc::new(Op {
+            buf: UnsafeCell::new(buf),
+            done: Mutex::new(Done::default()),
+        });
+        let arg = Arc::into_raw(op.clone()).cast_mut().cast::<c_void>();
+        let mut c: CompletionT = std::ptr::null_mut();
+        // SAFETY: `arg` stays valid until the callback takes it back; valid out-pointer.
+        let rc = unsafe { rbd_aio_create_completion(arg, on_complete, &mut c) };
+        if rc < 0 {
+            // SAFETY: no completion exists, so no callback will take this reference back.
+            drop(unsafe { Arc::from_raw(arg.cast_const().cast::<Op>()) });
+            return Err(io::Error::from_raw_os_error(-rc));
+        }
+        // SAFETY: nobody else touches the buffer before the operation starts; its heap block
+        // does not move or get freed until the op is dropped (after the callback).
+        let (ptr, len) = {
+            let b = unsafe { &mut *op.buf.get() };
+            (b.as_mut_ptr().cast::<c_char>(), b.len())
+        };
+        let rc = start(self.h, ptr, len, c);
+        if rc < 0 {
+            // librbd refused the operation up front. Whether it will still complete the
+            // completion is not documented, so the completion and one reference to the
+            // operation are left to it (a small leak on a path librbd 16 never takes)
+            // rather than risking a double free.
+            return Err(io::Error::from_raw_os_error(-rc));
+        }
+        Ok(Aio { op })
+    }
+
+    /// Read `len` bytes at `offset`; the result is the byte count.
+    pub fn aio_read(&self, offset: u64, len: usize) -> io::Result<Aio> {
+        self.submit(vec![0u8; len], |h, buf, len, c| {
+            // SAFETY: open image; `buf` is valid for `len` writable bytes until the
+            // completion fires (owned by the operation); `c` is a fresh completion.
+            unsafe { rbd_aio_read(h, offset, len, buf, c) }
+        })
+    }
+
+    /// Write `data` at `offset`; the result is 0 (librbd's aio write does not return a count).
+    pub fn aio_write(&self, offset: u64, data: Vec<u8>) -> io::Result<Aio> {
+        self.submit(data, |h, buf, len, c| {
+            // SAFETY: open image; `buf` is valid for `len` bytes until the completion fires.
+            unsafe { rbd_aio_write(h, offset, len, buf.cast_const(), c) }
+        })
+    }
+
+    /// Make everything acknowledged before it durable.
+    pub fn aio_flush(&self) -> io::Result<Aio> {
+        self.submit(Vec::new(), |h, _, _, c| {
+            // SAFETY: open image; fresh completion.
+            unsafe { rbd_aio_flush(h, c) }
+        })
+    }
+
+    /// Make `[offset, offset + len)` read as zeros.
+    pub fn aio_write_zeroes(&self, offset: u64, len: usize) -> io::Result<Aio> {
+        self.submit(Vec::new(), |h, _, _, c| {
+            // SAFETY: open image; plain integers; fresh completion; no flags.
+            unsafe { rbd_aio_write_zeroes(h, offset, len, c, 0, 0) }
+        })
+    }
+
+    /// Fill `[offset, offset + len)` with copies of `pattern` (`len` a multiple of its length).
+    pub fn aio_writesame(&self, offset: u64, len: usize, pattern: Vec<u8>) -> io::Result<Aio> {
+        self.submit(pattern, |h, buf, plen, c| {
+            // SAFETY: open image; `buf` is valid for `plen` bytes until the completion fires.
+            unsafe { rbd_aio_writesame(h, offset, len, buf.cast_const(), plen, c, 0) }
+        })
     }
 }

@@ -47,6 +47,35 @@ pub struct RbdConfig {
     pub pool: String,
 }
 
+/// The development cluster of `scripts/ceph-dev` as `client.admin`, for tests: started when it
+/// does not run (idempotent); the one named by `ISBOOT_CEPH_ID`, default `rbdtest`.
+#[cfg(any(test, feature = "test-tools"))]
+pub fn dev_cluster() -> RbdConfig {
+    let id = std::env::var("ISBOOT_CEPH_ID").unwrap_or_else(|_| "rbdtest".into());
+    let out = std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/ceph-dev"))
+        .args(["start", &id])
+        .output()
+        .expect("running scripts/ceph-dev");
+    assert!(
+        out.status.success(),
+        "scripts/ceph-dev start failed (needs ceph-mon, ceph-osd, ceph-common):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let get = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+            .unwrap_or_else(|| panic!("scripts/ceph-dev start printed no {key}: {text}"))
+            .to_string()
+    };
+    RbdConfig {
+        conf: get("CEPH_CONF"),
+        keyring: get("CEPH_KEYRING"),
+        client: "client.admin".into(),
+        pool: get("CEPH_POOL"),
+    }
+}
+
 /// Base versions and client disks in one RBD pool.
 pub struct RbdStore {
     io: Arc<IoCtx>,
@@ -287,6 +316,19 @@ impl RbdStore {
     }
 }
 
+/// Await an operation that returns no data; a failure to start it or a negative result is
+/// `err` of the errno.
+async fn finish(
+    op: io::Result<ffi::Aio>,
+    err: fn(io::Error) -> StoreError,
+) -> Result<(), StoreError> {
+    let (r, _) = op.map_err(err)?.await;
+    if r < 0 {
+        return Err(err(ffi::aio_err(r)));
+    }
+    Ok(())
+}
+
 /// A block device on one RBD image.
 pub struct RbdDevice {
     img: Image,
@@ -312,6 +354,78 @@ impl RbdDevice {
     /// The RBD image's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Read `len` bytes at `offset` on librbd's asynchronous API: no thread waits on Ceph;
+    /// librbd's completion wakes the task.
+    pub async fn read_async(&self, offset: u64, len: usize) -> Result<Vec<u8>, StoreError> {
+        self.check_range(offset, len as u64)?;
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let (r, buf) = self
+            .img
+            .aio_read(offset, len)
+            .map_err(StoreError::Reading)?
+            .await;
+        match usize::try_from(r) {
+            Ok(n) if n == len => Ok(buf),
+            Ok(n) => Err(StoreError::Reading(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("short RBD read: {n} of {len} bytes"),
+            ))),
+            Err(_) => Err(StoreError::Reading(ffi::aio_err(r))),
+        }
+    }
+
+    /// Write `data` at `offset` asynchronously; durable once it returns (`rbd_cache` is off).
+    /// The buffer belongs to the operation: a caller that stops waiting (a dropped future)
+    /// does not stop the write, and the memory stays valid until librbd is done with it.
+    pub async fn write_async(&self, offset: u64, data: Vec<u8>) -> Result<(), StoreError> {
+        self.writable(offset, data.len() as u64)?;
+        if data.is_empty() {
+            return Ok(());
+        }
+        finish(self.img.aio_write(offset, data), StoreError::writing).await
+    }
+
+    /// Flush asynchronously (SYNCHRONIZE CACHE; with `rbd_cache` off every acknowledged write
+    /// is already durable).
+    pub async fn flush_async(&self) -> Result<(), StoreError> {
+        finish(self.img.aio_flush(), StoreError::Flushing).await
+    }
+
+    /// Make `[offset, offset + len)` read as zeros asynchronously (UNMAP, WRITE SAME of zeros).
+    pub async fn write_zeroes_async(&self, offset: u64, len: u64) -> Result<(), StoreError> {
+        self.writable(offset, len)?;
+        let n = self.usize_len(offset, len)?;
+        finish(self.img.aio_write_zeroes(offset, n), StoreError::Discarding).await
+    }
+
+    /// Fill `[offset, offset + len)` with copies of `pattern` asynchronously (WRITE SAME);
+    /// `len` must be a multiple of the pattern's length.
+    pub async fn write_same_async(
+        &self,
+        offset: u64,
+        len: u64,
+        pattern: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        self.writable(offset, len)?;
+        let n = self.usize_len(offset, len)?;
+        if pattern.is_empty() || n % pattern.len() != 0 {
+            return Err(StoreError::Writing(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "a {}-byte pattern does not fill {len} bytes a whole number of times",
+                    pattern.len()
+                ),
+            )));
+        }
+        finish(
+            self.img.aio_writesame(offset, n, pattern),
+            StoreError::writing,
+        )
+        .await
     }
 
     fn writable(&self, offset: u64, len: u64) -> Result<(), StoreError> {
