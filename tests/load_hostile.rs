@@ -15,7 +15,7 @@ mod fixture;
 
 use fixture::netns::{Netns, is_root, spawn_in};
 use fixture::*;
-use isboot::initiator::{Initiator, InitiatorError, LoginOptions, read16_cdb};
+use isboot::initiator::{Initiator, LoginOptions, read16_cdb};
 use isboot::tftp::packet;
 use isboot::wire::pdu::{Bhs, ScsiCommand};
 use std::net::SocketAddr;
@@ -182,11 +182,7 @@ fn withholder(addr: SocketAddr, a: u32, stop: Arc<AtomicBool>, cnt: Arc<Counters
             for i in sessions.iter_mut() {
                 match i.recv() {
                     Ok(_) => {}
-                    Err(InitiatorError::Io(e))
-                        if matches!(
-                            e.kind(),
-                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                        ) => {}
+                    Err(e) if timed_out(&e) => {}
                     Err(_) => break 'hold,
                 }
             }
@@ -243,14 +239,7 @@ fn flooder(addr: SocketAddr, stop: Arc<AtomicBool>, cnt: Arc<Counters>) {
                         }
                     }
                     Ok(_) => {}
-                    Err(InitiatorError::Io(e))
-                        if matches!(
-                            e.kind(),
-                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                        ) =>
-                    {
-                        break;
-                    }
+                    Err(e) if timed_out(&e) => break,
                     Err(_) => break 'session,
                 }
             }

@@ -258,6 +258,7 @@ impl Limits {
             "# Data one client's overlay may hold, MiB. A write that needs more space gets\n\
              # SPACE ALLOCATION FAILED (the client sees ENOSPC) until the client trims or is\n\
              # reset; other clients go on. Applies to running clients when the file changes.\n\
+             # A client's own quota (add-client / set-client --quota-mib) overrides it.\n\
              # Default (and 0): no quota.\n",
         );
         key(&mut s, "client_quota_mib", self.client_quota_mib, "0");

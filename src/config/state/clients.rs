@@ -229,15 +229,26 @@ impl Locked {
         if let Some(ip) = ip {
             check_client_ip(&self.state, ip, Some(&name))?;
         }
-        let mut out = None;
-        for x in self.state.registry.clients.iter_mut() {
-            if x.name == name {
-                x.ip = ip;
-                out = Some(x.clone());
-            }
-        }
+        self.change_client(&name, |c| c.ip = ip)
+    }
+
+    /// Apply `change` to the record of client `name` and save the registry.
+    fn change_client(
+        &mut self,
+        name: &ClientName,
+        change: impl FnOnce(&mut Client),
+    ) -> Result<Client, ConfigError> {
+        let c = self
+            .state
+            .registry
+            .clients
+            .iter_mut()
+            .find(|x| &x.name == name)
+            .ok_or_else(|| ConfigError::UnknownClient(name.to_string()))?;
+        change(c);
+        let out = c.clone();
         self.save()?;
-        out.ok_or_else(|| ConfigError::UnknownClient(which.to_string()))
+        Ok(out)
     }
 
     /// Set a client's overlay quota, MiB (0: none), or with `None` go back to
@@ -249,15 +260,7 @@ impl Locked {
         quota_mib: Option<u64>,
     ) -> Result<Client, ConfigError> {
         let name = self.state.client(which)?.name.clone();
-        let mut out = None;
-        for x in self.state.registry.clients.iter_mut() {
-            if x.name == name {
-                x.quota_mib = quota_mib;
-                out = Some(x.clone());
-            }
-        }
-        self.save()?;
-        out.ok_or_else(|| ConfigError::UnknownClient(which.to_string()))
+        self.change_client(&name, |c| c.quota_mib = quota_mib)
     }
 
     /// Remove a client; with `keep_overlay` its overlay file stays (its path is returned).
