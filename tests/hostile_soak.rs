@@ -90,7 +90,12 @@ fn login(addr: SocketAddr, n: u32) -> Result<Initiator, String> {
     } else {
         o.linux_profile()
     };
-    let mut i = Initiator::connect(addr, &o).map_err(|e| format!("c{n} login: {e}"))?;
+    // Each client from its own loopback address, as real clients are: 64 from one address
+    // would pass the per-address connection limit ([limits] max_connections_per_address).
+    let from = [127, 0, 0, 2 + (n % 250) as u8];
+    let s = connect_from(from, addr).map_err(|e| format!("c{n} connect: {e}"))?;
+    let mut i = Initiator::from_stream(s).map_err(|e| format!("c{n}: {e}"))?;
+    i.login(&o).map_err(|e| format!("c{n} login: {e}"))?;
     i.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     i.clear_unit_attention(0)
         .map_err(|e| format!("c{n}: {e}"))?;
