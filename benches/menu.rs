@@ -47,20 +47,7 @@ fn bench(c: &mut Criterion) {
         "early_command".to_string(),
         "echo MARK > /dev/ttyS0".to_string(),
     );
-    let ctx = AnswerContext {
-        client: "pc1",
-        mac: "52:54:00:00:00:01".into(),
-        ip: "10.0.0.21".into(),
-        target: "iqn.2026-11.org.isboot:pc1",
-        server: "10.0.0.1:9261".into(),
-        installer: "debian12",
-        answer_url: "http://10.0.0.1:9261/answer/52-54-00-00-00-01/debian12".into(),
-        done_url: "http://10.0.0.1:9261/done/52-54-00-00-00-01".into(),
-        kernel_url: "http://10.0.0.1:9261/install/debian12/kernel".into(),
-        initrd_url: "http://10.0.0.1:9261/install/debian12/initrd".into(),
-        iso_url: None,
-        vars: &vars,
-    };
+    let ctx = AnswerContext::example(&vars);
     g.bench_function("answer-preseed", |b| {
         b.iter(|| answer::render("preseed.cfg", answer::PRESEED, black_box(&ctx)).unwrap())
     });

@@ -84,16 +84,10 @@ fn boot_state(tmp: &Path, extra: &str) -> std::path::PathBuf {
     dir
 }
 
-#[test]
-fn scripts_only_to_their_client_files_with_ranges() {
-    if !have("curl") {
-        return skip("curl not installed");
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = boot_state(tmp.path(), "");
-    // pca reserved at 127.0.0.2; pcb with no address at all.
+/// Client pca (MAC_A) on image deb, reserved at 127.0.0.2; `chap` is --chap or --no-chap.
+fn add_pca(dir: &Path, chap: &str) {
     isboot(
-        &dir,
+        dir,
         &[
             "add-client",
             "--mac",
@@ -104,9 +98,20 @@ fn scripts_only_to_their_client_files_with_ranges() {
             "pca",
             "--ip",
             "127.0.0.2",
-            "--no-chap",
+            chap,
         ],
     );
+}
+
+#[test]
+fn scripts_only_to_their_client_files_with_ranges() {
+    if !have("curl") {
+        return skip("curl not installed");
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = boot_state(tmp.path(), "");
+    // pca reserved at 127.0.0.2; pcb with no address at all.
+    add_pca(&dir, "--no-chap");
     isboot(
         &dir,
         &[
@@ -254,20 +259,7 @@ fn installer_files_and_answers_only_to_their_client() {
         "\n[[installer]]\nname = \"debian12\"\nlabel = \"Install Debian 12\"\nkernel = \"{t}/linux\"\ninitrd = \"{t}/initrd.gz\"\ncmdline = \"console=ttyS0,115200\"\nanswer = \"preseed\"\n[installer.vars]\nearly_command = \"echo ISBOOT-MARK > /dev/ttyS0\"\n\n[[installer]]\nname = \"rocky\"\nkernel = \"{t}/linux\"\ninitrd = \"{t}/initrd.gz\"\nanswer = \"kickstart\"\n"
     );
     let dir = boot_state(tmp.path(), &extra);
-    isboot(
-        &dir,
-        &[
-            "add-client",
-            "--mac",
-            MAC_A,
-            "--image",
-            "deb",
-            "--name",
-            "pca",
-            "--ip",
-            "127.0.0.2",
-        ],
-    );
+    add_pca(&dir, "--chap");
     let (_user, secret) = chap_of(&dir, "pca").expect("pca has CHAP");
     // The admin's kickstart template for rocky does not render.
     std::fs::create_dir_all(dir.join("templates/rocky")).unwrap();

@@ -73,6 +73,27 @@ pub struct AnswerContext<'a> {
     pub vars: &'a BTreeMap<String, String>,
 }
 
+impl<'a> AnswerContext<'a> {
+    /// Client pc1 (52:54:00:00:00:01 at 10.0.0.21) installing `debian12` from 10.0.0.1:9261:
+    /// for tests and benches.
+    pub fn example(vars: &'a BTreeMap<String, String>) -> AnswerContext<'a> {
+        AnswerContext {
+            client: "pc1",
+            mac: "52:54:00:00:00:01".into(),
+            ip: "10.0.0.21".into(),
+            target: "iqn.2026-11.org.isboot:pc1",
+            server: "10.0.0.1:9261".into(),
+            installer: "debian12",
+            answer_url: "http://10.0.0.1:9261/answer/52-54-00-00-00-01/debian12".into(),
+            done_url: "http://10.0.0.1:9261/done/52-54-00-00-00-01".into(),
+            kernel_url: "http://10.0.0.1:9261/install/debian12/kernel".into(),
+            initrd_url: "http://10.0.0.1:9261/install/debian12/initrd".into(),
+            iso_url: None,
+            vars,
+        }
+    }
+}
+
 /// A template that does not render; the message is one line and names the template.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("answer template {name}: {message}")]
@@ -106,20 +127,7 @@ mod tests {
     use super::*;
 
     fn ctx(vars: &BTreeMap<String, String>) -> AnswerContext<'_> {
-        AnswerContext {
-            client: "pc1",
-            mac: "52:54:00:00:00:01".into(),
-            ip: "10.0.0.21".into(),
-            target: "iqn.2026-11.org.isboot:pc1",
-            server: "10.0.0.1:9261".into(),
-            installer: "debian12",
-            answer_url: "http://10.0.0.1:9261/answer/52-54-00-00-00-01/debian12".into(),
-            done_url: "http://10.0.0.1:9261/done/52-54-00-00-00-01".into(),
-            kernel_url: "http://10.0.0.1:9261/install/debian12/kernel".into(),
-            initrd_url: "http://10.0.0.1:9261/install/debian12/initrd".into(),
-            iso_url: None,
-            vars,
-        }
+        AnswerContext::example(vars)
     }
 
     #[test]

@@ -367,14 +367,14 @@ async fn install_file(
     {
         Ok(r) => {
             if r.status() == StatusCode::NOT_FOUND {
-                tracing::warn!(installer = name, file = %path.display(), "boot HTTP: installer file missing (see [[installer]] in isboot.toml)");
+                tracing::warn!(installer = %name, file = %path.display(), "boot HTTP: installer file missing (see [[installer]] in isboot.toml)");
             } else {
-                tracing::info!(installer = name, file = what, %peer, status = r.status().as_u16(), "boot HTTP: installer file served");
+                tracing::info!(installer = %name, file = %what, %peer, status = r.status().as_u16(), "boot HTTP: installer file served");
             }
             r.into_response()
         }
         Err(e) => {
-            tracing::error!(installer = name, file = %path.display(), "boot HTTP: {e}");
+            tracing::error!(installer = %name, file = %path.display(), "boot HTTP: {e}");
             text(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "cannot read the installer file\n",
