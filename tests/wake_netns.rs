@@ -153,3 +153,134 @@ fn magic_packets_on_the_boot_interface() {
         .unwrap();
     assert!(rx.recv_from(&mut [0u8; 200]).is_err(), "nothing was sent");
 }
+
+/// A client last seen behind a DHCP relay (its lease lies in a `[[dhcp.relay_pools]]` subnet)
+/// is woken through its subnet's directed broadcast: the server routes it to the relay's
+/// router, which forwards it as a link broadcast (`bc_forwarding`, RFC 1812 5.3.5.2), and a
+/// listener on that subnet receives exactly the magic packet.
+#[test]
+fn magic_packets_reach_a_client_behind_a_relay() {
+    if !is_root() {
+        println!("SKIPPED: needs root to create network namespaces (CI runs as root)");
+        return;
+    }
+    const MAC3: MacAddr = MacAddr([0x52, 0x54, 0x00, 0x78, 0x00, 0x03]);
+    let mut net = Netns::new("isbr");
+    let srv = net.ns("srv");
+    let rt = net.ns("rt");
+    let pc = net.ns("pc");
+    let br = net.ifname("rbr");
+    let (s_up, r_down) = (net.ifname("rsu"), net.ifname("rrd"));
+    let (r_lan, nic) = (net.ifname("rrl"), net.ifname("rpc"));
+    // The boot LAN (a bridge with no one on it) and a routed link to the relay's router.
+    must(&["ip", "-n", &srv, "link", "add", &br, "type", "bridge"]);
+    must(&["ip", "-n", &srv, "addr", "add", "10.79.0.1/24", "dev", &br]);
+    must(&["ip", "-n", &srv, "link", "set", &br, "up"]);
+    for (a, a_ns, b, b_ns) in [(&s_up, &srv, &r_down, &rt), (&r_lan, &rt, &nic, &pc)] {
+        must(&[
+            "ip", "link", "add", a, "netns", a_ns, "type", "veth", "peer", "name", b, "netns", b_ns,
+        ]);
+    }
+    for (ns, ifname, addr) in [
+        (&srv, &s_up, "10.79.1.1/30"),
+        (&rt, &r_down, "10.79.1.2/30"),
+        (&rt, &r_lan, "10.89.0.1/24"),
+        (&pc, &nic, "10.89.0.10/24"),
+    ] {
+        must(&["ip", "-n", ns, "addr", "add", addr, "dev", ifname]);
+        must(&["ip", "-n", ns, "link", "set", ifname, "up"]);
+    }
+    must(&[
+        "ip",
+        "-n",
+        &srv,
+        "route",
+        "add",
+        "10.89.0.0/24",
+        "via",
+        "10.79.1.2",
+    ]);
+    for key in [
+        "net.ipv4.ip_forward".to_string(),
+        "net.ipv4.conf.all.bc_forwarding".to_string(),
+        format!("net.ipv4.conf.{r_down}.bc_forwarding"),
+        format!("net.ipv4.conf.{r_lan}.bc_forwarding"),
+    ] {
+        must(&[
+            "ip",
+            "netns",
+            "exec",
+            &rt,
+            "sysctl",
+            "-qw",
+            &format!("{key}=1"),
+        ]);
+    }
+
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("state");
+    isboot(
+        &dir,
+        &["init", "--server-ip", "10.79.0.1/24", "--interface", &br],
+    );
+    let toml = dir.join("isboot.toml");
+    let mut text = std::fs::read_to_string(&toml).unwrap();
+    text.push_str(
+        "\n[[dhcp.relay_pools]]\nrange = \"10.89.0.100-10.89.0.200\"\nnetmask = \"255.255.255.0\"\n",
+    );
+    std::fs::write(&toml, text).unwrap();
+    let img = patterned_image(tmp.path(), "base.img", 1 << 20);
+    isboot(&dir, &["image", "add", "deb", img.to_str().unwrap()]);
+    add(&dir, MAC1, "pc1");
+    add(&dir, MAC3, "pc3");
+    // pc3's last lease, as the DHCP service records it, in the relay subnet.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut leases = isboot::dhcp::Leases::new();
+    leases.bind(MAC3, Ipv4Addr::new(10, 89, 0, 150), Some("pc3"), now, 3600);
+    leases
+        .save(&dir.join(isboot::service::boot::LEASES_FILE))
+        .unwrap();
+
+    let nic2 = nic.clone();
+    let rx = in_ns(&pc, move || {
+        client_socket(&nic2, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 9))
+    });
+    rx.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let o = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &srv,
+            env!("CARGO_BIN_EXE_isboot"),
+            "--state-dir",
+        ])
+        .arg(&dir)
+        .args(["wake", "pc1", "pc3"])
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.contains(&format!("woke pc1 ({MAC1}) on {br}")), "{out}");
+    assert!(
+        out.contains(&format!(
+            "woke pc3 ({MAC3}) behind a relay: sent to 10.89.0.255"
+        )),
+        "{out}"
+    );
+    // Only pc3's packet crosses the router; pc1's stays on the boot bridge.
+    let mut buf = [0u8; 1500];
+    let (n, from) = rx.recv_from(&mut buf).expect("pc3's magic packet");
+    assert_eq!(from.ip().to_string(), "10.79.1.1", "routed from the server");
+    assert_eq!(&buf[..n], &magic_packet(&MAC3)[..]);
+    rx.set_read_timeout(Some(std::time::Duration::from_millis(300)))
+        .unwrap();
+    assert!(
+        rx.recv_from(&mut buf).is_err(),
+        "only one packet reached the relay subnet"
+    );
+}

@@ -5,6 +5,7 @@ use super::{
     AddClientArgs, BootArgs, CliError, ImageCommand, InitArgs, ModeArg, OnOff, SetClientArgs,
     WakeArgs,
 };
+use crate::boot::wol::WakeRoute;
 use crate::config::secret::{generate_chap, read_secret_file, secret_path};
 use crate::config::{
     AddClient, BootChange, BootView, Chap, ChapView, ClientName, ClientView, ImageName, Iqn,
@@ -720,8 +721,8 @@ pub fn boot(dir: &StateDir, a: BootArgs) -> R {
 /// `isboot wake`: magic packets for the chosen clients, on the boot interface only.
 pub fn wake(dir: &StateDir, a: WakeArgs) -> R {
     let st = dir.load()?;
-    let interface = match crate::service::boot::dhcp_config_of(&st) {
-        Some(Ok(d)) => d.interface,
+    let dhcp = match crate::service::boot::dhcp_config_of(&st) {
+        Some(Ok(d)) => d,
         Some(Err(e)) => return Err(bad(format!("isboot.toml [dhcp]: {e}"))),
         None => {
             return Err(bad(
@@ -757,10 +758,29 @@ pub fn wake(dir: &StateDir, a: WakeArgs) -> R {
     if clients.is_empty() {
         return Err(bad("no clients to wake"));
     }
-    let macs: Vec<MacAddr> = clients.iter().map(|c| c.mac).collect();
-    crate::service::wol::send(&interface, &macs).map_err(|e| CliError::Failed(e.to_string()))?;
-    for c in &clients {
-        outln!("woke {} ({}) on {interface}", c.name, c.mac);
+    // A client's address: its fixed one, else the last DHCP lease (a client behind a relay
+    // is reached through its subnet's directed broadcast).
+    let leases = crate::dhcp::Leases::load(&st.dir.path(crate::service::boot::LEASES_FILE))
+        .unwrap_or_default();
+    let targets: Vec<(MacAddr, WakeRoute)> = clients
+        .iter()
+        .map(|c| {
+            let ip = c.ip.or_else(|| leases.last_ip(&c.mac));
+            (c.mac, WakeRoute::of(ip, &dhcp))
+        })
+        .collect();
+    crate::service::wol::send(&dhcp.interface, &targets)
+        .map_err(|e| CliError::Failed(e.to_string()))?;
+    for (c, (_, route)) in clients.iter().zip(&targets) {
+        match route {
+            WakeRoute::BootLink => outln!("woke {} ({}) on {}", c.name, c.mac, dhcp.interface),
+            WakeRoute::Relay { .. } => outln!(
+                "woke {} ({}) behind a relay: sent to {}",
+                c.name,
+                c.mac,
+                route.destination()
+            ),
+        }
     }
     Ok(())
 }

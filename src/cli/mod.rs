@@ -91,7 +91,8 @@ pub enum Command {
     /// Choose what a client boots: once (--next), by default (--default), with or without
     /// its boot menu (--menu).
     Boot(BootArgs),
-    /// Wake clients up: Wake-on-LAN magic packets on the boot interface ([dhcp] interface).
+    /// Wake clients up: Wake-on-LAN magic packets on the boot interface ([dhcp] interface), or
+    /// to the relay subnet's directed broadcast for a client last seen behind a relay.
     Wake(WakeArgs),
     /// Serve every client's iSCSI target, following changes to the state directory.
     Serve(ServeArgs),

@@ -33,6 +33,9 @@
 //! netmask = "255.255.255.0"       # the pool is chosen when giaddr lies in range/netmask
 //! router  = "10.88.0.1"
 //! dns     = ["10.88.0.1"]
+//!                                 # `isboot wake` reaches a client last seen in this subnet
+//!                                 # by its directed broadcast (10.88.0.255): the relay's
+//!                                 # router must forward directed broadcasts
 //! ```
 
 use serde::{Deserialize, Serialize};
@@ -378,6 +381,19 @@ impl DhcpConfig {
             dns: self.dns.clone(),
             network: Ipv4Addr::from(u32::from(self.server_ip) & u32::from(self.netmask)),
         }
+    }
+
+    /// The subnet (network, netmask) of the relay pool that `ip` lies in, when `ip` is behind a
+    /// relay agent rather than on the boot interface's own subnet.
+    pub fn relay_subnet_of(&self, ip: Ipv4Addr) -> Option<(Ipv4Addr, Ipv4Addr)> {
+        if self.local_pool().contains(ip) {
+            return None;
+        }
+        self.relay_pools.iter().find_map(|p| {
+            let mask = u32::from(p.netmask);
+            let network = u32::from(p.range.first) & mask;
+            (u32::from(ip) & mask == network).then(|| (Ipv4Addr::from(network), p.netmask))
+        })
     }
 
     /// The pool for a request: the local one when `giaddr` is 0, else the relay pool whose

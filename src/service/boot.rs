@@ -56,6 +56,9 @@ impl ClientDirectory for RegistryDirectory {
     }
 }
 
+/// The DHCP service's leases, in the state directory.
+pub const LEASES_FILE: &str = "dhcp-leases.json";
+
 /// A PXE ROM's DHCP is the machine's power-on: a reset-mode client's disk starts pristine.
 struct PowerOnReset(Arc<StateRegistry>);
 
@@ -199,7 +202,7 @@ impl BootServices {
                     },
                 )),
             };
-            let leases = Some(registry.state_dir().path("dhcp-leases.json"));
+            let leases = Some(registry.state_dir().path(LEASES_FILE));
             let stop = stopped();
             tasks.spawn(async move {
                 crate::service::dhcp::run_dhcp_on(socks, cfg_rx, leases, dir, hooks, stop)
