@@ -32,6 +32,24 @@ fn add(dir: &std::path::Path, mac: MacAddr, name: &str) {
     );
 }
 
+/// `isboot --state-dir DIR wake ARGS` run in network namespace `ns`.
+fn wake_in(ns: &str, dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            ns,
+            env!("CARGO_BIN_EXE_isboot"),
+            "--state-dir",
+        ])
+        .arg(dir)
+        .arg("wake")
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn wake_without_boot_interface_is_refused() {
     let lab = Lab::with_image();
@@ -80,23 +98,7 @@ fn magic_packets_on_the_boot_interface() {
     let rx = in_ns(&pc, move || {
         client_socket(&nic2, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 9))
     });
-    // `isboot wake ARGS` in the server's namespace.
-    let wake_in_srv = |args: &[&str]| {
-        Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &srv,
-                env!("CARGO_BIN_EXE_isboot"),
-                "--state-dir",
-            ])
-            .arg(&dir)
-            .arg("wake")
-            .args(args)
-            .env_remove("RUST_LOG")
-            .output()
-            .unwrap()
-    };
+    let wake_in_srv = |args: &[&str]| wake_in(&srv, &dir, args);
     let wake = |args: &[&str]| {
         let o = wake_in_srv(args);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -250,19 +252,7 @@ fn magic_packets_reach_a_client_behind_a_relay() {
     });
     rx.set_read_timeout(Some(std::time::Duration::from_secs(5)))
         .unwrap();
-    let o = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &srv,
-            env!("CARGO_BIN_EXE_isboot"),
-            "--state-dir",
-        ])
-        .arg(&dir)
-        .args(["wake", "pc1", "pc3"])
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap();
+    let o = wake_in(&srv, &dir, &["pc1", "pc3"]);
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(out.contains(&format!("woke pc1 ({MAC1}) on {br}")), "{out}");
