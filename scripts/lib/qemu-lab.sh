@@ -74,7 +74,8 @@ lab_free_tgt_ctl() { # print the first tgtd control port in 9..60 nobody answers
 # (OVMF's own PXE, the NIC ROM off). NIC: the QEMU NIC model (default virtio-net-pci). Serial
 # console logged to SERIAL and typed into through $work/NAME.sock (send); monitor on
 # $work/NAME.mon; UEFI variables in $work/NAME.vars.fd (kept across boots; remove it for a
-# fresh one). Sets QPID[NAME] and adds the PID to PIDS.
+# fresh one). Sets QPID[NAME] and adds the PID to PIDS. LAB_VGA (default none) is QEMU's -vga
+# model: an EFI program that needs a GOP framebuffer (memtest86+'s EFI loader) wants std.
 lab_qemu() {
     local c=$1 mode=$2 mac=$3 serial=$4 nic=${5:-virtio-net-pci} fw=() rom=()
     if [[ $mode == uefi-pxe ]]; then rom=(romfile=); fi
@@ -84,7 +85,7 @@ lab_qemu() {
     fi
     : > "$serial"
     nsx_exec qemu-system-x86_64 -name "$PROG-$c" "${accel[@]}" -m 1024 -smp 1 "${fw[@]}" \
-        -vga none -display none -no-user-config -nodefaults \
+        -vga "${LAB_VGA:-none}" -display none -no-user-config -nodefaults \
         -chardev "socket,id=ser0,path=$work/$c.sock,server=on,wait=off,logfile=$serial" -serial chardev:ser0 \
         -monitor "unix:$work/$c.mon,server,nowait" \
         -netdev "tap,id=net0,ifname=tap-$c,script=no,downscript=no" \
