@@ -149,6 +149,17 @@ impl HttpConfig {
         }
     }
 
+    /// The address boot URLs name for routes bound to `bound`: `bound` itself, or, when it is
+    /// unspecified (`0.0.0.0:PORT`), `server_ip` (the boot interface's address) with its port.
+    /// None for an unspecified address without a `server_ip`: no URL a client can reach.
+    pub fn boot_url_addr(bound: SocketAddr, server_ip: Option<Ipv4Addr>) -> Option<SocketAddr> {
+        if bound.ip().is_unspecified() {
+            server_ip.map(|ip| SocketAddr::from((ip, bound.port())))
+        } else {
+            Some(bound)
+        }
+    }
+
     fn render(&self, s: &mut String, server_ip: Option<Ipv4Addr>) {
         s.push_str(
             "\n# The embedded HTTP listener: Prometheus metrics (GET /metrics). The status API\n",
@@ -379,6 +390,22 @@ mod tests {
         assert!(text.contains("iqn_prefix = \"iqn.2026-11.org.isboot\""));
         assert!(text.contains("# server_ip"));
         assert_eq!(Config::parse(&text, Path::new("x")).unwrap(), c);
+    }
+
+    #[test]
+    fn boot_urls_name_a_reachable_address() {
+        let ip = Some(Ipv4Addr::new(10, 0, 0, 1));
+        let any: SocketAddr = "0.0.0.0:9261".parse().unwrap();
+        let at: SocketAddr = "10.0.0.7:8080".parse().unwrap();
+        // Bound to every address: URLs say the boot interface's, with the bound port.
+        assert_eq!(
+            HttpConfig::boot_url_addr(any, ip),
+            Some("10.0.0.1:9261".parse().unwrap())
+        );
+        assert_eq!(HttpConfig::boot_url_addr(any, None), None);
+        // Bound to one address: that one, whatever server_ip says.
+        assert_eq!(HttpConfig::boot_url_addr(at, ip), Some(at));
+        assert_eq!(HttpConfig::boot_url_addr(at, None), Some(at));
     }
 
     #[test]

@@ -129,6 +129,12 @@ fn own_client(m: &Menu, st: &State, mac: &str, peer: IpAddr, what: &str) -> Opti
     }
 }
 
+/// The address script and answer URLs name: the bound boot address, or with `boot_listen =
+/// "0.0.0.0:PORT"` the boot interface's (`server_ip`), as DHCP's script URL does.
+fn url_base(m: &Menu, st: &State) -> Option<SocketAddr> {
+    crate::config::HttpConfig::boot_url_addr(*m.base.get()?, st.config.server_ip)
+}
+
 fn refused() -> Response {
     text(
         StatusCode::FORBIDDEN,
@@ -157,8 +163,11 @@ async fn script(
             "no server_ip in isboot.toml: no root-path to boot\n",
         );
     };
-    let Some(base) = m.base.get() else {
-        return text(StatusCode::SERVICE_UNAVAILABLE, "starting\n");
+    let Some(base) = url_base(&m, &st) else {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "starting, or boot_listen is unspecified without a server_ip\n",
+        );
     };
     let action = c.boot.effective();
     let default = match &action {
@@ -181,7 +190,7 @@ async fn script(
         .config
         .installers
         .iter()
-        .map(|i| script_installer(*base, c, i))
+        .map(|i| script_installer(base, c, i))
         .collect();
     let menu_timeout = if c.boot.menu == Some(true) {
         st.config.menu_timeout()
@@ -257,7 +266,7 @@ async fn answer_file(
     let Some(name) = own_client(&m, &st, &mac, peer.ip(), "answer file") else {
         return refused();
     };
-    let (Some(c), Some(base)) = (st.registry.client(&name), m.base.get()) else {
+    let (Some(c), Some(base)) = (st.registry.client(&name), url_base(&m, &st)) else {
         return refused();
     };
     let not_found = || {
@@ -280,11 +289,11 @@ async fn answer_file(
         target: &target,
         server: base.to_string(),
         installer: i.name.as_str(),
-        answer_url: answer_url(*base, c, i),
+        answer_url: answer_url(base, c, i),
         done_url: format!("http://{base}/done/{}", c.mac.dashed()),
-        kernel_url: install_url(*base, i, "kernel"),
-        initrd_url: install_url(*base, i, "initrd"),
-        iso_url: i.iso.as_ref().map(|_| install_url(*base, i, "iso")),
+        kernel_url: install_url(base, i, "kernel"),
+        initrd_url: install_url(base, i, "initrd"),
+        iso_url: i.iso.as_ref().map(|_| install_url(base, i, "iso")),
         vars: &i.vars,
     };
     let dir = m.registry.state_dir().path(TEMPLATES_DIR);

@@ -207,11 +207,8 @@ impl StateRegistry {
             .as_deref()?
             .parse()
             .ok()?;
-        let addr = if bound.ip().is_unspecified() {
-            std::net::SocketAddr::new(self.current_state().config.server_ip?.into(), bound.port())
-        } else {
-            bound
-        };
+        let addr =
+            crate::config::HttpConfig::boot_url_addr(bound, self.current_state().config.server_ip)?;
         Some(format!("http://{addr}/boot/{}.ipxe", mac.dashed()))
     }
 
