@@ -20,7 +20,7 @@ use crate::wire::pdu::{
     RESERVED_TAG, Reject, ScsiCommand, ScsiResponse, TaskMgmtRequest, TaskMgmtResponse,
     TextRequest, TextResponse, reject_reason, tmf_function, tmf_response,
 };
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
@@ -80,12 +80,32 @@ pub struct ExecJob {
     pub dir: DataDir,
     /// The SCSI layer planned it as never blocking ([`crate::scsi::Plan::nonblocking`]).
     pub nonblocking: bool,
-    /// The write budget held for `data_out`: drop it with the data.
-    pub hold: Option<WriteHold>,
 }
 
-/// Write budget held for one command's data; given back when dropped.
-pub type WriteHold = Box<dyn std::any::Any + Send>;
+/// Memory for one write command's data, `n` zeroed bytes, given by a [`WriteBudget`] and
+/// counted against it until dropped. It becomes the command's [`ExecJob::data_out`], so the
+/// budget comes back (and the memory is freed) when the last reference to the data goes.
+pub trait WriteMem: AsRef<[u8]> + AsMut<[u8]> + Send + 'static {}
+
+/// Plain heap memory (sessions without a budget).
+impl WriteMem for Vec<u8> {}
+
+impl std::fmt::Debug for dyn WriteMem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "WriteMem({} bytes)", self.as_ref().len())
+    }
+}
+
+pub type WriteBuf = Box<dyn WriteMem>;
+
+/// A [`WriteBuf`] as the owner of [`ExecJob::data_out`].
+struct WriteData(WriteBuf);
+
+impl AsRef<[u8]> for WriteData {
+    fn as_ref(&self) -> &[u8] {
+        (*self.0).as_ref()
+    }
+}
 
 /// Where the memory for write data comes from (the service's global budget). A write command
 /// takes its whole buffer at once before its first R2T, so every command that holds budget can
@@ -93,8 +113,8 @@ pub type WriteHold = Box<dyn std::any::Any + Send>;
 pub trait WriteBudget: Send {
     /// The most the budget can ever give one command.
     fn limit(&self) -> u64;
-    /// Hold `n` bytes, or `None` while the budget is spent.
-    fn hold(&mut self, n: u64) -> Option<WriteHold>;
+    /// Hold `n` bytes and give that much zeroed memory, or `None` while the budget is spent.
+    fn hold(&mut self, n: u64) -> Option<WriteBuf>;
 }
 
 #[derive(Debug)]
@@ -194,10 +214,8 @@ struct Task {
     cdb_bytes: u64,
     /// Write data wanted: min(edtl, cdb_bytes) bytes.
     want: u32,
-    /// Write data buffer: `want` bytes once the budget gave them, empty before.
-    buf: BytesMut,
-    /// The write budget held for `buf`.
-    hold: Option<WriteHold>,
+    /// Write data buffer: `want` bytes (held from the budget) once the budget gave them.
+    buf: Option<WriteBuf>,
     /// Unsolicited data that came while waiting for budget, with its offsets.
     pending: Vec<(u32, Bytes)>,
     cdb: Vec<u8>,
@@ -316,11 +334,10 @@ impl Session {
             };
             self.waiting.pop_front();
             if let Some(t) = self.tasks.get_mut(&itt) {
-                t.buf = BytesMut::zeroed(want as usize);
+                t.buf = Some(hold);
                 for (off, d) in std::mem::take(&mut t.pending) {
                     copy_in(&mut t.buf, off, &d, want);
                 }
-                t.hold = Some(hold);
                 t.phase = Phase::Collecting;
             }
             self.advance_write(itt, &mut out);
@@ -558,8 +575,7 @@ impl Session {
             edtl: c.expected_len,
             cdb_bytes: 0,
             want: 0,
-            buf: BytesMut::new(),
-            hold: None,
+            buf: None,
             pending: Vec::new(),
             cdb,
             unsolicited_open: c.write && !c.final_,
@@ -617,16 +633,16 @@ impl Session {
                     ));
                     return;
                 }
-                let hold = match (&mut self.budget, want) {
-                    (_, 0) | (None, _) => Some(None),
+                let buf = match (&mut self.budget, want) {
+                    (_, 0) => Some(None),
+                    (None, _) => Some(Some(Box::new(vec![0u8; want as usize]) as WriteBuf)),
                     // Commands of this session that wait already go first.
                     (Some(_), _) if !self.waiting.is_empty() => None,
                     (Some(b), _) => b.hold(u64::from(want)).map(Some),
                 };
-                match hold {
-                    Some(hold) => {
-                        task.hold = hold;
-                        task.buf = BytesMut::zeroed(want as usize);
+                match buf {
+                    Some(buf) => {
+                        task.buf = buf;
                         copy_in(&mut task.buf, 0, &imm, want);
                     }
                     None => {
@@ -649,7 +665,6 @@ impl Session {
                     data_out: Bytes::new(),
                     dir: plan.dir,
                     nonblocking: plan.nonblocking,
-                    hold: None,
                 };
                 self.tasks.insert(c.itt, task);
                 out.push(Action::Execute(job));
@@ -708,10 +723,12 @@ impl Session {
                 itt,
                 lun: t.lun,
                 cdb: t.cdb.clone(),
-                data_out: std::mem::take(&mut t.buf).freeze(),
+                data_out: t
+                    .buf
+                    .take()
+                    .map_or_else(Bytes::new, |b| Bytes::from_owner(WriteData(b))),
                 dir: DataDir::Write,
                 nonblocking: false,
-                hold: t.hold.take(),
             }));
         }
     }
@@ -1260,7 +1277,11 @@ fn l_raw(l: &LogoutRequest) -> [u8; BHS_LEN] {
 }
 
 /// Copy `data` to `buf` at `offset`, cut to the first `want` bytes of `buf`.
-fn copy_in(buf: &mut BytesMut, offset: u32, data: &[u8], want: u32) {
+fn copy_in(buf: &mut Option<WriteBuf>, offset: u32, data: &[u8], want: u32) {
+    let Some(buf) = buf.as_mut() else {
+        return;
+    };
+    let buf: &mut [u8] = (**buf).as_mut();
     let start = offset as usize;
     let want = (want as usize).min(buf.len());
     if start >= want {

@@ -297,15 +297,61 @@ impl HeldBytes {
     }
 }
 
+/// Write buffers at least this large get their own anonymous mapping (glibc's own default
+/// threshold for that). From the heap, freed 8 MiB buffers stayed in malloc's per-thread
+/// arenas (whose threshold for mapping rises with every large free), and the server's RSS
+/// grew past the budget by more than the data it held; a mapping is returned when dropped.
+const OWN_MAPPING_MIN: u64 = 128 << 10;
+
+/// One write command's buffer and the budget it holds; the memory goes first when dropped.
+struct WriteMemory {
+    mem: Memory,
+    _held: HeldBytes,
+}
+
+enum Memory {
+    Mapped(memmap2::MmapMut),
+    Heap(Vec<u8>),
+}
+
+impl AsRef<[u8]> for WriteMemory {
+    fn as_ref(&self) -> &[u8] {
+        match &self.mem {
+            Memory::Mapped(m) => m,
+            Memory::Heap(v) => v,
+        }
+    }
+}
+
+impl AsMut<[u8]> for WriteMemory {
+    fn as_mut(&mut self) -> &mut [u8] {
+        match &mut self.mem {
+            Memory::Mapped(m) => m,
+            Memory::Heap(v) => v,
+        }
+    }
+}
+
+impl crate::iscsi::session::WriteMem for WriteMemory {}
+
 /// The iSCSI sessions take their write buffers from this budget.
 impl crate::iscsi::session::WriteBudget for Bytes {
     fn limit(&self) -> u64 {
         Bytes::limit(self)
     }
 
-    fn hold(&mut self, n: u64) -> Option<crate::iscsi::session::WriteHold> {
-        self.try_take(n)
-            .map(|h| Box::new(h) as crate::iscsi::session::WriteHold)
+    fn hold(&mut self, n: u64) -> Option<crate::iscsi::session::WriteBuf> {
+        let held = self.try_take(n)?;
+        let len = usize::try_from(n).ok()?;
+        let mapped = (n >= OWN_MAPPING_MIN)
+            .then(|| memmap2::MmapMut::map_anon(len).ok())
+            .flatten();
+        let mem = match mapped {
+            Some(m) => Memory::Mapped(m),
+            // Small, or no mapping to be had: the heap (which aborts if it has none either).
+            None => Memory::Heap(vec![0; len]),
+        };
+        Some(Box::new(WriteMemory { mem, _held: held }))
     }
 }
 
@@ -442,5 +488,31 @@ mod tests {
         tokio::task::yield_now().await;
         drop(h);
         assert_eq!(waiter.await.expect("joins"), 5);
+    }
+
+    #[test]
+    fn write_buffers_are_zeroed_and_hold_the_budget_until_dropped() {
+        use crate::iscsi::session::WriteBudget;
+        let mut b = Bytes::new(12 << 20);
+        // A small buffer (heap) and a large one (its own mapping), held together.
+        let mut small = b.hold(4096).expect("room");
+        let mut large = b.hold(8 << 20).expect("room");
+        assert!(
+            b.hold(4 << 20).is_none(),
+            "12 MiB budget, 8 MiB + 4 KiB held"
+        );
+        for (buf, n) in [(&mut small, 4096), (&mut large, 8 << 20)] {
+            let mem: &mut [u8] = (**buf).as_mut();
+            assert_eq!(mem.len(), n);
+            assert!(mem.iter().all(|&x| x == 0));
+            mem[n - 4..].copy_from_slice(b"data");
+            assert_eq!(&(**buf).as_ref()[n - 4..], b"data");
+        }
+        assert_eq!(b.stats().in_use, (8 << 20) + 4096);
+        drop(large);
+        assert_eq!(b.stats().in_use, 4096);
+        drop(small);
+        assert_eq!(b.stats().in_use, 0);
+        assert!(b.hold(12 << 20).is_some(), "all of it is back");
     }
 }
