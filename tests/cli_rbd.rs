@@ -2,14 +2,18 @@
 //! (`scripts/ceph-dev start`, idempotent; the cluster named by `ISBOOT_CEPH_ID`, default
 //! `rbdtest`). What isboot put in the pool is checked with Ceph's own `rbd` command. Every test
 //! uses image names of its own, so runs against a long-lived dev cluster do not collide.
+//! Client disks on RBD are served by `isboot serve` over iSCSI on loopback: private clones,
+//! reset and persistence, one server per disk (the clone's exclusive lock), and kill -9.
 //! Run: `cargo test --features rbd --test cli_rbd rbd`.
 #![cfg(feature = "rbd")]
 
 mod fixture;
+use fixture::disk_io::*;
 use fixture::*;
 use isboot::store::rbd::{RbdConfig, dev_cluster};
 use std::process::Command;
 use std::sync::OnceLock;
+use std::time::Duration;
 
 fn ceph() -> &'static RbdConfig {
     static C: OnceLock<RbdConfig> = OnceLock::new();
@@ -196,18 +200,6 @@ fn rbd_bad_input_and_file_only_commands_leave_nothing_in_the_pool() {
     let good = lab.file("good.img", &disk(5));
     lab.run(&["image", "add", &name, good.to_str().unwrap()])
         .ok();
-    lab.refused(
-        &[
-            "add-client",
-            "--mac",
-            "52:54:00:00:00:01",
-            "--image",
-            &name,
-            "--no-chap",
-        ],
-        2,
-        "is on Ceph RBD",
-    );
     lab.refused(&["image", "edit", &name], 2, "is on Ceph RBD");
     lab.run(&["image", "remove", &name]).ok();
     assert!(!pool_images().iter().any(|i| i.starts_with(&prefix)));
@@ -288,4 +280,258 @@ fn rbd_qcow2_is_converted_to_raw_first_and_the_copy_removed() {
         .unwrap_or_default();
     assert!(leftovers.is_empty(), "{leftovers:?}");
     lab.run(&["image", "remove", &name]).ok();
+}
+
+/// A base image of the given content in the pool, and a state directory on it.
+fn rbd_lab_with(data: &[u8]) -> (Lab, String) {
+    let lab = rbd_lab();
+    let name = unique("srv");
+    let file = lab.file("base.img", data);
+    lab.run(&["image", "add", &name, file.to_str().unwrap()])
+        .ok();
+    (lab, name)
+}
+
+/// `add-client` of a client named `name` (unique: clone names are per pool) on `image`.
+fn add_rbd_client(lab: &Lab, mac: &str, image: &str, name: &str, extra: &[&str]) {
+    let mut a = vec![
+        "add-client",
+        "--mac",
+        mac,
+        "--image",
+        image,
+        "--name",
+        name,
+        "--no-chap",
+    ];
+    a.extend_from_slice(extra);
+    lab.run(&a).ok();
+}
+
+/// The RBD disk the registry records for client `name`: `POOL/isboot-client-NAME.SERIAL`.
+fn disk_spec(lab: &Lab, name: &str) -> String {
+    let reg = lab.registry();
+    let key = format!("rbd = \"{}/isboot-client-{name}.", ceph().pool);
+    let at = reg
+        .find(&key)
+        .unwrap_or_else(|| panic!("no RBD disk for {name}: {reg}"));
+    let v = &reg[at + "rbd = \"".len()..];
+    v[..v.find('"').unwrap()].to_string()
+}
+
+/// Remove `spec` from the pool with `rbd rm` once Ceph lets it go (a killed server's watch
+/// on it expires after a few seconds).
+fn rm_eventually(spec: &str) {
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    while in_pool(spec) {
+        if rbd(&["rm", "--no-progress", spec]).status.success() {
+            return;
+        }
+        assert!(std::time::Instant::now() < until, "{spec} stays busy");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn in_pool(spec: &str) -> bool {
+    pool_images().contains(&spec.split_once('/').unwrap().1.to_string())
+}
+
+/// UNMAP of `blocks` blocks at `lba`.
+fn unmap(i: &mut isboot::initiator::Initiator, lba: u64, blocks: u32) {
+    let mut p = vec![0u8, 22, 0, 16, 0, 0, 0, 0];
+    p.extend_from_slice(&lba.to_be_bytes());
+    p.extend_from_slice(&blocks.to_be_bytes());
+    p.extend_from_slice(&[0; 4]);
+    let c = i
+        .command(0, &[0x42, 0, 0, 0, 0, 0, 0, 0, 24, 0], &p, 0)
+        .unwrap();
+    assert_eq!(c.status, 0, "{c:?}");
+}
+
+/// WRITE SAME(10) of `block` (512 bytes) over `blocks` blocks at `lba`; `unmap` sets its
+/// UNMAP bit.
+fn write_same(
+    i: &mut isboot::initiator::Initiator,
+    lba: u32,
+    blocks: u16,
+    block: &[u8],
+    unmap: bool,
+) {
+    let l = lba.to_be_bytes();
+    let n = blocks.to_be_bytes();
+    let flags = if unmap { 0x08 } else { 0 };
+    let cdb = [0x41, flags, l[0], l[1], l[2], l[3], 0, n[0], n[1], 0];
+    let c = i.command(0, &cdb, block, 0).unwrap();
+    assert_eq!(c.status, 0, "{c:?}");
+}
+
+#[test]
+fn rbd_clients_are_private_clones_served_over_iscsi_reset_and_persistent() {
+    let data = disk(21);
+    let (lab, image) = rbd_lab_with(&data);
+    let base = spec(&image);
+    let (a, b) = (unique("pa"), unique("pb"));
+    add_rbd_client(&lab, "52:54:00:00:00:01", &image, &a, &[]);
+    add_rbd_client(&lab, "52:54:00:00:00:02", &image, &b, &["--mode", "reset"]);
+    // Each client's disk is a clone of the version's snapshot; no overlay file.
+    let (sa, sb) = (disk_spec(&lab, &a), disk_spec(&lab, &b));
+    assert!(in_pool(&sa) && in_pool(&sb), "{:?}", pool_images());
+    let info = String::from_utf8(rbd_ok(&["info", &sa])).unwrap();
+    assert!(
+        info.contains(&format!("parent: {base}")),
+        "{sa} is not a clone of {base}: {info}"
+    );
+    assert!(
+        !lab.dir.join("overlays").exists()
+            || std::fs::read_dir(lab.dir.join("overlays"))
+                .unwrap()
+                .next()
+                .is_none()
+    );
+
+    let mut srv = Serve::start(&lab.dir);
+    let mut ia = client(srv.addr, &a);
+    let mut ib = client(srv.addr, &b);
+    // A's writes, checked against a model of its disk.
+    let mut model = data.clone();
+    let mut put = |lba: usize, bytes: &[u8]| {
+        model[lba * 512..lba * 512 + bytes.len()].copy_from_slice(bytes);
+    };
+    write(&mut ia, 16, &[0xA1; 8192], false);
+    put(16, &[0xA1; 8192]);
+    write(&mut ib, 16, &[0xB2; 8192], true);
+    write(&mut ia, 3, &[0xA1; 512], true);
+    put(3, &[0xA1; 512]);
+    unmap(&mut ia, 40, 8);
+    put(40, &[0; 8 * 512]);
+    write_same(&mut ia, 64, 16, &[0x5A; 512], false);
+    put(64, &[0x5A; 16 * 512]);
+    write_same(&mut ia, 96, 8, &[0; 512], true);
+    put(96, &[0; 8 * 512]);
+    // Past the first object (4 MiB): the clone copies up another parent object.
+    write(&mut ia, 9000, &[0xA4; 4096], true);
+    put(9000, &[0xA4; 4096]);
+    sync_cache(&mut ia);
+    assert!(
+        read(&mut ia, 0, 128) == model[..128 * 512],
+        "A reads back its model"
+    );
+    assert_eq!(read(&mut ia, 9000, 8), vec![0xA4; 4096]);
+    // B never sees A's writes.
+    assert!(read(&mut ib, 0, 16) == data[..16 * 512]);
+    assert_eq!(read(&mut ib, 16, 16), vec![0xB2; 8192]);
+    assert!(read(&mut ib, 40, 64) == data[40 * 512..104 * 512]);
+    // Ceph's own view: A's clone is the model, the base is unchanged.
+    assert!(
+        export(&sa) == model,
+        "rbd export of {sa} differs from the model"
+    );
+    assert!(export(&base) == data, "the base changed");
+
+    // Reset (forced: B is logged in): a new clone; B's session ends; the old clone leaves the
+    // pool once the server has let go of it.
+    lab.run(&["reset-client", &b, "--force"]).ok();
+    let sb2 = disk_spec(&lab, &b);
+    assert_ne!(sb, sb2);
+    eventually("B's old session ends", || ib.read16(0, 0, 1).is_err());
+    let mut ib = client_when_served(srv.addr, &b, Duration::from_secs(20));
+    assert!(
+        read(&mut ib, 16, 16) == data[16 * 512..32 * 512],
+        "B is pristine"
+    );
+    eventually("the old clone leaves the pool", || !in_pool(&sb));
+    write(&mut ib, 16, &[0xB3; 512], true);
+
+    // Restart: the persistent client keeps its writes.
+    drop((ia, ib));
+    srv.stop();
+    let mut srv = Serve::start(&lab.dir);
+    let mut ia = client_when_served(srv.addr, &a, Duration::from_secs(30));
+    assert!(
+        read(&mut ia, 0, 128) == model[..128 * 512],
+        "A's writes survived a restart"
+    );
+
+    // Removing a served client ends its session and takes its clone out of the pool.
+    lab.run(&["remove-client", &a]).ok();
+    eventually("A's session ends", || ia.read16(0, 0, 1).is_err());
+    eventually("A's clone leaves the pool", || !in_pool(&sa));
+    srv.stop();
+    lab.run(&["remove-client", &b]).ok();
+    assert!(!in_pool(&sb2));
+    lab.run(&["image", "remove", &image]).ok();
+}
+
+#[test]
+fn rbd_a_second_server_refuses_a_served_disk_and_takes_it_over_once_the_first_is_gone() {
+    let data = disk(23);
+    let (first, image) = rbd_lab_with(&data);
+    let c = unique("pc");
+    add_rbd_client(&first, "52:54:00:00:00:03", &image, &c, &[]);
+    let mut a = Serve::start(&first.dir);
+    let mut on_a = client(a.addr, &c);
+    write(&mut on_a, 8, &[0xC3; 4096], true);
+
+    // A second server on the same pool (its own state directory, with the same registry).
+    let second = rbd_lab();
+    std::fs::copy(
+        first.dir.join("registry.toml"),
+        second.dir.join("registry.toml"),
+    )
+    .unwrap();
+    let mut b = Serve::start(&second.dir);
+    let refused = "is served by another isboot server";
+    b.wait_log(Duration::from_secs(20), |l| l.contains(refused));
+    assert!(!can_login(b.addr, &c), "B served a disk A holds");
+    std::thread::sleep(Duration::from_secs(2));
+    let log = b.log_text();
+    assert_eq!(
+        log.matches(refused).count(),
+        1,
+        "one line, not one per retry: {log}"
+    );
+    // A goes on serving it.
+    assert_eq!(read(&mut on_a, 8, 8), vec![0xC3; 4096]);
+    write(&mut on_a, 16, &[0xC4; 512], true);
+
+    // A dies; the client's next login on B gets its disk, with what it wrote on A.
+    a.kill9();
+    let mut on_b = client_when_served(b.addr, &c, Duration::from_secs(60));
+    assert_eq!(read(&mut on_b, 8, 8), vec![0xC3; 4096]);
+    assert_eq!(read(&mut on_b, 16, 1), vec![0xC4; 512]);
+    write(&mut on_b, 24, &[0xC5; 512], true);
+    assert!(
+        b.log_text().contains("serving target now"),
+        "{}",
+        b.log_text()
+    );
+
+    drop(on_b);
+    b.stop();
+    let disk = disk_spec(&first, &c);
+    second.run(&["remove-client", &c]).ok();
+    rm_eventually(&disk);
+    first.run(&["remove-client", &c]).ok();
+    first.run(&["image", "remove", &image]).ok();
+}
+
+#[test]
+fn rbd_kill9_of_serve_under_load_loses_no_acknowledged_durable_write() {
+    let rounds: u64 = std::env::var("ISBOOT_SERVE_KILL_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
+    let data = disk(25);
+    let (lab, image) = rbd_lab_with(&data);
+    let c = unique("pk");
+    add_rbd_client(&lab, "52:54:00:00:00:04", &image, &c, &[]);
+    let acked = kill9_rounds(&lab.dir, &c, rounds, &data);
+    assert!(acked > 0, "no FUA write was acknowledged");
+    eprintln!(
+        "kill -9 of isboot serve on RBD: {rounds} rounds, {acked} acknowledged FUA writes, 0 mismatches"
+    );
+    let disk = disk_spec(&lab, &c);
+    lab.run(&["remove-client", &c]).ok();
+    rm_eventually(&disk);
+    lab.run(&["image", "remove", &image]).ok();
 }

@@ -1,60 +1,15 @@
 //! `isboot serve` end to end on loopback: clients' private copy-on-write disks over iSCSI, the
 //! base image untouched, changes made with the CLI while it runs, `isboot status`, restarts,
 //! maintenance, and a real `kill -9` under a durable-write load.
-// The test harness signals its own child by PID from another thread: the crate denies unsafe code elsewhere.
-#![allow(unsafe_code)]
 
 mod fixture;
+use fixture::disk_io::*;
 use fixture::*;
-use isboot::initiator::{Initiator, LoginOptions, write16_cdb};
+use isboot::initiator::{Initiator, LoginOptions};
 use std::net::SocketAddr;
 use std::process::Command;
-use std::time::{Duration, Instant};
 
-const P: &str = "iqn.2026-11.org.isboot";
-
-fn login(addr: SocketAddr, initiator: &str, target: &str) -> Initiator {
-    let o = LoginOptions::new(initiator, Some(target)).linux_profile();
-    let mut i = Initiator::connect(addr, &o).expect("login");
-    i.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    i.clear_unit_attention(0).expect("unit attention clears");
-    i
-}
-
-fn client(addr: SocketAddr, name: &str) -> Initiator {
-    login(
-        addr,
-        &format!("{P}:initiator:{name}"),
-        &format!("{P}:{name}"),
-    )
-}
-
-fn read(i: &mut Initiator, lba: u64, blocks: u32) -> Vec<u8> {
-    let c = i.read16(0, lba, blocks).unwrap();
-    assert_eq!(c.status, 0, "{c:?}");
-    c.data.to_vec()
-}
-
-fn write(i: &mut Initiator, lba: u64, data: &[u8], fua: bool) {
-    let c = i
-        .command(
-            0,
-            &write16_cdb(lba, (data.len() / 512) as u32, fua),
-            data,
-            0,
-        )
-        .unwrap();
-    assert_eq!(c.status, 0, "{c:?}");
-}
-
-/// Wait until `f` holds (the server polls the state dir every second).
-fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    let until = Instant::now() + Duration::from_secs(10);
-    while !f() {
-        assert!(Instant::now() < until, "timed out waiting for: {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
+const P: &str = PREFIX;
 
 fn crc(p: &std::path::Path) -> u32 {
     crc32c::crc32c(&std::fs::read(p).unwrap())
@@ -452,12 +407,6 @@ fn maintenance_publishes_a_version_fresh_clients_boot_and_old_ones_keep_working(
     assert_eq!(read(&mut old, 101, 1), vec![0x0E; 512]);
 }
 
-/// Per 512-byte block: content that must have survived, and content that may have.
-struct Model {
-    durable: Vec<Option<u8>>,
-    maybe: Vec<Vec<u8>>,
-}
-
 #[test]
 fn kill9_of_serve_under_load_loses_no_acknowledged_durable_write() {
     let rounds: u64 = std::env::var("ISBOOT_SERVE_KILL_ROUNDS")
@@ -465,97 +414,8 @@ fn kill9_of_serve_under_load_loses_no_acknowledged_durable_write() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(4);
     let lab = Lab::with_image();
-    let base = pattern(4 << 20, 1);
     lab.add("52:54:00:00:00:01", "pc1", &[]);
-    const BLOCKS: u64 = 256; // the region written
-    let mut model = Model {
-        durable: vec![None; BLOCKS as usize],
-        maybe: vec![Vec::new(); BLOCKS as usize],
-    };
-    let mut acked = 0u64;
-    let mut seed = 0x1234_5678u64;
-    let mut next = move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
-    let mut tag = 0u8;
-    for round in 0..rounds {
-        let mut srv = Serve::start(&lab.dir);
-        let addr = srv.addr;
-        let pid = srv.child.id();
-        let mut i = client(addr, "pc1");
-        // Kill it while the writer is busy.
-        let killer = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(300 + (round * 137) % 400));
-            // SAFETY: signalling our own child by its PID.
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-        });
-        loop {
-            tag = tag.wrapping_add(1).max(1);
-            let lba = next() % (BLOCKS - 8);
-            let n = 1 + next() % 8;
-            let kind = next() % 4; // 0: FUA write, 1-2: plain write, 3: SYNCHRONIZE CACHE
-            if kind == 3 {
-                match i.command(0, &[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[], 0) {
-                    Ok(c) if c.status == 0 => {
-                        for b in 0..BLOCKS as usize {
-                            if let Some(&t) = model.maybe[b].last() {
-                                model.durable[b] = Some(t);
-                                model.maybe[b].clear();
-                            }
-                        }
-                    }
-                    _ => break,
-                }
-                continue;
-            }
-            let data = vec![tag; n as usize * 512];
-            for b in lba..lba + n {
-                model.maybe[b as usize].push(tag);
-            }
-            match i.command(0, &write16_cdb(lba, n as u32, kind == 0), &data, 0) {
-                Ok(c) if c.status == 0 => {
-                    if kind == 0 {
-                        acked += 1;
-                        for b in lba..lba + n {
-                            model.durable[b as usize] = Some(tag);
-                            model.maybe[b as usize].clear();
-                        }
-                    }
-                }
-                _ => break,
-            }
-        }
-        killer.join().unwrap();
-        srv.kill9();
-        // Restart and check every block of the region.
-        let mut srv = Serve::start(&lab.dir);
-        let mut i = client(srv.addr, "pc1");
-        let got = read(&mut i, 0, BLOCKS as u32);
-        for b in 0..BLOCKS as usize {
-            let have = &got[b * 512..(b + 1) * 512];
-            let base_b = &base[b * 512..(b + 1) * 512];
-            let matches = |t: Option<u8>| match t {
-                None => have == base_b,
-                Some(t) => have.iter().all(|&x| x == t),
-            };
-            let found = std::iter::once(model.durable[b])
-                .chain(model.maybe[b].iter().map(|&t| Some(t)))
-                .find(|&t| matches(t));
-            match found {
-                Some(t) => {
-                    model.durable[b] = t;
-                    model.maybe[b].clear();
-                }
-                None => panic!(
-                    "round {round}: block {b} holds neither its durable content nor a later write"
-                ),
-            }
-        }
-        srv.kill9();
-    }
+    let acked = kill9_rounds(&lab.dir, "pc1", rounds, &pattern(4 << 20, 1));
     assert!(acked > 0, "no FUA write was acknowledged");
     eprintln!(
         "kill -9 of isboot serve: {rounds} kills, {acked} acknowledged FUA writes, 0 mismatches"

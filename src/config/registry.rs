@@ -93,15 +93,14 @@ pub struct Version {
 }
 
 impl Version {
-    /// `Err` (one line) for a version on Ceph RBD: client disks, maintenance and image prepare
-    /// work on file versions only until `isboot serve` serves from RBD.
+    /// `Err` (one line) for a version on Ceph RBD: maintenance and image prepare work on file
+    /// versions only (client disks on RBD versions are clones in the pool).
     pub fn file_only(&self, image: &ImageName) -> Result<(), crate::config::ConfigError> {
         match &self.rbd {
             None => Ok(()),
             Some(spec) => Err(crate::config::ConfigError::BadArgument(format!(
-                "image {image} version {} is on Ceph RBD ({spec}); client disks, image edit \
-                 and image prepare need a file version until isboot serves from RBD \
-                 (see docs/scale-out.md)",
+                "image {image} version {} is on Ceph RBD ({spec}); image edit and image \
+                 prepare need a file version for now (see docs/scale-out.md)",
                 self.number
             ))),
         }
@@ -139,8 +138,13 @@ pub struct Client {
     pub mode: Mode,
     /// Initiator names allowed to log in to this client's target.
     pub initiators: Vec<Iqn>,
-    /// Overlay file, relative to the state directory.
+    /// Overlay file, relative to the state directory (empty for a disk on Ceph RBD).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub overlay: String,
+    /// A disk on Ceph RBD (a client of an RBD version): `POOL/isboot-client-NAME.SERIAL`, a
+    /// copy-on-write clone of the version's snapshot, instead of an overlay file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rbd: Option<String>,
     pub created: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chap: Option<Chap>,
@@ -233,6 +237,7 @@ mod tests {
                 mode: Mode::Reset,
                 initiators: vec!["iqn.2026-11.org.isboot:initiator:pc1".parse().unwrap()],
                 overlay: "overlays/pc1.2.ovl".into(),
+                rbd: None,
                 created: 5,
                 chap: Some(Chap {
                     user: "u".into(),

@@ -136,19 +136,6 @@ impl StoreConfig {
         Ok(())
     }
 
-    /// `Err` with a one-line message when `what` (a command that serves disks) cannot run on
-    /// this backend. `image add`/`list`/`remove`/`prune` work on the RBD pool; `isboot serve`
-    /// does not drive the RBD store yet.
-    pub fn file_store_only(&self, what: &str) -> Result<(), String> {
-        match self.backend() {
-            Backend::File => Ok(()),
-            Backend::Rbd => Err(format!(
-                "{what} keeps disks in the state directory only for now; [store] backend = \
-                 \"rbd\" is not served yet (see docs/scale-out.md): set backend = \"file\""
-            )),
-        }
-    }
-
     /// The section's text, every key with a comment; keys left out are shown commented with
     /// their default.
     pub fn render(&self) -> String {
@@ -245,17 +232,6 @@ mod tests {
         assert!(e.contains("pool only apply to backend = \"rbd\""), "{e}");
         let e = parse("backend = \"file\"\nkeyring = \"/k\"\nclient = \"client.x\"").unwrap_err();
         assert!(e.contains("client, keyring only apply"), "{e}");
-    }
-
-    #[test]
-    fn disk_commands_say_rbd_is_not_served_yet() {
-        assert!(parse("").unwrap().file_store_only("isboot serve").is_ok());
-        let rbd = StoreConfig {
-            backend: Some(Backend::Rbd),
-            ..StoreConfig::default()
-        };
-        let e = rbd.file_store_only("isboot serve").unwrap_err();
-        assert!(e.starts_with("isboot serve keeps disks") && e.contains("set backend = \"file\""));
     }
 
     #[test]

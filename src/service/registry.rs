@@ -47,7 +47,46 @@ pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
 struct Live {
     spec: TargetSpec,
     target: Arc<TargetConfig>,
-    overlay: Arc<Overlay>,
+    disk: Disk,
+}
+
+/// What a target serves: an overlay over a base file, or a client's clone on Ceph RBD.
+#[derive(Clone)]
+enum Disk {
+    File(Arc<Overlay>),
+    #[cfg(feature = "rbd")]
+    Rbd(Arc<crate::store::rbd::RbdDevice>),
+}
+
+impl Disk {
+    fn device(&self) -> Arc<dyn BlockDevice> {
+        match self {
+            Disk::File(o) => o.clone(),
+            #[cfg(feature = "rbd")]
+            Disk::Rbd(d) => d.clone(),
+        }
+    }
+
+    fn overlay(&self) -> Option<&Arc<Overlay>> {
+        match self {
+            Disk::File(o) => Some(o),
+            #[cfg(feature = "rbd")]
+            Disk::Rbd(_) => None,
+        }
+    }
+
+    /// Flush an overlay's map; an RBD disk has nothing waiting (librbd acknowledges
+    /// committed writes, `rbd_cache` is off).
+    fn flush(&self) -> Result<(), crate::store::StoreError> {
+        match self.overlay() {
+            Some(o) => o.flush(),
+            None => Ok(()),
+        }
+    }
+
+    fn has_unflushed(&self) -> bool {
+        self.overlay().is_some_and(|o| o.has_unflushed())
+    }
 }
 
 /// Identity of a file's current content: (inode, size, mtime in ns).
@@ -68,7 +107,16 @@ struct Inner {
     targets: Vec<Live>,
     stamps: (Stamp, Stamp),
     bases: HashMap<PathBuf, Weak<BaseImage>>,
+    /// Targets that could not be opened at the last reload (IQN -> why, as logged): tried
+    /// again every tick (an RBD disk whose lock another server holds is served once it is
+    /// free).
+    refused: HashMap<String, String>,
 }
+
+/// How long a closed RBD disk waits for its last session to let go of it before the server
+/// gives up removing it (see `close_rbd_disk`).
+#[cfg(feature = "rbd")]
+const RBD_CLOSE_WAIT: Duration = Duration::from_secs(60);
 
 /// Targets served from a state directory. Cheap to query from many tasks at once.
 pub struct StateRegistry {
@@ -88,6 +136,9 @@ pub struct StateRegistry {
     /// Free space on the state file system was below the warning threshold at the last look
     /// (the crossing is logged once each way).
     space_low: std::sync::atomic::AtomicBool,
+    /// The Ceph pool RBD disks are opened in, connected at the first one.
+    #[cfg(feature = "rbd")]
+    pool: Mutex<Option<Arc<crate::store::rbd::RbdStore>>>,
 }
 
 fn fnv1a(s: &str) -> u64 {
@@ -121,6 +172,7 @@ impl StateRegistry {
                 targets: Vec::new(),
                 stamps: (None, None),
                 bases: HashMap::new(),
+                refused: HashMap::new(),
             }),
             reload_lock: Mutex::new(()),
             listen: Mutex::new(String::new()),
@@ -130,6 +182,8 @@ impl StateRegistry {
             learned: Mutex::new(HashMap::new()),
             image_cache: Mutex::new(None),
             space_low: std::sync::atomic::AtomicBool::new(false),
+            #[cfg(feature = "rbd")]
+            pool: Mutex::new(None),
         };
         r.reload()?;
         Ok(r)
@@ -223,7 +277,7 @@ impl StateRegistry {
             stamp(&self.dir.config_path()),
             stamp(&self.dir.registry_path()),
         );
-        if self.read().stamps == now {
+        if self.read().stamps == now && self.read().refused.is_empty() {
             return Ok(false);
         }
         if let Err(e) = self.reload() {
@@ -243,23 +297,27 @@ impl StateRegistry {
         );
         let state = self.dir.load()?;
         let specs = state.targets();
-        let (old, mut bases) = {
+        let (old, mut bases, mut refused) = {
             let r = self.read();
-            let old: Vec<(TargetSpec, Arc<TargetConfig>, Arc<Overlay>)> = r
+            let old: Vec<(TargetSpec, Arc<TargetConfig>, Disk)> = r
                 .targets
                 .iter()
-                .map(|l| (l.spec.clone(), l.target.clone(), l.overlay.clone()))
+                .map(|l| (l.spec.clone(), l.target.clone(), l.disk.clone()))
                 .collect();
-            (old, r.bases.clone())
+            (old, r.bases.clone(), r.refused.clone())
         };
+        let mut retry = HashMap::new();
         let mut next = Vec::with_capacity(specs.len());
         // Old targets that go on unchanged (their sessions live on).
         let mut kept = vec![false; old.len()];
         // Old overlays still in use by a new target (never open one file twice).
         let mut reused = vec![false; old.len()];
         for spec in specs {
-            let same_disk =
-                |s: &TargetSpec| s.overlay_path == spec.overlay_path && s.base_id == spec.base_id;
+            let same_disk = |s: &TargetSpec| {
+                s.overlay_path == spec.overlay_path
+                    && s.base_id == spec.base_id
+                    && s.rbd == spec.rbd
+            };
             if let Some(i) = old
                 .iter()
                 .position(|(s, _, _)| s.iqn == spec.iqn && same_disk(s))
@@ -271,7 +329,7 @@ impl StateRegistry {
                     next.push(Live {
                         spec,
                         target: pt.clone(),
-                        overlay: po.clone(),
+                        disk: po.clone(),
                     });
                 } else {
                     // Access rules changed: same disk, same counters; sessions log in again.
@@ -286,33 +344,39 @@ impl StateRegistry {
                     next.push(Live {
                         spec,
                         target,
-                        overlay: po.clone(),
+                        disk: po.clone(),
                     });
                 }
                 continue;
             }
             // Same overlay file under a new name (the IQN prefix changed): reuse the open view.
-            let overlay = match old.iter().position(|(s, _, _)| same_disk(s)) {
+            let disk = match old.iter().position(|(s, _, _)| same_disk(s)) {
                 Some(i) => {
                     reused[i] = true;
                     Ok(old[i].2.clone())
                 }
-                None => self.open_overlay(&spec, &mut bases),
+                None => self.open_disk(&spec, &state, &mut bases),
             };
-            match overlay {
-                Ok(overlay) => {
-                    let target =
-                        target_for(&spec, overlay.clone(), Arc::new(TargetStats::default()));
-                    next.push(Live {
-                        spec,
-                        target,
-                        overlay,
-                    });
+            match disk {
+                Ok(disk) => {
+                    if refused.remove(spec.iqn.as_str()).is_some() {
+                        tracing::info!(target = %spec.iqn, "serving target now");
+                    }
+                    let target = target_for(&spec, disk.device(), Arc::new(TargetStats::default()));
+                    next.push(Live { spec, target, disk });
                 }
-                Err(e) => tracing::error!(target = %spec.iqn, "cannot serve target: {e}"),
+                // Logged once until it changes (an RBD disk another server holds is tried
+                // again every second: it is served once that server lets go or is gone).
+                Err(e) => {
+                    let line = e.to_string();
+                    if refused.get(spec.iqn.as_str()) != Some(&line) {
+                        tracing::error!(target = %spec.iqn, "cannot serve target: {line}");
+                    }
+                    retry.insert(spec.iqn.to_string(), line);
+                }
             }
         }
-        let mut ended: Vec<(Arc<TargetConfig>, Option<Arc<Overlay>>)> = Vec::new();
+        let mut ended: Vec<(Arc<TargetConfig>, Option<Disk>)> = Vec::new();
         for (i, (_, t, o)) in old.into_iter().enumerate() {
             if !kept[i] {
                 ended.push((t, (!reused[i]).then_some(o)));
@@ -321,10 +385,12 @@ impl StateRegistry {
         bases.retain(|_, w| w.strong_count() > 0);
         // Every client's overlay under today's quota (a maintenance disk has none).
         for l in &next {
-            l.overlay.set_quota(match &l.spec.kind {
-                TargetKind::Client(name) => state.client_quota(name),
-                TargetKind::Maintenance(_) => None,
-            });
+            if let Some(o) = l.disk.overlay() {
+                o.set_quota(match &l.spec.kind {
+                    TargetKind::Client(name) => state.client_quota(name),
+                    TargetKind::Maintenance(_) => None,
+                });
+            }
         }
         {
             let mut w = self.inner.write().unwrap_or_else(|e| e.into_inner());
@@ -332,6 +398,7 @@ impl StateRegistry {
             w.state = Arc::new(state);
             w.stamps = stamps;
             w.bases = bases;
+            w.refused = retry;
         }
         for (t, o) in ended {
             tracing::info!(target = %t.iqn, "target changed, reset or removed; ending its sessions");
@@ -340,9 +407,90 @@ impl StateRegistry {
                 if let Err(e) = o.flush() {
                     tracing::warn!(target = %t.iqn, "flushing old overlay: {e}");
                 }
+                #[cfg(feature = "rbd")]
+                if let Disk::Rbd(d) = o {
+                    self.close_rbd_disk(t.iqn.clone(), d);
+                }
             }
         }
         Ok(())
+    }
+
+    /// Open what `spec` serves: its overlay, or its clone on RBD with the clone's exclusive
+    /// lock (refused while another live server holds it).
+    fn open_disk(
+        &self,
+        spec: &TargetSpec,
+        st: &State,
+        bases: &mut HashMap<PathBuf, Weak<BaseImage>>,
+    ) -> Result<Disk, ConfigError> {
+        let Some(_rbd) = &spec.rbd else {
+            return Ok(Disk::File(self.open_overlay(spec, bases)?));
+        };
+        #[cfg(feature = "rbd")]
+        {
+            let disk = crate::store::rbd::disk_of_spec(_rbd).ok_or_else(|| {
+                ConfigError::BadArgument(format!("bad RBD disk {_rbd:?} in the registry"))
+            })?;
+            Ok(Disk::Rbd(Arc::new(self.pool(st)?.open_client(disk)?)))
+        }
+        #[cfg(not(feature = "rbd"))]
+        {
+            let _ = st;
+            Err(ConfigError::BadArgument(format!(
+                "{_rbd} is on Ceph RBD: serving it needs an isboot built with --features rbd"
+            )))
+        }
+    }
+
+    /// The RBD pool of `st`'s `[store]`, connected once and shared by every disk.
+    #[cfg(feature = "rbd")]
+    fn pool(&self, st: &State) -> Result<Arc<crate::store::rbd::RbdStore>, ConfigError> {
+        let mut p = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = p.as_ref() {
+            return Ok(p.clone());
+        }
+        let s = Arc::new(crate::store::rbd::RbdStore::connect(
+            &st.config.store.rbd_config(),
+        )?);
+        *p = Some(s.clone());
+        Ok(s)
+    }
+
+    /// An RBD disk stopped being served (its client was reset or removed, or the target
+    /// changed): once its sessions have let go of it (at most [`RBD_CLOSE_WAIT`]), close it,
+    /// which releases its lock, and remove the clone from the pool if the registry no longer
+    /// names it (the CLI could not while this server had it open).
+    #[cfg(feature = "rbd")]
+    fn close_rbd_disk(&self, iqn: String, disk: Arc<crate::store::rbd::RbdDevice>) {
+        let Ok(pool) = self.pool(&self.current_state()) else {
+            return;
+        };
+        let dir = self.dir.clone();
+        let spec = pool.client_spec(disk.name().trim_start_matches("isboot-client-"));
+        let _ = std::thread::Builder::new()
+            .name("rbd-close".into())
+            .spawn(move || {
+                let until = std::time::Instant::now() + RBD_CLOSE_WAIT;
+                while Arc::strong_count(&disk) > 1 && std::time::Instant::now() < until {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                let name = disk.name().to_string();
+                if Arc::strong_count(&disk) > 1 {
+                    tracing::warn!(target = %iqn, "{name} is still in use after {RBD_CLOSE_WAIT:?}; it stays open until its last session ends");
+                    return;
+                }
+                drop(disk);
+                let named = dir
+                    .load()
+                    .map(|st| st.registry.clients.iter().any(|c| c.rbd.as_deref() == Some(&spec)));
+                if let Ok(false) = named {
+                    match pool.remove_client(name.trim_start_matches("isboot-client-")) {
+                        Ok(()) => tracing::info!(target = %iqn, "removed {spec} from the pool"),
+                        Err(e) => tracing::warn!(target = %iqn, "{spec} stays in the pool ({e}); remove it with: rbd rm {spec}"),
+                    }
+                }
+            });
     }
 
     fn open_overlay(
@@ -392,9 +540,10 @@ impl StateRegistry {
             .iter()
             .find(|l| l.spec.iqn == iqn)
             .map(|l| {
-                let u = l.overlay.usage();
                 (
-                    u.data_blocks + u.zero_blocks > 0,
+                    l.disk
+                        .overlay()
+                        .is_none_or(|o| o.usage().data_blocks + o.usage().zero_blocks > 0),
                     !l.target.stats.sessions().is_empty(),
                 )
             })
@@ -501,12 +650,12 @@ impl StateRegistry {
     /// Flush overlays of targets nobody is logged in to (so `image commit` and a crash see
     /// every write of a session that ended without SYNCHRONIZE CACHE).
     pub fn flush_idle(&self) {
-        let idle: Vec<(String, Arc<Overlay>)> = self
+        let idle: Vec<(String, Disk)> = self
             .read()
             .targets
             .iter()
-            .filter(|l| l.target.stats.sessions().is_empty() && l.overlay.has_unflushed())
-            .map(|l| (l.target.iqn.clone(), l.overlay.clone()))
+            .filter(|l| l.target.stats.sessions().is_empty() && l.disk.has_unflushed())
+            .map(|l| (l.target.iqn.clone(), l.disk.clone()))
             .collect();
         for (iqn, o) in idle {
             if let Err(e) = o.flush() {
@@ -517,12 +666,7 @@ impl StateRegistry {
 
     /// Flush every overlay (shutdown).
     pub fn flush_all(&self) {
-        let all: Vec<Arc<Overlay>> = self
-            .read()
-            .targets
-            .iter()
-            .map(|l| l.overlay.clone())
-            .collect();
+        let all: Vec<Disk> = self.read().targets.iter().map(|l| l.disk.clone()).collect();
         for o in all {
             let _ = o.flush();
         }
@@ -559,14 +703,17 @@ impl StateRegistry {
                         .collect(),
                     bytes_read: l.target.stats.bytes_read.load(Ordering::Relaxed),
                     bytes_written: l.target.stats.bytes_written.load(Ordering::Relaxed),
-                    unflushed: l.overlay.has_unflushed(),
-                    failed: l.overlay.has_failed(),
-                    overlay_bytes: std::fs::metadata(&l.spec.overlay_path)
-                        .map(|m| m.blocks() * 512)
-                        .unwrap_or(0),
-                    overlay_data_bytes: l.overlay.data_bytes(),
-                    quota_bytes: l.overlay.quota(),
-                    over_quota: l.overlay.over_quota(),
+                    unflushed: l.disk.has_unflushed(),
+                    failed: l.disk.overlay().is_some_and(|o| o.has_failed()),
+                    overlay_bytes: match l.disk.overlay() {
+                        Some(_) => std::fs::metadata(&l.spec.overlay_path)
+                            .map(|m| m.blocks() * 512)
+                            .unwrap_or(0),
+                        None => 0,
+                    },
+                    overlay_data_bytes: l.disk.overlay().map_or(0, |o| o.data_bytes()),
+                    quota_bytes: l.disk.overlay().and_then(|o| o.quota()),
+                    over_quota: l.disk.overlay().is_some_and(|o| o.over_quota()),
                     bound: self.bound_of(&st, &l.spec.kind),
                 }
             })
@@ -644,10 +791,10 @@ impl StateRegistry {
     }
 }
 
-/// A target serving `overlay` as LUN 0.
+/// A target serving `dev` as LUN 0.
 fn target_for(
     spec: &TargetSpec,
-    overlay: Arc<Overlay>,
+    dev: Arc<dyn BlockDevice>,
     stats: Arc<TargetStats>,
 ) -> Arc<TargetConfig> {
     let (product, serial) = match &spec.kind {
@@ -661,7 +808,6 @@ fn target_for(
         serial,
         naa_id: fnv1a(spec.iqn.as_str()),
     };
-    let dev: Arc<dyn BlockDevice> = overlay;
     let lu = Arc::new(LogicalUnit::new(dev, ident));
     Arc::new(TargetConfig {
         iqn: spec.iqn.to_string(),

@@ -59,7 +59,9 @@ impl State {
             .image(&c.image)
             .and_then(|i| i.newest())
             .map(|v| v.number);
-        if newest != Some(c.version) {
+        // A disk on RBD is cloned again at every power-on (a metadata operation; what the
+        // clone holds is not worth asking Ceph for on the DHCP path).
+        if newest != Some(c.version) || c.rbd.is_some() {
             return true;
         }
         match Overlay::usage_at(&self.dir.path(&c.overlay)) {
@@ -119,7 +121,6 @@ impl Locked {
         let newest = image
             .newest()
             .ok_or_else(|| ConfigError::UnknownImage(format!("{} (no versions)", req.image)))?;
-        newest.file_only(&req.image)?;
         let version = newest.number;
         if let Some(ip) = req.ip {
             check_client_ip(st, ip, None)?;
@@ -172,7 +173,7 @@ impl Locked {
             Some(ch) => write_secret_file(&secret, ch)?,
             None => remove_secret_file(&secret)?,
         }
-        let rel = self.new_overlay("overlays", name.as_str(), &req.image, version)?;
+        let (rel, rbd) = self.new_client_disk(name.as_str(), &req.image, version)?;
         let client = Client {
             name,
             mac: req.mac,
@@ -182,6 +183,7 @@ impl Locked {
             mode: req.mode,
             initiators,
             overlay: rel.clone(),
+            rbd,
             created: now_unix(),
             // Secrets live in secrets/<name>.toml; `chap` in the registry is the old place.
             chap: None,
@@ -189,7 +191,10 @@ impl Locked {
             quota_mib: req.quota_mib,
         };
         self.state.registry.clients.push(client.clone());
-        self.save_or_forget(&[&rel])?;
+        if let Err(e) = self.save() {
+            self.forget_client_disk(&client);
+            return Err(e);
+        }
         Ok(client)
     }
 
@@ -270,6 +275,13 @@ impl Locked {
         keep_overlay: bool,
     ) -> Result<(Client, Option<PathBuf>), ConfigError> {
         let c = self.state.client(which)?.clone();
+        if keep_overlay && let Some(spec) = &c.rbd {
+            return Err(ConfigError::BadArgument(format!(
+                "client {}'s disk is on Ceph RBD ({spec}), not an overlay file to keep: copy it \
+                 first (rbd cp {spec} POOL/NAME), then remove the client without --keep-overlay",
+                c.name
+            )));
+        }
         self.state.registry.clients.retain(|x| x.name != c.name);
         self.save()?;
         // Best effort: the client is gone already; a secret left behind is replaced or removed
@@ -278,7 +290,7 @@ impl Locked {
         if keep_overlay {
             Ok((c.clone(), Some(self.state.dir.path(&c.overlay))))
         } else {
-            self.forget(&c.overlay);
+            self.forget_client_disk(&c);
             Ok((c, None))
         }
     }
@@ -304,17 +316,21 @@ impl Locked {
             .newest()
             .map(|v| v.number)
             .ok_or_else(|| ConfigError::UnknownImage(c.image.to_string()))?;
-        let rel = self.new_overlay("overlays", c.name.as_str(), &c.image, newest)?;
+        let (rel, rbd) = self.new_client_disk(c.name.as_str(), &c.image, newest)?;
         let mut updated = c.clone();
         updated.overlay = rel.clone();
+        updated.rbd = rbd;
         updated.version = newest;
         for x in self.state.registry.clients.iter_mut() {
             if x.name == c.name {
                 *x = updated.clone();
             }
         }
-        self.save_or_forget(&[&rel])?;
-        self.forget(&c.overlay);
+        if let Err(e) = self.save() {
+            self.forget_client_disk(&updated);
+            return Err(e);
+        }
+        self.forget_client_disk(&c);
         Ok(updated)
     }
 }

@@ -76,6 +76,9 @@ pub struct TargetSpec {
     /// The base file as published, when the registry recorded it.
     pub base_published: Option<Published>,
     pub overlay_path: PathBuf,
+    /// A client disk on Ceph RBD (`POOL/isboot-client-NAME.SERIAL`) served instead of an
+    /// overlay (then `base_path` and `overlay_path` are empty).
+    pub rbd: Option<String>,
     pub initiators: Vec<Iqn>,
     pub chap: Option<Chap>,
 }
@@ -348,7 +351,8 @@ impl State {
                 .registry
                 .image(&c.image)
                 .and_then(|i| i.version(c.version))
-                .filter(|v| v.rbd.is_none())
+                // A client of an RBD version is served from its clone; one without is not.
+                .filter(|v| v.rbd.is_some() == c.rbd.is_some())
             else {
                 continue;
             };
@@ -368,6 +372,7 @@ impl State {
                 base_id: id,
                 base_published: v.published,
                 overlay_path: self.dir.path(&c.overlay),
+                rbd: c.rbd.clone(),
                 initiators: c.initiators.clone(),
                 chap,
             });
@@ -392,6 +397,7 @@ impl State {
                 base_id: id,
                 base_published: v.published,
                 overlay_path: self.dir.path(&m.overlay),
+                rbd: None,
                 initiators: m.initiators.clone(),
                 chap,
             });
@@ -488,6 +494,48 @@ impl Locked {
         }
         Overlay::create_at(&path, base, DEFAULT_BLOCK_SIZE)?;
         Ok(rel)
+    }
+
+    /// A new disk for client `stem` on `image` version `version`: an overlay file (its path
+    /// relative to the state directory, and `None`), or for a version on Ceph RBD a clone in
+    /// the pool (an empty path and the clone's spec).
+    fn new_client_disk(
+        &mut self,
+        stem: &str,
+        image: &ImageName,
+        version: u64,
+    ) -> Result<(String, Option<String>), ConfigError> {
+        let v = self
+            .state
+            .image(image)?
+            .version(version)
+            .ok_or_else(|| ConfigError::UnknownImage(format!("{image} version {version}")))?;
+        let Some(_base) = &v.rbd else {
+            return Ok((self.new_overlay("overlays", stem, image, version)?, None));
+        };
+        #[cfg(feature = "rbd")]
+        return Ok((
+            String::new(),
+            Some(self.new_rbd_disk(stem, image, version)?),
+        ));
+        #[cfg(not(feature = "rbd"))]
+        Err(ConfigError::BadArgument(format!(
+            "image {image} version {version} is on Ceph RBD ({_base}): client disks on it need \
+             an isboot built with --features rbd"
+        )))
+    }
+
+    /// Remove a client's disk once the registry no longer points at it (best effort): its
+    /// overlay file, or its clone in the pool (a clone a running server still has open is
+    /// removed by that server when it closes it).
+    fn forget_client_disk(&self, c: &Client) {
+        if !c.overlay.is_empty() {
+            self.forget(&c.overlay);
+        }
+        #[cfg(feature = "rbd")]
+        if let Some(spec) = &c.rbd {
+            rbd::remove_client_disk(&self.state.config.store, spec);
+        }
     }
 
     /// Remove a file the registry no longer points at (best effort: an orphan wastes space,

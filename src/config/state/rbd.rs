@@ -3,7 +3,7 @@
 //! registry records where each version lives (`Version::rbd`); the pool is shared by every
 //! isboot server that points at it, so a name another server has published is refused.
 
-use super::{StateDir, io_write};
+use super::{Locked, StateDir, io_write};
 use crate::config::names::ImageName;
 use crate::config::registry::{Image, Version};
 use crate::config::store::StoreConfig;
@@ -112,6 +112,49 @@ impl StateDir {
             let _ = pool.remove_base(name.as_str(), 1);
         }
         publish
+    }
+}
+
+impl Locked {
+    /// Clone `image` version `version` (on RBD) as a new disk for client `stem`, named
+    /// `isboot-client-STEM.SERIAL` (a reset makes a new name, so a server that still has the
+    /// old disk open never stands in the way). Returns the clone's spec for the registry.
+    pub(super) fn new_rbd_disk(
+        &mut self,
+        stem: &str,
+        image: &ImageName,
+        version: u64,
+    ) -> Result<String, ConfigError> {
+        let number = u32::try_from(version)
+            .map_err(|_| ConfigError::UnknownImage(format!("{image} version {version}")))?;
+        let pool = RbdStore::connect(&self.state.config.store.rbd_config())?;
+        let disk = format!("{stem}.{}", self.state.registry.next_serial());
+        pool.create_client(&disk, image.as_str(), number, false)?;
+        Ok(pool.client_spec(&disk))
+    }
+}
+
+/// Remove the client disk `spec` from the pool (best effort: a disk a running server has
+/// open is refused here and removed by that server when it lets go of it; anything else is
+/// a warning naming the `rbd` command).
+pub fn remove_client_disk(store: &StoreConfig, spec: &str) {
+    let Some(disk) = crate::store::rbd::disk_of_spec(spec) else {
+        return;
+    };
+    let r = RbdStore::connect(&store.rbd_config()).and_then(|p| p.remove_client(disk));
+    match r {
+        Ok(()) => {}
+        Err(StoreError::Ceph { source, .. }) if source.raw_os_error() == Some(libc::EBUSY) => {
+            eprintln!(
+                "isboot: note: client disk {spec} is still open on a server, which removes it \
+                 when it lets go of it; if that server is gone: rbd rm {spec} (once its lock \
+                 has expired)"
+            )
+        }
+        Err(e) => eprintln!(
+            "isboot: warning: client disk {spec} stays in the Ceph pool ({e}); remove it with: \
+             rbd rm {spec}"
+        ),
     }
 }
 

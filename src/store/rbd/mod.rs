@@ -28,6 +28,15 @@ use ffi::{Cluster, FEATURE_EXCLUSIVE_LOCK, FEATURE_LAYERING, Image, IoCtx};
 use std::io;
 use std::sync::Arc;
 
+/// The disk name in a client disk's spec `POOL/isboot-client-DISK` (see
+/// [`RbdStore::client_spec`]).
+pub fn disk_of_spec(spec: &str) -> Option<&str> {
+    spec.split_once('/')?
+        .1
+        .strip_prefix("isboot-client-")
+        .filter(|d| !d.is_empty() && !d.contains(['/', '@']))
+}
+
 /// Snapshot name of a published base version.
 const BASE_SNAP: &str = "base";
 /// Features of every image isboot makes: clones need layering; exclusive-lock keeps two
@@ -250,6 +259,12 @@ impl RbdStore {
             .filter(|b| b.image == image)
             .map(|b| (b.version, b.size))
             .collect())
+    }
+
+    /// Where the client disk `disk` lives: `POOL/isboot-client-DISK` (what the registry
+    /// records; [`disk_of_spec`] turns it back into `disk`).
+    pub fn client_spec(&self, disk: &str) -> String {
+        format!("{}/{}", self.pool, client_name(disk))
     }
 
     /// Make `client`'s disk a fresh copy-on-write clone of `image` version `version`. With
