@@ -517,10 +517,7 @@ fn rbd_a_second_server_refuses_a_served_disk_and_takes_it_over_once_the_first_is
 
 #[test]
 fn rbd_kill9_of_serve_under_load_loses_no_acknowledged_durable_write() {
-    let rounds: u64 = std::env::var("ISBOOT_SERVE_KILL_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2);
+    let rounds = kill_rounds(2);
     let data = disk(25);
     let (lab, image) = rbd_lab_with(&data);
     let c = unique("pk");

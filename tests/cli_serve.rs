@@ -409,10 +409,7 @@ fn maintenance_publishes_a_version_fresh_clients_boot_and_old_ones_keep_working(
 
 #[test]
 fn kill9_of_serve_under_load_loses_no_acknowledged_durable_write() {
-    let rounds: u64 = std::env::var("ISBOOT_SERVE_KILL_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(4);
+    let rounds = kill_rounds(4);
     let lab = Lab::with_image();
     lab.add("52:54:00:00:00:01", "pc1", &[]);
     let acked = kill9_rounds(&lab.dir, "pc1", rounds, &pattern(4 << 20, 1));
