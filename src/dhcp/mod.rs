@@ -17,7 +17,10 @@
 //!   *before* it runs a boot file, which would log in to the disk even for memtest or the
 //!   local disk; the script `sanboot`s the disk itself. The CHAP settings stay in 175 (iPXE's
 //!   iSCSI login reads `username`/`password` from its settings, wherever the root-path came
-//!   from), so the script carries no secret.
+//!   from), so the script carries no secret. In proxy mode the broadcast ProxyDHCPOFFER to a
+//!   client with CHAP names no boot file: iPXE boots straight from an offer with next-server +
+//!   boot file, so it would never get the credentials; without them it sends its
+//!   ProxyDHCPREQUEST to port 4011, and that unicast ACK carries boot file and CHAP.
 //! - anything else that is a known client (the initrd's dhclient): the reserved address and
 //!   the usual options, no boot file.
 //! - unknown MACs: nothing, unless `auto_enroll` is on and [`EnrollHook::enroll`] adds them.

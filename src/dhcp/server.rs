@@ -600,7 +600,16 @@ impl DhcpServer {
                 }
             }
             ClientKind::Ipxe { .. } => {
-                if let Some(url) = &client.boot_script {
+                // Proxy mode, a client with CHAP: the broadcast ProxyDHCPOFFER names no boot
+                // file. iPXE boots straight from an offer that has next-server + boot file, and
+                // that broadcast cannot carry the credentials; without them it asks on port 4011
+                // (ProxyDHCPREQUEST from its address), whose unicast ACK carries file and CHAP.
+                let defer = purpose == Purpose::Proxy
+                    && reply_type == MessageType::Offer
+                    && client.chap.is_some();
+                if defer {
+                    self.name_options(&mut m, client);
+                } else if let Some(url) = &client.boot_script {
                     // The client's script decides what boots, and SAN-boots the disk itself.
                     self.name_options(&mut m, client);
                     m.set_siaddr(server_ip);
@@ -612,7 +621,7 @@ impl DhcpServer {
                 } else {
                     self.san_options(&mut m, client);
                 }
-                if purpose == Purpose::Proxy && client.boot_script.is_none() {
+                if purpose == Purpose::Proxy && client.boot_script.is_none() && !defer {
                     // iPXE drops a ProxyDHCP answer without next-server + boot file; name the
                     // empty script, after which iPXE SAN-boots the root-path.
                     let script = self.cfg.bootfiles.proxy_sanboot_script.clone();
@@ -1190,6 +1199,47 @@ mod tests {
         fn by_ip(&self, ip: Ipv4Addr) -> Option<MacAddr> {
             ChapDir.by_ip(ip)
         }
+    }
+
+    #[test]
+    fn proxy_offer_to_ipxe_with_chap_names_no_boot_file_so_it_asks_on_4011() {
+        let a_creds = vec![(190, b"a".to_vec()), (191, PW_A.as_bytes().to_vec())];
+        let hooks = DhcpHooks::default();
+        let mut s = DhcpServer::new(cfg(DhcpMode::Proxy), Leases::new());
+        let offer = |s: &mut DhcpServer, dir: &dyn ClientDirectory| {
+            let d = req(KNOWN, MessageType::Discover, Who::Ipxe(7), vec![]);
+            let arrival = Arrival {
+                port: 67,
+                src: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, CLIENT_PORT),
+            };
+            s.handle(dir, &hooks, &d.to_vec().expect("enc"), arrival, 1)
+                .expect("proxy offer")
+        };
+        // With CHAP: a PXE offer (iPXE keeps it) without next-server and boot file, so iPXE
+        // sends its ProxyDHCPREQUEST; no credentials in the broadcast.
+        let o = offer(&mut s, &ScriptDir);
+        assert_eq!(o.dest, Destination::Broadcast);
+        assert_eq!(opt(&o.msg, 60), Some(b"PXEClient".to_vec()));
+        assert_eq!(fname(&o.msg), "");
+        assert!(opt(&o.msg, 67).is_none() && o.msg.siaddr().is_unspecified());
+        assert!(credentials(&o.msg).is_empty() && !o.secret);
+        // The 4011 request from its address: script and credentials, unicast.
+        let (r, port, src) = ipxe_request(DhcpMode::Proxy, KNOWN, RESERVED, 7);
+        let arrival = Arrival {
+            port,
+            src: SocketAddrV4::new(src, CLIENT_PORT),
+        };
+        let ack = s
+            .handle(&ScriptDir, &hooks, &r.to_vec().expect("enc"), arrival, 2)
+            .expect("ProxyDHCPACK");
+        assert_eq!(ack.dest, Destination::Unicast(arrival.src));
+        assert_eq!(fname(&ack.msg), SCRIPT_A);
+        assert_eq!(credentials(&ack.msg), a_creds);
+        assert!(ack.secret);
+        // Without CHAP nothing is withheld: the offer names the boot file as before.
+        let o = offer(&mut s, &Dir);
+        assert_eq!(fname(&o.msg), "isboot-sanboot.ipxe");
+        assert_eq!(o.msg.siaddr(), SERVER);
     }
 
     #[test]
