@@ -414,3 +414,31 @@ fn full_feature_data_segment_at_our_limit_and_one_byte_over() {
     }
     still_serving(&exp);
 }
+
+#[test]
+fn export_takes_the_per_address_connection_limit_from_its_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = patterned_image(dir.path(), "h.raw", 4 << 20);
+    let exp = Export::start(&img, &["--max-connections-per-address", "2"]);
+    let opts = |n: u32| {
+        LoginOptions::new(
+            &format!("iqn.2026-11.org.isboot.test:limit{n}"),
+            Some(&exp.iqn),
+        )
+    };
+    let a = connect_ready(exp.addr, &opts(1));
+    let _b = connect_ready(exp.addr, &opts(2));
+    assert!(
+        isboot::initiator::Initiator::connect(exp.addr, &opts(3)).is_err(),
+        "a third connection from 127.0.0.1 is refused"
+    );
+    // Another address has its own two.
+    let _c = connect_ready_from([127, 0, 0, 2], exp.addr, &opts(4));
+    // A connection that goes gives its place back.
+    drop(a);
+    let until = Instant::now() + Duration::from_secs(10);
+    while isboot::initiator::Initiator::connect(exp.addr, &opts(5)).is_err() {
+        assert!(Instant::now() < until, "the place came back");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -153,14 +153,15 @@ pub fn run(args: &ExportArgs) -> ExitCode {
             iqn,
             addr
         );
+        let limits = crate::config::limits::Limits {
+            write_buffer_mib: args.write_buffer_mib,
+            max_connections_per_address: args.max_connections_per_address,
+            ..Default::default()
+        };
         let cfg = crate::service::iscsi::ServerConfig {
             login_timeout: std::time::Duration::from_secs(args.login_timeout.max(1)),
             sendfile_min: args.sendfile_min,
-            write_budget: crate::service::iscsi::write_budget(&crate::config::limits::Limits {
-                write_buffer_mib: args.write_buffer_mib,
-                ..Default::default()
-            }),
-            ..Default::default()
+            ..crate::service::iscsi::ServerConfig::with_limits(&limits)
         };
         match crate::service::iscsi::serve_with(listener, registry, cfg, super::shutdown_signal())
             .await

@@ -433,6 +433,10 @@ pub struct ExportArgs {
     /// most a quarter of it (at least 32).
     #[arg(long, value_name = "MIB")]
     pub write_buffer_mib: Option<u64>,
+    /// Connections served at once from one peer address (as `[limits]
+    /// max_connections_per_address`; default 16).
+    #[arg(long, value_name = "N")]
+    pub max_connections_per_address: Option<usize>,
 }
 
 /// A failed command: its one-line message and whether the command line was at fault.

@@ -218,6 +218,9 @@ struct Task {
     buf: Option<WriteBuf>,
     /// Unsolicited data that came while waiting for budget, with its offsets.
     pending: Vec<(u32, Bytes)>,
+    /// While waiting: how much unsolicited data it may bring (counted in
+    /// `Session::waiting_unsolicited`).
+    unsolicited_due: u32,
     cdb: Vec<u8>,
     unsolicited_open: bool,
     unsol_end: u32,
@@ -264,7 +267,15 @@ pub struct Session {
     budget: Option<Box<dyn WriteBudget>>,
     /// Write commands waiting for budget, oldest first.
     waiting: VecDeque<u32>,
+    /// Unsolicited data the waiting commands may bring (kept outside the budget).
+    waiting_unsolicited: u64,
 }
+
+/// Most unsolicited data (immediate data, unsolicited Data-Out) one session keeps for write
+/// commands that wait for budget: that data is held as it came, outside the write budget, so
+/// it is capped here (four full first bursts of 256 KiB). A waiting command that could bring
+/// more is answered TASK SET FULL, which initiators retry.
+pub const MAX_WAITING_UNSOLICITED: u64 = 1 << 20;
 
 impl Session {
     /// `exp_cmd_sn` is the CmdSN the first full-feature command will carry.
@@ -291,6 +302,7 @@ impl Session {
             text,
             budget: None,
             waiting: VecDeque::new(),
+            waiting_unsolicited: 0,
         }
     }
 
@@ -335,6 +347,8 @@ impl Session {
             self.waiting.pop_front();
             if let Some(t) = self.tasks.get_mut(&itt) {
                 t.buf = Some(hold);
+                let due = u64::from(std::mem::take(&mut t.unsolicited_due));
+                self.waiting_unsolicited = self.waiting_unsolicited.saturating_sub(due);
                 for (off, d) in std::mem::take(&mut t.pending) {
                     copy_in(&mut t.buf, off, &d, want);
                 }
@@ -577,6 +591,7 @@ impl Session {
             want: 0,
             buf: None,
             pending: Vec::new(),
+            unsolicited_due: 0,
             cdb,
             unsolicited_open: c.write && !c.final_,
             unsol_end: imm.len() as u32,
@@ -646,9 +661,26 @@ impl Session {
                         copy_in(&mut task.buf, 0, &imm, want);
                     }
                     None => {
+                        let due = match task.unsolicited_open {
+                            true => self.cfg.first_burst.min(c.expected_len),
+                            false => imm.len() as u32,
+                        };
+                        let kept = self.waiting_unsolicited + u64::from(due);
+                        if due > 0 && kept > MAX_WAITING_UNSOLICITED {
+                            // Its data would pass what the session keeps for waiting
+                            // commands; data still sent for it is dropped as for any
+                            // finished task.
+                            self.tasks.insert(c.itt, task);
+                            self.finish(c.itt);
+                            out.extend(self.task_set_full(c.itt, c.expected_len));
+                            return;
+                        }
+                        self.waiting_unsolicited = kept;
+                        task.unsolicited_due = due;
                         task.phase = Phase::Waiting;
                         if !imm.is_empty() {
-                            task.pending.push((0, imm));
+                            // A copy: a slice would keep the whole read buffer it is in.
+                            task.pending.push((0, Bytes::copy_from_slice(&imm)));
                         }
                         self.waiting.push_back(c.itt);
                     }
@@ -759,7 +791,8 @@ impl Session {
                 return self.data_sn_error(d.itt, raw, out);
             }
             if matches!(t.phase, Phase::Waiting) {
-                t.pending.push((d.buffer_offset, data));
+                t.pending
+                    .push((d.buffer_offset, Bytes::copy_from_slice(&data)));
             } else {
                 copy_in(&mut t.buf, d.buffer_offset, &data, want);
             }
@@ -824,6 +857,9 @@ impl Session {
         let t = self.tasks.remove(&itt)?;
         if matches!(t.phase, Phase::Waiting) {
             self.waiting.retain(|&w| w != itt);
+            self.waiting_unsolicited = self
+                .waiting_unsolicited
+                .saturating_sub(u64::from(t.unsolicited_due));
         }
         if !t.immediate {
             self.in_flight = self.in_flight.saturating_sub(1);

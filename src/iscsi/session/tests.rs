@@ -936,3 +936,48 @@ fn a_write_waiting_for_budget_is_dropped_with_its_task() {
     assert_eq!(sense_of(&sense).0, key::ILLEGAL_REQUEST);
     assert_eq!(budget.stats().in_use, 0);
 }
+
+#[test]
+fn unsolicited_data_kept_for_waiting_writes_is_capped_per_session() {
+    let mut cfg = config();
+    cfg.first_burst = 256 * 1024;
+    cfg.initial_r2t = false;
+    let budget = crate::service::budget::Bytes::new(1024 * 1024);
+    let mut f = fixture_sized(cfg, 1, 8 << 20);
+    f.s.set_write_budget(Box::new(budget.clone()));
+    let held = budget.try_take(1024 * 1024).expect("all of it");
+    // Four 512 KiB WRITEs that may each bring a 256 KiB first burst wait: 1 MiB of it kept.
+    for i in 0..4u32 {
+        let out = decode(f.s.handle(write10(10 + i, 1 + i, i * 1024, 1024, &[1; 512], false)));
+        assert!(out.sent.is_empty(), "command {i} waits: {:?}", out.sent);
+    }
+    // The fifth could bring more than the session keeps for waiting commands.
+    let out = decode(f.s.handle(write10(14, 5, 4096, 1024, &[1; 512], false)));
+    let (r, _) = scsi_response(&out);
+    assert_eq!((r.itt, r.status), (14, status::TASK_SET_FULL));
+    // Its unsolicited data, still coming, is dropped without a Reject.
+    let late = decode(f.s.handle(data_out(14, RESERVED_TAG, 0, 512, &[1; 512], true)));
+    assert!(late.sent.is_empty(), "{:?}", late.sent);
+    // A waiting write that brings no unsolicited data is not limited by it.
+    let mut c = command(15, 6, cdb10(op::WRITE10, 5120, 8), 8 * 512);
+    c.write = true;
+    assert!(
+        decode(f.s.handle(raw(Bhs::ScsiCommand(c), &[])))
+            .sent
+            .is_empty()
+    );
+    // Once waiting writes have their buffers, their part of the cap is free again.
+    drop(held);
+    let out = decode(f.s.retry_budget());
+    assert!(
+        out.sent.is_empty(),
+        "their first bursts are still open: no R2T yet"
+    );
+    assert_eq!(
+        budget.stats().in_use,
+        1024 * 1024,
+        "the first two have buffers"
+    );
+    let out = decode(f.s.handle(write10(16, 7, 6144, 1024, &[1; 512], false)));
+    assert!(out.sent.is_empty(), "it waits again: {:?}", out.sent);
+}
