@@ -532,3 +532,62 @@ fn rbd_kill9_of_serve_under_load_loses_no_acknowledged_durable_write() {
     rm_eventually(&disk);
     lab.run(&["image", "remove", &image]).ok();
 }
+
+/// Remove the pool's shared state object (`[store] shared_state`): one per pool, so the tests
+/// that share state start and end without one.
+fn remove_shared_state() {
+    let c = ceph();
+    let _ = Command::new("rados")
+        .args(["--conf", &c.conf, "--keyring", &c.keyring, "--id", "admin"])
+        .args(["-p", &c.pool, "rm", "isboot-state"])
+        .output()
+        .expect("running rados");
+}
+
+/// [`rbd_lab`] with `shared_state = true`.
+fn rbd_lab_shared() -> Lab {
+    let lab = rbd_lab();
+    let path = lab.dir.join("isboot.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains("\n# shared_state = false\n"), "{text}");
+    std::fs::write(
+        &path,
+        text.replace("\n# shared_state = false\n", "\nshared_state = true\n"),
+    )
+    .unwrap();
+    lab
+}
+
+/// Two servers sharing one pool's state: an image added on A and a client added on B (no
+/// registry copied by hand) is served by the running server A, from the clone B made; A's
+/// `list-clients` names it; removing it on A takes it out of B's view too.
+#[test]
+fn rbd_shared_state_a_client_added_on_b_is_served_by_a() {
+    remove_shared_state();
+    let data = disk(31);
+    let (a, b) = (rbd_lab_shared(), rbd_lab_shared());
+    let image = unique("shr");
+    let file = a.file("base.img", &data);
+    a.run(&["image", "add", &image, file.to_str().unwrap()])
+        .ok();
+    let mut on_a = Serve::start(&a.dir);
+    let c = unique("pc");
+    add_rbd_client(&b, "52:54:00:00:00:31", &image, &c, &[]);
+    // A learns of it through its watch (no command run on A) and serves B's clone.
+    let mut i = client_when_served(on_a.addr, &c, Duration::from_secs(30));
+    assert_eq!(read(&mut i, 0, 8), data[..4096].to_vec());
+    write(&mut i, 8, &[0x31; 4096], true);
+    assert_eq!(
+        export(&disk_spec(&b, &c))[8 * 512..8 * 512 + 4096],
+        [0x31; 4096]
+    );
+    let listed = a.run(&["list-clients", "--json"]).ok().to_string();
+    assert!(listed.contains(&c), "{listed}");
+    drop(i);
+    on_a.stop();
+    a.run(&["remove-client", &c]).ok();
+    let seen = b.run(&["list-clients", "--json"]).ok().to_string();
+    assert!(!seen.contains(&c), "B still lists {c}: {seen}");
+    b.run(&["image", "remove", &image]).ok();
+    remove_shared_state();
+}

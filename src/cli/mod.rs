@@ -490,6 +490,16 @@ pub fn main() -> ExitCode {
     // What the CLI creates in the state directory stays usable by the service's user and
     // group (`isboot`, whose members run the CLI): group read/write, nothing for others.
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o007));
+    // A fleet's shared state (`[store] shared_state`): start from the pool's newest. Commands
+    // that change the state take its lock and read it again; `serve` follows it.
+    if !matches!(cli.command, Command::Init(_) | Command::Serve(_)) && dir.config_path().exists() {
+        if let Err(e) = dir.pull_shared() {
+            errln!(
+                "isboot: warning: {} (showing this server's copy)",
+                one_line(&e.to_string())
+            );
+        }
+    }
     let res = match cli.command {
         Command::Init(a) => commands::init(&dir, a),
         Command::Image(c) => commands::image(&dir, c),

@@ -12,6 +12,34 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 
+/// The shared-state follower thread, stopped when dropped (when `serve` returns).
+#[cfg(feature = "rbd")]
+struct Follower(
+    Arc<std::sync::atomic::AtomicBool>,
+    Option<std::thread::JoinHandle<()>>,
+);
+
+#[cfg(feature = "rbd")]
+impl Follower {
+    fn start(dir: StateDir) -> Follower {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        Follower(
+            stop.clone(),
+            Some(crate::service::shared::follow(dir, stop)),
+        )
+    }
+}
+
+#[cfg(feature = "rbd")]
+impl Drop for Follower {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.1.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 pub fn run(dir: &StateDir, args: &super::ServeArgs) -> Result<(), CliError> {
     let listen = args.listen.as_deref();
     super::init_tracing();
@@ -93,6 +121,14 @@ pub fn run(dir: &StateDir, args: &super::ServeArgs) -> Result<(), CliError> {
         // flight never rewrites the status file after its final removal.
         let (keeper_tx, keeper_rx) = tokio::sync::watch::channel(false);
         let keeper = tokio::spawn(maintain(registry.clone(), stopped(keeper_rx)));
+        // A fleet's shared state: follow the pool's changes (the keeper reloads them).
+        #[cfg(feature = "rbd")]
+        let _follower = registry
+            .current_state()
+            .config
+            .store
+            .shared_state()
+            .then(|| Follower::start(dir.clone()));
         tokio::spawn(async move {
             super::shutdown_signal().await;
             let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);

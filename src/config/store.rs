@@ -38,6 +38,10 @@ pub struct StoreConfig {
     pub client: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keyring: Option<PathBuf>,
+    /// Keep clients, images and secrets in the pool too (`config::state::shared`), so every
+    /// server pointed at the pool sees every change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared_state: Option<bool>,
 }
 
 impl StoreConfig {
@@ -65,6 +69,11 @@ impl StoreConfig {
             .unwrap_or(Path::new(DEFAULT_KEYRING))
     }
 
+    /// Whether the state is shared through the pool (`shared_state = true`, RBD only).
+    pub fn shared_state(&self) -> bool {
+        self.backend() == Backend::Rbd && self.shared_state.unwrap_or(false)
+    }
+
     /// The cluster and pool of `backend = "rbd"`, for the RBD store.
     #[cfg(feature = "rbd")]
     pub fn rbd_config(&self) -> crate::store::rbd::RbdConfig {
@@ -83,6 +92,7 @@ impl StoreConfig {
             ("pool", self.pool.is_some()),
             ("client", self.client.is_some()),
             ("keyring", self.keyring.is_some()),
+            ("shared_state", self.shared_state.is_some()),
         ]
         .into_iter()
         .filter_map(|(k, set)| set.then_some(k))
@@ -192,6 +202,17 @@ impl StoreConfig {
              # this file or on a command line.\n",
         );
         key(&mut s, "keyring", path(&self.keyring), DEFAULT_KEYRING);
+        s.push_str(
+            "# true: clients, images, secrets and next-boot choices live in the pool too (one\n\
+             # RADOS object, isboot-state), so every isboot server pointed at this pool sees a\n\
+             # change made on any of them within seconds. A server that joins adopts the\n\
+             # pool's state (start it with a fresh `isboot init`). Anyone with the pool's key\n\
+             # can read the CHAP secrets in it, as they can read the disks.\n",
+        );
+        match self.shared_state {
+            Some(v) => s.push_str(&format!("shared_state = {v}\n")),
+            None => s.push_str("# shared_state = false\n"),
+        }
         s
     }
 }

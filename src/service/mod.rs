@@ -13,6 +13,8 @@ pub mod ra;
 pub mod read_trace;
 pub mod registry;
 pub mod secrets;
+#[cfg(feature = "rbd")]
+pub mod shared;
 pub mod tftp;
 pub mod wol;
 

@@ -6,7 +6,30 @@ use std::fs::{File, OpenOptions};
 
 impl StateDir {
     /// Take the directory lock (waiting for another command to finish) and read the state.
+    /// With a shared state (`[store] shared_state`), also take its lock in the pool and bring
+    /// the directory up to it first ([`super::shared`]).
     pub fn lock(&self) -> Result<Locked, ConfigError> {
+        let f = self.dir_lock()?;
+        #[cfg(feature = "rbd")]
+        let shared = {
+            let config = crate::config::Config::load(&self.config_path())?;
+            if config.store.shared_state() {
+                let s = super::shared::Shared::connect(&config.store)?;
+                Some(s.hold(self)?)
+            } else {
+                None
+            }
+        };
+        Ok(Locked {
+            _lock: f,
+            state: self.load()?,
+            #[cfg(feature = "rbd")]
+            shared,
+        })
+    }
+
+    /// The directory lock alone (waiting for another command to finish).
+    pub(crate) fn dir_lock(&self) -> Result<File, ConfigError> {
         if !self.config_path().exists() {
             return Err(ConfigError::NotInitialised(self.root.clone()));
         }
@@ -26,10 +49,7 @@ impl StateDir {
         if let Err(source) = crate::sys::lock_exclusive(&f) {
             return Err(ConfigError::Writing { path: lp, source });
         }
-        Ok(Locked {
-            _lock: f,
-            state: self.load()?,
-        })
+        Ok(f)
     }
 
     /// Claim the state directory for one `isboot serve` (two servers would open the same

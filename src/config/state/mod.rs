@@ -19,6 +19,7 @@ mod nextboot;
 mod poll;
 #[cfg(feature = "rbd")]
 pub mod rbd;
+pub mod shared;
 
 pub use binding::{Bound, BoundAddress, Origin};
 pub use clients::{AddClient, MAX_CHAP_SECRET, MIN_CHAP_SECRET, validate_chap};
@@ -55,6 +56,9 @@ pub struct State {
 pub struct Locked {
     _lock: File,
     pub state: State,
+    /// The shared state's lock in the pool, when the state is shared.
+    #[cfg(feature = "rbd")]
+    shared: Option<shared::Held>,
 }
 
 /// What a target serves.
@@ -468,14 +472,17 @@ impl State {
 }
 
 impl Locked {
-    fn save(&self) -> Result<(), ConfigError> {
+    fn save(&mut self) -> Result<(), ConfigError> {
         let text = toml::to_string(&self.state.registry)
             .map_err(|e| ConfigError::BadArgument(format!("cannot encode registry: {e}")))?;
         write_atomic(
             &self.state.dir.registry_path(),
             text.as_bytes(),
             REGISTRY_MODE,
-        )
+        )?;
+        #[cfg(feature = "rbd")]
+        self.push_shared()?;
+        Ok(())
     }
 
     fn new_overlay(
@@ -550,7 +557,7 @@ impl Locked {
     }
 
     /// Save the registry; on failure remove files created for it.
-    fn save_or_forget(&self, created: &[&str]) -> Result<(), ConfigError> {
+    fn save_or_forget(&mut self, created: &[&str]) -> Result<(), ConfigError> {
         let r = self.save();
         if r.is_err() {
             for rel in created {

@@ -619,3 +619,345 @@ impl Image {
         })
     }
 }
+
+// RADOS objects: the shared state of a fleet (`config::state::shared`) lives in one object of
+// the pool, changed under a RADOS lock with a compare-and-write on a generation attribute, and
+// announced to the other servers with watch/notify.
+
+type WriteOpT = *mut c_void;
+/// `rados_watchcb2_t`.
+type WatchCb = unsafe extern "C" fn(
+    arg: *mut c_void,
+    notify_id: u64,
+    handle: u64,
+    notifier_id: u64,
+    data: *mut c_void,
+    data_len: usize,
+);
+/// `rados_watcherrcb_t`.
+type WatchErrCb = unsafe extern "C" fn(pre: *mut c_void, cookie: u64, err: c_int);
+
+/// `LIBRADOS_CMPXATTR_OP_EQ`.
+const CMPXATTR_OP_EQ: u8 = 1;
+
+#[link(name = "rados")]
+unsafe extern "C" {
+    fn rados_stat(
+        io: IoCtxT,
+        o: *const c_char,
+        psize: *mut u64,
+        pmtime: *mut libc::time_t,
+    ) -> c_int;
+    fn rados_read(io: IoCtxT, oid: *const c_char, buf: *mut c_char, len: usize, off: u64) -> c_int;
+    fn rados_create_write_op() -> WriteOpT;
+    fn rados_release_write_op(op: WriteOpT);
+    fn rados_write_op_cmpxattr(
+        op: WriteOpT,
+        name: *const c_char,
+        comparison_operator: u8,
+        value: *const c_char,
+        value_len: usize,
+    );
+    fn rados_write_op_write_full(op: WriteOpT, buffer: *const c_char, len: usize);
+    fn rados_write_op_setxattr(
+        op: WriteOpT,
+        name: *const c_char,
+        value: *const c_char,
+        value_len: usize,
+    );
+    fn rados_write_op_operate(
+        op: WriteOpT,
+        io: IoCtxT,
+        oid: *const c_char,
+        mtime: *mut libc::time_t,
+        flags: c_int,
+    ) -> c_int;
+    fn rados_lock_exclusive(
+        io: IoCtxT,
+        oid: *const c_char,
+        name: *const c_char,
+        cookie: *const c_char,
+        desc: *const c_char,
+        duration: *mut libc::timeval,
+        flags: u8,
+    ) -> c_int;
+    fn rados_unlock(
+        io: IoCtxT,
+        o: *const c_char,
+        name: *const c_char,
+        cookie: *const c_char,
+    ) -> c_int;
+    fn rados_watch2(
+        io: IoCtxT,
+        o: *const c_char,
+        cookie: *mut u64,
+        watchcb: WatchCb,
+        watcherrcb: WatchErrCb,
+        arg: *mut c_void,
+    ) -> c_int;
+    fn rados_unwatch2(io: IoCtxT, cookie: u64) -> c_int;
+    fn rados_watch_flush(cluster: RadosT) -> c_int;
+    fn rados_notify2(
+        io: IoCtxT,
+        o: *const c_char,
+        buf: *const c_char,
+        buf_len: c_int,
+        timeout_ms: u64,
+        reply_buffer: *mut *mut c_char,
+        reply_buffer_len: *mut usize,
+    ) -> c_int;
+    fn rados_notify_ack(
+        io: IoCtxT,
+        o: *const c_char,
+        notify_id: u64,
+        cookie: u64,
+        buf: *const c_char,
+        buf_len: c_int,
+    ) -> c_int;
+    fn rados_buffer_free(buf: *mut c_char);
+}
+
+/// What a [`Watch`] reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WatchEvent {
+    /// Another client notified the object (already acknowledged).
+    Notify,
+    /// The watch broke (errno): notifies may have been missed; make a new watch.
+    Broken(i32),
+}
+
+/// What a watch callback gets as its argument: owned by its [`Watch`].
+struct WatchCtx {
+    io: IoCtxT,
+    oid: CString,
+    on_event: Box<dyn Fn(WatchEvent) + Send + Sync>,
+}
+
+unsafe extern "C" fn watch_notified(
+    arg: *mut c_void,
+    notify_id: u64,
+    handle: u64,
+    _notifier: u64,
+    _data: *mut c_void,
+    _len: usize,
+) {
+    // SAFETY: `arg` is the WatchCtx its Watch registered; the Watch frees it only after
+    // rados_unwatch2 and rados_watch_flush, so no callback runs after that.
+    let ctx = unsafe { &*(arg as *const WatchCtx) };
+    // SAFETY: the ioctx outlives the watch (the Watch holds its Arc); oid is NUL-terminated.
+    unsafe {
+        rados_notify_ack(
+            ctx.io,
+            ctx.oid.as_ptr(),
+            notify_id,
+            handle,
+            std::ptr::null(),
+            0,
+        )
+    };
+    (ctx.on_event)(WatchEvent::Notify);
+}
+
+unsafe extern "C" fn watch_broken(arg: *mut c_void, _cookie: u64, err: c_int) {
+    // SAFETY: as in watch_notified.
+    let ctx = unsafe { &*(arg as *const WatchCtx) };
+    (ctx.on_event)(WatchEvent::Broken(-err));
+}
+
+/// A watch on one object; unwatched (and its callbacks drained) when dropped.
+pub struct Watch {
+    io: Arc<IoCtx>,
+    cookie: u64,
+    ctx: *mut WatchCtx,
+}
+
+// SAFETY: the raw pointer is a Box only this Watch frees; the callback data it points to is
+// Send + Sync, and librados handles are thread-safe (see Cluster).
+unsafe impl Send for Watch {}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        // SAFETY: the cookie is this watch's; after unwatch, watch_flush waits for callbacks
+        // still running, so the context can be freed.
+        unsafe {
+            rados_unwatch2(self.io.h, self.cookie);
+            rados_watch_flush(self.io._cluster.0);
+            drop(Box::from_raw(self.ctx));
+        }
+    }
+}
+
+impl IoCtx {
+    /// The whole content of object `oid`, or None when it does not exist.
+    pub fn read_object(&self, oid: &str) -> io::Result<Option<Vec<u8>>> {
+        let o = cstr(oid)?;
+        let mut size = 0u64;
+        let mut mtime: libc::time_t = 0;
+        // SAFETY: valid ioctx and out-pointers; `o` is NUL-terminated.
+        let rc = unsafe { rados_stat(self.h, o.as_ptr(), &mut size, &mut mtime) };
+        if rc == -libc::ENOENT {
+            return Ok(None);
+        }
+        check(rc)?;
+        // The object may grow between stat and read: read until a short read.
+        let mut out = Vec::new();
+        let mut chunk = vec![0u8; (size as usize).max(4096)];
+        loop {
+            // SAFETY: `chunk` is valid for its length; valid ioctx and name.
+            let n = unsafe {
+                rados_read(
+                    self.h,
+                    o.as_ptr(),
+                    chunk.as_mut_ptr().cast(),
+                    chunk.len(),
+                    out.len() as u64,
+                )
+            };
+            if n == -libc::ENOENT && out.is_empty() {
+                return Ok(None);
+            }
+            check(n)?;
+            let n = n as usize;
+            out.extend_from_slice(&chunk[..n]);
+            if n < chunk.len() {
+                return Ok(Some(out));
+            }
+        }
+    }
+
+    /// Replace object `oid` (which must exist) by `data` and set its attribute `xattr` to
+    /// `value`, atomically, if the attribute holds `expect` now (a missing attribute compares
+    /// as empty); `ECANCELED` with nothing changed otherwise.
+    pub fn replace_object(
+        &self,
+        oid: &str,
+        data: &[u8],
+        xattr: &str,
+        expect: &[u8],
+        value: &[u8],
+    ) -> io::Result<()> {
+        let (o, x) = (cstr(oid)?, cstr(xattr)?);
+        // SAFETY: a fresh write op, released below on every path.
+        let op = unsafe { rados_create_write_op() };
+        if op.is_null() {
+            return Err(io::Error::from_raw_os_error(libc::ENOMEM));
+        }
+        // SAFETY: `op` is valid; every buffer outlives rados_write_op_operate (they are
+        // referenced, not copied, until the op runs); names are NUL-terminated.
+        let rc = unsafe {
+            rados_write_op_cmpxattr(
+                op,
+                x.as_ptr(),
+                CMPXATTR_OP_EQ,
+                expect.as_ptr().cast(),
+                expect.len(),
+            );
+            rados_write_op_write_full(op, data.as_ptr().cast(), data.len());
+            rados_write_op_setxattr(op, x.as_ptr(), value.as_ptr().cast(), value.len());
+            let rc = rados_write_op_operate(op, self.h, o.as_ptr(), std::ptr::null_mut(), 0);
+            rados_release_write_op(op);
+            rc
+        };
+        check(rc)
+    }
+
+    /// Take the exclusive RADOS lock `name` on object `oid` for `secs` seconds (it expires if
+    /// its holder dies). Ok(false): another (client, cookie) holds it.
+    pub fn try_lock_object(
+        &self,
+        oid: &str,
+        name: &str,
+        cookie: &str,
+        desc: &str,
+        secs: i64,
+    ) -> io::Result<bool> {
+        let (o, n, c, d) = (cstr(oid)?, cstr(name)?, cstr(cookie)?, cstr(desc)?);
+        let mut t = libc::timeval {
+            tv_sec: secs as libc::time_t,
+            tv_usec: 0,
+        };
+        // SAFETY: valid ioctx; NUL-terminated strings and a timeval that outlive the call.
+        let rc = unsafe {
+            rados_lock_exclusive(
+                self.h,
+                o.as_ptr(),
+                n.as_ptr(),
+                c.as_ptr(),
+                d.as_ptr(),
+                &mut t,
+                0,
+            )
+        };
+        match rc {
+            r if r == -libc::EBUSY => Ok(false),
+            r => check(r).map(|()| true),
+        }
+    }
+
+    /// Release the lock `name` taken with `cookie` (ENOENT when it had expired).
+    pub fn unlock_object(&self, oid: &str, name: &str, cookie: &str) -> io::Result<()> {
+        let (o, n, c) = (cstr(oid)?, cstr(name)?, cstr(cookie)?);
+        // SAFETY: valid ioctx; NUL-terminated strings.
+        check(unsafe { rados_unlock(self.h, o.as_ptr(), n.as_ptr(), c.as_ptr()) })
+    }
+
+    /// Watch object `oid` (which must exist): `on_event` runs on a librados thread for every
+    /// notify (acknowledged before it runs) and when the watch breaks. Keep it short.
+    pub fn watch(
+        self: &Arc<Self>,
+        oid: &str,
+        on_event: Box<dyn Fn(WatchEvent) + Send + Sync>,
+    ) -> io::Result<Watch> {
+        let ctx = Box::into_raw(Box::new(WatchCtx {
+            io: self.h,
+            oid: cstr(oid)?,
+            on_event,
+        }));
+        let mut cookie = 0u64;
+        // SAFETY: valid ioctx; `ctx` stays valid until the Watch's Drop (or just below on error).
+        let rc = unsafe {
+            rados_watch2(
+                self.h,
+                (*ctx).oid.as_ptr(),
+                &mut cookie,
+                watch_notified,
+                watch_broken,
+                ctx.cast(),
+            )
+        };
+        if rc < 0 {
+            // SAFETY: the watch was not registered, so no callback can use `ctx`.
+            drop(unsafe { Box::from_raw(ctx) });
+            return Err(io::Error::from_raw_os_error(-rc));
+        }
+        Ok(Watch {
+            io: self.clone(),
+            cookie,
+            ctx,
+        })
+    }
+
+    /// Notify the watchers of `oid`, waiting up to `timeout_ms` for their acknowledgements.
+    pub fn notify(&self, oid: &str, timeout_ms: u64) -> io::Result<()> {
+        let o = cstr(oid)?;
+        let mut reply: *mut c_char = std::ptr::null_mut();
+        let mut len = 0usize;
+        // SAFETY: valid ioctx; empty payload; out-pointers valid; the reply freed below.
+        let rc = unsafe {
+            rados_notify2(
+                self.h,
+                o.as_ptr(),
+                std::ptr::null(),
+                0,
+                timeout_ms,
+                &mut reply,
+                &mut len,
+            )
+        };
+        if !reply.is_null() {
+            // SAFETY: librados allocated it for us (set even on -ETIMEDOUT).
+            unsafe { rados_buffer_free(reply) };
+        }
+        check(rc)
+    }
+}

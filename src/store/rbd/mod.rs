@@ -19,7 +19,7 @@
 //!
 //! All `unsafe` (the librbd/librados C API) is in [`ffi`].
 
-mod ffi;
+pub mod ffi;
 #[cfg(test)]
 mod tests;
 
@@ -148,6 +148,11 @@ impl RbdStore {
             io,
             pool: cfg.pool.clone(),
         })
+    }
+
+    /// The pool's I/O context (for RADOS objects in it: the shared state).
+    pub fn ioctx(&self) -> &Arc<IoCtx> {
+        &self.io
     }
 
     /// Where version `version` of `image` lives: `POOL/isboot-base-IMAGE-vN@base` (what the
