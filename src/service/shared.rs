@@ -141,18 +141,8 @@ mod tests {
     #[test]
     fn rbd_shared_state_reaches_the_other_server_and_changes_take_turns() {
         let cfg = crate::store::rbd::dev_cluster();
-        // One state object per pool: start without one.
-        let _ = std::process::Command::new("rados")
-            .args([
-                "-c",
-                &cfg.conf,
-                "--keyring",
-                &cfg.keyring,
-                "-n",
-                &cfg.client,
-            ])
-            .args(["-p", &cfg.pool, "rm", STATE_OBJECT])
-            .output();
+        // One state object per pool: start (and end) without one.
+        remove_object(&cfg);
         let t = tempfile::tempdir().unwrap();
         let (a, b) = (
             StateDir::new(t.path().join("a")),
