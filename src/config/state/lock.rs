@@ -10,19 +10,23 @@ impl StateDir {
     /// the directory up to it first ([`super::shared`]).
     pub fn lock(&self) -> Result<Locked, ConfigError> {
         let f = self.dir_lock()?;
+        #[cfg_attr(not(feature = "rbd"), allow(unused_mut))]
+        let mut state = self.load()?;
         #[cfg(feature = "rbd")]
-        let shared = {
-            let config = crate::config::Config::load(&self.config_path())?;
-            if config.store.shared_state() {
-                let s = super::shared::Shared::connect(&config.store)?;
-                Some(s.hold(self)?)
-            } else {
-                None
+        let shared = if state.config.store.shared_state() {
+            let before = self.shared_generation();
+            let held = super::shared::Shared::connect(&state.config.store)?.hold(self)?;
+            if self.shared_generation() != before {
+                // The pool had a newer state: it is in the files now.
+                state = self.load()?;
             }
+            Some(held)
+        } else {
+            None
         };
         Ok(Locked {
             _lock: f,
-            state: self.load()?,
+            state,
             #[cfg(feature = "rbd")]
             shared,
         })

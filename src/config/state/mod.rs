@@ -243,6 +243,20 @@ impl StateDir {
         Ok(config)
     }
 
+    /// `registry.toml`: its text and what it says.
+    pub fn read_registry(&self) -> Result<(String, Registry), ConfigError> {
+        let rp = self.registry_path();
+        let text = std::fs::read_to_string(&rp).map_err(|source| ConfigError::Reading {
+            path: rp.clone(),
+            source,
+        })?;
+        let registry = toml::from_str(&text).map_err(|e| ConfigError::Parsing {
+            path: rp,
+            message: e.to_string().trim().replace('\n', " "),
+        })?;
+        Ok((text, registry))
+    }
+
     /// Read the configuration and registry.
     pub fn load(&self) -> Result<State, ConfigError> {
         let cp = self.config_path();
@@ -250,15 +264,7 @@ impl StateDir {
             return Err(ConfigError::NotInitialised(self.root.clone()));
         }
         let config = Config::load(&cp)?;
-        let rp = self.registry_path();
-        let text = std::fs::read_to_string(&rp).map_err(|source| ConfigError::Reading {
-            path: rp.clone(),
-            source,
-        })?;
-        let registry: Registry = toml::from_str(&text).map_err(|e| ConfigError::Parsing {
-            path: rp,
-            message: e.to_string().trim().replace('\n', " "),
-        })?;
+        let (_, registry) = self.read_registry()?;
         Ok(State {
             dir: self.clone(),
             config,

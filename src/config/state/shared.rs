@@ -101,15 +101,7 @@ impl StateDir {
 
     /// This directory's registry and its targets' secrets as generation `generation`.
     pub fn local_bundle(&self, generation: u64) -> Result<Bundle, ConfigError> {
-        let rp = self.registry_path();
-        let registry = std::fs::read_to_string(&rp).map_err(|source| ConfigError::Reading {
-            path: rp.clone(),
-            source,
-        })?;
-        let reg: Registry = toml::from_str(&registry).map_err(|e| ConfigError::Parsing {
-            path: rp,
-            message: e.message().to_string(),
-        })?;
+        let (registry, reg) = self.read_registry()?;
         let mut secrets = BTreeMap::new();
         for name in secret_names(&reg) {
             if let Some(chap) = read_secret_file(&secret_path(self.root(), &name), false)? {
