@@ -179,7 +179,7 @@ fn rbd_image_add_imports_a_protected_version_that_another_server_sees() {
 }
 
 #[test]
-fn rbd_bad_input_and_file_only_commands_leave_nothing_in_the_pool() {
+fn rbd_bad_input_leaves_nothing_in_the_pool() {
     let lab = rbd_lab();
     let name = unique("bad");
     let odd = lab.file("odd.img", &[1u8; 1000]);
@@ -194,14 +194,6 @@ fn rbd_bad_input_and_file_only_commands_leave_nothing_in_the_pool() {
         "cannot read",
     );
     let prefix = format!("isboot-base-{name}-");
-    assert!(!pool_images().iter().any(|i| i.starts_with(&prefix)));
-
-    // Commands that need a file version refuse an RBD version in one line, changing nothing.
-    let good = lab.file("good.img", &disk(5));
-    lab.run(&["image", "add", &name, good.to_str().unwrap()])
-        .ok();
-    lab.refused(&["image", "edit", &name], 2, "is on Ceph RBD");
-    lab.run(&["image", "remove", &name]).ok();
     assert!(!pool_images().iter().any(|i| i.starts_with(&prefix)));
 }
 
@@ -590,4 +582,112 @@ fn rbd_shared_state_a_client_added_on_b_is_served_by_a() {
     assert!(!seen.contains(&c), "B still lists {c}: {seen}");
     b.run(&["image", "remove", &image]).ok();
     remove_shared_state();
+}
+
+/// Log in to the maintenance target of `image` (no CHAP, from this host) once it is served.
+fn maint_when_served(addr: std::net::SocketAddr, image: &str) -> isboot::initiator::Initiator {
+    let target = format!("{PREFIX}:maint:{image}");
+    let initiator = format!("{PREFIX}:initiator:maint:{image}");
+    let o = isboot::initiator::LoginOptions::new(&initiator, Some(&target)).linux_profile();
+    eventually("the edit is served", || {
+        isboot::initiator::Initiator::connect(addr, &o).is_ok()
+    });
+    login(addr, &initiator, &target)
+}
+
+/// Run `args` once the server's status no longer shows the maintenance session (refused
+/// with "logged in" until then); anything else must succeed.
+fn once_logged_out(lab: &Lab, args: &[&str]) -> String {
+    let until = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = lab.run(args);
+        if r.code != 0 && r.stderr.contains("logged in") && std::time::Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(200));
+            continue;
+        }
+        return r.ok().to_string();
+    }
+}
+
+#[test]
+fn rbd_image_edit_clones_the_next_version_commit_snapshots_it_and_abort_drops_it() {
+    let data = disk(25);
+    let (lab, image) = rbd_lab_with(&data);
+    let v1 = spec(&image);
+    let edit = format!("{}/isboot-base-{image}-v2", ceph().pool);
+    let mut srv = Serve::start(&lab.dir);
+
+    // The edit is a clone of v1 named as v2, without a snapshot: not a version yet.
+    let out = lab
+        .run(&["image", "edit", &image, "--no-chap"])
+        .ok()
+        .to_string();
+    assert!(
+        out.contains("editing") && out.contains("version 1"),
+        "{out}"
+    );
+    assert!(in_pool(&edit), "{:?}", pool_images());
+    let info = String::from_utf8(rbd_ok(&["info", &edit])).unwrap();
+    assert!(info.contains(&format!("parent: {v1}")), "{info}");
+    assert!(!list_json(&lab).to_string().contains(&format!("{edit}@")));
+
+    // The admin's machine writes the update through the maintenance target.
+    let mut m = maint_when_served(srv.addr, &image);
+    let mut model = data.clone();
+    write(&mut m, 8, &[0x3C; 4096], true);
+    model[8 * 512..8 * 512 + 4096].copy_from_slice(&[0x3C; 4096]);
+    write(&mut m, 9000, &[0x3D; 512], false);
+    model[9000 * 512..9001 * 512].copy_from_slice(&[0x3D; 512]);
+    sync_cache(&mut m);
+    // A second server sharing nothing but the pool cannot open the edit while it is served.
+    let held = String::from_utf8(rbd_ok(&["lock", "ls", &edit])).unwrap();
+    assert!(
+        !held.trim().is_empty(),
+        "the serving server holds the edit's lock"
+    );
+    drop(m);
+
+    // Commit: the edit becomes version 2 (a snapshot; v1 unchanged), the target goes.
+    once_logged_out(&lab, &["image", "commit", &image]);
+    let v2 = format!("{edit}@base");
+    assert!(export(&v2) == model, "version 2 is what the edit wrote");
+    assert!(export(&v1) == data, "version 1 changed");
+    let list = list_json(&lab).to_string();
+    assert!(list.contains(&v2), "{list}");
+    // A new client gets version 2 and reads the update.
+    let c = unique("pe");
+    add_rbd_client(&lab, "52:54:00:00:00:07", &image, &c, &[]);
+    let info = String::from_utf8(rbd_ok(&["info", &disk_spec(&lab, &c)])).unwrap();
+    assert!(info.contains(&format!("parent: {v2}")), "{info}");
+    let mut ic = client_when_served(srv.addr, &c, Duration::from_secs(20));
+    assert!(read(&mut ic, 0, 16) == model[..16 * 512]);
+    assert_eq!(read(&mut ic, 9000, 1), vec![0x3D; 512]);
+    drop(ic);
+
+    // Abort: the next edit (named v3) leaves the pool once the server lets go of it.
+    lab.run(&["image", "edit", &image, "--no-chap"]).ok();
+    let edit3 = format!("{}/isboot-base-{image}-v3", ceph().pool);
+    let mut m = maint_when_served(srv.addr, &image);
+    write(&mut m, 8, &[0x77; 512], true);
+    drop(m);
+    once_logged_out(&lab, &["image", "abort", &image]);
+    eventually("the aborted edit leaves the pool", || !in_pool(&edit3));
+    assert!(export(&v2) == model, "the abort left version 2 alone");
+
+    // Prune of v1 (v2 is its clone): v2 is flattened first and keeps its data.
+    srv.stop();
+    let out = lab.run(&["image", "prune", &image]).ok().to_string();
+    assert!(
+        out.contains("removed") && out.contains("version 1"),
+        "{out}"
+    );
+    assert!(!pool_images().contains(&format!("isboot-base-{image}-v1")));
+    assert!(export(&v2) == model, "version 2 after its parent went");
+    lab.run(&["remove-client", &c]).ok();
+    lab.run(&["image", "remove", &image]).ok();
+    assert!(
+        !pool_images().iter().any(|i| i.contains(&image)),
+        "{:?}",
+        pool_images()
+    );
 }

@@ -93,14 +93,14 @@ pub struct Version {
 }
 
 impl Version {
-    /// `Err` (one line) for a version on Ceph RBD: maintenance and image prepare work on file
-    /// versions only (client disks on RBD versions are clones in the pool).
+    /// `Err` (one line) for a version on Ceph RBD: image prepare works on file versions only
+    /// (client disks and edits of RBD versions are clones in the pool).
     pub fn file_only(&self, image: &ImageName) -> Result<(), crate::config::ConfigError> {
         match &self.rbd {
             None => Ok(()),
             Some(spec) => Err(crate::config::ConfigError::BadArgument(format!(
-                "image {image} version {} is on Ceph RBD ({spec}); image edit and image \
-                 prepare need a file version for now (see docs/scale-out.md)",
+                "image {image} version {} is on Ceph RBD ({spec}); this needs a file version \
+                 (image edit/commit work on RBD; see docs/scale-out.md)",
                 self.number
             ))),
         }
@@ -112,7 +112,7 @@ impl Version {
 pub struct Maintenance {
     /// The version the overlay sits on.
     pub from_version: u64,
-    /// Overlay file, relative to the state directory.
+    /// Overlay file, relative to the state directory (empty on RBD, see `rbd`).
     pub overlay: String,
     /// Initiators allowed to log in to the maintenance target.
     pub initiators: Vec<Iqn>,
@@ -124,6 +124,14 @@ pub struct Maintenance {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub from: Vec<std::net::Ipv4Addr>,
     pub started: u64,
+    /// On Ceph RBD: the edit, a clone of `from_version` named as the next version
+    /// (`POOL/isboot-base-IMAGE-vN`); `overlay` is then empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rbd: Option<String>,
+    /// An RBD edit being committed: no longer served (the server lets go of its lock, so
+    /// `image commit` can snapshot it); a failed commit clears it, `image abort` drops it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub committing: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -194,6 +202,23 @@ impl Registry {
         self.serial += 1;
         self.serial
     }
+    /// True when the RBD image `spec` (`POOL/NAME`) is something this registry uses: a
+    /// client's disk, an open edit, or a published version (`POOL/NAME@base`).
+    pub fn names_rbd(&self, spec: &str) -> bool {
+        let version = |v: &Version| {
+            v.rbd
+                .as_deref()
+                .and_then(|r| r.split_once('@'))
+                .is_some_and(|(image, _)| image == spec)
+        };
+        self.clients.iter().any(|c| c.rbd.as_deref() == Some(spec))
+            || self.images.iter().any(|i| {
+                i.versions.iter().any(version)
+                    || i.maintenance
+                        .as_ref()
+                        .is_some_and(|m| m.rbd.as_deref() == Some(spec))
+            })
+    }
 }
 
 #[cfg(test)]
@@ -226,6 +251,8 @@ mod tests {
                     mac: None,
                     from: vec![],
                     started: 6,
+                    rbd: None,
+                    committing: false,
                 }),
             }],
             clients: vec![Client {

@@ -429,10 +429,7 @@ impl StateRegistry {
         };
         #[cfg(feature = "rbd")]
         {
-            let disk = crate::store::rbd::disk_of_spec(_rbd).ok_or_else(|| {
-                ConfigError::BadArgument(format!("bad RBD disk {_rbd:?} in the registry"))
-            })?;
-            Ok(Disk::Rbd(Arc::new(self.pool(st)?.open_client(disk)?)))
+            Ok(Disk::Rbd(Arc::new(self.pool(st)?.open_disk(_rbd)?)))
         }
         #[cfg(not(feature = "rbd"))]
         {
@@ -457,17 +454,18 @@ impl StateRegistry {
         Ok(s)
     }
 
-    /// An RBD disk stopped being served (its client was reset or removed, or the target
-    /// changed): once its sessions have let go of it (at most [`RBD_CLOSE_WAIT`]), close it,
-    /// which releases its lock, and remove the clone from the pool if the registry no longer
-    /// names it (the CLI could not while this server had it open).
+    /// An RBD disk stopped being served (its client was reset or removed, its image's edit
+    /// was committed or aborted, or the target changed): once its sessions have let go of it
+    /// (at most [`RBD_CLOSE_WAIT`]), close it, which releases its lock, and remove it from the
+    /// pool if the registry no longer names it (the CLI could not while this server had it
+    /// open). A committed edit is a version now: the registry names it, so it stays.
     #[cfg(feature = "rbd")]
     fn close_rbd_disk(&self, iqn: String, disk: Arc<crate::store::rbd::RbdDevice>) {
         let Ok(pool) = self.pool(&self.current_state()) else {
             return;
         };
         let dir = self.dir.clone();
-        let spec = pool.client_spec(disk.name().trim_start_matches("isboot-client-"));
+        let spec = pool.spec_of(disk.name());
         let _ = std::thread::Builder::new()
             .name("rbd-close".into())
             .spawn(move || {
@@ -481,11 +479,9 @@ impl StateRegistry {
                     return;
                 }
                 drop(disk);
-                let named = dir
-                    .load()
-                    .map(|st| st.registry.clients.iter().any(|c| c.rbd.as_deref() == Some(&spec)));
+                let named = dir.load().map(|st| st.registry.names_rbd(&spec));
                 if let Ok(false) = named {
-                    match pool.remove_client(name.trim_start_matches("isboot-client-")) {
+                    match pool.remove_disk(&spec) {
                         Ok(()) => tracing::info!(target = %iqn, "removed {spec} from the pool"),
                         Err(e) => tracing::warn!(target = %iqn, "{spec} stays in the pool ({e}); remove it with: rbd rm {spec}"),
                     }

@@ -21,20 +21,25 @@ impl StateDir {
         force: bool,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<Version, ConfigError> {
-        let (m, number) = {
+        let (m, size) = {
             let l = self.lock()?;
             let m = l.maintenance(name, force, true)?;
             let img = l.state.image(name)?;
-            (
-                m,
-                img.versions.iter().map(|v| v.number).max().unwrap_or(0) + 1,
-            )
+            let size = img.version(m.from_version).map_or(0, |v| v.size);
+            (m, size)
         };
+        if let Some(spec) = m.rbd.clone() {
+            return self.commit_rbd(name, &m, &spec, size, force, progress);
+        }
         let state = self.load()?;
         let base = state.open_base(name, m.from_version)?;
         let ov = Overlay::open_at(&self.path(&m.overlay), base, true)?;
         let dir = self.path(&format!("images/{name}"));
-        let staged = dir.join(format!(".v{number}.raw.tmp{}", std::process::id()));
+        let staged = dir.join(format!(
+            ".commit-of-v{}.raw.tmp{}",
+            m.from_version,
+            std::process::id()
+        ));
         let size = crate::store::BlockDevice::size(&ov);
         let merged = (|| {
             let f = OpenOptions::new()
@@ -48,57 +53,155 @@ impl StateDir {
         })();
         drop(ov);
         let res = merged.and_then(|()| {
-            let mut l = self.lock()?;
-            let now = l.state.image(name)?.maintenance.clone();
-            if now.as_ref().map(|n| &n.overlay) != Some(&m.overlay) {
-                return Err(ConfigError::NoMaintenance(name.to_string()));
-            }
-            if !force {
-                let s = l.state.sessions_of(&l.state.maintenance_iqn(name));
-                if !s.is_empty() {
-                    let from: Vec<String> = s.iter().map(|s| s.peer.clone()).collect();
-                    return Err(ConfigError::LoggedIn {
-                        what: format!(
-                            "maintenance target of {name} (it logged in during the commit)"
-                        ),
-                        from: from.join(", "),
-                    });
-                }
-            }
-            let number = l
-                .state
-                .image(name)?
-                .versions
-                .iter()
-                .map(|v| v.number)
-                .max()
-                .unwrap_or(0)
-                + 1;
-            let rel = format!("images/{name}/v{number}.raw");
-            let dest = self.path(&rel);
-            std::fs::rename(&staged, &dest).map_err(io_write(&dest))?;
-            let published = seal_base(&dest)?;
-            sync_dir(&dir).map_err(io_write(&dir))?;
-            let v = Version {
-                number,
-                id: BaseId::random().map_err(io_write(&dest))?.to_string(),
-                file: rel.clone(),
-                size,
-                created: now_unix(),
-                published: Some(published),
-                rbd: None,
-            };
-            if let Some(i) = l.state.registry.image_mut(name) {
-                i.versions.push(v.clone());
-                i.maintenance = None;
-            }
-            l.save_or_forget(&[&rel])?;
-            l.forget(&m.overlay);
-            l.forget_maintenance_secret(name);
-            Ok(v)
+            self.publish_version(name, &m, force, |number| {
+                let rel = format!("images/{name}/v{number}.raw");
+                let dest = self.path(&rel);
+                std::fs::rename(&staged, &dest).map_err(io_write(&dest))?;
+                let published = seal_base(&dest)?;
+                sync_dir(&dir).map_err(io_write(&dir))?;
+                Ok(Version {
+                    number,
+                    id: BaseId::random().map_err(io_write(&dest))?.to_string(),
+                    file: rel,
+                    size,
+                    created: now_unix(),
+                    published: Some(published),
+                    rbd: None,
+                })
+            })
         });
         let _ = std::fs::remove_file(&staged);
         res
+    }
+
+    /// Commit an edit on RBD: mark it committing (the server stops serving it and lets go of
+    /// its lock), snapshot it (a metadata operation: the new version shares what the edit did
+    /// not write with the version it was cloned from), then record it. A failure serves the
+    /// edit again.
+    fn commit_rbd(
+        &self,
+        name: &ImageName,
+        m: &Maintenance,
+        spec: &str,
+        size: u64,
+        force: bool,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<Version, ConfigError> {
+        #[cfg(feature = "rbd")]
+        {
+            let store = self.load()?.config.store.clone();
+            self.mark_committing(name, m, true)?;
+            let published = match super::rbd::publish_edit(&store, spec) {
+                Ok(p) => p,
+                Err(e) => {
+                    let _ = self.mark_committing(name, m, false);
+                    return Err(e);
+                }
+            };
+            progress(size, size);
+            let res = self.publish_version(name, m, force, |number| {
+                if !spec.ends_with(&format!("-v{number}")) {
+                    return Err(ConfigError::BadArgument(format!(
+                        "the edit {spec} of {name} is not its next version ({number}): abort \
+                         it and edit again"
+                    )));
+                }
+                Ok(Version {
+                    number,
+                    id: BaseId::random()
+                        .map_err(io_write(&self.registry_path()))?
+                        .to_string(),
+                    file: String::new(),
+                    size,
+                    created: now_unix(),
+                    published: None,
+                    rbd: Some(published.clone()),
+                })
+            });
+            if res.is_err() {
+                super::rbd::unpublish_edit(&store, spec);
+                let _ = self.mark_committing(name, m, false);
+            }
+            res
+        }
+        #[cfg(not(feature = "rbd"))]
+        {
+            let _ = (m, size, force, progress);
+            Err(ConfigError::BadArgument(format!(
+                "the edit of {name} is on Ceph RBD ({spec}): committing it needs an isboot \
+                 built with --features rbd"
+            )))
+        }
+    }
+
+    /// Set or clear the committing mark of the edit `m` of `name`, if it is still the open one.
+    #[cfg(feature = "rbd")]
+    fn mark_committing(
+        &self,
+        name: &ImageName,
+        m: &Maintenance,
+        on: bool,
+    ) -> Result<(), ConfigError> {
+        let mut l = self.lock()?;
+        match l
+            .state
+            .registry
+            .image_mut(name)
+            .and_then(|i| i.maintenance.as_mut())
+        {
+            Some(now) if now.rbd == m.rbd && now.overlay == m.overlay => {
+                if now.committing == on {
+                    return Ok(());
+                }
+                now.committing = on;
+            }
+            _ => return Err(ConfigError::NoMaintenance(name.to_string())),
+        }
+        l.save()
+    }
+
+    /// Record the next version of `name` made by `make(number)` and close the maintenance
+    /// `m`, if it is still the open one and (unless `force`) nobody logged in to it meanwhile.
+    fn publish_version(
+        &self,
+        name: &ImageName,
+        m: &Maintenance,
+        force: bool,
+        make: impl FnOnce(u64) -> Result<Version, ConfigError>,
+    ) -> Result<Version, ConfigError> {
+        let mut l = self.lock()?;
+        let now = l.state.image(name)?.maintenance.clone();
+        if now.as_ref().map(|n| (&n.overlay, &n.rbd)) != Some((&m.overlay, &m.rbd)) {
+            return Err(ConfigError::NoMaintenance(name.to_string()));
+        }
+        if !force {
+            let s = l.state.sessions_of(&l.state.maintenance_iqn(name));
+            if !s.is_empty() {
+                let from: Vec<String> = s.iter().map(|s| s.peer.clone()).collect();
+                return Err(ConfigError::LoggedIn {
+                    what: format!("maintenance target of {name} (it logged in during the commit)"),
+                    from: from.join(", "),
+                });
+            }
+        }
+        let number = l
+            .state
+            .image(name)?
+            .versions
+            .iter()
+            .map(|v| v.number)
+            .max()
+            .unwrap_or(0)
+            + 1;
+        let v = make(number)?;
+        if let Some(i) = l.state.registry.image_mut(name) {
+            i.versions.push(v.clone());
+            i.maintenance = None;
+        }
+        l.save_or_forget(&[&v.file])?;
+        l.forget(&m.overlay);
+        l.forget_maintenance_secret(name);
+        Ok(v)
     }
 }
 
@@ -121,8 +224,8 @@ impl Locked {
         let newest = img
             .newest()
             .ok_or_else(|| ConfigError::UnknownImage(name.to_string()))?;
-        newest.file_only(name)?;
         let from = newest.number;
+        let on_rbd = newest.rbd.is_some();
         let initiators = if initiators.is_empty() {
             vec![self.state.default_initiator(&format!("maint:{name}"))]
         } else {
@@ -137,7 +240,11 @@ impl Locked {
         } else {
             remove_secret_file(&path)?;
         }
-        let rel = self.new_overlay("maint", name.as_str(), name, from)?;
+        let (rel, rbd) = if on_rbd {
+            (String::new(), Some(self.new_edit_on_rbd(name, from)?))
+        } else {
+            (self.new_overlay("maint", name.as_str(), name, from)?, None)
+        };
         let m = Maintenance {
             from_version: from,
             overlay: rel.clone(),
@@ -145,11 +252,16 @@ impl Locked {
             mac,
             from: addrs,
             started: now_unix(),
+            rbd,
+            committing: false,
         };
         if let Some(i) = self.state.registry.image_mut(name) {
             i.maintenance = Some(m.clone());
         }
-        self.save_or_forget(&[&rel])?;
+        if let Err(e) = self.save_or_forget(&[&rel]) {
+            self.forget_edit_on_rbd(&m);
+            return Err(e);
+        }
         Ok(m)
     }
 
@@ -194,8 +306,33 @@ impl Locked {
         }
         self.save()?;
         self.forget(&m.overlay);
+        self.forget_edit_on_rbd(&m);
         self.forget_maintenance_secret(name);
         Ok(m)
+    }
+
+    /// A clone of version `from` on RBD to edit (see [`RbdStore::create_edit`]).
+    ///
+    /// [`RbdStore::create_edit`]: crate::store::rbd::RbdStore::create_edit
+    fn new_edit_on_rbd(&mut self, name: &ImageName, from: u64) -> Result<String, ConfigError> {
+        #[cfg(feature = "rbd")]
+        return self.new_rbd_edit(name, from);
+        #[cfg(not(feature = "rbd"))]
+        Err(ConfigError::BadArgument(format!(
+            "image {name} version {from} is on Ceph RBD: editing it needs an isboot built with \
+             --features rbd"
+        )))
+    }
+
+    /// Remove an edit on RBD the registry no longer names (best effort; a server that has it
+    /// open removes it when it lets go of it).
+    fn forget_edit_on_rbd(&self, m: &Maintenance) {
+        #[cfg(feature = "rbd")]
+        if let Some(spec) = &m.rbd {
+            super::rbd::remove_disk(&self.state.config.store, spec);
+        }
+        #[cfg(not(feature = "rbd"))]
+        let _ = m;
     }
 
     /// Best effort: the session is gone already; a secret left behind is replaced or

@@ -388,8 +388,14 @@ impl State {
             });
         }
         for img in &self.registry.images {
-            let Some(m) = &img.maintenance else { continue };
-            let Some(v) = img.version(m.from_version).filter(|v| v.rbd.is_none()) else {
+            let Some(m) = img.maintenance.as_ref().filter(|m| !m.committing) else {
+                continue;
+            };
+            // An edit on RBD is served from its clone; one on a file version from its overlay.
+            let Some(v) = img
+                .version(m.from_version)
+                .filter(|v| v.rbd.is_some() == m.rbd.is_some())
+            else {
                 continue;
             };
             let Some(id) = BaseId::parse(&v.id) else {
@@ -407,7 +413,7 @@ impl State {
                 base_id: id,
                 base_published: v.published,
                 overlay_path: self.dir.path(&m.overlay),
-                rbd: None,
+                rbd: m.rbd.clone(),
                 initiators: m.initiators.clone(),
                 chap,
             });
@@ -547,13 +553,16 @@ impl Locked {
         }
         #[cfg(feature = "rbd")]
         if let Some(spec) = &c.rbd {
-            rbd::remove_client_disk(&self.state.config.store, spec);
+            rbd::remove_disk(&self.state.config.store, spec);
         }
     }
 
     /// Remove a file the registry no longer points at (best effort: an orphan wastes space,
     /// nothing more).
     fn forget(&self, rel: &str) {
+        if rel.is_empty() {
+            return; // a disk on RBD has no file
+        }
         let p = self.state.dir.path(rel);
         if std::fs::remove_file(&p).is_ok() {
             if let Some(d) = p.parent() {

@@ -134,26 +134,57 @@ impl Locked {
     }
 }
 
-/// Remove the client disk `spec` from the pool (best effort: a disk a running server has
-/// open is refused here and removed by that server when it lets go of it; anything else is
-/// a warning naming the `rbd` command).
-pub fn remove_client_disk(store: &StoreConfig, spec: &str) {
-    let Some(disk) = crate::store::rbd::disk_of_spec(spec) else {
-        return;
-    };
-    let r = RbdStore::connect(&store.rbd_config()).and_then(|p| p.remove_client(disk));
+impl Locked {
+    /// Start the next version of `image` on RBD: a clone of version `from` (see
+    /// [`RbdStore::create_edit`]). Returns the edit's spec for the registry.
+    pub(super) fn new_rbd_edit(
+        &mut self,
+        image: &ImageName,
+        from: u64,
+    ) -> Result<String, ConfigError> {
+        let img = self.state.image(image)?;
+        let next = img.versions.iter().map(|v| v.number).max().unwrap_or(0) + 1;
+        let number = |n: u64| {
+            u32::try_from(n).map_err(|_| ConfigError::UnknownImage(format!("{image} version {n}")))
+        };
+        let pool = RbdStore::connect(&self.state.config.store.rbd_config())?;
+        Ok(pool.create_edit(image.as_str(), number(from)?, number(next)?)?)
+    }
+}
+
+/// Publish the edit `spec` as a version (snapshot and protect it: a metadata operation);
+/// returns the version's spec.
+pub fn publish_edit(store: &StoreConfig, spec: &str) -> Result<String, ConfigError> {
+    // The server closes a disk at most a minute after its last session (RBD_CLOSE_WAIT).
+    let wait = std::time::Duration::from_secs(75);
+    Ok(RbdStore::connect(&store.rbd_config())?.publish_edit(spec, wait)?)
+}
+
+/// Take back [`publish_edit`] when the registry could not record the version (best effort):
+/// the snapshot goes, the edit and its writes stay.
+pub fn unpublish_edit(store: &StoreConfig, spec: &str) {
+    if let Ok(p) = RbdStore::connect(&store.rbd_config()) {
+        let _ = p.unpublish_edit(spec);
+    }
+}
+
+/// Remove the writable disk `spec` (a client's clone or an unpublished edit) from the pool
+/// (best effort: a disk a running server has open is refused here and removed by that server
+/// when it lets go of it; anything else is a warning naming the `rbd` command).
+pub fn remove_disk(store: &StoreConfig, spec: &str) {
+    let r = RbdStore::connect(&store.rbd_config()).and_then(|p| p.remove_disk(spec));
     match r {
         Ok(()) => {}
         Err(StoreError::Ceph { source, .. }) if source.raw_os_error() == Some(libc::EBUSY) => {
             eprintln!(
-                "isboot: note: client disk {spec} is still open on a server, which removes it \
-                 when it lets go of it; if that server is gone: rbd rm {spec} (once its lock \
-                 has expired)"
+                "isboot: note: disk {spec} is still open on a server, which removes it when it \
+                 lets go of it; if that server is gone: rbd rm {spec} (once its lock has \
+                 expired)"
             )
         }
         Err(e) => eprintln!(
-            "isboot: warning: client disk {spec} stays in the Ceph pool ({e}); remove it with: \
-             rbd rm {spec}"
+            "isboot: warning: disk {spec} stays in the Ceph pool ({e}); remove it with: rbd rm \
+             {spec}"
         ),
     }
 }

@@ -32,6 +32,9 @@ const RBD_LOCK_MODE_EXCLUSIVE: c_int = 0;
 /// Image features (librbd/features.h).
 pub const FEATURE_LAYERING: u64 = 1;
 pub const FEATURE_EXCLUSIVE_LOCK: u64 = 4;
+/// Flattening also detaches the image's snapshots from the parent (needed to remove a parent
+/// version whose next version was cloned from it).
+pub const FEATURE_DEEP_FLATTEN: u64 = 32;
 
 #[link(name = "rados")]
 unsafe extern "C" {
@@ -91,6 +94,7 @@ unsafe extern "C" {
     fn rbd_flush(image: ImageT) -> c_int;
     fn rbd_snap_create(image: ImageT, name: *const c_char) -> c_int;
     fn rbd_snap_protect(image: ImageT, name: *const c_char) -> c_int;
+    fn rbd_flatten(image: ImageT) -> c_int;
     fn rbd_snap_unprotect(image: ImageT, name: *const c_char) -> c_int;
     fn rbd_snap_remove(image: ImageT, name: *const c_char) -> c_int;
     fn rbd_lock_acquire(image: ImageT, mode: c_int) -> c_int;
@@ -412,6 +416,13 @@ impl Image {
         check(unsafe { rbd_snap_create(self.h, n.as_ptr()) })?;
         // SAFETY: as above.
         check(unsafe { rbd_snap_protect(self.h, n.as_ptr()) })
+    }
+
+    /// Copy what the image still reads from its parent into the image itself, so the parent
+    /// can go (EINVAL when the image has no parent).
+    pub fn flatten(&self) -> io::Result<()> {
+        // SAFETY: open image.
+        check(unsafe { rbd_flatten(self.h) })
     }
 
     /// Unprotect snapshot `name` (an unprotected one is fine) and remove it.

@@ -3,7 +3,9 @@
 //! Layout in one pool:
 //! - a base version is the image `isboot-base-IMAGE-vN` with the protected snapshot `base`;
 //!   version N+1 (made by maintenance) is a clone of `isboot-base-IMAGE-vN@base` that was
-//!   edited and then snapshotted, so versions share their unchanged objects;
+//!   edited and then snapshotted, so versions share their unchanged objects (while it is
+//!   edited it has no snapshot and is not a published version; removing version N later
+//!   flattens N+1 first, which copies the objects it still shares);
 //! - a client disk is the image `isboot-client-CLIENT`, a copy-on-write clone of its base
 //!   version's snapshot: what the client writes lands in its clone, the base is never written.
 //!   Resetting a client is removing its clone and cloning again.
@@ -24,17 +26,22 @@ pub mod ffi;
 mod tests;
 
 use super::{BlockDevice, Segment, StoreError};
-use ffi::{Cluster, FEATURE_EXCLUSIVE_LOCK, FEATURE_LAYERING, Image, IoCtx};
+use ffi::{Cluster, FEATURE_DEEP_FLATTEN, FEATURE_EXCLUSIVE_LOCK, FEATURE_LAYERING, Image, IoCtx};
 use std::io;
 use std::sync::Arc;
 
-/// The disk name in a client disk's spec `POOL/isboot-client-DISK` (see
-/// [`RbdStore::client_spec`]).
-pub fn disk_of_spec(spec: &str) -> Option<&str> {
-    spec.split_once('/')?
-        .1
+/// The RBD image a writable disk's spec names: a client disk (`POOL/isboot-client-DISK`) or
+/// a version being edited (`POOL/isboot-base-IMAGE-vN`, no snapshot). Anything else (a
+/// published version's `@base` snapshot, another prefix) is not a disk isboot writes.
+pub fn writable_image_of_spec(spec: &str) -> Option<&str> {
+    let name = spec.split_once('/')?.1;
+    if name.contains(['/', '@']) {
+        return None;
+    }
+    let rest = name
         .strip_prefix("isboot-client-")
-        .filter(|d| !d.is_empty() && !d.contains(['/', '@']))
+        .or_else(|| name.strip_prefix("isboot-base-"))?;
+    (!rest.is_empty()).then_some(name)
 }
 
 /// Snapshot name of a published base version.
@@ -206,13 +213,21 @@ impl RbdStore {
 
     /// Remove version `version` of `image` from the pool: unprotect and remove its snapshot,
     /// then the image. Absent is fine; refused (EBUSY) while clones of it exist or a server
-    /// has it open.
+    /// has it open. When the next version was made from this one by maintenance (a clone of
+    /// it), the next version is flattened first (a copy of the objects it still shares).
     pub fn remove_base(&self, image: &str, version: u32) -> Result<(), StoreError> {
         let name = base_name(image, version);
         match self.io.open(&name, None, false) {
             Ok(img) => match img.snap_unprotect_remove(BASE_SNAP) {
                 Ok(()) => {}
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(e)
+                    if e.raw_os_error() == Some(libc::EBUSY)
+                        && self.flatten_next(image, version) =>
+                {
+                    img.snap_unprotect_remove(BASE_SNAP)
+                        .map_err(|e| ceph_err(&format!("removing {name}@{BASE_SNAP}"), e))?
+                }
                 Err(e) => return Err(ceph_err(&format!("removing {name}@{BASE_SNAP}"), e)),
             },
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
@@ -223,6 +238,120 @@ impl RbdStore {
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
             Err(e) => Err(ceph_err(&format!("removing {name}"), e)),
         }
+    }
+
+    /// Flatten version `version + 1` of `image` if it is a clone (of `version`); true when
+    /// it was.
+    fn flatten_next(&self, image: &str, version: u32) -> bool {
+        let Some(next) = version.checked_add(1) else {
+            return false;
+        };
+        self.io
+            .open(&base_name(image, next), None, false)
+            .and_then(|img| img.flatten())
+            .is_ok()
+    }
+
+    /// Start the next version of `image`: a writable copy-on-write clone of version `from`
+    /// named as version `next` (`isboot-base-IMAGE-vNEXT`, no snapshot yet, so not
+    /// published). Returns its spec `POOL/isboot-base-IMAGE-vNEXT` (served like a client
+    /// disk, see [`writable_image_of_spec`]). Fails (EEXIST) while an earlier edit of that
+    /// version is still in the pool.
+    pub fn create_edit(&self, image: &str, from: u32, next: u32) -> Result<String, StoreError> {
+        let parent = base_name(image, from);
+        let name = base_name(image, next);
+        match self
+            .io
+            .clone_image(&parent, BASE_SNAP, &name, FEATURES | FEATURE_DEEP_FLATTEN)
+        {
+            Ok(()) => Ok(format!("{}/{name}", self.pool)),
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Err(StoreError::Ceph {
+                what: format!("{name} is still in the pool (an earlier edit of {image})"),
+                source: e,
+                hint: "; a server removes an aborted edit once its sessions let go of it: try \
+                       again in a minute",
+            }),
+            Err(e) => Err(ceph_err(
+                &format!("cloning {parent}@{BASE_SNAP} to {name}"),
+                e,
+            )),
+        }
+    }
+
+    /// Publish the edit `spec` (see [`create_edit`](Self::create_edit)) as a version:
+    /// snapshot and protect it. A metadata operation: the version shares every object the
+    /// edit did not write with the version it was cloned from. Returns the version's spec
+    /// (`POOL/isboot-base-IMAGE-vN@base`, as [`base_spec`](Self::base_spec)).
+    ///
+    /// The server that served the edit must have let go of it: this waits up to `wait` for
+    /// the edit's exclusive lock (a server that is gone loses it once its watch expires).
+    pub fn publish_edit(
+        &self,
+        spec: &str,
+        wait: std::time::Duration,
+    ) -> Result<String, StoreError> {
+        let name = self.own_image(spec)?;
+        let until = std::time::Instant::now() + wait;
+        let img = loop {
+            let img = self
+                .io
+                .open(name, None, false)
+                .map_err(|e| ceph_err(&format!("opening {name}"), e))?;
+            match img.lock_exclusive() {
+                Ok(()) => break img,
+                Err(_) if std::time::Instant::now() < until => {
+                    drop(img);
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                }
+                Err(e) => {
+                    let owners = img.lock_owners().unwrap_or_default().join(", ");
+                    return Err(StoreError::Ceph {
+                        what: format!("{name} is still open on an isboot server ({owners})"),
+                        source: e,
+                        hint: "; that server lets go of it once its sessions end: run the \
+                               commit again",
+                    });
+                }
+            }
+        };
+        img.flush().map_err(|e| ceph_err(name, e))?;
+        img.snap_create_protected(BASE_SNAP)
+            .map_err(|e| ceph_err(&format!("snapshot {name}@{BASE_SNAP}"), e))?;
+        Ok(format!("{spec}@{BASE_SNAP}"))
+    }
+
+    /// Undo [`publish_edit`](Self::publish_edit): the snapshot goes, the edit stays.
+    pub fn unpublish_edit(&self, spec: &str) -> Result<(), StoreError> {
+        let name = self.own_image(spec)?;
+        let img = self
+            .io
+            .open(name, None, false)
+            .map_err(|e| ceph_err(&format!("opening {name}"), e))?;
+        img.snap_unprotect_remove(BASE_SNAP)
+            .map_err(|e| ceph_err(&format!("removing {name}@{BASE_SNAP}"), e))
+    }
+
+    /// Remove the writable disk `spec` (a client disk or an unpublished edit; absent is
+    /// fine). A published version is never removed here: librbd refuses an image with
+    /// snapshots.
+    pub fn remove_disk(&self, spec: &str) -> Result<(), StoreError> {
+        let name = self.own_image(spec)?;
+        match self.io.remove(name) {
+            Ok(()) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+            Err(e) => Err(ceph_err(&format!("removing {name}"), e)),
+        }
+    }
+
+    /// The image name of a writable disk's spec in this pool.
+    fn own_image<'a>(&self, spec: &'a str) -> Result<&'a str, StoreError> {
+        writable_image_of_spec(spec)
+            .filter(|_| spec.split_once('/').map(|(p, _)| p) == Some(self.pool.as_str()))
+            .ok_or_else(|| StoreError::Ceph {
+                what: format!("{spec} is not a writable isboot disk in pool {}", self.pool),
+                source: io::Error::from_raw_os_error(libc::EINVAL),
+                hint: "",
+            })
     }
 
     /// Every published base version in the pool (an image `isboot-base-IMAGE-vN` with its
@@ -266,8 +395,13 @@ impl RbdStore {
             .collect())
     }
 
+    /// The spec `POOL/NAME` of the image `name` in this pool.
+    pub fn spec_of(&self, name: &str) -> String {
+        format!("{}/{name}", self.pool)
+    }
+
     /// Where the client disk `disk` lives: `POOL/isboot-client-DISK` (what the registry
-    /// records; [`disk_of_spec`] turns it back into `disk`).
+    /// records; [`writable_image_of_spec`] turns it back into the image's name).
     pub fn client_spec(&self, disk: &str) -> String {
         format!("{}/{}", self.pool, client_name(disk))
     }
@@ -298,21 +432,25 @@ impl RbdStore {
 
     /// Remove `client`'s disk (absent is fine).
     pub fn remove_client(&self, client: &str) -> Result<(), StoreError> {
-        let name = client_name(client);
-        match self.io.remove(&name) {
-            Ok(()) => Ok(()),
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
-            Err(e) => Err(ceph_err(&format!("removing {name}"), e)),
-        }
+        self.remove_disk(&self.client_spec(client))
     }
 
     /// Open `client`'s disk for serving, holding its exclusive lock until the device is
     /// dropped. Refused (with who holds it) while another live server has it.
     pub fn open_client(&self, client: &str) -> Result<RbdDevice, StoreError> {
-        let name = client_name(client);
+        self.open_writable(&client_name(client))
+    }
+
+    /// Open the writable disk `spec` (a client disk or an edit, see
+    /// [`writable_image_of_spec`]) as [`open_client`](Self::open_client) does.
+    pub fn open_disk(&self, spec: &str) -> Result<RbdDevice, StoreError> {
+        self.open_writable(self.own_image(spec)?)
+    }
+
+    fn open_writable(&self, name: &str) -> Result<RbdDevice, StoreError> {
         let img = self
             .io
-            .open(&name, None, false)
+            .open(name, None, false)
             .map_err(|e| ceph_err(&format!("opening {name}"), e))?;
         if let Err(e) = img.lock_exclusive() {
             let owners = img.lock_owners().unwrap_or_default().join(", ");
@@ -322,7 +460,7 @@ impl RbdStore {
                 hint: "; stop that server or wait until its lock expires",
             });
         }
-        RbdDevice::new(img, false, name)
+        RbdDevice::new(img, false, name.to_string())
     }
 
     /// Open `image` version `version` read-only (its protected snapshot).
