@@ -32,6 +32,7 @@ fn bench(c: &mut Criterion) {
         default: BootChoice::Disk,
         menu_timeout,
         installers,
+        images: &[],
     };
     let mut g = c.benchmark_group("menu");
     let plain = script(0, &[]);

@@ -5,6 +5,7 @@
 //! installers' files (ranges) and their answer files, only to their client.
 
 mod fixture;
+use fixture::disk_io::{eventually, read, write};
 use fixture::*;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -395,4 +396,171 @@ fn installer_files_and_answers_only_to_their_client() {
     assert!(log.contains("answer file served"), "{log}");
     assert!(log.contains("ks.cfg.j2"), "{log}");
     assert!(!log.contains(&secret), "{log}");
+}
+
+/// Login to `target` from loopback address `from` as pca's initiator with CHAP `chap`.
+fn login_from(
+    from: [u8; 4],
+    iscsi: SocketAddr,
+    target: &str,
+    chap: &(String, String),
+) -> Result<isboot::initiator::Initiator, String> {
+    let mut o =
+        isboot::initiator::LoginOptions::new(&initiator_of("pca"), Some(target)).ipxe_profile();
+    o.chap = Some((chap.0.clone(), chap.1.as_bytes().to_vec()));
+    let s = connect_from(from, iscsi).map_err(|e| e.to_string())?;
+    let mut i = isboot::initiator::Initiator::from_stream(s).map_err(|e| e.to_string())?;
+    i.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    i.login(&o).map_err(|e| e.to_string())?;
+    Ok(i)
+}
+
+/// Another image (`image:NAME`): refused until allowed; then the script of that client (and
+/// only its) names the image's own target, which takes the client's CHAP from the client's
+/// address only, serves the other image's data, and is gone when forbidden.
+#[test]
+fn other_images_only_to_their_client_with_its_chap() {
+    if !have("curl") {
+        return skip("curl not installed");
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = boot_state(tmp.path(), "");
+    let deb2 = tmp.path().join("deb2.img");
+    let deb2_data = pattern(1 << 20, 99);
+    std::fs::write(&deb2, &deb2_data).unwrap();
+    isboot(&dir, &["image", "add", "deb2", deb2.to_str().unwrap()]);
+    add_pca(&dir, "--chap");
+    isboot(
+        &dir,
+        &[
+            "add-client",
+            "--mac",
+            MAC_B,
+            "--image",
+            "deb",
+            "--name",
+            "pcb",
+            "--ip",
+            "127.0.0.5",
+            "--chap",
+        ],
+    );
+    let run = |args: &[&str]| Run::from(isboot_cmd(&dir).args(args).output().unwrap());
+    run(&["boot", "pca", "--next", "image:deb2"]).fails(2, "isboot boot pca --allow-image deb2");
+    run(&["boot", "pca", "--allow-image", "nosuch"]).fails(2, "nosuch");
+    let out = isboot(
+        &dir,
+        &[
+            "boot",
+            "pca",
+            "--allow-image",
+            "deb2",
+            "--next",
+            "image:deb2",
+            "--menu",
+            "on",
+        ],
+    );
+    let target = format!("{PREFIX}:pca:image:deb2");
+    assert!(
+        out.contains(&target) && out.contains("image:deb2 once"),
+        "{out}"
+    );
+    let shown = isboot(&dir, &["show-client", "pca", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&shown).unwrap();
+    assert_eq!(v["allowed_images"][0]["image"], "deb2", "{shown}");
+    assert_eq!(v["allowed_images"][0]["target"], target.as_str(), "{shown}");
+    let list = isboot(&dir, &["list-clients", "--json"]);
+    assert!(list.contains(&target), "{list}");
+    // Removing an image a client may boot is refused, saying how to forbid it.
+    run(&["image", "remove", "deb2"]).fails(1, "isboot boot pca --forbid-image deb2");
+
+    let mut srv = Serve::start(&dir);
+    let boot = boot_addr(&dir);
+    let script = |mac: &str| format!("http://{boot}/boot/{mac}.ipxe");
+    // The status API (admin socket) lists it with the client, and serves it as a target of
+    // kind "image".
+    let api = |path: &str| {
+        let sock = dir.join("run/admin.sock");
+        let o = std::process::Command::new("curl")
+            .args(["-sSf", "--unix-socket", sock.to_str().unwrap()])
+            .arg(format!("http://isboot{path}"))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let clients = api("/api/v1/clients");
+    assert!(clients.contains(&target), "{clients}");
+    let status = api("/api/v1/status");
+    let v: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let row = v["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["target"] == target.as_str())
+        .unwrap_or_else(|| panic!("{status}"));
+    assert_eq!(
+        (&row["kind"], &row["name"]),
+        (&"image".into(), &"pca:deb2".into())
+    );
+    assert_eq!(row["chap"], true, "{status}");
+
+    // Nobody else gets pca's script (nor uses up its choice); pcb's names no image.
+    assert_eq!(get("127.0.0.3", &script(MAC_A)).0, 403);
+    let (code, b) = get("127.0.0.5", &script(MAC_B));
+    assert_eq!(code, 200, "{b}");
+    assert!(!b.contains("image") && !b.contains(":pca"), "{b}");
+    let (code, body) = get("127.0.0.2", &script(MAC_A));
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("item image-deb2 Image deb2\n"), "{body}");
+    assert!(body.contains("choose --default image-deb2 "), "{body}");
+    assert!(
+        body.contains(":image-deb2\nsanboot iscsi:127.0.0.1:"),
+        "{body}"
+    );
+    assert!(
+        body.contains(&format!(":{target} || goto failed\n")),
+        "{body}"
+    );
+    assert!(
+        !body.contains("password") && !body.contains("username"),
+        "{body}"
+    );
+    // Used up: the next fetch boots the disk, and still offers the image.
+    let (_, body) = get("127.0.0.2", &script(MAC_A));
+    assert!(
+        body.contains("--default disk ") && body.contains("item image-deb2"),
+        "{body}"
+    );
+
+    // The image's target: pca's CHAP from pca's address only.
+    let a = chap_of(&dir, "pca").expect("pca has CHAP");
+    let b = chap_of(&dir, "pcb").expect("pcb has CHAP");
+    let e = login_from([127, 0, 0, 3], srv.addr, &target, &a).err();
+    assert!(e.is_some(), "pca's CHAP from another address was accepted");
+    let e = login_from([127, 0, 0, 2], srv.addr, &target, &b).err();
+    assert!(e.is_some(), "pcb's CHAP was accepted for pca's image");
+    let mut i = login_from([127, 0, 0, 2], srv.addr, &target, &a).expect("pca's own login");
+    i.clear_unit_attention(0).unwrap();
+    assert_eq!(read(&mut i, 0, 8), deb2_data[..4096]);
+    write(&mut i, 8, &[7u8; 512], true);
+    i.logout().unwrap();
+    // pca's own disk is untouched (another target, another image).
+    let mut d = login_from([127, 0, 0, 2], srv.addr, &format!("{PREFIX}:pca"), &a).unwrap();
+    d.clear_unit_attention(0).unwrap();
+    assert_ne!(read(&mut d, 0, 8), deb2_data[..4096]);
+    d.logout().unwrap();
+
+    // Forbidden: the script offers it no more, and its target is gone.
+    let out = isboot(&dir, &["boot", "pca", "--forbid-image", "deb2"]);
+    assert!(!out.contains(&target), "{out}");
+    eventually("the image target goes", || {
+        login_from([127, 0, 0, 2], srv.addr, &target, &a).is_err()
+    });
+    let (_, body) = get("127.0.0.2", &script(MAC_A));
+    assert!(!body.contains("image-deb2"), "{body}");
+    srv.stop();
+    let log = srv.log_text();
+    assert!(log.contains("boot=image:deb2"), "{log}");
 }

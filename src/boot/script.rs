@@ -1,6 +1,7 @@
 //! Rendering one client's iPXE script. The script carries no secret: the client's own disk is
 //! booted with the CHAP credentials iPXE already holds from its DHCP reply (`${username}`,
-//! `${password}` are iPXE settings expanded on the client), and only this client's data goes in.
+//! `${password}` are iPXE settings expanded on the client; they serve its other images'
+//! targets too), and only this client's data goes in.
 
 use std::fmt::Write as _;
 
@@ -15,6 +16,18 @@ pub enum BootChoice {
     Local,
     /// The installer with this name (one of [`ClientScript::installers`]).
     Install(String),
+    /// Another image this client may boot (one of [`ClientScript::images`]).
+    Image(String),
+}
+
+/// Another image as the script boots it: `sanboot` of its own target (the client's CHAP, which
+/// iPXE holds from DHCP, serves it too).
+#[derive(Debug, Clone)]
+pub struct ScriptImage {
+    /// Its name (`image:NAME`); the menu item is `image-NAME`.
+    pub name: String,
+    /// `iscsi:<server>::<port>:<lun>:<iqn>` of the client's target for it.
+    pub root_path: String,
 }
 
 /// One installer as the script boots it.
@@ -45,6 +58,8 @@ pub struct ClientScript<'a> {
     pub menu_timeout: u32,
     /// The installers the menu offers (an `Install` default names one of them).
     pub installers: &'a [ScriptInstaller],
+    /// The other images the menu offers (an `Image` default names one of them).
+    pub images: &'a [ScriptImage],
 }
 
 /// The script label of a choice.
@@ -54,6 +69,7 @@ fn label(c: &BootChoice) -> String {
         BootChoice::Memtest => "memtest".into(),
         BootChoice::Local => "local".into(),
         BootChoice::Install(n) => format!("install-{}", clean(n)),
+        BootChoice::Image(n) => format!("image-{}", clean(n)),
     }
 }
 
@@ -76,6 +92,14 @@ pub fn render(c: &ClientScript<'_>) -> String {
     if c.menu_timeout > 0 {
         let _ = writeln!(s, "menu isboot");
         let _ = writeln!(s, "item disk My disk");
+        for i in c.images {
+            let _ = writeln!(
+                s,
+                "item {} Image {}",
+                label(&BootChoice::Image(i.name.clone())),
+                clean(&i.name)
+            );
+        }
         for i in c.installers {
             let _ = writeln!(
                 s,
@@ -100,6 +124,10 @@ pub fn render(c: &ClientScript<'_>) -> String {
     }
     let _ = writeln!(s, ":disk");
     let _ = writeln!(s, "sanboot {root} || goto failed");
+    for i in c.images {
+        let _ = writeln!(s, ":{}", label(&BootChoice::Image(i.name.clone())));
+        let _ = writeln!(s, "sanboot {} || goto failed", clean(&i.root_path));
+    }
     for i in c.installers {
         // The initrd's image name is its URL's last part ("initrd"): the EFI stub loads it by
         // that name, a BIOS bzImage gets every initrd anyway.
@@ -142,6 +170,7 @@ mod tests {
             default,
             menu_timeout,
             installers: &[],
+            images: &[],
         }
     }
 
@@ -196,6 +225,56 @@ mod tests {
         let s = render(&c);
         assert!(s.starts_with("#!ipxe\ngoto install-debian12\n"), "{s}");
         assert!(!s.contains("menu isboot"), "{s}");
+    }
+
+    fn deb2() -> Vec<ScriptImage> {
+        vec![ScriptImage {
+            name: "deb2".into(),
+            root_path: "iscsi:10.0.0.1::::iqn.2026-01.org.isboot:pc1:image:deb2".into(),
+        }]
+    }
+
+    #[test]
+    fn other_images_as_menu_entries_or_the_default() {
+        let imgs = deb2();
+        let mut c = client(BootChoice::Disk, 5);
+        c.images = &imgs;
+        let s = render(&c);
+        assert!(
+            s.contains("item disk My disk\nitem image-deb2 Image deb2\n"),
+            "{s}"
+        );
+        assert!(s.contains("choose --default disk --timeout 5000"), "{s}");
+        assert!(
+            s.contains(
+                ":image-deb2\nsanboot iscsi:10.0.0.1::::iqn.2026-01.org.isboot:pc1:image:deb2 || goto failed\n"
+            ),
+            "{s}"
+        );
+        // The client's own disk is still there, and still its own target.
+        assert!(
+            s.contains(
+                ":disk\nsanboot iscsi:10.0.0.1::::iqn.2026-01.org.isboot:pc1 || goto failed\n"
+            ),
+            "{s}"
+        );
+        c.default = BootChoice::Image("deb2".into());
+        let s = render(&c);
+        assert!(
+            s.contains("choose --default image-deb2 --timeout 5000 target || goto image-deb2\n"),
+            "{s}"
+        );
+        c.menu_timeout = 0;
+        let s = render(&c);
+        assert!(s.starts_with("#!ipxe\ngoto image-deb2\n"), "{s}");
+        assert!(!s.contains("menu isboot"), "{s}");
+        assert!(
+            !s.contains("${password}") && !s.contains("${username}"),
+            "{s}"
+        );
+        // Without images: no image entry, no image label.
+        let s = render(&client(BootChoice::Disk, 5));
+        assert!(!s.contains("image-"), "{s}");
     }
 
     #[test]

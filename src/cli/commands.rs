@@ -8,8 +8,8 @@ use super::{
 use crate::boot::wol::WakeRoute;
 use crate::config::secret::{generate_chap, read_secret_file, secret_path};
 use crate::config::{
-    AddClient, BootChange, BootView, Chap, ChapView, ClientName, ClientView, ImageName, Iqn,
-    MacAddr, Mode, ServerStatus, StateDir, StatusView,
+    AddClient, BootChange, BootView, Chap, ChapView, ClientImageView, ClientName, ClientView,
+    ImageName, Iqn, MacAddr, Mode, ServerStatus, StateDir, StatusView,
 };
 use serde::Serialize;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -698,11 +698,19 @@ pub fn set_client(dir: &StateDir, a: SetClientArgs) -> R {
 }
 
 pub fn boot(dir: &StateDir, a: BootArgs) -> R {
-    if !a.clear && a.next.is_none() && a.default.is_none() && a.menu.is_none() {
+    if !a.clear
+        && a.next.is_none()
+        && a.default.is_none()
+        && a.menu.is_none()
+        && a.allow_image.is_empty()
+        && a.forbid_image.is_empty()
+    {
         return Err(bad(
-            "say what to change: --next CHOICE, --default CHOICE, --menu on|off or --clear",
+            "say what to change: --next CHOICE, --default CHOICE, --menu on|off, --allow-image NAME, --forbid-image NAME or --clear",
         ));
     }
+    let names =
+        |v: &[String]| -> Result<Vec<ImageName>, CliError> { v.iter().map(|n| parse(n)).collect() };
     let mut l = dir.lock()?;
     let c = l.set_boot(
         &a.client,
@@ -711,11 +719,27 @@ pub fn boot(dir: &StateDir, a: BootArgs) -> R {
             next: a.next,
             default: a.default,
             menu: a.menu.map(|m| m == OnOff::On),
+            allow: names(&a.allow_image)?,
+            forbid: names(&a.forbid_image)?,
         },
     )?;
     outln!("client {}:", c.name);
     outln!("  boot:      {}", BootView::of(&c).describe());
+    print_allowed_images(&ClientImageView::of(&l.state, &c));
     Ok(())
+}
+
+/// `images:` lines of `isboot boot` and `show-client`.
+fn print_allowed_images(v: &[ClientImageView]) {
+    for i in v {
+        outln!(
+            "  image:     {} version {} (image:{}, target {})",
+            i.image,
+            i.version,
+            i.image,
+            i.target
+        );
+    }
 }
 
 /// `isboot wake`: magic packets for the chosen clients, on the boot interface only.
@@ -869,6 +893,14 @@ pub fn show_client(dir: &StateDir, which: &str, as_json: bool, show_secrets: boo
     outln!("target:     {}", v.target);
     outln!("logins:     from {}", v.bound.describe());
     outln!("boot:       {}", v.boot.describe());
+    for i in &v.allowed_images {
+        outln!(
+            "may boot:   image:{} (version {}, target {}, fresh at every power-on)",
+            i.image,
+            i.version,
+            i.target
+        );
+    }
     for i in &v.initiators {
         outln!("initiator:  {i}");
     }

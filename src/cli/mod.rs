@@ -329,7 +329,7 @@ pub struct SetClientArgs {
 #[derive(clap::Args, Debug)]
 #[command(
     after_help = "Choices: disk (the client's own iSCSI disk), image:NAME (another image, on a \
-    fresh disk), install:NAME (an [[installer]]), memtest, local (the machine's own disk)."
+    fresh disk; allow it first with --allow-image NAME), install:NAME (an [[installer]]), memtest, local (the machine's own disk)."
 )]
 pub struct BootArgs {
     /// Client name or MAC address.
@@ -343,9 +343,16 @@ pub struct BootArgs {
     /// Show the boot menu (its default entry is what the client would boot).
     #[arg(long, value_name = "on|off")]
     pub menu: Option<OnOff>,
-    /// Forget every setting first: disk, no menu, no one-shot choice.
+    /// Forget every setting first: disk, no menu, no one-shot choice (allowed images stay).
     #[arg(long)]
     pub clear: bool,
+    /// Let the client boot this image from its menu (`image:NAME`; repeatable): on its own
+    /// disk, with the client's CHAP and addresses, fresh at every power-on.
+    #[arg(long, value_name = "NAME")]
+    pub allow_image: Vec<String>,
+    /// No longer let it boot this image (repeatable); its disk is removed.
+    #[arg(long, value_name = "NAME")]
+    pub forbid_image: Vec<String>,
 }
 
 #[derive(clap::Args, Debug)]

@@ -31,8 +31,8 @@ pub mod store;
 pub use file::{BootListen, Config, HttpConfig};
 pub use installer::{AnswerKind, Installer};
 pub use names::{ClientName, ImageName, Iqn, MacAddr, Net, Subnet};
-pub use registry::{Chap, Client, Image, Maintenance, Mode, Registry, Version};
-pub use report::{BootView, ChapView, ClientView, StatusRow, StatusView};
+pub use registry::{Chap, Client, ClientImage, Image, Maintenance, Mode, Registry, Version};
+pub use report::{BootView, ChapView, ClientImageView, ClientView, StatusRow, StatusView};
 pub use secret::Secret;
 pub use state::{
     AddClient, BootAction, BootChange, BootTarget, Bound, BoundAddress, NextBoot, Origin, State,

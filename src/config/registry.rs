@@ -163,6 +163,29 @@ pub struct Client {
     /// (0: no quota for this client).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quota_mib: Option<u64>,
+    /// Other images this client may boot from its menu (`isboot boot --allow-image`), each on
+    /// its own overlay, reset at the client's power-on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_images: Vec<ClientImage>,
+}
+
+/// Another image a client may boot (`image:NAME`): its own target
+/// (`<prefix>:<client>:image:<image>`) with the client's CHAP and address rules, on an
+/// overlay of its own that the client's power-on resets.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientImage {
+    pub image: ImageName,
+    /// Base version the overlay was made on.
+    pub version: u64,
+    /// Overlay file, relative to the state directory.
+    pub overlay: String,
+}
+
+impl Client {
+    /// The allowed image `name`, if it is one.
+    pub fn allowed_image(&self, name: &ImageName) -> Option<&ClientImage> {
+        self.allowed_images.iter().find(|i| &i.image == name)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -278,6 +301,11 @@ mod tests {
                     menu: Some(true),
                 },
                 quota_mib: Some(512),
+                allowed_images: vec![ClientImage {
+                    image: "deb2".parse().unwrap(),
+                    version: 1,
+                    overlay: "overlays/pc1.image.deb2.7.ovl".into(),
+                }],
             }],
         };
         let text = toml::to_string(&r).unwrap();

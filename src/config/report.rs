@@ -40,6 +40,42 @@ pub struct ClientView {
     /// The quota is the client's own (`set-client --quota-mib`), not the `[limits]` default.
     #[serde(default)]
     pub quota_own: bool,
+    /// Other images it may boot from its menu (`isboot boot --allow-image`).
+    #[serde(default)]
+    pub allowed_images: Vec<ClientImageView>,
+}
+
+/// Another image a client may boot (`image:NAME`): its own target and overlay, the client's
+/// CHAP and address rules.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientImageView {
+    pub image: String,
+    pub version: u64,
+    pub target: String,
+    pub root_path: Option<String>,
+    /// Path of its overlay file, and the bytes it occupies on disk.
+    pub overlay: String,
+    pub overlay_bytes: u64,
+}
+
+impl ClientImageView {
+    pub fn of(st: &State, c: &Client) -> Vec<ClientImageView> {
+        c.allowed_images
+            .iter()
+            .map(|a| {
+                let target = st.client_image_iqn(&c.name, &a.image);
+                let path = st.dir.path(&a.overlay);
+                ClientImageView {
+                    image: a.image.to_string(),
+                    version: a.version,
+                    root_path: st.config.root_path(&target),
+                    target: target.to_string(),
+                    overlay: path.display().to_string(),
+                    overlay_bytes: on_disk(&path),
+                }
+            })
+            .collect()
+    }
 }
 
 /// A client's boot settings: `next` (one-shot, cleared once served), `default` (what it boots
@@ -160,6 +196,7 @@ impl ClientView {
             boot: BootView::of(c),
             quota_bytes: st.client_quota(&c.name),
             quota_own: c.quota_mib.is_some(),
+            allowed_images: ClientImageView::of(st, c),
         }
     }
 
@@ -178,7 +215,7 @@ impl ClientView {
 pub struct StatusRow {
     /// Client name, or image name for a maintenance disk.
     pub name: String,
-    /// "client" or "maintenance".
+    /// "client", "maintenance" or "image" (a client's other image, named `CLIENT:IMAGE`).
     pub kind: String,
     pub target: String,
     pub logged_in: bool,
@@ -230,10 +267,7 @@ impl StatusView {
             .into_iter()
             .map(|spec| {
                 let t = live.and_then(|s| s.target(spec.iqn.as_str()));
-                let (kind, name) = match &spec.kind {
-                    TargetKind::Client(n) => ("client", n.to_string()),
-                    TargetKind::Maintenance(i) => ("maintenance", i.to_string()),
-                };
+                let (kind, name) = spec.kind.describe();
                 StatusRow {
                     name,
                     kind: kind.into(),
@@ -250,8 +284,7 @@ impl StatusView {
                     },
                     quota_bytes: match (t, &spec.kind) {
                         (Some(t), _) => t.quota_bytes,
-                        (None, TargetKind::Client(name)) => st.client_quota(name),
-                        (None, TargetKind::Maintenance(_)) => None,
+                        (None, kind) => kind.client().and_then(|n| st.client_quota(n)),
                     },
                     over_quota: t.is_some_and(|t| t.over_quota),
                     image: spec.image.to_string(),

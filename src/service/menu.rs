@@ -29,7 +29,7 @@
 //! Unknown MACs get the same 403, so the routes do not tell which MACs are clients.
 
 use crate::boot::answer::{self, AnswerContext};
-use crate::boot::script::{BootChoice, ClientScript, ScriptInstaller, render};
+use crate::boot::script::{BootChoice, ClientScript, ScriptImage, ScriptInstaller, render};
 use crate::config::{BootAction, Bound, Client, ClientName, Installer, MacAddr, State, TargetKind};
 use crate::service::budget::PeerLog;
 use crate::service::registry::StateRegistry;
@@ -169,6 +169,20 @@ async fn script(
             "starting, or boot_listen is unspecified without a server_ip\n",
         );
     };
+    // Its other images (those with a target: a file version).
+    let images: Vec<ScriptImage> = c
+        .allowed_images
+        .iter()
+        .filter(|a| st.client_image_base(a).is_some())
+        .filter_map(|a| {
+            Some(ScriptImage {
+                name: a.image.to_string(),
+                root_path: st
+                    .config
+                    .root_path(&st.client_image_iqn(&c.name, &a.image))?,
+            })
+        })
+        .collect();
     let action = c.boot.effective();
     let default = match &action {
         BootAction::Disk => BootChoice::Disk,
@@ -181,8 +195,11 @@ async fn script(
             tracing::warn!(client = %name, %action, "boot HTTP: no such [[installer]] in isboot.toml (removed?); its script boots its disk");
             BootChoice::Disk
         }
+        BootAction::Image(n) if images.iter().any(|i| i.name == n.as_str()) => {
+            BootChoice::Image(n.to_string())
+        }
         BootAction::Image(_) => {
-            tracing::warn!(client = %name, %action, "boot HTTP: booting other images is not built yet; its script boots its disk");
+            tracing::warn!(client = %name, %action, "boot HTTP: that image is not (or no longer) allowed for this client, or is not served; its script boots its disk");
             BootChoice::Disk
         }
     };
@@ -203,6 +220,7 @@ async fn script(
         default,
         menu_timeout,
         installers: &installers,
+        images: &images,
     });
     // A one-shot choice is used up now (an install when its installer calls back).
     if let Some(next) = c

@@ -386,10 +386,7 @@ impl StateRegistry {
         // Every client's overlay under today's quota (a maintenance disk has none).
         for l in &next {
             if let Some(o) = l.disk.overlay() {
-                o.set_quota(match &l.spec.kind {
-                    TargetKind::Client(name) => state.client_quota(name),
-                    TargetKind::Maintenance(_) => None,
-                });
+                o.set_quota(l.spec.kind.client().and_then(|n| state.client_quota(n)));
             }
         }
         {
@@ -525,16 +522,70 @@ impl StateRegistry {
         let Some(c) = st.registry.client_by_mac(mac) else {
             return Ok(PowerOn::Unchanged);
         };
+        // Its other images start pristine at every power-on, whatever its own disk's mode.
+        let images = self.power_on_images(&st, c)?;
+        let disk = self.power_on_disk(&st, c)?;
+        Ok(match (disk, images) {
+            (PowerOn::Unchanged, PowerOn::Reset) => PowerOn::Reset,
+            (d, _) => d,
+        })
+    }
+
+    /// The power-on of client `c`'s own disk (reset mode only).
+    fn power_on_disk(&self, st: &State, c: &crate::config::Client) -> Result<PowerOn, ConfigError> {
         if c.mode != Mode::Reset {
             return Ok(PowerOn::Unchanged);
         }
         let iqn = st.target_iqn(&c.name);
-        // Ask the live view (its map may hold writes not flushed yet), not the file.
-        let (written, live) = self
-            .read()
+        let (written, live) = self.in_use(iqn.as_str());
+        if live {
+            self.note_pending_power_on(iqn.as_str());
+            return Ok(PowerOn::InUse);
+        }
+        if !written && st.newest_version(&c.image) == Some(c.version) {
+            return Ok(PowerOn::Unchanged);
+        }
+        self.reset_now(c.name.as_str())?;
+        Ok(PowerOn::Reset)
+    }
+
+    /// The power-on of client `c`'s other images (`isboot boot --allow-image`): each one
+    /// nobody is logged in to gets a fresh overlay on its image's newest version if it holds
+    /// writes or a newer version exists; one in use is reset at its new boot's first login
+    /// instead ([`StateRegistry::login_accepted`]). `Reset` when one was reset.
+    fn power_on_images(
+        &self,
+        st: &State,
+        c: &crate::config::Client,
+    ) -> Result<PowerOn, ConfigError> {
+        let mut outcome = PowerOn::Unchanged;
+        for a in &c.allowed_images {
+            let iqn = st.client_image_iqn(&c.name, &a.image);
+            let (written, live) = self.in_use(iqn.as_str());
+            if live {
+                self.note_pending_power_on(iqn.as_str());
+                continue;
+            }
+            if !written && st.newest_version(&a.image) == Some(a.version) {
+                continue;
+            }
+            self.dir.lock()?.reset_client_image(&c.name, &a.image)?;
+            tracing::info!(client = %c.name, image = %a.image, "power-on: the client's other image starts from a pristine disk");
+            outcome = PowerOn::Reset;
+        }
+        if outcome == PowerOn::Reset {
+            self.reload()?;
+        }
+        Ok(outcome)
+    }
+
+    /// Whether the served target `iqn` holds writes and whether it has a live session (the
+    /// live view: its map may hold writes not flushed yet). Not served: (true, false).
+    fn in_use(&self, iqn: &str) -> (bool, bool) {
+        self.read()
             .targets
             .iter()
-            .find(|l| l.spec.iqn == iqn)
+            .find(|l| l.spec.iqn.as_str() == iqn)
             .map(|l| {
                 (
                     l.disk
@@ -543,19 +594,14 @@ impl StateRegistry {
                     !l.target.stats.sessions().is_empty(),
                 )
             })
-            .unwrap_or((true, false));
-        if live {
-            self.pending_power_on
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(iqn.to_string(), std::time::Instant::now());
-            return Ok(PowerOn::InUse);
-        }
-        if !written && st.newest_version(&c.image) == Some(c.version) {
-            return Ok(PowerOn::Unchanged);
-        }
-        self.reset_now(c.name.as_str())?;
-        Ok(PowerOn::Reset)
+            .unwrap_or((true, false))
+    }
+
+    fn note_pending_power_on(&self, iqn: &str) {
+        self.pending_power_on
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(iqn.to_string(), std::time::Instant::now());
     }
 
     /// What the served target `iqn` is (a client's disk or an image's maintenance view) and
@@ -677,10 +723,7 @@ impl StateRegistry {
             .targets
             .iter()
             .map(|l| {
-                let (kind, name) = match &l.spec.kind {
-                    TargetKind::Client(n) => ("client", n.to_string()),
-                    TargetKind::Maintenance(i) => ("maintenance", i.to_string()),
-                };
+                let (kind, name) = l.spec.kind.describe();
                 TargetStatus {
                     iqn: l.target.iqn.clone(),
                     kind: kind.into(),
@@ -796,6 +839,7 @@ fn target_for(
     let (product, serial) = match &spec.kind {
         TargetKind::Client(n) => ("client disk", n.to_string()),
         TargetKind::Maintenance(i) => ("maint disk", format!("maint-{i}")),
+        TargetKind::ClientImage(n, i) => ("client image", format!("{n}+{i}")),
     };
     let ident = LuIdentity {
         vendor: "ISBOOT".into(),
@@ -853,8 +897,26 @@ impl TargetRegistry for StateRegistry {
         {
             return false;
         }
-        let Some((TargetKind::Client(name), _)) = self.served(iqn) else {
-            return false;
+        let name = match self.served(iqn) {
+            Some((TargetKind::Client(name), _)) => name,
+            // A client's other image starts pristine at every power-on, whatever its mode.
+            Some((TargetKind::ClientImage(name, image), _)) => {
+                let r = crate::service::blocking(|| {
+                    self.dir.lock()?.reset_client_image(&name, &image)?;
+                    self.reload()
+                });
+                return match r {
+                    Ok(()) => {
+                        tracing::info!(client = %name, %image, "power-on: the client's other image starts from a pristine disk (reset at its new boot's first login; the old boot's session ended)");
+                        true
+                    }
+                    Err(e) => {
+                        tracing::warn!(client = %name, %image, "power-on reset at login failed: {e}");
+                        false
+                    }
+                };
+            }
+            _ => return false,
         };
         let st = self.current_state();
         if st.registry.client(&name).map(|c| c.mode) != Some(Mode::Reset) {
@@ -1032,6 +1094,177 @@ mod tests {
         reg.reload_if_changed().unwrap();
         assert!(kill2.load(Ordering::SeqCst));
         assert!(reg.lookup(&format!("{p}:pc2")).is_none());
+    }
+
+    /// `isboot boot --allow-image`: the other image's target carries the client's CHAP,
+    /// initiators and address binding, serves that image on its own overlay, is reset at the
+    /// client's power-on (persistent or not; never while in use: then at its new boot's
+    /// first login), and is gone when forbidden (refused while logged in).
+    #[test]
+    fn other_images_carry_the_clients_chap_and_binding_and_reset_at_power_on() {
+        use crate::config::{BootAction, BootChange, Chap, ImageName};
+        let (t, dir) = setup();
+        let p = "iqn.2026-11.org.isboot";
+        let img2 = t.path().join("deb2.img");
+        std::fs::write(&img2, vec![0xA5u8; 1 << 20]).unwrap();
+        dir.image_add(&"deb2".parse().unwrap(), &img2, &mut |_, _| {})
+            .unwrap();
+        let chap = Chap {
+            user: "pc1".into(),
+            secret: crate::config::Secret::new("0123456789abcdef01"),
+            mutual_user: None,
+            mutual_secret: None,
+        };
+        let deb2: ImageName = "deb2".parse().unwrap();
+        let image = |i: &ImageName| BootAction::Image(i.clone());
+        {
+            let mut l = dir.lock().unwrap();
+            l.set_client_chap("pc1", Some(chap.clone())).unwrap();
+            l.set_client_ip("pc1", Some("10.9.0.21".parse().unwrap()))
+                .unwrap();
+            // Not allowed yet: refused, saying how.
+            let e = l
+                .set_boot(
+                    "pc1",
+                    BootChange {
+                        next: Some(image(&deb2)),
+                        ..Default::default()
+                    },
+                )
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("isboot boot pc1 --allow-image deb2"), "{e}");
+            let c = l
+                .set_boot(
+                    "pc1",
+                    BootChange {
+                        allow: vec![deb2.clone()],
+                        next: Some(image(&deb2)),
+                        ..Default::default()
+                    },
+                )
+                .unwrap();
+            assert_eq!(c.boot.next, Some(image(&deb2)));
+            assert_eq!(c.allowed_images.len(), 1);
+            assert!(dir.path(&c.allowed_images[0].overlay).is_file());
+            // Allowing it again changes nothing.
+            let again = l
+                .set_boot(
+                    "pc1",
+                    BootChange {
+                        allow: vec![deb2.clone()],
+                        ..Default::default()
+                    },
+                )
+                .unwrap();
+            assert_eq!(again.allowed_images, c.allowed_images);
+        }
+        let st = dir.load().unwrap();
+        let iqn = format!("{p}:pc1:image:deb2");
+        let specs = st.targets();
+        let own = specs
+            .iter()
+            .find(|s| s.iqn.as_str() == format!("{p}:pc1"))
+            .unwrap();
+        let other = specs.iter().find(|s| s.iqn.as_str() == iqn).unwrap();
+        assert_eq!(
+            other.kind,
+            TargetKind::ClientImage("pc1".parse().unwrap(), deb2.clone())
+        );
+        assert_eq!(other.chap, Some(chap.clone()));
+        assert_eq!(other.initiators, own.initiators);
+        assert_ne!(other.overlay_path, own.overlay_path);
+        assert_eq!(
+            st.bound_offline(&other.kind),
+            st.bound_offline(&own.kind),
+            "the client's address rules"
+        );
+        assert_eq!(
+            st.bound_offline(&other.kind).addresses(),
+            Some(vec!["10.9.0.21".parse().unwrap()])
+        );
+        // pc2 has no other image.
+        assert!(
+            !specs
+                .iter()
+                .any(|s| s.iqn.as_str().starts_with(&format!("{p}:pc2:")))
+        );
+
+        let reg = StateRegistry::open(dir.clone()).unwrap();
+        let ti = reg.lookup(&iqn).unwrap();
+        assert_eq!(ti.chap.as_ref().map(|c| c.user.as_str()), Some("pc1"));
+        assert_eq!(ti.allowed_initiators, vec![format!("{p}:initiator:pc1")]);
+        assert_eq!(
+            reg.binding(&iqn),
+            Binding::Only(vec!["10.9.0.21".parse().unwrap()])
+        );
+        assert_eq!(read(&ti, 0, 512), vec![0xA5; 512]);
+        // Power-on of pc1 (persistent): its own disk keeps its writes, the image starts
+        // pristine.
+        let mac1: MacAddr = "52:54:00:00:00:01".parse().unwrap();
+        let t1 = reg.lookup(&format!("{p}:pc1")).unwrap();
+        write(&t1, 4096, &[8u8; 512]);
+        assert_eq!(
+            reg.power_on(&mac1).unwrap(),
+            PowerOn::Unchanged,
+            "nothing written"
+        );
+        write(&ti, 4096, &[9u8; 512]);
+        assert_eq!(reg.power_on(&mac1).unwrap(), PowerOn::Reset);
+        let ti = reg.lookup(&iqn).unwrap();
+        assert_eq!(read(&ti, 4096, 512), vec![0xA5; 512]);
+        assert_eq!(
+            read(&reg.lookup(&format!("{p}:pc1")).unwrap(), 4096, 512),
+            vec![8; 512]
+        );
+        let old = dir.load().unwrap().registry.clients[0].allowed_images[0]
+            .overlay
+            .clone();
+        // In use: a power-on resets nothing; the new boot's iPXE login does.
+        write(&ti, 4096, &[9u8; 512]);
+        let kill = fake_session(&ti);
+        assert_eq!(reg.power_on(&mac1).unwrap(), PowerOn::Unchanged);
+        assert_eq!(read(&reg.lookup(&iqn).unwrap(), 4096, 512), vec![9; 512]);
+        assert!(!kill.load(Ordering::SeqCst));
+        // ...and forbidding it is refused meanwhile (the server's status shows the session).
+        reg.write_status().unwrap();
+        let e = dir
+            .lock()
+            .unwrap()
+            .set_boot(
+                "pc1",
+                BootChange {
+                    forbid: vec![deb2.clone()],
+                    ..Default::default()
+                },
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("in use"), "{e}");
+        const IPXE: [u8; 6] = [0x40, 0x00, 0x27, 0x23, 0xab, 0xcd];
+        assert!(reg.login_accepted(&iqn, IPXE));
+        assert!(kill.load(Ordering::SeqCst), "the old boot's session ends");
+        assert_eq!(read(&reg.lookup(&iqn).unwrap(), 4096, 512), vec![0xA5; 512]);
+        assert!(!dir.path(&old).exists(), "the old overlay is removed");
+        // Forbidden: its overlay and target go, and the choice naming it with them.
+        reg.write_status().unwrap();
+        let c = dir
+            .lock()
+            .unwrap()
+            .set_boot(
+                "pc1",
+                BootChange {
+                    forbid: vec![deb2.clone()],
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        assert!(c.allowed_images.is_empty());
+        assert_eq!(c.boot.next, None);
+        reg.reload_if_changed().unwrap();
+        assert!(reg.lookup(&iqn).is_none());
+        // The image can go now.
+        dir.lock().unwrap().image_remove(&deb2).unwrap();
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //!   address its boot request came from). With neither, it is bound nowhere when isboot runs
 //!   DHCP (it learns the address at the client's boot), and to any address when it does not
 //!   (no `[dhcp]` section: `add-client --ip` binds it).
+//! - Another image a client may boot (`isboot boot --allow-image`): exactly its disk's.
 //! - A maintenance target: this host (127.0.0.1), the addresses `image edit --from` names,
 //!   and the maintenance machine's (`--mac`) learned address.
 
@@ -101,7 +102,7 @@ impl State {
             }
         };
         match kind {
-            TargetKind::Client(name) => {
+            TargetKind::Client(name) | TargetKind::ClientImage(name, _) => {
                 let Some(c) = self.registry.client(name) else {
                     return Bound::Only(Vec::new());
                 };

@@ -2,7 +2,7 @@
 
 use super::{Locked, State, StateDir};
 use crate::config::names::{ClientName, ImageName, Iqn, MacAddr};
-use crate::config::registry::{Chap, Client, Mode};
+use crate::config::registry::{Chap, Client, ClientImage, Mode};
 use crate::config::secret::{remove_secret_file, secret_path, write_secret_file};
 use crate::config::{ConfigError, now_unix};
 use crate::store::overlay::Overlay;
@@ -189,6 +189,7 @@ impl Locked {
             chap: None,
             boot: Default::default(),
             quota_mib: req.quota_mib,
+            allowed_images: Vec::new(),
         };
         self.state.registry.clients.push(client.clone());
         if let Err(e) = self.save() {
@@ -287,12 +288,47 @@ impl Locked {
         // Best effort: the client is gone already; a secret left behind is replaced or removed
         // when a client of this name is added again.
         let _ = remove_secret_file(&secret_path(self.state.dir.root(), c.name.as_str()));
+        // Its other images' overlays go with it (they are reset at every power-on anyway).
+        for a in &c.allowed_images {
+            self.forget(&a.overlay);
+        }
         if keep_overlay {
             Ok((c.clone(), Some(self.state.dir.path(&c.overlay))))
         } else {
             self.forget_client_disk(&c);
             Ok((c, None))
         }
+    }
+
+    /// Client `name`'s power-on for its other image `image` (`isboot boot --allow-image`):
+    /// a fresh overlay on that image's newest version. The caller has checked that nobody is
+    /// logged in to it. Returns the new record.
+    pub fn reset_client_image(
+        &mut self,
+        name: &ClientName,
+        image: &ImageName,
+    ) -> Result<ClientImage, ConfigError> {
+        let c = self
+            .state
+            .registry
+            .client(name)
+            .ok_or_else(|| ConfigError::UnknownClient(name.to_string()))?;
+        let old = c.allowed_image(image).cloned().ok_or_else(|| {
+            ConfigError::BadArgument(format!("client {name} is not allowed image {image}"))
+        })?;
+        let fresh = self.new_client_image(name, image)?;
+        for c in self.state.registry.clients.iter_mut() {
+            if &c.name == name {
+                for a in c.allowed_images.iter_mut() {
+                    if &a.image == image {
+                        *a = fresh.clone();
+                    }
+                }
+            }
+        }
+        self.save_or_forget(&[&fresh.overlay])?;
+        self.forget(&old.overlay);
+        Ok(fresh)
     }
 
     /// Drop a client's writes: a fresh overlay on its image's newest version. Refused while the

@@ -136,6 +136,7 @@ impl Locked {
     pub fn image_remove(&mut self, name: &ImageName) -> Result<Image, ConfigError> {
         let img = self.state.image(name)?.clone();
         let mut users = self.state.clients_using(name, None);
+        users.extend(self.state.clients_allowing(name));
         if img.maintenance.is_some() {
             users.push("an open maintenance session (image abort)".into());
         }
@@ -170,7 +171,13 @@ impl Locked {
             .registry
             .clients
             .iter()
-            .map(|c| (c.image.clone(), c.version))
+            .flat_map(|c| {
+                let other = c
+                    .allowed_images
+                    .iter()
+                    .map(|a| (a.image.clone(), a.version));
+                std::iter::once((c.image.clone(), c.version)).chain(other)
+            })
             .collect();
         for img in self.state.registry.images.iter_mut() {
             if only.is_some_and(|n| n != &img.name) {

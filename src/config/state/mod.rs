@@ -27,7 +27,7 @@ pub use nextboot::{BootAction, BootChange, NextBoot};
 
 use super::file::Config;
 use super::names::{ClientName, ImageName, Iqn, MacAddr, Subnet};
-use super::registry::{Chap, Client, Image, Registry};
+use super::registry::{Chap, Client, ClientImage, Image, Registry};
 use super::secret::{read_secret_file, secret_path};
 use super::{ConfigError, sync_dir, write_atomic};
 use crate::store::base::{BaseId, BaseImage, Published};
@@ -66,6 +66,28 @@ pub struct Locked {
 pub enum TargetKind {
     Client(ClientName),
     Maintenance(ImageName),
+    /// Another image a client may boot from its menu (`isboot boot --allow-image`).
+    ClientImage(ClientName, ImageName),
+}
+
+impl TargetKind {
+    /// Its kind and name as `isboot status` shows them: `client pc1`, `maintenance deb`,
+    /// `image pc1:deb2`.
+    pub fn describe(&self) -> (&'static str, String) {
+        match self {
+            TargetKind::Client(n) => ("client", n.to_string()),
+            TargetKind::Maintenance(i) => ("maintenance", i.to_string()),
+            TargetKind::ClientImage(n, i) => ("image", format!("{n}:{i}")),
+        }
+    }
+
+    /// The client whose disk (or other image) this is; None for a maintenance target.
+    pub fn client(&self) -> Option<&ClientName> {
+        match self {
+            TargetKind::Client(n) | TargetKind::ClientImage(n, _) => Some(n),
+            TargetKind::Maintenance(_) => None,
+        }
+    }
 }
 
 /// Everything needed to serve one target.
@@ -293,6 +315,15 @@ impl State {
             .unwrap_or_else(|_| self.config.iqn_prefix.clone())
     }
 
+    /// The target of image `image` for client `name`: `<prefix>:<client>:image:<image>`
+    /// (names have no ':', so it clashes with no client's or maintenance target).
+    pub fn client_image_iqn(&self, name: &ClientName, image: &ImageName) -> Iqn {
+        self.config
+            .iqn_prefix
+            .join(&format!("{name}:image:{image}"))
+            .unwrap_or_else(|_| self.config.iqn_prefix.clone())
+    }
+
     pub fn client_root_path(&self, c: &Client) -> Option<String> {
         self.config.root_path(&self.target_iqn(&c.name))
     }
@@ -384,8 +415,28 @@ impl State {
                 overlay_path: self.dir.path(&c.overlay),
                 rbd: c.rbd.clone(),
                 initiators: c.initiators.clone(),
-                chap,
+                chap: chap.clone(),
             });
+            // The other images it may boot: the client's initiators and CHAP, own overlays
+            // (file versions only).
+            for a in &c.allowed_images {
+                let Some((v, id)) = self.client_image_base(a) else {
+                    continue;
+                };
+                out.push(TargetSpec {
+                    iqn: self.client_image_iqn(&c.name, &a.image),
+                    kind: TargetKind::ClientImage(c.name.clone(), a.image.clone()),
+                    image: a.image.clone(),
+                    version: a.version,
+                    base_path: self.dir.path(&v.file),
+                    base_id: id,
+                    base_published: v.published,
+                    overlay_path: self.dir.path(&a.overlay),
+                    rbd: None,
+                    initiators: c.initiators.clone(),
+                    chap: chap.clone(),
+                });
+            }
         }
         for img in &self.registry.images {
             let Some(m) = img.maintenance.as_ref().filter(|m| !m.committing) else {
@@ -421,6 +472,16 @@ impl State {
         out
     }
 
+    /// The base version a client's other image is served on: a file version with a good id
+    /// (None: not served; an image on Ceph RBD cannot be allowed).
+    pub fn client_image_base(&self, a: &ClientImage) -> Option<(&super::Version, BaseId)> {
+        self.registry
+            .image(&a.image)
+            .and_then(|i| i.version(a.version))
+            .filter(|v| v.rbd.is_none())
+            .and_then(|v| Some((v, BaseId::parse(&v.id)?)))
+    }
+
     /// The newest published version number of `image`.
     pub fn newest_version(&self, image: &ImageName) -> Option<u64> {
         self.registry
@@ -436,6 +497,16 @@ impl State {
             .iter()
             .filter(|c| &c.image == image && version.is_none_or(|v| v == c.version))
             .map(|c| c.name.to_string())
+            .collect()
+    }
+
+    /// Names of clients allowed to boot `image` as another image (`--allow-image`).
+    pub fn clients_allowing(&self, image: &ImageName) -> Vec<String> {
+        self.registry
+            .clients
+            .iter()
+            .filter(|c| c.allowed_image(image).is_some())
+            .map(|c| format!("{} (isboot boot {} --forbid-image {image})", c.name, c.name))
             .collect()
     }
 

@@ -7,7 +7,7 @@
 use super::Locked;
 use crate::config::ConfigError;
 use crate::config::names::{ClientName, ImageName};
-use crate::config::registry::Client;
+use crate::config::registry::{Client, ClientImage};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
@@ -107,37 +107,148 @@ pub struct BootChange {
     pub next: Option<BootAction>,
     pub default: Option<BootAction>,
     pub menu: Option<bool>,
+    /// Images the client may boot from now on (`--allow-image`): each gets its own overlay.
+    pub allow: Vec<ImageName>,
+    /// Images it may no longer boot (`--forbid-image`): their overlays are removed, and a
+    /// next or default choice naming one goes back to the disk.
+    pub forbid: Vec<ImageName>,
 }
 
 impl Locked {
     /// Change a client's boot settings; returns its updated record.
     pub fn set_boot(&mut self, which: &str, change: BootChange) -> Result<Client, ConfigError> {
-        let name = self.state.client(which)?.name.clone();
-        for a in change.next.iter().chain(change.default.iter()) {
-            self.check_action(a)?;
-        }
-        let mut updated = None;
-        for c in self.state.registry.clients.iter_mut() {
-            if c.name == name {
-                if change.clear {
-                    c.boot = NextBoot::default();
-                }
-                if change.next.is_some() {
-                    c.boot.next = change.next.clone();
-                }
-                if change.default.is_some() {
-                    // `--default disk` is the built-in default: store nothing.
-                    c.boot.default = change.default.clone().filter(|a| *a != BootAction::Disk);
-                }
-                if change.menu.is_some() {
-                    c.boot.menu = change.menu.filter(|m| *m);
-                }
-                updated = Some(c.clone());
+        let client = self.state.client(which)?.clone();
+        let name = client.name.clone();
+        for i in &change.forbid {
+            if client.allowed_image(i).is_none() {
+                return Err(ConfigError::BadArgument(format!(
+                    "client {name} is not allowed image {i} (nothing to forbid)"
+                )));
+            }
+            let s = self
+                .state
+                .sessions_of(&self.state.client_image_iqn(&name, i));
+            if !s.is_empty() {
+                let from: Vec<String> = s.iter().map(|s| s.peer.clone()).collect();
+                return Err(ConfigError::BadArgument(format!(
+                    "client {name} has image {i} in use (logged in from {}): forbid it once \
+                     that boot is over (power the machine off first)",
+                    from.join(", ")
+                )));
             }
         }
+        let mut allowed: Vec<ImageName> = client
+            .allowed_images
+            .iter()
+            .map(|a| a.image.clone())
+            .filter(|i| !change.forbid.contains(i))
+            .collect();
+        let mut adding: Vec<ImageName> = Vec::new();
+        for i in &change.allow {
+            if change.forbid.contains(i) {
+                return Err(ConfigError::BadArgument(format!(
+                    "--allow-image {i} and --forbid-image {i} together: say one"
+                )));
+            }
+            if !allowed.contains(i) {
+                self.state.image(i)?;
+                allowed.push(i.clone());
+                adding.push(i.clone());
+            }
+        }
+        for a in change.next.iter().chain(change.default.iter()) {
+            self.check_action(&name, &allowed, a)?;
+        }
+        // New overlays first (the registry commit below makes them count).
+        let mut created: Vec<ClientImage> = Vec::new();
+        for i in &adding {
+            match self.new_client_image(&name, i) {
+                Ok(a) => created.push(a),
+                Err(e) => {
+                    self.forget_all(&created);
+                    return Err(e);
+                }
+            }
+        }
+        let mut dropped: Vec<ClientImage> = Vec::new();
+        let mut updated = None;
+        for c in self.state.registry.clients.iter_mut() {
+            if c.name != name {
+                continue;
+            }
+            let (gone, kept) = std::mem::take(&mut c.allowed_images)
+                .into_iter()
+                .partition(|a| change.forbid.contains(&a.image));
+            dropped = gone;
+            c.allowed_images = kept;
+            c.allowed_images.extend(created.iter().cloned());
+            // A choice naming an image it may no longer boot goes back to the disk.
+            let forbidden =
+                |a: &BootAction| matches!(a, BootAction::Image(i) if change.forbid.contains(i));
+            if change.clear {
+                c.boot = NextBoot::default();
+            }
+            if c.boot.next.as_ref().is_some_and(forbidden) {
+                c.boot.next = None;
+            }
+            if c.boot.default.as_ref().is_some_and(forbidden) {
+                c.boot.default = None;
+            }
+            if change.next.is_some() {
+                c.boot.next = change.next.clone();
+            }
+            if change.default.is_some() {
+                // `--default disk` is the built-in default: store nothing.
+                c.boot.default = change.default.clone().filter(|a| *a != BootAction::Disk);
+            }
+            if change.menu.is_some() {
+                c.boot.menu = change.menu.filter(|m| *m);
+            }
+            updated = Some(c.clone());
+        }
         let updated = updated.ok_or_else(|| ConfigError::UnknownClient(which.to_string()))?;
-        self.save()?;
+        if let Err(e) = self.save() {
+            self.forget_all(&created);
+            return Err(e);
+        }
+        self.forget_all(&dropped);
         Ok(updated)
+    }
+
+    /// A fresh overlay for client `name`'s image `image` on its newest version (file versions
+    /// only: an image on Ceph RBD is refused).
+    pub(super) fn new_client_image(
+        &mut self,
+        name: &ClientName,
+        image: &ImageName,
+    ) -> Result<ClientImage, ConfigError> {
+        let v = self
+            .state
+            .image(image)?
+            .newest()
+            .ok_or_else(|| ConfigError::UnknownImage(format!("{image} (no versions)")))?;
+        if let Some(spec) = &v.rbd {
+            return Err(ConfigError::BadArgument(format!(
+                "image {image} is on Ceph RBD ({spec}): booting it as another image \
+                 (--allow-image) needs a file image for now (import it with [store] backend = \
+                 \"file\")"
+            )));
+        }
+        let version = v.number;
+        let overlay =
+            self.new_overlay("overlays", &format!("{name}.image.{image}"), image, version)?;
+        Ok(ClientImage {
+            image: image.clone(),
+            version,
+            overlay,
+        })
+    }
+
+    /// Remove the overlays of `images` (best effort; the registry does not point at them).
+    fn forget_all(&self, images: &[ClientImage]) {
+        for a in images {
+            self.forget(&a.overlay);
+        }
     }
 
     /// Use up client `name`'s one-shot choice when `used(choice)` says so (its script was
@@ -160,13 +271,21 @@ impl Locked {
         Ok(taken)
     }
 
-    /// A choice can only name what exists.
-    fn check_action(&self, a: &BootAction) -> Result<(), ConfigError> {
+    /// A choice can only name what exists, and an image only one client `name` is allowed.
+    fn check_action(
+        &self,
+        name: &ClientName,
+        allowed: &[ImageName],
+        a: &BootAction,
+    ) -> Result<(), ConfigError> {
         match a {
             BootAction::Image(n) => {
-                let img = self.state.image(n)?;
-                if img.newest().is_none() {
-                    return Err(ConfigError::UnknownImage(format!("{n} (no versions)")));
+                self.state.image(n)?;
+                if !allowed.contains(n) {
+                    return Err(ConfigError::BadArgument(format!(
+                        "client {name} may not boot image {n}: allow it first (isboot boot \
+                         {name} --allow-image {n})"
+                    )));
                 }
                 Ok(())
             }
