@@ -104,6 +104,21 @@ fn add_pca(dir: &Path, chap: &str) {
     );
 }
 
+/// Client pcb (MAC_B) on image deb, with `extra` arguments.
+fn add_pcb(dir: &Path, extra: &[&str]) {
+    let mut args = vec![
+        "add-client",
+        "--mac",
+        MAC_B,
+        "--image",
+        "deb",
+        "--name",
+        "pcb",
+    ];
+    args.extend_from_slice(extra);
+    isboot(dir, &args);
+}
+
 #[test]
 fn scripts_only_to_their_client_files_with_ranges() {
     if !have("curl") {
@@ -113,19 +128,7 @@ fn scripts_only_to_their_client_files_with_ranges() {
     let dir = boot_state(tmp.path(), "");
     // pca reserved at 127.0.0.2; pcb with no address at all.
     add_pca(&dir, "--no-chap");
-    isboot(
-        &dir,
-        &[
-            "add-client",
-            "--mac",
-            MAC_B,
-            "--image",
-            "deb",
-            "--name",
-            "pcb",
-            "--no-chap",
-        ],
-    );
+    add_pcb(&dir, &["--no-chap"]);
     let files = dir.join("boot-files/memtest");
     std::fs::create_dir_all(&files).unwrap();
     let blob = pattern(10_000, 7);
@@ -430,21 +433,7 @@ fn other_images_only_to_their_client_with_its_chap() {
     std::fs::write(&deb2, &deb2_data).unwrap();
     isboot(&dir, &["image", "add", "deb2", deb2.to_str().unwrap()]);
     add_pca(&dir, "--chap");
-    isboot(
-        &dir,
-        &[
-            "add-client",
-            "--mac",
-            MAC_B,
-            "--image",
-            "deb",
-            "--name",
-            "pcb",
-            "--ip",
-            "127.0.0.5",
-            "--chap",
-        ],
-    );
+    add_pcb(&dir, &["--ip", "127.0.0.5", "--chap"]);
     let run = |args: &[&str]| Run::from(isboot_cmd(&dir).args(args).output().unwrap());
     run(&["boot", "pca", "--next", "image:deb2"]).fails(2, "isboot boot pca --allow-image deb2");
     run(&["boot", "pca", "--allow-image", "nosuch"]).fails(2, "nosuch");

@@ -399,10 +399,24 @@ fn boot_choices_are_stored_shown_and_cleared() {
         out.contains("boot:      memtest once, then disk; menu on"),
         "{out}"
     );
+    // Another image only once allowed (then it has its own disk, listed with the client).
+    lab.refused(
+        &["boot", "pc1", "--default", "image:deb"],
+        2,
+        "allow it first (isboot boot pc1 --allow-image deb)",
+    );
     let out = lab
-        .run(&["boot", "52:54:00:00:00:01", "--default", "image:deb"])
+        .run(&[
+            "boot",
+            "52:54:00:00:00:01",
+            "--allow-image",
+            "deb",
+            "--default",
+            "image:deb",
+        ])
         .ok()
         .to_string();
+    assert!(out.contains(":pc1:image:deb)"), "{out}");
     assert!(
         out.contains("memtest once, then image:deb; menu on"),
         "{out}"

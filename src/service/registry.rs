@@ -892,31 +892,38 @@ impl TargetRegistry for StateRegistry {
     /// (a warm reboot: the old boot's connection has not been dropped yet) is reset at its new
     /// boot's first login, iPXE's, once that login has passed every check. Its old sessions end.
     fn login_accepted(&self, iqn: &str, isid: [u8; 6]) -> bool {
-        if !crate::iscsi::target::boot_firmware_isid(isid)
-            || !self.pending_power_on(iqn, PENDING_POWER_ON)
-        {
+        if !crate::iscsi::target::boot_firmware_isid(isid) {
             return false;
         }
-        let name = match self.served(iqn) {
-            Some((TargetKind::Client(name), _)) => name,
-            // A client's other image starts pristine at every power-on, whatever its mode.
-            Some((TargetKind::ClientImage(name, image), _)) => {
-                let r = crate::service::blocking(|| {
-                    self.dir.lock()?.reset_client_image(&name, &image)?;
-                    self.reload()
-                });
-                return match r {
-                    Ok(()) => {
-                        tracing::info!(client = %name, %image, "power-on: the client's other image starts from a pristine disk (reset at its new boot's first login; the old boot's session ended)");
-                        true
-                    }
-                    Err(e) => {
-                        tracing::warn!(client = %name, %image, "power-on reset at login failed: {e}");
-                        false
-                    }
-                };
+        let Some((kind, _)) = self.served(iqn) else {
+            return false;
+        };
+        // A new boot of this client has logged in (iPXE, every check passed): its other
+        // images that the old boot still held at the power-on start pristine now, whichever
+        // target this boot chose (the old boot's sessions there end).
+        if let Some(name) = kind.client() {
+            let st = self.current_state();
+            for a in st
+                .registry
+                .client(name)
+                .map_or(&[][..], |c| &c.allowed_images)
+            {
+                let other = st.client_image_iqn(name, &a.image);
+                if other.as_str() != iqn && self.pending_power_on(other.as_str(), PENDING_POWER_ON)
+                {
+                    self.reset_image_at_login(name, &a.image);
+                }
             }
-            _ => return false,
+        }
+        if !self.pending_power_on(iqn, PENDING_POWER_ON) {
+            return false;
+        }
+        let name = match kind {
+            TargetKind::Client(name) => name,
+            TargetKind::ClientImage(name, image) => {
+                return self.reset_image_at_login(&name, &image);
+            }
+            TargetKind::Maintenance(_) => return false,
         };
         let st = self.current_state();
         if st.registry.client(&name).map(|c| c.mode) != Some(Mode::Reset) {
@@ -929,6 +936,31 @@ impl TargetRegistry for StateRegistry {
             }
             Err(e) => {
                 tracing::warn!(client = %name, "power-on reset at login failed: {e}");
+                false
+            }
+        }
+    }
+}
+
+impl StateRegistry {
+    /// Reset client `name`'s other image `image` at its new boot's first login (a power-on
+    /// was seen while the old boot held it); the old boot's sessions there end.
+    fn reset_image_at_login(
+        &self,
+        name: &crate::config::ClientName,
+        image: &crate::config::ImageName,
+    ) -> bool {
+        let r = crate::service::blocking(|| {
+            self.dir.lock()?.reset_client_image(name, image)?;
+            self.reload()
+        });
+        match r {
+            Ok(()) => {
+                tracing::info!(client = %name, %image, "power-on: the client's other image starts from a pristine disk (reset at its new boot's first login; the old boot's session ended)");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(client = %name, %image, "power-on reset at login failed: {e}");
                 false
             }
         }
@@ -1227,38 +1259,45 @@ mod tests {
         assert_eq!(read(&reg.lookup(&iqn).unwrap(), 4096, 512), vec![9; 512]);
         assert!(!kill.load(Ordering::SeqCst));
         // ...and forbidding it is refused meanwhile (the server's status shows the session).
-        reg.write_status().unwrap();
-        let e = dir
-            .lock()
-            .unwrap()
-            .set_boot(
+        let forbid = || {
+            reg.write_status().unwrap();
+            dir.lock().unwrap().set_boot(
                 "pc1",
                 BootChange {
                     forbid: vec![deb2.clone()],
                     ..Default::default()
                 },
             )
-            .unwrap_err()
-            .to_string();
+        };
+        let e = forbid().unwrap_err().to_string();
         assert!(e.contains("in use"), "{e}");
         const IPXE: [u8; 6] = [0x40, 0x00, 0x27, 0x23, 0xab, 0xcd];
         assert!(reg.login_accepted(&iqn, IPXE));
         assert!(kill.load(Ordering::SeqCst), "the old boot's session ends");
         assert_eq!(read(&reg.lookup(&iqn).unwrap(), 4096, 512), vec![0xA5; 512]);
         assert!(!dir.path(&old).exists(), "the old overlay is removed");
+        // The new boot may boot its own disk instead (a one-shot image:deb2 used up): its
+        // iPXE login there resets the image the old boot held; an OS login does not.
+        let ti = reg.lookup(&iqn).unwrap();
+        write(&ti, 4096, &[9u8; 512]);
+        let kill = fake_session(&ti);
+        assert_eq!(reg.power_on(&mac1).unwrap(), PowerOn::Unchanged);
+        let disk = format!("{p}:pc1");
+        const OPEN_ISCSI: [u8; 6] = [0x00, 0x02, 0x3d, 0x00, 0x00, 0x01];
+        assert!(!reg.login_accepted(&disk, OPEN_ISCSI));
+        assert!(!kill.load(Ordering::SeqCst));
+        assert!(
+            !reg.login_accepted(&disk, IPXE),
+            "pc1's own disk is persistent"
+        );
+        assert!(
+            kill.load(Ordering::SeqCst),
+            "the old boot's image session ends"
+        );
+        assert_eq!(read(&reg.lookup(&iqn).unwrap(), 4096, 512), vec![0xA5; 512]);
+        assert_eq!(read(&reg.lookup(&disk).unwrap(), 4096, 512), vec![8; 512]);
         // Forbidden: its overlay and target go, and the choice naming it with them.
-        reg.write_status().unwrap();
-        let c = dir
-            .lock()
-            .unwrap()
-            .set_boot(
-                "pc1",
-                BootChange {
-                    forbid: vec![deb2.clone()],
-                    ..Default::default()
-                },
-            )
-            .unwrap();
+        let c = forbid().unwrap();
         assert!(c.allowed_images.is_empty());
         assert_eq!(c.boot.next, None);
         reg.reload_if_changed().unwrap();
