@@ -8,8 +8,10 @@
 #![cfg(feature = "rbd")]
 
 mod fixture;
+use bytes::Bytes;
 use fixture::disk_io::*;
 use fixture::*;
+use isboot::initiator::{read16_cdb, write16_cdb};
 use isboot::store::rbd::{RbdConfig, dev_cluster};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -522,6 +524,203 @@ fn rbd_kill9_of_serve_under_load_loses_no_acknowledged_durable_write() {
     let disk = disk_spec(&lab, &c);
     lab.run(&["remove-client", &c]).ok();
     rm_eventually(&disk);
+    lab.run(&["image", "remove", &image]).ok();
+}
+
+/// Threads of process `pid` now.
+fn threads(pid: i32) -> usize {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no Threads in /proc/{pid}/status"))
+}
+
+/// One command of a batch, on its own slot of the disk, and what it should answer.
+enum InFlight {
+    /// Data a read returns (the model before the batch: nothing else touches the slot).
+    Read(Vec<u8>),
+    /// GOOD, no data.
+    Good,
+    /// CHECK CONDITION, MISCOMPARE (a COMPARE AND WRITE whose compare data differs).
+    Miscompare,
+}
+
+/// Many commands in flight at once on an RBD disk, served on librbd's asynchronous calls:
+/// batches of 40 commands (READ, WRITE with and without FUA, WRITE SAME of a pattern, of zeros
+/// and with the UNMAP bit, UNMAP, SYNCHRONIZE CACHE; in the last third also COMPARE AND WRITE,
+/// which runs on the blocking path and waits for the writes in flight) are all submitted
+/// before the first answer is read, each on its own slot of the disk so the outcome does not
+/// depend on their order; every answer is checked against a model, then the whole disk over
+/// iSCSI and with `rbd export`. Over the batches without COMPARE AND WRITE the server's thread
+/// count stays flat: commands in flight on RBD do not each hold a blocking-pool thread. (While
+/// a COMPARE AND WRITE holds the disk, writes that arrive wait for it on the blocking path.)
+#[test]
+fn rbd_many_commands_in_flight_on_the_async_path_match_a_model() {
+    const SLOT: u64 = 160; // blocks per slot: 64 slots on the 5 MiB disk
+    const BATCH: usize = 40;
+    const BATCHES: usize = 30;
+    let data = disk(27);
+    let (lab, image) = rbd_lab_with(&data);
+    let c = unique("pm");
+    add_rbd_client(&lab, "52:54:00:00:00:05", &image, &c, &[]);
+    let mut srv = Serve::start(&lab.dir);
+    let mut i = client(srv.addr, &c);
+    let pid = srv.daemon.pid();
+    let threads_at_start = threads(pid);
+    let mut most_threads = threads_at_start;
+    let mut model = data.clone();
+    let slots = (model.len() as u64 / 512 / SLOT) as usize;
+    let seed: u64 = rand::random::<u64>() | 1;
+    eprintln!("seed {seed}");
+    let mut x = seed;
+    let mut rnd = move |n: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n
+    };
+    let (mut writes, mut reads, mut caws) = (0, 0, 0);
+    for batch in 0..BATCHES {
+        let with_caw = batch >= BATCHES * 2 / 3;
+        // Distinct slots for this batch's commands.
+        let mut order: Vec<usize> = (0..slots).collect();
+        for k in (1..order.len()).rev() {
+            order.swap(k, rnd(k as u64 + 1) as usize);
+        }
+        let mut expect = std::collections::HashMap::new();
+        let mut after = model.clone();
+        for (n, &slot) in order.iter().take(BATCH).enumerate() {
+            let first = slot as u64 * SLOT;
+            let lba = first + rnd(SLOT / 2);
+            let blocks = 1 + rnd(SLOT / 2) as u32;
+            let at = lba as usize * 512;
+            let end = at + blocks as usize * 512;
+            let fill = (batch * BATCH + n) as u8 | 1;
+            let lb = lba.to_be_bytes();
+            let (itt, want) = match n % 8 {
+                0 | 1 => {
+                    reads += 1;
+                    let itt = i
+                        .submit(0, &read16_cdb(lba, blocks), Bytes::new(), blocks * 512)
+                        .unwrap();
+                    (itt, InFlight::Read(model[at..end].to_vec()))
+                }
+                2 | 3 | 7 if n % 8 != 7 || !with_caw => {
+                    writes += 1;
+                    let bytes: Vec<u8> = (0..blocks as usize * 512)
+                        .map(|k| fill ^ (k / 7) as u8)
+                        .collect();
+                    after[at..end].copy_from_slice(&bytes);
+                    let cdb = write16_cdb(lba, blocks, n % 8 != 2);
+                    (i.submit(0, &cdb, bytes.into(), 0).unwrap(), InFlight::Good)
+                }
+                4 => {
+                    // WRITE SAME(16): a pattern, zeros, or the UNMAP bit.
+                    let kind = rnd(3);
+                    let block = if kind == 0 {
+                        vec![fill; 512]
+                    } else {
+                        vec![0; 512]
+                    };
+                    after[at..end].copy_from_slice(&block.repeat(blocks as usize));
+                    let nb = blocks.to_be_bytes();
+                    let flags = if kind == 2 { 0x08 } else { 0 };
+                    let mut cdb = vec![0x93, flags];
+                    cdb.extend_from_slice(&lb);
+                    cdb.extend_from_slice(&nb);
+                    cdb.extend_from_slice(&[0, 0]);
+                    (i.submit(0, &cdb, block.into(), 0).unwrap(), InFlight::Good)
+                }
+                5 => {
+                    after[at..end].fill(0);
+                    let mut p = vec![0u8, 22, 0, 16, 0, 0, 0, 0];
+                    p.extend_from_slice(&lb);
+                    p.extend_from_slice(&blocks.to_be_bytes());
+                    p.extend_from_slice(&[0; 4]);
+                    let cdb = [0x42, 0, 0, 0, 0, 0, 0, 0, 24, 0];
+                    (i.submit(0, &cdb, p.into(), 0).unwrap(), InFlight::Good)
+                }
+                6 => {
+                    let cdb = [0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+                    (i.submit(0, &cdb, Bytes::new(), 0).unwrap(), InFlight::Good)
+                }
+                _ => {
+                    // COMPARE AND WRITE of up to 8 blocks; every other batch's with stale data.
+                    caws += 1;
+                    let blocks = blocks.min(8);
+                    let end = at + blocks as usize * 512;
+                    let mut buf = model[at..end].to_vec();
+                    let stale = batch % 2 == 1;
+                    if stale {
+                        buf[blocks as usize * 512 - 1] ^= 0xFF;
+                    }
+                    let new = vec![fill; blocks as usize * 512];
+                    buf.extend_from_slice(&new);
+                    if !stale {
+                        after[at..end].copy_from_slice(&new);
+                    }
+                    let mut cdb = vec![0x89, 0];
+                    cdb.extend_from_slice(&lb);
+                    cdb.extend_from_slice(&[0, 0, 0, blocks as u8, 0, 0]);
+                    let want = if stale {
+                        InFlight::Miscompare
+                    } else {
+                        InFlight::Good
+                    };
+                    (i.submit(0, &cdb, buf.into(), 0).unwrap(), want)
+                }
+            };
+            expect.insert(itt, want);
+        }
+        while !expect.is_empty() {
+            let done = i.wait_any().unwrap();
+            let want = expect
+                .remove(&done.itt)
+                .unwrap_or_else(|| panic!("answer for unknown ITT {}", done.itt));
+            match want {
+                InFlight::Read(d) => {
+                    assert_eq!(done.status, 0, "{done:?}");
+                    assert!(
+                        done.data == d,
+                        "batch {batch}: a read differs from the model"
+                    );
+                }
+                InFlight::Good => assert_eq!(done.status, 0, "batch {batch}: {done:?}"),
+                InFlight::Miscompare => {
+                    assert_eq!(done.status, 2, "{done:?}");
+                    assert_eq!(done.sense.get(2).map(|k| k & 0x0F), Some(0x0E), "{done:?}");
+                }
+            }
+        }
+        model = after;
+        if !with_caw {
+            most_threads = most_threads.max(threads(pid));
+        }
+    }
+    assert!(
+        read(&mut i, 0, (model.len() / 512) as u32) == model,
+        "the disk read over iSCSI differs from the model"
+    );
+    let spec = disk_spec(&lab, &c);
+    assert!(
+        export(&spec) == model,
+        "rbd export of {spec} differs from the model"
+    );
+    // The blocking path would have started a pool thread per command in flight (up to 40 at
+    // once); librbd's completions need none.
+    assert!(
+        most_threads < threads_at_start + 12,
+        "the server went from {threads_at_start} to {most_threads} threads"
+    );
+    eprintln!(
+        "{BATCHES} batches of {BATCH} commands in flight ({reads} reads, {writes} writes, {caws} compare-and-writes): threads {threads_at_start} -> at most {most_threads}"
+    );
+    drop(i);
+    srv.stop();
+    lab.run(&["remove-client", &c]).ok();
+    rm_eventually(&spec);
     lab.run(&["image", "remove", &image]).ok();
 }
 

@@ -6,8 +6,12 @@ use super::inquiry::{self, VpdContext};
 use super::mode::{self, ModeParams};
 use super::pr::{Access, PrError, PrState, ProutParams};
 use super::sense::{Sense, asc, key};
-use super::{DataDir, LogicalUnit, LuIdentity, Nexus, Outcome, Plan, TargetLus, TaskMgmt, rsoc};
+use super::{
+    AsyncIo, DataDir, DeviceOp, LogicalUnit, LuIdentity, Nexus, Outcome, Plan, Start, TargetLus,
+    TaskMgmt, rsoc,
+};
 use crate::store::{SECTOR, Segment, StoreError};
+use bytes::Bytes;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering;
@@ -213,7 +217,7 @@ fn plan_of(cmd: &Command) -> Plan {
     }
 }
 
-fn store_sense(e: &StoreError) -> Sense {
+pub(super) fn store_sense(e: &StoreError) -> Sense {
     if let StoreError::NoSpace(_) | StoreError::QuotaExceeded { .. } = e {
         // Thin provisioning's answer (SBC-4 4.7.3.6): Linux turns it into ENOSPC for the
         // file system above, not an I/O error on a failing disk. The device logs it.
@@ -239,6 +243,15 @@ fn io(r: Result<(), StoreError>) -> Outcome {
     match r {
         Ok(()) => Outcome::good(),
         Err(e) => store_sense(&e).into(),
+    }
+}
+
+/// WRITE SAME's one-block pattern from its Data-Out (INVALID FIELD IN CDB when it is short).
+fn same_pattern(ext: Extent, data: &[u8]) -> Result<&[u8], Outcome> {
+    if data.len() >= SECTOR as usize {
+        Ok(&data[..SECTOR as usize])
+    } else {
+        Err(Sense::invalid_cdb(if ext.blocks > 0xFFFF { 10 } else { 7 }, None).into())
     }
 }
 
@@ -424,6 +437,110 @@ impl LogicalUnit {
         }
     }
 
+    /// The asynchronous route of [`TargetLus::start_async`]: the same decoding, admission
+    /// checks and parameter validation as [`LogicalUnit::execute`], ending in the device
+    /// operation instead of running it.
+    pub(super) fn start_async(&self, nexus: &Nexus, cdb: &[u8], data_out: &Bytes) -> Start {
+        let Some(device) = &self.aio else {
+            return Start::Blocking;
+        };
+        let cmd = match self.decode(cdb) {
+            Ok(c) => c,
+            Err(s) => return Start::Done(s.into()),
+        };
+        use Command as C;
+        if !matches!(
+            cmd,
+            C::Read { .. }
+                | C::Write { .. }
+                | C::WriteVerify { .. }
+                | C::SyncCache
+                | C::WriteSame { .. }
+                | C::Unmap { .. }
+        ) {
+            return Start::Blocking;
+        }
+        let fast = nexus.id != NO_FAST_NEXUS && self.fast_nexus.load(Ordering::Acquire) == nexus.id;
+        if !fast && let Err(o) = self.gate(nexus, &cmd) {
+            return Start::Done(o);
+        }
+        let plan = plan_of(&cmd);
+        let data = data_out.slice(..data_out.len().min(plan.bytes as usize));
+        let op = match cmd {
+            C::Read { ext } if ext.blocks > 0 => DeviceOp::Read {
+                offset: ext.offset(),
+                len: ext.bytes() as usize,
+            },
+            C::Write { ext, fua: _ } | C::WriteVerify { ext } => {
+                // WRITE AND VERIFY is always durable, as on the blocking path.
+                let fua = !matches!(cmd, C::Write { fua: false, .. });
+                match (data.len() as u64 / SECTOR).min(ext.blocks) {
+                    0 => return Start::Done(Outcome::good()),
+                    blocks => DeviceOp::Write {
+                        offset: ext.offset(),
+                        data: data.slice(..(blocks * SECTOR) as usize),
+                        durable: self.durable(fua),
+                    },
+                }
+            }
+            C::SyncCache => DeviceOp::Flush,
+            C::WriteSame { ext, unmap, ndob } => {
+                let zero = unmap || ndob;
+                let pattern = if zero {
+                    &[][..]
+                } else {
+                    match same_pattern(ext, &data) {
+                        Ok(p) => p,
+                        Err(o) => return Start::Done(o),
+                    }
+                };
+                if ext.blocks == 0 {
+                    return Start::Done(Outcome::good());
+                }
+                if zero || pattern.iter().all(|&b| b == 0) {
+                    DeviceOp::Zero {
+                        ranges: vec![(ext.offset(), ext.bytes())],
+                    }
+                } else {
+                    DeviceOp::WriteSame {
+                        offset: ext.offset(),
+                        len: ext.bytes(),
+                        pattern: pattern.to_vec(),
+                    }
+                }
+            }
+            C::Unmap { param_len } => match self.unmap_ranges(param_len, &data) {
+                Err(o) => return Start::Done(o),
+                Ok(r) if r.is_empty() => return Start::Done(Outcome::good()),
+                Ok(r) => DeviceOp::Zero {
+                    ranges: r.iter().map(|e| (e.offset(), e.bytes())).collect(),
+                },
+            },
+            _ => return Start::Done(Outcome::good()),
+        };
+        let hold = if op.writes() {
+            match self.in_flight.hold(&self.io) {
+                Some(h) => Some(h),
+                None => return Start::Blocking,
+            }
+        } else {
+            None
+        };
+        Start::Io(AsyncIo {
+            device: device.clone(),
+            op,
+            _hold: hold,
+        })
+    }
+
+    /// Take the I/O lock exclusively and wait for the writes in flight on the asynchronous
+    /// path (COMPARE AND WRITE, ORWRITE: atomic against every other write).
+    fn exclusive(&self) -> std::sync::RwLockWriteGuard<'_, ()> {
+        let g = self.io.write().unwrap_or_else(PoisonError::into_inner);
+        self.in_flight.wait_idle();
+        g
+    }
+
     fn durable(&self, fua: bool) -> bool {
         fua || !self.wce.load(Ordering::Relaxed)
     }
@@ -515,10 +632,11 @@ impl LogicalUnit {
         let zero = [0u8; SECTOR as usize];
         let pattern: &[u8] = if ndob {
             &zero
-        } else if data.len() >= SECTOR as usize {
-            &data[..SECTOR as usize]
         } else {
-            return Sense::invalid_cdb(if ext.blocks > 0xFFFF { 10 } else { 7 }, None).into();
+            match same_pattern(ext, data) {
+                Ok(p) => p,
+                Err(o) => return o,
+            }
         };
         let chunk_blocks = ext.blocks.min(WRITE_SAME_CHUNK_BLOCKS);
         let chunk = pattern.repeat(chunk_blocks as usize);
@@ -541,16 +659,31 @@ impl LogicalUnit {
     }
 
     fn unmap(&self, param_len: u32, data: &[u8]) -> Outcome {
+        let ranges = match self.unmap_ranges(param_len, data) {
+            Ok(r) => r,
+            Err(o) => return o,
+        };
+        let _shared = self.io.read().unwrap_or_else(PoisonError::into_inner);
+        for ext in ranges {
+            if let Err(e) = self.dev.discard(ext.offset(), ext.bytes()) {
+                return store_sense(&e).into();
+            }
+        }
+        Outcome::good()
+    }
+
+    /// The non-empty ranges of an UNMAP parameter list, checked (none when `param_len` is 0).
+    fn unmap_ranges(&self, param_len: u32, data: &[u8]) -> Result<Vec<Extent>, Outcome> {
         if param_len == 0 {
-            return Outcome::good();
+            return Ok(Vec::new());
         }
         if data.len() < 8 {
-            return Sense::param_list_length().into();
+            return Err(Sense::param_list_length().into());
         }
         let bd_len = be16(data, 2) as usize;
         let n = bd_len.min(data.len() - 8) / 16;
         if n > cdb::MAX_UNMAP_DESCRIPTORS as usize {
-            return Sense::invalid_param(2, None).into();
+            return Err(Sense::invalid_param(2, None).into());
         }
         let caps = self.blocks();
         let mut ranges = Vec::with_capacity(n);
@@ -559,25 +692,16 @@ impl LogicalUnit {
             let d = &data[8 + 16 * i..24 + 16 * i];
             let lba = u64::from_be_bytes(d[0..8].try_into().unwrap_or([0; 8]));
             let count = u32::from_be_bytes(d[8..12].try_into().unwrap_or([0; 4])) as u64;
-            let ext = match cdb::extent(lba, count, caps) {
-                Ok(e) => e,
-                Err(s) => return s.into(),
-            };
+            let ext = cdb::extent(lba, count, caps).map_err(Outcome::from)?;
             total += count;
             if total > cdb::MAX_UNMAP_BLOCKS as u64 {
-                return Sense::invalid_param((8 + 16 * i + 8) as u16, None).into();
+                return Err(Sense::invalid_param((8 + 16 * i + 8) as u16, None).into());
             }
             if count > 0 {
                 ranges.push(ext);
             }
         }
-        let _shared = self.io.read().unwrap_or_else(PoisonError::into_inner);
-        for ext in ranges {
-            if let Err(e) = self.dev.discard(ext.offset(), ext.bytes()) {
-                return store_sense(&e).into();
-            }
-        }
-        Outcome::good()
+        Ok(ranges)
     }
 
     fn compare_and_write(&self, ext: Extent, fua: bool, data: &[u8]) -> Outcome {
@@ -588,7 +712,7 @@ impl LogicalUnit {
         if data.len() < 2 * n {
             return Sense::invalid_cdb(13, None).into();
         }
-        let _exclusive = self.io.write().unwrap_or_else(PoisonError::into_inner);
+        let _exclusive = self.exclusive();
         let segs = match self.read_vec(ext) {
             Ok(s) => s,
             Err(s) => return s.into(),
@@ -610,7 +734,7 @@ impl LogicalUnit {
             lba: ext.lba,
             blocks,
         };
-        let _exclusive = self.io.write().unwrap_or_else(PoisonError::into_inner);
+        let _exclusive = self.exclusive();
         let mut cur = match self.read_vec(ext) {
             Ok(s) => crate::store::concat(&s),
             Err(s) => return s.into(),

@@ -5,6 +5,14 @@
 //! direction and how many bytes the CDB itself asks to move (so it can collect Data-Out or size
 //! Data-In), then [`TargetLus::execute`] with the Data-Out bytes (empty for reads).
 //!
+//! A logical unit whose device has an asynchronous path ([`AsyncBlockDevice`], Ceph RBD) offers
+//! a second route for the data-transfer commands (READ, WRITE, WRITE AND VERIFY, SYNCHRONIZE
+//! CACHE, WRITE SAME, UNMAP): [`TargetLus::start_async`] decodes and admits the command and
+//! returns the device operation to run ([`AsyncIo`]); the transport runs it on the device's
+//! asynchronous calls and hands the result to [`AsyncIo::finish`] for the outcome. No I/O
+//! happens here. Every other command, and every command of a unit without that path, answers
+//! [`Start::Blocking`]: run [`TargetLus::execute`] as before.
+//!
 //! Residuals (for the transport): Data-In is already cut to the CDB's allocation/transfer
 //! length, so for reads compare the returned length with the expected length (MODE SENSE with
 //! allocation length 4 returns 4 bytes and no overflow); for writes compare `plan.bytes` with
@@ -25,10 +33,11 @@
 //!   and VPD pages), [`mode`] (mode pages), [`pr`] (persistent reservations), [`rsoc`]
 //!   (REPORT SUPPORTED OPERATION CODES), `exec` (per-unit state and command execution).
 
-use crate::store::{BlockDevice, Segment};
+use crate::store::{AsyncBlockDevice, BlockDevice, Segment, StoreError};
 
+use bytes::Bytes;
 use std::sync::atomic::{AtomicBool, AtomicU64};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock};
 
 pub mod cdb;
 mod exec;
@@ -99,6 +108,122 @@ pub struct Outcome {
     pub data: Vec<Segment>,
 }
 
+/// What [`TargetLus::start_async`] decided for one command.
+pub enum Start {
+    /// Answered without touching the device (refused by the admission checks, a bad
+    /// parameter list, or nothing to transfer).
+    Done(Outcome),
+    /// Run this operation on the device's asynchronous path, then [`AsyncIo::finish`].
+    Io(AsyncIo),
+    /// Not for the asynchronous path: run [`TargetLus::execute`] (off the executor).
+    Blocking,
+}
+
+/// One device operation of a data-transfer command (byte offsets and lengths, inside the
+/// device).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DeviceOp {
+    Read {
+        offset: u64,
+        len: usize,
+    },
+    /// WRITE, WRITE AND VERIFY: the whole blocks of the Data-Out that arrived.
+    Write {
+        offset: u64,
+        data: Bytes,
+        durable: bool,
+    },
+    /// SYNCHRONIZE CACHE.
+    Flush,
+    /// UNMAP's ranges, or WRITE SAME with the UNMAP bit or a pattern of zeros: each
+    /// `(offset, len)` reads back as zeros afterwards (LBPRZ).
+    Zero {
+        ranges: Vec<(u64, u64)>,
+    },
+    /// WRITE SAME of one block's pattern over `[offset, offset + len)`.
+    WriteSame {
+        offset: u64,
+        len: u64,
+        pattern: Vec<u8>,
+    },
+}
+
+impl DeviceOp {
+    fn writes(&self) -> bool {
+        !matches!(self, DeviceOp::Read { .. } | DeviceOp::Flush)
+    }
+}
+
+/// A command admitted for the asynchronous path: the device, the operation, and (for writes)
+/// a hold that keeps COMPARE AND WRITE and ORWRITE, which run on the blocking path, from
+/// starting until this write is finished.
+pub struct AsyncIo {
+    device: Arc<dyn AsyncBlockDevice>,
+    op: DeviceOp,
+    _hold: Option<WriteHold>,
+}
+
+impl AsyncIo {
+    /// The device to run [`AsyncIo::op`] on.
+    pub fn device(&self) -> &Arc<dyn AsyncBlockDevice> {
+        &self.device
+    }
+    pub fn op(&self) -> &DeviceOp {
+        &self.op
+    }
+    /// The command's outcome from the device's result: the data read (a read), or GOOD, or
+    /// CHECK CONDITION with the sense for the failure. Releases the write hold.
+    pub fn finish(self, r: Result<Vec<u8>, StoreError>) -> Outcome {
+        match r {
+            Ok(data) if matches!(self.op, DeviceOp::Read { .. }) && !data.is_empty() => Outcome {
+                status: status::GOOD,
+                sense: None,
+                data: vec![data.into()],
+            },
+            Ok(_) => Outcome::good(),
+            Err(e) => exec::store_sense(&e).into(),
+        }
+    }
+}
+
+/// Writes of a logical unit in flight on the asynchronous path.
+#[derive(Default)]
+struct InFlight {
+    writes: Mutex<usize>,
+    idle: Condvar,
+}
+
+impl InFlight {
+    /// Count one more write, unless the unit's I/O lock is held exclusively (a COMPARE AND
+    /// WRITE or ORWRITE is running): then `None`, and the caller takes the blocking path,
+    /// which waits for the lock.
+    fn hold(self: &Arc<Self>, io: &RwLock<()>) -> Option<WriteHold> {
+        let _shared = io.try_read().ok()?;
+        *self.writes.lock().unwrap_or_else(PoisonError::into_inner) += 1;
+        Some(WriteHold(self.clone()))
+    }
+    /// Wait until no write is in flight (called with the I/O lock held exclusively, so none
+    /// starts meanwhile).
+    fn wait_idle(&self) {
+        let mut n = self.writes.lock().unwrap_or_else(PoisonError::into_inner);
+        while *n > 0 {
+            n = self.idle.wait(n).unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+}
+
+struct WriteHold(Arc<InFlight>);
+
+impl Drop for WriteHold {
+    fn drop(&mut self) {
+        let mut n = self.0.writes.lock().unwrap_or_else(PoisonError::into_inner);
+        *n -= 1;
+        if *n == 0 {
+            self.0.idle.notify_all();
+        }
+    }
+}
+
 /// Task management functions the transport forwards (RFC 7143 §11.5.1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TaskMgmt {
@@ -138,6 +263,10 @@ pub struct LuIdentity {
 /// against every other write.
 pub struct LogicalUnit {
     dev: Arc<dyn BlockDevice>,
+    /// The same device's asynchronous path, when it has one.
+    aio: Option<Arc<dyn AsyncBlockDevice>>,
+    /// Its writes in flight (see [`AsyncIo`]).
+    in_flight: Arc<InFlight>,
     ident: LuIdentity,
     removable: bool,
     state: Mutex<exec::LuState>,
@@ -152,6 +281,8 @@ impl LogicalUnit {
     pub fn new(dev: Arc<dyn BlockDevice>, ident: LuIdentity) -> LogicalUnit {
         LogicalUnit {
             dev,
+            aio: None,
+            in_flight: Arc::default(),
             ident,
             removable: false,
             state: Mutex::new(exec::LuState::default()),
@@ -164,6 +295,12 @@ impl LogicalUnit {
     /// PREVENT ALLOW MEDIUM REMOVAL is honoured. Off by default (a boot disk is not removable).
     pub fn with_removable(mut self, removable: bool) -> LogicalUnit {
         self.removable = removable;
+        self
+    }
+    /// Serve the data-transfer commands through `aio`, the asynchronous path of the same
+    /// device ([`TargetLus::start_async`]).
+    pub fn with_async(mut self, aio: Arc<dyn AsyncBlockDevice>) -> LogicalUnit {
+        self.aio = Some(aio);
         self
     }
     pub fn device(&self) -> &Arc<dyn BlockDevice> {
@@ -229,6 +366,20 @@ impl TargetLus {
         match self.get(lun) {
             Some(lu) => lu.execute(nexus, cdb, data_out),
             None => exec::execute_no_lun(cdb),
+        }
+    }
+
+    /// Decode and admit a command for the unit's asynchronous device path (module doc):
+    /// [`Start::Io`] for READ, WRITE, WRITE AND VERIFY, SYNCHRONIZE CACHE, WRITE SAME and UNMAP
+    /// on a unit that has one, [`Start::Done`] when the command is answered without the device,
+    /// [`Start::Blocking`] for everything else. `data_out` as for [`TargetLus::execute`].
+    pub fn start_async(&self, nexus: &Nexus, lun: u64, cdb: &[u8], data_out: &Bytes) -> Start {
+        if cdb.first() == Some(&cdb::op::REPORT_LUNS) {
+            return Start::Blocking;
+        }
+        match self.get(lun) {
+            Some(lu) => lu.start_async(nexus, cdb, data_out),
+            None => Start::Blocking,
         }
     }
 

@@ -1300,3 +1300,170 @@ fn only_plain_reads_through_a_mapped_device_are_planned_nonblocking() {
     let p = t.plan(0, &rw10(op::READ10, 0, 8, 0)).unwrap();
     assert_eq!((p.dir, p.nonblocking), (DataDir::Read, false));
 }
+
+/// The asynchronous path of a [`Recording`] device: each operation is done on the file when it
+/// is started, and its future is ready at once (the routing is what these tests check; the
+/// real asynchronous device, Ceph RBD, is tested in `store::rbd` and `tests/cli_rbd.rs`).
+impl AsyncBlockDevice for Recording {
+    fn read_at(&self, offset: u64, len: usize) -> crate::store::IoFuture<Vec<u8>> {
+        let mut segs = Vec::new();
+        let r = self.read(offset, len, &mut segs).map(|()| concat(&segs));
+        Box::pin(std::future::ready(r))
+    }
+    fn write_at(&self, offset: u64, data: Bytes, durable: bool) -> crate::store::IoFuture<()> {
+        Box::pin(std::future::ready(self.write(offset, &data, durable)))
+    }
+    fn flush_all(&self) -> crate::store::IoFuture<()> {
+        Box::pin(std::future::ready(self.flush()))
+    }
+    fn zero_at(&self, offset: u64, len: u64) -> crate::store::IoFuture<()> {
+        Box::pin(std::future::ready(self.discard(offset, len)))
+    }
+    fn write_same_at(&self, offset: u64, len: u64, pattern: Vec<u8>) -> crate::store::IoFuture<()> {
+        let data = pattern.repeat(len as usize / pattern.len().max(1));
+        Box::pin(std::future::ready(self.write(offset, &data, false)))
+    }
+}
+
+/// Run `cdb` the way the service does for a unit with an asynchronous path.
+fn run_async_route(t: &TargetLus, n: &Nexus, cdb: &[u8], data: &[u8]) -> Outcome {
+    let data = Bytes::copy_from_slice(data);
+    match t.start_async(n, 0, cdb, &data) {
+        Start::Done(o) => o,
+        Start::Blocking => t.execute(n, 0, cdb, &data),
+        Start::Io(io) => {
+            let dev = io.device().clone();
+            let fut = match io.op().clone() {
+                DeviceOp::Read { offset, len } => dev.read_at(offset, len),
+                DeviceOp::Write {
+                    offset,
+                    data,
+                    durable,
+                } => ready_vec(dev.write_at(offset, data, durable)),
+                DeviceOp::Flush => ready_vec(dev.flush_all()),
+                DeviceOp::Zero { ranges } => {
+                    let r = ranges.iter().try_for_each(|&(o, l)| now(dev.zero_at(o, l)));
+                    Box::pin(std::future::ready(r.map(|()| Vec::new())))
+                }
+                DeviceOp::WriteSame {
+                    offset,
+                    len,
+                    pattern,
+                } => ready_vec(dev.write_same_at(offset, len, pattern)),
+            };
+            io.finish(now(fut))
+        }
+    }
+}
+
+fn ready_vec(f: crate::store::IoFuture<()>) -> crate::store::IoFuture<Vec<u8>> {
+    Box::pin(std::future::ready(now(f).map(|()| Vec::new())))
+}
+
+/// The result of a future that is ready at once.
+fn now<T>(mut f: crate::store::IoFuture<T>) -> Result<T, StoreError> {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match f.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(r) => r,
+        std::task::Poll::Pending => panic!("the test device's futures are ready at once"),
+    }
+}
+
+/// The data-transfer commands answer the same on the asynchronous route as on the blocking
+/// path, errors included (unit attention, out of range, bad UNMAP lists, short WRITE SAME
+/// data, COMPARE AND WRITE on the blocking path in between), and leave the same disk.
+#[test]
+fn rbd_async_route_answers_like_the_blocking_path() {
+    let plain = fixture();
+    let routed = fixture();
+    let routed_lu = LogicalUnit::new(routed.dev.clone(), ident()).with_async(routed.dev.clone());
+    let routed_t = TargetLus::single(Arc::new(routed_lu));
+    let n = nexus(1, "a");
+    let mut caw = rw16(op::COMPARE_AND_WRITE, 40, 0, 0);
+    caw[13] = 1;
+    let mut caw_data = vec![40u8 ^ 0x5A; 512];
+    caw_data.extend_from_slice(&[0xC4; 512]);
+    let script: Vec<(Vec<u8>, Vec<u8>)> = vec![
+        // The power-on unit attention comes first on either route.
+        (rw10(op::READ10, 0, 8, 0).to_vec(), vec![]),
+        (rw10(op::READ10, 0, 8, 0).to_vec(), vec![]),
+        (rw10(op::READ10, 0, 0, 0).to_vec(), vec![]),
+        (rw16(op::READ16, BLOCKS - 1, 2, 0).to_vec(), vec![]),
+        (rw10(op::WRITE10, 8, 4, 0).to_vec(), vec![0xA1; 4 * 512]),
+        (rw10(op::WRITE10, 12, 4, 0x08).to_vec(), vec![0xA2; 4 * 512]),
+        // A short Data-Out writes the whole blocks that arrived.
+        (
+            rw10(op::WRITE10, 20, 4, 0).to_vec(),
+            vec![0xA3; 2 * 512 + 100],
+        ),
+        (rw10(op::WRITE_VERIFY10, 30, 1, 0).to_vec(), vec![0xA4; 512]),
+        (rw16(op::WRITE16, BLOCKS, 1, 0).to_vec(), vec![0; 512]),
+        (vec![op::SYNC_CACHE10, 0, 0, 0, 0, 0, 0, 0, 0, 0], vec![]),
+        (rw10(op::WRITE_SAME10, 100, 16, 0).to_vec(), vec![0x5E; 512]),
+        (rw10(op::WRITE_SAME10, 120, 16, 0).to_vec(), vec![0; 512]),
+        (
+            rw10(op::WRITE_SAME10, 140, 16, 0x08).to_vec(),
+            vec![0x77; 512],
+        ),
+        (rw10(op::WRITE_SAME10, 160, 16, 0).to_vec(), vec![0x5E; 100]),
+        (
+            unmap_cdb(40).to_vec(),
+            unmap_list(&[(200, 8), (300, 0), (400, 3)]),
+        ),
+        (unmap_cdb(24).to_vec(), unmap_list(&[(BLOCKS - 1, 2)])),
+        (unmap_cdb(4).to_vec(), vec![0; 4]),
+        (unmap_cdb(0).to_vec(), vec![]),
+        (caw.to_vec(), caw_data.clone()),
+        (caw.to_vec(), caw_data),
+        (inquiry(false, 0, 36).to_vec(), vec![]),
+        (rw10(op::READ10, 0, 512, 0).to_vec(), vec![]),
+    ];
+    for (cdb, data) in &script {
+        let a = plain.run(&n, cdb, data);
+        let b = run_async_route(&routed_t, &n, cdb, data);
+        assert_eq!(
+            (a.status, &a.sense, concat(&a.data)),
+            (b.status, &b.sense, concat(&b.data)),
+            "CDB {cdb:02x?}"
+        );
+    }
+    let all = |f: &Fixture| {
+        let mut segs = Vec::new();
+        f.dev
+            .read(0, (BLOCKS * SECTOR) as usize, &mut segs)
+            .unwrap();
+        concat(&segs)
+    };
+    assert!(all(&plain) == all(&routed), "the disks differ");
+    // Only the data-transfer commands take the asynchronous route; a unit without one never.
+    let d = Bytes::new();
+    let io = |t: &TargetLus, cdb: &[u8]| matches!(t.start_async(&n, 0, cdb, &d), Start::Io(_));
+    assert!(io(&routed_t, &rw10(op::READ10, 0, 8, 0)));
+    assert!(!io(&routed_t, &inquiry(false, 0, 36)));
+    assert!(!io(&plain.t, &rw10(op::READ10, 0, 8, 0)));
+}
+
+/// A write on the asynchronous route while COMPARE AND WRITE holds the unit's I/O lock goes to
+/// the blocking path (which waits for the lock); once the lock is free it takes the route.
+#[test]
+fn rbd_async_write_during_compare_and_write_takes_the_blocking_path() {
+    let f = fixture();
+    let lu = Arc::new(LogicalUnit::new(f.dev.clone(), ident()).with_async(f.dev.clone()));
+    let t = TargetLus::single(lu.clone());
+    let n = nexus(1, "a");
+    let data = Bytes::from(vec![1u8; 512]);
+    let cdb = rw10(op::WRITE10, 0, 1, 0);
+    // The first command of this nexus on the new unit reports its unit attention.
+    assert!(matches!(t.start_async(&n, 0, &cdb, &data), Start::Done(_)));
+    {
+        let _exclusive = lu.io.write().unwrap();
+        assert!(matches!(t.start_async(&n, 0, &cdb, &data), Start::Blocking));
+    }
+    let Start::Io(io) = t.start_async(&n, 0, &cdb, &data) else {
+        panic!("no asynchronous route once the lock is free");
+    };
+    // Its hold is counted until it finishes.
+    assert_eq!(*lu.in_flight.writes.lock().unwrap(), 1);
+    assert_eq!(io.finish(Ok(Vec::new())).status, status::GOOD);
+    assert_eq!(*lu.in_flight.writes.lock().unwrap(), 0);
+}

@@ -362,7 +362,7 @@ impl StateRegistry {
                     if refused.remove(spec.iqn.as_str()).is_some() {
                         tracing::info!(target = %spec.iqn, "serving target now");
                     }
-                    let target = target_for(&spec, disk.device(), Arc::new(TargetStats::default()));
+                    let target = target_for(&spec, &disk, Arc::new(TargetStats::default()));
                     next.push(Live { spec, target, disk });
                 }
                 // Logged once until it changes (an RBD disk another server holds is tried
@@ -830,12 +830,9 @@ impl StateRegistry {
     }
 }
 
-/// A target serving `dev` as LUN 0.
-fn target_for(
-    spec: &TargetSpec,
-    dev: Arc<dyn BlockDevice>,
-    stats: Arc<TargetStats>,
-) -> Arc<TargetConfig> {
+/// A target serving `disk` as LUN 0 (an RBD disk's data-transfer commands on its asynchronous
+/// path).
+fn target_for(spec: &TargetSpec, disk: &Disk, stats: Arc<TargetStats>) -> Arc<TargetConfig> {
     let (product, serial) = match &spec.kind {
         TargetKind::Client(n) => ("client disk", n.to_string()),
         TargetKind::Maintenance(i) => ("maint disk", format!("maint-{i}")),
@@ -848,7 +845,12 @@ fn target_for(
         serial,
         naa_id: fnv1a(spec.iqn.as_str()),
     };
-    let lu = Arc::new(LogicalUnit::new(dev, ident));
+    let lu = LogicalUnit::new(disk.device(), ident);
+    let lu = Arc::new(match disk {
+        Disk::File(_) => lu,
+        #[cfg(feature = "rbd")]
+        Disk::Rbd(d) => lu.with_async(d.clone()),
+    });
     Arc::new(TargetConfig {
         iqn: spec.iqn.to_string(),
         lus: Arc::new(TargetLus::single(lu)),

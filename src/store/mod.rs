@@ -7,7 +7,10 @@
 //! layer slices of the map itself (no copy), and, for files that do not change while served,
 //! the file range too (so the network layer may `sendfile` it); writes take a slice.
 
+use bytes::Bytes;
+use std::future::Future;
 use std::io;
+use std::pin::Pin;
 
 pub mod base;
 #[cfg(test)]
@@ -133,6 +136,27 @@ pub trait BlockDevice: Send + Sync + 'static {
             _ => Err(StoreError::OutOfRange { offset, len, size }),
         }
     }
+}
+
+/// A device operation in flight on an [`AsyncBlockDevice`].
+pub type IoFuture<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'static>>;
+
+/// The asynchronous path of a device whose I/O completes elsewhere (Ceph RBD: librbd's
+/// `rbd_aio_*` calls). Each call checks its range, starts the operation at once and returns a
+/// future that the operation's completion wakes: no thread waits for it. A future owns what the
+/// operation needs (its buffer), so dropping it does not cancel the operation or free memory the
+/// operation still uses. Offsets and lengths are bytes, as in [`BlockDevice`].
+pub trait AsyncBlockDevice: Send + Sync + 'static {
+    /// Read `[offset, offset + len)`.
+    fn read_at(&self, offset: u64, len: usize) -> IoFuture<Vec<u8>>;
+    /// Write `data` at `offset`; with `durable`, on stable storage once the future is ready.
+    fn write_at(&self, offset: u64, data: Bytes, durable: bool) -> IoFuture<()>;
+    /// Make every write that completed before this call durable.
+    fn flush_all(&self) -> IoFuture<()>;
+    /// Make `[offset, offset + len)` read as zeros (UNMAP, WRITE SAME of zeros).
+    fn zero_at(&self, offset: u64, len: u64) -> IoFuture<()>;
+    /// Fill `[offset, offset + len)` with copies of `pattern` (`len` a multiple of its length).
+    fn write_same_at(&self, offset: u64, len: u64, pattern: Vec<u8>) -> IoFuture<()>;
 }
 
 /// Copy segments into one contiguous buffer (tests and small control reads).

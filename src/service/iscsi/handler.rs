@@ -12,7 +12,7 @@ use super::{ServerConfig, Shared};
 use crate::iscsi::login::{Login, LoginOutcome, Probed, SessionParams};
 use crate::iscsi::session::{Action, ExecJob, OutPdu, Session, SessionConfig, SessionEnd, Stamp};
 use crate::iscsi::target::{SessionInfo, TargetStats};
-use crate::scsi::{Nexus, Outcome, TargetLus};
+use crate::scsi::{AsyncIo, DeviceOp, Nexus, Outcome, Start, TargetLus};
 use crate::service::metrics::{self, Op};
 use crate::service::read_trace::SessionTrace;
 use crate::wire::frame::{self, FrameLimits, RawPdu};
@@ -319,18 +319,21 @@ async fn probe_sessions(shared: &Shared, tsihs: &[u16], newcomer: SocketAddr) ->
     Probed::Gone
 }
 
-/// A command finished on the blocking pool: ITT, outcome, bytes it wrote.
+/// A command finished on the blocking pool or the device's asynchronous path: ITT, outcome,
+/// bytes it wrote.
 type Completion = (u32, Outcome, u64);
 
 /// Runs a session's SCSI commands: those planned as non-blocking right away on the
-/// connection's task, the others on tokio's blocking pool.
+/// connection's task; the data-transfer commands of a disk with an asynchronous path (Ceph
+/// RBD) on that path, in a task that sleeps until the device's completion wakes it; the others
+/// on tokio's blocking pool.
 struct Executor {
     lus: Option<Arc<TargetLus>>,
     nexus: Nexus,
     stats: Option<Arc<TargetStats>>,
     done_tx: mpsc::UnboundedSender<Completion>,
     done_rx: mpsc::UnboundedReceiver<Completion>,
-    /// Commands on the blocking pool.
+    /// Commands on the blocking pool or the asynchronous path.
     running: usize,
 }
 
@@ -349,8 +352,30 @@ impl Executor {
             count(&self.stats, &outcome, 0);
             return Some((job.itt, outcome));
         }
-        self.running += 1;
         let written = job.data_out.len() as u64;
+        match lus.start_async(&self.nexus, job.lun, &job.cdb, &job.data_out) {
+            Start::Done(outcome) => {
+                if let Some(op) = op {
+                    metrics::get().command(op, t0.elapsed());
+                }
+                count(&self.stats, &outcome, written);
+                return Some((job.itt, outcome));
+            }
+            Start::Io(io) => {
+                self.running += 1;
+                let done = self.done_tx.clone();
+                tokio::spawn(async move {
+                    let o = run_async(io).await;
+                    if let Some(op) = op {
+                        metrics::get().command(op, t0.elapsed());
+                    }
+                    let _ = done.send((job.itt, o, written));
+                });
+                return None;
+            }
+            Start::Blocking => {}
+        }
+        self.running += 1;
         let (lus, nexus, done) = (lus.clone(), self.nexus.clone(), self.done_tx.clone());
         tokio::task::spawn_blocking(move || {
             let o = lus.execute(&nexus, job.lun, &job.cdb, &job.data_out);
@@ -362,12 +387,50 @@ impl Executor {
         None
     }
 
-    /// Account for a completion from the blocking pool.
+    /// Account for a completion from the blocking pool or the asynchronous path.
     fn finished(&mut self, (itt, outcome, written): Completion) -> (u32, Outcome) {
         self.running -= 1;
         count(&self.stats, &outcome, written);
         (itt, outcome)
     }
+}
+
+/// Run an admitted command's device operation on the device's asynchronous path (every range of
+/// an UNMAP started at once) and turn the result into its outcome.
+async fn run_async(io: AsyncIo) -> Outcome {
+    let dev = io.device().clone();
+    let r = match io.op() {
+        DeviceOp::Read { offset, len } => dev.read_at(*offset, *len).await,
+        DeviceOp::Write {
+            offset,
+            data,
+            durable,
+        } => dev
+            .write_at(*offset, data.clone(), *durable)
+            .await
+            .map(|()| Vec::new()),
+        DeviceOp::Flush => dev.flush_all().await.map(|()| Vec::new()),
+        DeviceOp::Zero { ranges } => {
+            let started: Vec<_> = ranges.iter().map(|&(o, n)| dev.zero_at(o, n)).collect();
+            let mut r = Ok(());
+            for f in started {
+                let one = f.await;
+                if r.is_ok() {
+                    r = one;
+                }
+            }
+            r.map(|()| Vec::new())
+        }
+        DeviceOp::WriteSame {
+            offset,
+            len,
+            pattern,
+        } => dev
+            .write_same_at(*offset, *len, pattern.clone())
+            .await
+            .map(|()| Vec::new()),
+    };
+    io.finish(r)
 }
 
 fn count(stats: &Option<Arc<TargetStats>>, o: &Outcome, written: u64) {
@@ -800,7 +863,8 @@ impl SessionHandler {
         }
     }
 
-    /// Wait for the commands still on the blocking pool and send their responses.
+    /// Wait for the commands still running (blocking pool, asynchronous path) and send their
+    /// responses.
     async fn drain(&mut self) {
         while self.exec.running > 0 {
             let Some(c) = self.exec.done_rx.recv().await else {

@@ -12,6 +12,7 @@
     reason = "the librados/librbd C API: a storage backend's FFI module (Cargo.toml [lints])"
 )]
 
+use bytes::Bytes;
 use std::cell::UnsafeCell;
 use std::ffi::{CStr, CString, c_char, c_int, c_void};
 use std::future::Future;
@@ -482,8 +483,16 @@ struct Op {
     /// Touched by the submitter before the operation starts, by librbd while it is in
     /// flight, and by the future only after `done` holds the result (librbd is finished with
     /// the buffer before it calls the completion callback).
-    buf: UnsafeCell<Vec<u8>>,
+    buf: UnsafeCell<Buf>,
     done: Mutex<Done>,
+}
+
+/// An operation's buffer: owned (reads fill it; patterns), or shared write data that librbd
+/// only reads (the SCSI command's Data-Out, whose memory stays counted against the write
+/// budget until the write is done with it).
+enum Buf {
+    Owned(Vec<u8>),
+    Shared(Bytes),
 }
 
 #[derive(Default)]
@@ -493,7 +502,8 @@ struct Done {
 }
 
 // SAFETY: `buf` is only ever accessed by one party at a time, in the order the `done` mutex
-// establishes (see the field comment); everything else is behind the mutex.
+// establishes (see the field comment); everything else is behind the mutex. `Bytes` is Send
+// and Sync itself.
 unsafe impl Sync for Op {}
 
 /// librbd's completion callback, on one of its threads: stores the result and wakes the task.
@@ -535,7 +545,12 @@ impl Future for Aio {
                 drop(d);
                 // SAFETY: the result is set, so librbd is done with the buffer and the callback
                 // never touches it; this future is the only other holder.
-                let buf = std::mem::take(unsafe { &mut *self.op.buf.get() });
+                let buf =
+                    std::mem::replace(unsafe { &mut *self.op.buf.get() }, Buf::Owned(Vec::new()));
+                let buf = match buf {
+                    Buf::Owned(v) => v,
+                    Buf::Shared(_) => Vec::new(),
+                };
                 Poll::Ready((r, buf))
             }
             None => {
@@ -556,7 +571,7 @@ impl Image {
     /// completion)`, which must call exactly one `rbd_aio_*` function with that completion.
     fn submit(
         &self,
-        buf: Vec<u8>,
+        buf: Buf,
         start: impl FnOnce(ImageT, *mut c_char, usize, CompletionT) -> c_int,
     ) -> io::Result<Aio> {
         let op = Arc::new(Op {
@@ -573,10 +588,11 @@ impl Image {
             return Err(io::Error::from_raw_os_error(-rc));
         }
         // SAFETY: nobody else touches the buffer before the operation starts; its heap block
-        // does not move or get freed until the op is dropped (after the callback).
-        let (ptr, len) = {
-            let b = unsafe { &mut *op.buf.get() };
-            (b.as_mut_ptr().cast::<c_char>(), b.len())
+        // does not move or get freed until the op is dropped (after the callback). A shared
+        // buffer's pointer is only given to calls that read through it (`rbd_aio_write`).
+        let (ptr, len) = match unsafe { &mut *op.buf.get() } {
+            Buf::Owned(b) => (b.as_mut_ptr().cast::<c_char>(), b.len()),
+            Buf::Shared(b) => (b.as_ptr().cast_mut().cast::<c_char>(), b.len()),
         };
         let rc = start(self.h, ptr, len, c);
         if rc < 0 {
@@ -591,7 +607,7 @@ impl Image {
 
     /// Read `len` bytes at `offset`; the result is the byte count.
     pub fn aio_read(&self, offset: u64, len: usize) -> io::Result<Aio> {
-        self.submit(vec![0u8; len], |h, buf, len, c| {
+        self.submit(Buf::Owned(vec![0u8; len]), |h, buf, len, c| {
             // SAFETY: open image; `buf` is valid for `len` writable bytes until the
             // completion fires (owned by the operation); `c` is a fresh completion.
             unsafe { rbd_aio_read(h, offset, len, buf, c) }
@@ -599,8 +615,9 @@ impl Image {
     }
 
     /// Write `data` at `offset`; the result is 0 (librbd's aio write does not return a count).
-    pub fn aio_write(&self, offset: u64, data: Vec<u8>) -> io::Result<Aio> {
-        self.submit(data, |h, buf, len, c| {
+    /// The operation holds `data` (no copy) until librbd is done with it.
+    pub fn aio_write(&self, offset: u64, data: Bytes) -> io::Result<Aio> {
+        self.submit(Buf::Shared(data), |h, buf, len, c| {
             // SAFETY: open image; `buf` is valid for `len` bytes until the completion fires.
             unsafe { rbd_aio_write(h, offset, len, buf.cast_const(), c) }
         })
@@ -608,7 +625,7 @@ impl Image {
 
     /// Make everything acknowledged before it durable.
     pub fn aio_flush(&self) -> io::Result<Aio> {
-        self.submit(Vec::new(), |h, _, _, c| {
+        self.submit(Buf::Owned(Vec::new()), |h, _, _, c| {
             // SAFETY: open image; fresh completion.
             unsafe { rbd_aio_flush(h, c) }
         })
@@ -616,7 +633,7 @@ impl Image {
 
     /// Make `[offset, offset + len)` read as zeros.
     pub fn aio_write_zeroes(&self, offset: u64, len: usize) -> io::Result<Aio> {
-        self.submit(Vec::new(), |h, _, _, c| {
+        self.submit(Buf::Owned(Vec::new()), |h, _, _, c| {
             // SAFETY: open image; plain integers; fresh completion; no flags.
             unsafe { rbd_aio_write_zeroes(h, offset, len, c, 0, 0) }
         })
@@ -624,7 +641,7 @@ impl Image {
 
     /// Fill `[offset, offset + len)` with copies of `pattern` (`len` a multiple of its length).
     pub fn aio_writesame(&self, offset: u64, len: usize, pattern: Vec<u8>) -> io::Result<Aio> {
-        self.submit(pattern, |h, buf, plen, c| {
+        self.submit(Buf::Owned(pattern), |h, buf, plen, c| {
             // SAFETY: open image; `buf` is valid for `plen` bytes until the completion fires.
             unsafe { rbd_aio_writesame(h, offset, len, buf.cast_const(), plen, c, 0) }
         })

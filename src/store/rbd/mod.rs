@@ -25,8 +25,10 @@ pub mod ffi;
 #[cfg(test)]
 mod tests;
 
-use super::{BlockDevice, Segment, StoreError};
+use super::{AsyncBlockDevice, BlockDevice, IoFuture, Segment, StoreError};
+use bytes::Bytes;
 use ffi::{Cluster, FEATURE_DEEP_FLATTEN, FEATURE_EXCLUSIVE_LOCK, FEATURE_LAYERING, Image, IoCtx};
+use std::future::Future;
 use std::io;
 use std::sync::Arc;
 
@@ -474,13 +476,13 @@ impl RbdStore {
     }
 }
 
-/// Await an operation that returns no data; a failure to start it or a negative result is
-/// `err` of the errno.
+/// Await an operation that returns no data, started (or refused) already; a failure to start
+/// it or a negative result is `err` of the errno.
 async fn finish(
-    op: io::Result<ffi::Aio>,
+    op: Result<ffi::Aio, StoreError>,
     err: fn(io::Error) -> StoreError,
 ) -> Result<(), StoreError> {
-    let (r, _) = op.map_err(err)?.await;
+    let (r, _) = op?.await;
     if r < 0 {
         return Err(err(ffi::aio_err(r)));
     }
@@ -514,76 +516,117 @@ impl RbdDevice {
         &self.name
     }
 
-    /// Read `len` bytes at `offset` on librbd's asynchronous API: no thread waits on Ceph;
-    /// librbd's completion wakes the task.
-    pub async fn read_async(&self, offset: u64, len: usize) -> Result<Vec<u8>, StoreError> {
-        self.check_range(offset, len as u64)?;
-        if len == 0 {
-            return Ok(Vec::new());
-        }
-        let (r, buf) = self
-            .img
-            .aio_read(offset, len)
-            .map_err(StoreError::Reading)?
-            .await;
-        match usize::try_from(r) {
-            Ok(n) if n == len => Ok(buf),
-            Ok(n) => Err(StoreError::Reading(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!("short RBD read: {n} of {len} bytes"),
-            ))),
-            Err(_) => Err(StoreError::Reading(ffi::aio_err(r))),
+    /// Read `len` bytes at `offset` on librbd's asynchronous API: the read is submitted now,
+    /// no thread waits on Ceph, and librbd's completion wakes the task awaiting the result.
+    pub fn read_async(
+        &self,
+        offset: u64,
+        len: usize,
+    ) -> impl Future<Output = Result<Vec<u8>, StoreError>> + Send + 'static {
+        let op = match self.check_range(offset, len as u64) {
+            Err(e) => Err(e),
+            Ok(()) if len == 0 => Ok(None),
+            Ok(()) => self
+                .img
+                .aio_read(offset, len)
+                .map(Some)
+                .map_err(StoreError::Reading),
+        };
+        async move {
+            let Some(aio) = op? else {
+                return Ok(Vec::new());
+            };
+            let (r, buf) = aio.await;
+            match usize::try_from(r) {
+                Ok(n) if n == len => Ok(buf),
+                Ok(n) => Err(StoreError::Reading(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("short RBD read: {n} of {len} bytes"),
+                ))),
+                Err(_) => Err(StoreError::Reading(ffi::aio_err(r))),
+            }
         }
     }
 
-    /// Write `data` at `offset` asynchronously; durable once it returns (`rbd_cache` is off).
-    /// The buffer belongs to the operation: a caller that stops waiting (a dropped future)
-    /// does not stop the write, and the memory stays valid until librbd is done with it.
-    pub async fn write_async(&self, offset: u64, data: Vec<u8>) -> Result<(), StoreError> {
-        self.writable(offset, data.len() as u64)?;
-        if data.is_empty() {
-            return Ok(());
+    /// Write `data` at `offset` asynchronously (submitted now); durable once it returns
+    /// (`rbd_cache` is off). The buffer belongs to the operation: a caller that stops waiting
+    /// (a dropped future) does not stop the write, and the memory stays valid until librbd is
+    /// done with it.
+    pub fn write_async(
+        &self,
+        offset: u64,
+        data: impl Into<Bytes>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
+        let data = data.into();
+        let op = match self.writable(offset, data.len() as u64) {
+            Err(e) => Err(e),
+            Ok(()) if data.is_empty() => Ok(None),
+            Ok(()) => self
+                .img
+                .aio_write(offset, data)
+                .map(Some)
+                .map_err(StoreError::writing),
+        };
+        async move {
+            match op? {
+                Some(aio) => finish(Ok(aio), StoreError::writing).await,
+                None => Ok(()),
+            }
         }
-        finish(self.img.aio_write(offset, data), StoreError::writing).await
     }
 
     /// Flush asynchronously (SYNCHRONIZE CACHE; with `rbd_cache` off every acknowledged write
     /// is already durable).
-    pub async fn flush_async(&self) -> Result<(), StoreError> {
-        finish(self.img.aio_flush(), StoreError::Flushing).await
+    pub fn flush_async(&self) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
+        finish(
+            self.img.aio_flush().map_err(StoreError::Flushing),
+            StoreError::Flushing,
+        )
     }
 
     /// Make `[offset, offset + len)` read as zeros asynchronously (UNMAP, WRITE SAME of zeros).
-    pub async fn write_zeroes_async(&self, offset: u64, len: u64) -> Result<(), StoreError> {
-        self.writable(offset, len)?;
-        let n = self.usize_len(offset, len)?;
-        finish(self.img.aio_write_zeroes(offset, n), StoreError::Discarding).await
+    pub fn write_zeroes_async(
+        &self,
+        offset: u64,
+        len: u64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
+        let op = self
+            .writable(offset, len)
+            .and_then(|()| self.usize_len(offset, len))
+            .and_then(|n| {
+                self.img
+                    .aio_write_zeroes(offset, n)
+                    .map_err(StoreError::Discarding)
+            });
+        finish(op, StoreError::Discarding)
     }
 
     /// Fill `[offset, offset + len)` with copies of `pattern` asynchronously (WRITE SAME);
     /// `len` must be a multiple of the pattern's length.
-    pub async fn write_same_async(
+    pub fn write_same_async(
         &self,
         offset: u64,
         len: u64,
         pattern: Vec<u8>,
-    ) -> Result<(), StoreError> {
-        self.writable(offset, len)?;
-        let n = self.usize_len(offset, len)?;
-        if pattern.is_empty() || n % pattern.len() != 0 {
-            return Err(StoreError::Writing(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "a {}-byte pattern does not fill {len} bytes a whole number of times",
-                    pattern.len()
-                ),
-            )));
-        }
-        finish(
-            self.img.aio_writesame(offset, n, pattern),
-            StoreError::writing,
-        )
-        .await
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
+        let op = self
+            .writable(offset, len)
+            .and_then(|()| self.usize_len(offset, len))
+            .and_then(|n| {
+                if pattern.is_empty() || n % pattern.len() != 0 {
+                    return Err(StoreError::Writing(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!(
+                            "a {}-byte pattern does not fill {len} bytes a whole number of times",
+                            pattern.len()
+                        ),
+                    )));
+                }
+                self.img
+                    .aio_writesame(offset, n, pattern)
+                    .map_err(StoreError::writing)
+            });
+        finish(op, StoreError::writing)
     }
 
     fn writable(&self, offset: u64, len: u64) -> Result<(), StoreError> {
@@ -604,6 +647,25 @@ impl RbdDevice {
     /// True while this device holds its image's exclusive lock.
     pub fn holds_lock(&self) -> bool {
         self.img.is_lock_owner().unwrap_or(false)
+    }
+}
+
+impl AsyncBlockDevice for RbdDevice {
+    fn read_at(&self, offset: u64, len: usize) -> IoFuture<Vec<u8>> {
+        Box::pin(self.read_async(offset, len))
+    }
+    /// Durable either way: librbd acknowledges committed writes (`rbd_cache` is off).
+    fn write_at(&self, offset: u64, data: Bytes, _durable: bool) -> IoFuture<()> {
+        Box::pin(self.write_async(offset, data))
+    }
+    fn flush_all(&self) -> IoFuture<()> {
+        Box::pin(self.flush_async())
+    }
+    fn zero_at(&self, offset: u64, len: u64) -> IoFuture<()> {
+        Box::pin(self.write_zeroes_async(offset, len))
+    }
+    fn write_same_at(&self, offset: u64, len: u64, pattern: Vec<u8>) -> IoFuture<()> {
+        Box::pin(self.write_same_async(offset, len, pattern))
     }
 }
 
