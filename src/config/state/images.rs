@@ -5,7 +5,7 @@ use crate::config::names::ImageName;
 use crate::config::registry::{Image, Version};
 use crate::config::{ConfigError, import, now_unix, sync_dir};
 use crate::store::base::BaseId;
-use std::fs::File;
+
 use std::path::{Path, PathBuf};
 
 impl StateDir {
@@ -25,24 +25,7 @@ impl StateDir {
                 source,
             })?
             .len();
-        let dir_rel = format!("images/{name}");
-        let rel = format!("{dir_rel}/v{number}.raw");
-        let dest = self.path(&rel);
-        let file = File::open(staged).map_err(io_write(staged))?;
-        file.sync_all().map_err(io_write(staged))?;
-        std::fs::rename(staged, &dest).map_err(io_write(&dest))?;
-        let published = seal_base(&dest)?;
-        let dir = self.path(&dir_rel);
-        sync_dir(&dir).map_err(io_write(&dir))?;
-        let v = Version {
-            number,
-            id: BaseId::random().map_err(io_write(&dest))?.to_string(),
-            file: rel,
-            size,
-            created: now_unix(),
-            published: Some(published),
-            rbd: None,
-        };
+        let v = self.place_version_file(staged, name, number, size)?;
         let img = l
             .state
             .registry
@@ -52,7 +35,7 @@ impl StateDir {
             .ok_or_else(|| ConfigError::UnknownImage(name.to_string()))?;
         img.versions.push(v.clone());
         if let Err(e) = l.save() {
-            let _ = std::fs::rename(&dest, staged);
+            let _ = std::fs::rename(self.path(&v.file), staged);
             return Err(e);
         }
         Ok(v)

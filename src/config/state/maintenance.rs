@@ -1,12 +1,11 @@
 //! Image maintenance: a writable overlay on an image's newest version (`image edit`),
 //! published as the next version (`image commit`) or dropped (`image abort`).
 
-use super::{Locked, StateDir, io_write, maint_secret_name, seal_base};
+use super::{Locked, StateDir, io_write, maint_secret_name};
 use crate::config::names::{ImageName, Iqn, MacAddr};
 use crate::config::registry::{Maintenance, Version};
 use crate::config::secret::{generate_chap, remove_secret_file, secret_path, write_secret_file};
-use crate::config::{ConfigError, now_unix, sync_dir};
-use crate::store::base::BaseId;
+use crate::config::{ConfigError, now_unix};
 use crate::store::overlay::Overlay;
 use std::fs::OpenOptions;
 
@@ -54,20 +53,7 @@ impl StateDir {
         drop(ov);
         let res = merged.and_then(|()| {
             self.publish_version(name, &m, force, |number| {
-                let rel = format!("images/{name}/v{number}.raw");
-                let dest = self.path(&rel);
-                std::fs::rename(&staged, &dest).map_err(io_write(&dest))?;
-                let published = seal_base(&dest)?;
-                sync_dir(&dir).map_err(io_write(&dir))?;
-                Ok(Version {
-                    number,
-                    id: BaseId::random().map_err(io_write(&dest))?.to_string(),
-                    file: rel,
-                    size,
-                    created: now_unix(),
-                    published: Some(published),
-                    rbd: None,
-                })
+                self.place_version_file(&staged, name, number, size)
             })
         });
         let _ = std::fs::remove_file(&staged);
@@ -106,17 +92,7 @@ impl StateDir {
                          it and edit again"
                     )));
                 }
-                Ok(Version {
-                    number,
-                    id: BaseId::random()
-                        .map_err(io_write(&self.registry_path()))?
-                        .to_string(),
-                    file: String::new(),
-                    size,
-                    created: now_unix(),
-                    published: None,
-                    rbd: Some(published.clone()),
-                })
+                self.rbd_version(number, published.clone(), size)
             });
             if res.is_err() {
                 super::rbd::unpublish_edit(&store, spec);
@@ -175,14 +151,7 @@ impl StateDir {
             return Err(ConfigError::NoMaintenance(name.to_string()));
         }
         if !force {
-            let s = l.state.sessions_of(&l.state.maintenance_iqn(name));
-            if !s.is_empty() {
-                let from: Vec<String> = s.iter().map(|s| s.peer.clone()).collect();
-                return Err(ConfigError::LoggedIn {
-                    what: format!("maintenance target of {name} (it logged in during the commit)"),
-                    from: from.join(", "),
-                });
-            }
+            not_logged_in(&l.state, name, " (it logged in during the commit)")?;
         }
         let number = l
             .state
@@ -279,14 +248,7 @@ impl Locked {
             .clone()
             .ok_or_else(|| ConfigError::NoMaintenance(name.to_string()))?;
         if !force {
-            let s = self.state.sessions_of(&self.state.maintenance_iqn(name));
-            if !s.is_empty() {
-                let from: Vec<String> = s.iter().map(|s| s.peer.clone()).collect();
-                return Err(ConfigError::LoggedIn {
-                    what: format!("maintenance target of {name}"),
-                    from: from.join(", "),
-                });
-            }
+            not_logged_in(&self.state, name, "")?;
         }
         if !force && settle {
             self.state.wait_flushed(name)?;
@@ -343,4 +305,17 @@ impl Locked {
             &maint_secret_name(name),
         ));
     }
+}
+
+/// `Err` while the maintenance target of `name` has sessions (`when` is added to the message).
+fn not_logged_in(state: &super::State, name: &ImageName, when: &str) -> Result<(), ConfigError> {
+    let s = state.sessions_of(&state.maintenance_iqn(name));
+    if s.is_empty() {
+        return Ok(());
+    }
+    let from: Vec<String> = s.iter().map(|s| s.peer.clone()).collect();
+    Err(ConfigError::LoggedIn {
+        what: format!("maintenance target of {name}{when}"),
+        from: from.join(", "),
+    })
 }

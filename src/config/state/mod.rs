@@ -27,9 +27,9 @@ pub use nextboot::{BootAction, BootChange, NextBoot};
 
 use super::file::Config;
 use super::names::{ClientName, ImageName, Iqn, MacAddr, Subnet};
-use super::registry::{Chap, Client, ClientImage, Image, Registry};
+use super::registry::{Chap, Client, ClientImage, Image, Registry, Version};
 use super::secret::{read_secret_file, secret_path};
-use super::{ConfigError, sync_dir, write_atomic};
+use super::{ConfigError, now_unix, sync_dir, write_atomic};
 use crate::store::base::{BaseId, BaseImage, Published};
 use crate::store::overlay::{DEFAULT_BLOCK_SIZE, Overlay};
 use std::fs::{File, OpenOptions};
@@ -152,6 +152,54 @@ fn seal_base(path: &Path) -> Result<Published, ConfigError> {
 
 pub fn maint_secret_name(image: &ImageName) -> String {
     format!("maint-{image}")
+}
+
+impl StateDir {
+    /// Move `staged` (a raw file in this directory) into place as version `number` of `name`
+    /// (`images/NAME/vN.raw`), durably and read-only, and return the registry's entry for it
+    /// (not yet saved).
+    fn place_version_file(
+        &self,
+        staged: &Path,
+        name: &ImageName,
+        number: u64,
+        size: u64,
+    ) -> Result<Version, ConfigError> {
+        let dir_rel = format!("images/{name}");
+        let rel = format!("{dir_rel}/v{number}.raw");
+        let dest = self.path(&rel);
+        let file = File::open(staged).map_err(io_write(staged))?;
+        file.sync_all().map_err(io_write(staged))?;
+        std::fs::rename(staged, &dest).map_err(io_write(&dest))?;
+        let published = seal_base(&dest)?;
+        let dir = self.path(&dir_rel);
+        sync_dir(&dir).map_err(io_write(&dir))?;
+        Ok(Version {
+            number,
+            id: BaseId::random().map_err(io_write(&dest))?.to_string(),
+            file: rel,
+            size,
+            created: now_unix(),
+            published: Some(published),
+            rbd: None,
+        })
+    }
+
+    /// The registry's entry for version `number` on RBD (`spec`: `POOL/IMAGE@SNAP`).
+    #[cfg(feature = "rbd")]
+    fn rbd_version(&self, number: u64, spec: String, size: u64) -> Result<Version, ConfigError> {
+        Ok(Version {
+            number,
+            id: BaseId::random()
+                .map_err(io_write(&self.registry_path()))?
+                .to_string(),
+            file: String::new(),
+            size,
+            created: now_unix(),
+            published: None,
+            rbd: Some(spec),
+        })
+    }
 }
 
 fn io_write(path: &Path) -> impl FnOnce(std::io::Error) -> ConfigError + '_ {

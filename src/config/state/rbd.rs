@@ -7,9 +7,8 @@ use super::{Locked, StateDir, io_write};
 use crate::config::names::ImageName;
 use crate::config::registry::{Image, Version};
 use crate::config::store::StoreConfig;
-use crate::config::{ConfigError, import, now_unix};
+use crate::config::{ConfigError, import};
 use crate::store::StoreError;
-use crate::store::base::BaseId;
 use crate::store::rbd::{PoolBase, RbdStore};
 use std::io::Seek;
 
@@ -89,17 +88,7 @@ impl StateDir {
             if l.state.registry.image(name).is_some() {
                 return Err(ConfigError::ImageExists(name.to_string()));
             }
-            let v = Version {
-                number: 1,
-                id: BaseId::random()
-                    .map_err(io_write(&self.registry_path()))?
-                    .to_string(),
-                file: String::new(),
-                size,
-                created: now_unix(),
-                published: None,
-                rbd: Some(spec.clone()),
-            };
+            let v = self.rbd_version(1, spec.clone(), size)?;
             l.state.registry.images.push(Image {
                 name: name.clone(),
                 versions: vec![v.clone()],
