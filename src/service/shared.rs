@@ -196,7 +196,10 @@ mod tests {
         wait_for(&b, "pc1", |s| s.registry.find_client("pc1").is_some());
         let on_b = read_secret_file(&secret_path(b.root(), "pc1"), true).unwrap();
         assert_eq!(on_b, Some(chap), "pc1's CHAP secret on B");
-        assert_eq!(b.shared_generation(), a.shared_generation());
+        // The follower writes the generation after the files it names.
+        wait_for(&b, "A's generation", |_| {
+            b.shared_generation() == a.shared_generation()
+        });
 
         // A change made on B (next boot), seen by A's next command.
         b.lock()
