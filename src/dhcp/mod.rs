@@ -133,6 +133,9 @@ pub enum PowerOn {
     /// The client's disk has a live session: nothing was reset. A DHCP packet, which anyone
     /// on the LAN can send with any MAC in it, never takes a running client's disk away.
     InUse,
+    /// Another server of the fleet serves the client's disk (client disks on Ceph RBD): that
+    /// server does the power-on work; this one leaves the disk alone.
+    Elsewhere,
 }
 
 /// Called on a client's power-on (its boot firmware's DHCPDISCOVER, at most once per

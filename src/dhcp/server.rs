@@ -256,6 +256,9 @@ impl DhcpServer {
             PowerOn::Unchanged => {
                 tracing::debug!(mac = %mac, client = %client.name, "client power-on (boot firmware DHCPDISCOVER), disk unchanged");
             }
+            PowerOn::Elsewhere => {
+                tracing::debug!(mac = %mac, client = %client.name, "client power-on (boot firmware DHCPDISCOVER), disk served by another isboot server: it does the power-on work");
+            }
             PowerOn::InUse => {
                 if self.log_once(mac, "power-on in use") {
                     tracing::warn!(mac = %mac, client = %client.name, "boot firmware DHCPDISCOVER for a client whose disk is in use: not reset (a running client keeps its disk; if it really rebooted, its new boot's login resets it)");

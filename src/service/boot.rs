@@ -69,7 +69,7 @@ impl PowerOnHook for PowerOnReset {
         // threads where the runtime allows it.
         match crate::service::blocking(|| self.0.power_on(&mac)) {
             Ok(outcome) => {
-                if outcome != PowerOn::InUse {
+                if !matches!(outcome, PowerOn::InUse | PowerOn::Elsewhere) {
                     crate::service::metrics::get().power_on(&client.name, &client.target_iqn);
                 }
                 if outcome == PowerOn::Reset {

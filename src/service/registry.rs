@@ -537,6 +537,15 @@ impl StateRegistry {
             return Ok(PowerOn::Unchanged);
         }
         let iqn = st.target_iqn(&c.name);
+        // An RBD disk this server does not serve: another server holds its lock (every server
+        // of a fleet sees the power-on with proxyDHCP, and with shared state a reset here
+        // would re-clone a disk that server serves). The holder does the work. Noted in case
+        // this server takes the disk over before the new boot's first login (the holder
+        // died): `login_accepted` resets it then.
+        if c.rbd.is_some() && self.served(iqn.as_str()).is_none() {
+            self.note_pending_power_on(iqn.as_str());
+            return Ok(PowerOn::Elsewhere);
+        }
         let (written, live) = self.in_use(iqn.as_str());
         if live {
             self.note_pending_power_on(iqn.as_str());
@@ -1662,6 +1671,86 @@ mod tests {
         let t = reg.lookup("iqn.2026-11.org.isboot:maint:deb").unwrap();
         assert!(t.allows("iqn.2026-11.org.isboot:initiator:maint:deb"));
         assert!(!t.allows("iqn.2026-11.org.isboot:initiator:pc1"));
+    }
+
+    /// Two servers on one pool with the same client (its registry copied, as before shared
+    /// state): the server that holds a reset-mode client's disk does its power-on (a new
+    /// clone); the other one, which sees the same DHCPDISCOVER with proxyDHCP, leaves the disk
+    /// alone and only notes the power-on (in case it takes the disk over before the boot's
+    /// first login).
+    #[cfg(feature = "rbd")]
+    #[test]
+    fn rbd_power_on_is_done_by_the_server_that_holds_the_disk() {
+        let cfg = crate::store::rbd::dev_cluster();
+        let t = tempfile::tempdir().unwrap();
+        let on_pool = |name: &str| {
+            let dir = StateDir::new(t.path().join(name));
+            dir.init(None, None, None).unwrap();
+            crate::service::shared::put_on_pool(&dir, &cfg, false);
+            dir
+        };
+        let (a, b) = (on_pool("a"), on_pool("b"));
+        let n = rand::random::<u32>();
+        let (image, client) = (format!("pwr{n:08x}"), format!("pc{n:08x}"));
+        let img = t.path().join("base.raw");
+        std::fs::write(&img, vec![0x5Au8; 1 << 20]).unwrap();
+        let store_cfg = a.load().unwrap().config.store;
+        a.image_add_rbd(&image.parse().unwrap(), &img, &store_cfg, &mut |_, _| {})
+            .unwrap();
+        let mac: MacAddr = "52:54:00:00:16:31".parse().unwrap();
+        a.lock()
+            .unwrap()
+            .add_client(AddClient {
+                mac,
+                image: image.parse().unwrap(),
+                name: Some(client.parse().unwrap()),
+                ip: None,
+                mode: Mode::Reset,
+                initiators: vec![],
+                chap: None,
+                quota_mib: None,
+            })
+            .unwrap();
+        std::fs::copy(a.registry_path(), b.registry_path()).unwrap();
+        let disk = |d: &StateDir| {
+            d.load()
+                .unwrap()
+                .registry
+                .find_client(&client)
+                .and_then(|c| c.rbd.clone())
+                .unwrap()
+        };
+        let first = disk(&a);
+
+        let ra = StateRegistry::open(a.clone()).unwrap();
+        let rb = StateRegistry::open(b.clone()).unwrap();
+        let iqn = a
+            .load()
+            .unwrap()
+            .target_iqn(&client.parse().unwrap())
+            .to_string();
+        assert!(ra.lookup(&iqn).is_some(), "A serves the disk");
+        assert!(rb.lookup(&iqn).is_none(), "B must not serve A's disk");
+
+        assert_eq!(rb.power_on(&mac).unwrap(), PowerOn::Elsewhere);
+        assert_eq!(disk(&b), first, "B re-cloned a disk A holds");
+        assert!(rb.pending_power_on(&iqn, PENDING_POWER_ON));
+        assert_eq!(ra.power_on(&mac).unwrap(), PowerOn::Reset);
+        let second = disk(&a);
+        assert_ne!(second, first, "A did not reset its client");
+        assert!(ra.lookup(&iqn).is_some(), "A serves the new clone");
+
+        drop((ra, rb));
+        a.lock().unwrap().remove_client(&client, false).unwrap();
+        let store = crate::store::rbd::RbdStore::connect(&cfg).unwrap();
+        for spec in [&first, &second] {
+            let _ = store.remove_disk(spec);
+        }
+        a.lock()
+            .unwrap()
+            .image_remove(&image.parse().unwrap())
+            .unwrap();
+        store.remove_base(&image, 1).unwrap();
     }
 
     #[test]

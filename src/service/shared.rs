@@ -91,6 +91,20 @@ fn run(dir: &StateDir, stop: &AtomicBool) {
     }
 }
 
+/// Tests: point `dir`'s `[store]` at the development cluster's pool (`cfg`), its state shared
+/// through the pool when `shared`.
+#[cfg(test)]
+pub(crate) fn put_on_pool(dir: &StateDir, cfg: &crate::store::rbd::RbdConfig, shared: bool) {
+    let mut c = dir.load().unwrap().config;
+    c.store.backend = Some(crate::config::Backend::Rbd);
+    c.store.ceph_conf = Some(cfg.conf.clone().into());
+    c.store.keyring = Some(cfg.keyring.clone().into());
+    c.store.client = Some(cfg.client.clone());
+    c.store.pool = Some(cfg.pool.clone());
+    c.store.shared_state = shared.then_some(true);
+    crate::config::write_atomic(&dir.config_path(), c.render().as_bytes(), 0o644).unwrap();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,14 +114,7 @@ mod tests {
 
     /// Share `dir`'s state through the development cluster's pool.
     fn share(dir: &StateDir, cfg: &crate::store::rbd::RbdConfig) {
-        let mut c = dir.load().unwrap().config;
-        c.store.backend = Some(crate::config::Backend::Rbd);
-        c.store.ceph_conf = Some(cfg.conf.clone().into());
-        c.store.keyring = Some(cfg.keyring.clone().into());
-        c.store.client = Some(cfg.client.clone());
-        c.store.pool = Some(cfg.pool.clone());
-        c.store.shared_state = Some(true);
-        crate::config::write_atomic(&dir.config_path(), c.render().as_bytes(), 0o644).unwrap();
+        put_on_pool(dir, cfg, true);
         assert!(dir.load().unwrap().config.store.shared_state());
     }
 
