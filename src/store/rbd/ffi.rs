@@ -411,12 +411,20 @@ impl Image {
     }
 
     /// Create snapshot `name` and protect it (so clones can be made of it).
+    /// Idempotent: a snapshot that exists already (an earlier attempt stopped between the two
+    /// steps, or after them) is protected if it is not yet.
     pub fn snap_create_protected(&self, name: &str) -> io::Result<()> {
         let n = cstr(name)?;
         // SAFETY: open image, NUL-terminated name.
-        check(unsafe { rbd_snap_create(self.h, n.as_ptr()) })?;
+        match check(unsafe { rbd_snap_create(self.h, n.as_ptr()) }) {
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+            r => r?,
+        }
         // SAFETY: as above.
-        check(unsafe { rbd_snap_protect(self.h, n.as_ptr()) })
+        match check(unsafe { rbd_snap_protect(self.h, n.as_ptr()) }) {
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Ok(()), // already protected
+            r => r,
+        }
     }
 
     /// Copy what the image still reads from its parent into the image itself, so the parent
