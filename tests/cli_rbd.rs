@@ -370,6 +370,20 @@ fn rbd_clients_are_private_clones_served_over_iscsi_reset_and_persistent() {
     // Each client's disk is a clone of the version's snapshot; no overlay file.
     let (sa, sb) = (disk_spec(&lab, &a), disk_spec(&lab, &b));
     assert!(in_pool(&sa) && in_pool(&sb), "{:?}", pool_images());
+    // show-client and list-clients name the clone, not an overlay file.
+    let shown = lab.run(&["show-client", &a]).ok().to_string();
+    assert!(shown.contains(&format!("disk:       {sa} ")), "{shown}");
+    assert!(!shown.contains("overlay:"), "{shown}");
+    let clients: serde_json::Value =
+        serde_json::from_str(lab.run(&["list-clients", "--json"]).ok()).unwrap();
+    let ja = clients
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == a.as_str())
+        .unwrap_or_else(|| panic!("{a} not listed: {clients}"));
+    assert_eq!(ja["rbd"], sa.as_str(), "{ja}");
+    assert_eq!(ja["overlay_bytes"], 0, "{ja}");
     let info = String::from_utf8(rbd_ok(&["info", &sa])).unwrap();
     assert!(
         info.contains(&format!("parent: {base}")),

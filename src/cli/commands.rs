@@ -929,11 +929,14 @@ pub fn show_client(dir: &StateDir, which: &str, as_json: bool, show_secrets: boo
     if let (Some(u), Some(s)) = (&ch.mutual_user, &ch.mutual_secret) {
         outln!("mutual:     user {u}, secret {s}");
     }
-    outln!(
-        "overlay:    {} ({} on disk)",
-        v.overlay,
-        human(v.overlay_bytes)
-    );
+    match &v.rbd {
+        Some(spec) => outln!("disk:       {spec} (a copy-on-write clone in the Ceph pool)"),
+        None => outln!(
+            "overlay:    {} ({} on disk)",
+            v.overlay,
+            human(v.overlay_bytes)
+        ),
+    }
     outln!("quota:      {}", quota_text(&st, c));
     let sessions = st.sessions_of(&st.target_iqn(&c.name));
     if sessions.is_empty() {

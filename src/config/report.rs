@@ -24,10 +24,13 @@ pub struct ClientView {
     pub initiators: Vec<String>,
     pub root_path: Option<String>,
     pub chap: ChapView,
-    /// Path of the client's overlay file.
+    /// Path of the client's overlay file (empty for a disk on Ceph RBD: see `rbd`).
     pub overlay: String,
-    /// Bytes the overlay occupies on disk.
+    /// Bytes the overlay occupies on disk (0 for a disk on RBD).
     pub overlay_bytes: u64,
+    /// The client's disk on Ceph RBD (`POOL/isboot-client-NAME.SERIAL`), if it is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rbd: Option<String>,
     /// Where the client's target accepts logins from, and why (the running server's view:
     /// reservation, lease, seen; without a server, the reservation only).
     pub bound: super::Bound,
@@ -173,7 +176,8 @@ impl ClientView {
     /// Client `c`, with where its target accepts logins from as `live` (a running server's
     /// status) says, else from the state files.
     pub fn of(st: &State, c: &Client, live: Option<&ServerStatus>) -> ClientView {
-        let path = st.dir.path(&c.overlay);
+        // A disk on RBD has no overlay file (its `overlay` is empty: not the directory).
+        let path = (c.rbd.is_none()).then(|| st.dir.path(&c.overlay));
         let target = st.target_iqn(&c.name);
         let bound = live.and_then(|s| s.target(target.as_str())).map_or_else(
             || st.bound_offline(&TargetKind::Client(c.name.clone())),
@@ -190,8 +194,11 @@ impl ClientView {
             initiators: c.initiators.iter().map(|i| i.to_string()).collect(),
             root_path: st.client_root_path(c),
             chap: ChapView::of(st, c.name.as_str(), c.chap.as_ref()),
-            overlay: path.display().to_string(),
-            overlay_bytes: on_disk(&path),
+            overlay: path
+                .as_ref()
+                .map_or_else(String::new, |p| p.display().to_string()),
+            overlay_bytes: path.as_deref().map_or(0, on_disk),
+            rbd: c.rbd.clone(),
             bound,
             boot: BootView::of(c),
             quota_bytes: st.client_quota(&c.name),
@@ -276,11 +283,18 @@ impl StatusView {
                     sessions: t.map(|t| t.sessions.clone()).unwrap_or_default(),
                     bytes_read: t.map_or(0, |t| t.bytes_read),
                     bytes_written: t.map_or(0, |t| t.bytes_written),
-                    overlay_bytes: on_disk(&spec.overlay_path),
-                    overlay_data_bytes: match t {
-                        Some(t) => t.overlay_data_bytes,
-                        None => crate::store::overlay::Overlay::usage_at(&spec.overlay_path)
-                            .map_or(0, |u| u.data_blocks * u64::from(u.block_size)),
+                    // A disk on RBD has no overlay file (its path is the directory's).
+                    overlay_bytes: match &spec.rbd {
+                        Some(_) => 0,
+                        None => on_disk(&spec.overlay_path),
+                    },
+                    overlay_data_bytes: match (t, &spec.rbd) {
+                        (Some(t), _) => t.overlay_data_bytes,
+                        (None, Some(_)) => 0,
+                        (None, None) => {
+                            crate::store::overlay::Overlay::usage_at(&spec.overlay_path)
+                                .map_or(0, |u| u.data_blocks * u64::from(u.block_size))
+                        }
                     },
                     quota_bytes: match (t, &spec.kind) {
                         (Some(t), _) => t.quota_bytes,
