@@ -749,6 +749,15 @@ fn remove_shared_state() {
         .expect("running rados");
 }
 
+/// The tests that share state take turns: there is one state object (and one fleet) per
+/// pool. Held for the whole test; the state object is removed when it is taken.
+fn shared_pool() -> std::sync::MutexGuard<'static, ()> {
+    static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let g = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    remove_shared_state();
+    g
+}
+
 /// [`rbd_lab`] with `shared_state = true`.
 fn rbd_lab_shared() -> Lab {
     let lab = rbd_lab();
@@ -768,7 +777,7 @@ fn rbd_lab_shared() -> Lab {
 /// `list-clients` names it; removing it on A takes it out of B's view too.
 #[test]
 fn rbd_shared_state_a_client_added_on_b_is_served_by_a() {
-    remove_shared_state();
+    let _turn = shared_pool();
     let data = disk(31);
     let (a, b) = (rbd_lab_shared(), rbd_lab_shared());
     let image = unique("shr");
@@ -903,4 +912,137 @@ fn rbd_image_edit_clones_the_next_version_commit_snapshots_it_and_abort_drops_it
         "{:?}",
         pool_images()
     );
+}
+
+/// `isboot fleet --json` on `lab`: the live servers (portal, disks held, whether it is `lab`'s).
+fn fleet(lab: &Lab) -> Vec<serde_json::Value> {
+    let v: serde_json::Value = serde_json::from_str(lab.run(&["fleet", "--json"]).ok()).unwrap();
+    v["servers"].as_array().unwrap().clone()
+}
+
+/// Wait (up to `secs`) until `cond` holds for `lab`'s look at the fleet; returns that look.
+#[track_caller]
+fn fleet_when(
+    lab: &Lab,
+    secs: u64,
+    what: &str,
+    cond: impl Fn(&[serde_json::Value]) -> bool,
+) -> Vec<serde_json::Value> {
+    let until = std::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let f = fleet(lab);
+        if cond(&f) {
+            return f;
+        }
+        assert!(std::time::Instant::now() < until, "{what}: {f:?}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// The portal of the fleet's server that holds client `c`'s disk.
+fn holder(f: &[serde_json::Value], c: &str) -> Option<String> {
+    f.iter()
+        .find(|s| s["disks"].as_array().unwrap().iter().any(|d| d == c))
+        .map(|s| s["portal"].as_str().unwrap().to_string())
+}
+
+/// Two servers on one pool with shared state are a fleet: each sees the other (`isboot
+/// fleet`), a new client's disk is opened only by the server the choice names (the least
+/// loaded: four clients added one by one end up two on each), the other refuses its login and
+/// says why once; when one server is killed the other sees it gone and opens its disks, with
+/// what was written through the dead one.
+#[test]
+fn rbd_fleet_spreads_the_disks_and_the_survivor_takes_them_over() {
+    let _turn = shared_pool();
+    let data = disk(41);
+    let (a, b) = (rbd_lab_shared(), rbd_lab_shared());
+    let image = unique("flt");
+    let file = a.file("base.img", &data);
+    a.run(&["image", "add", &image, file.to_str().unwrap()])
+        .ok();
+    let mut on_a = Serve::start(&a.dir);
+    let mut on_b = Serve::start(&b.dir);
+    let (pa, pb) = (
+        format!("10.7.0.1:{}", on_a.addr.port()),
+        format!("10.7.0.1:{}", on_b.addr.port()),
+    );
+    let f = fleet_when(&a, 30, "A and B in the fleet", |f| f.len() == 2);
+    assert!(
+        f.iter()
+            .any(|s| s["portal"] == pa.as_str() && s["me"] == true),
+        "{f:?}"
+    );
+    assert!(
+        f.iter()
+            .any(|s| s["portal"] == pb.as_str() && s["me"] == false),
+        "{f:?}"
+    );
+
+    let clients: Vec<String> = (0..4).map(|_| unique("pc")).collect();
+    for (i, c) in clients.iter().enumerate() {
+        add_rbd_client(&a, &format!("52:54:00:00:04:{i:02x}"), &image, c, &[]);
+        fleet_when(&b, 30, &format!("{c} held by one server"), |f| {
+            holder(f, c).is_some()
+        });
+    }
+    let f = fleet(&a);
+    for s in &f {
+        assert_eq!(
+            s["disks"].as_array().unwrap().len(),
+            2,
+            "least loaded: {f:?}"
+        );
+    }
+    // Each disk is served by its holder only; the other says why, once.
+    let on = |c: &str| holder(&fleet(&a), c).unwrap();
+    let addr_of = |p: &str| if p == pa { on_a.addr } else { on_b.addr };
+    let not_addr_of = |p: &str| if p == pa { on_b.addr } else { on_a.addr };
+    for c in &clients {
+        let mut i = client_when_served(addr_of(&on(c)), c, Duration::from_secs(20));
+        assert_eq!(read(&mut i, 0, 8), data[..4096].to_vec());
+        assert!(!can_login(not_addr_of(&on(c)), c), "{c} served by both");
+    }
+    // The other server says why it leaves the disk alone: when the choice is made and when
+    // the holder is known, not at every look.
+    std::thread::sleep(Duration::from_secs(3));
+    for c in &clients {
+        let log = if on(c) == pa {
+            on_b.log_text()
+        } else {
+            on_a.log_text()
+        };
+        let n = log
+            .lines()
+            .filter(|l| l.contains("not opening the disk here") && l.contains(&format!(":{c}")))
+            .count();
+        assert!((1..=2).contains(&n), "{c}: {n} lines: {log}");
+    }
+
+    // A written disk on A; A is killed: B sees it gone and serves all four.
+    let on_a_clients: Vec<&String> = clients.iter().filter(|c| on(c) == pa).collect();
+    let mut i = client(on_a.addr, on_a_clients[0]);
+    write(&mut i, 8, &[0x41; 4096], true);
+    drop(i);
+    on_a.kill9();
+    let f = fleet_when(&b, 60, "B alone, holding every disk", |f| {
+        f.len() == 1
+            && clients
+                .iter()
+                .all(|c| holder(f, c).as_deref() == Some(pb.as_str()))
+    });
+    assert_eq!(f[0]["me"], true);
+    let mut i = client_when_served(on_b.addr, on_a_clients[0], Duration::from_secs(30));
+    assert_eq!(read(&mut i, 8, 8), vec![0x41; 4096]);
+    drop(i);
+
+    on_b.stop();
+    let disks: Vec<String> = clients.iter().map(|c| disk_spec(&a, c)).collect();
+    for c in &clients {
+        a.run(&["remove-client", c]).ok();
+    }
+    for d in &disks {
+        rm_eventually(d);
+    }
+    a.run(&["image", "remove", &image]).ok();
+    remove_shared_state();
 }

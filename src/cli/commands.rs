@@ -1013,6 +1013,91 @@ fn display_name(r: &crate::config::StatusRow) -> String {
     }
 }
 
+/// `isboot fleet`: one look at the servers of this pool, as a server sees it.
+pub fn fleet(dir: &StateDir, as_json: bool) -> R {
+    let st = dir.load()?;
+    if !st.config.store.shared_state() {
+        return Err(CliError::Bad(
+            "this server is not in a fleet: a fleet needs [store] backend = \"rbd\" and shared_state = true (docs/scale-out.md)".into(),
+        ));
+    }
+    #[cfg(not(feature = "rbd"))]
+    {
+        let _ = as_json;
+        Err(CliError::Bad(
+            "isboot fleet needs an isboot built with --features rbd".into(),
+        ))
+    }
+    #[cfg(feature = "rbd")]
+    {
+        #[derive(Serialize)]
+        struct Server<'a> {
+            name: &'a str,
+            portal: String,
+            me: bool,
+            boot_http: Option<&'a str>,
+            disks: &'a [String],
+            sessions: u64,
+        }
+        #[derive(Serialize)]
+        struct View<'a> {
+            servers: Vec<Server<'a>>,
+        }
+        // This server: its server_ip and the port it listens on (while it runs).
+        let me = st.config.portal().map(|p| {
+            let port = ServerStatus::load_live(&dir.status_path())
+                .and_then(|s| s.listen.parse::<std::net::SocketAddr>().ok())
+                .map_or(p.port(), |a| a.port());
+            std::net::SocketAddrV4::new(*p.ip(), port)
+        });
+        let v = crate::service::fleet::look(&st.config.store, me)?;
+        let view = View {
+            servers: v
+                .members
+                .iter()
+                .map(|m| Server {
+                    name: &m.name,
+                    portal: m.portal.to_string(),
+                    me: Some(m.portal) == me,
+                    boot_http: m.boot_http.as_deref(),
+                    disks: &m.clients,
+                    sessions: m.sessions,
+                })
+                .collect(),
+        };
+        if as_json {
+            return json(&view);
+        }
+        if view.servers.is_empty() {
+            outln!(
+                "no isboot server of this pool answered (none is running, or none has server_ip set)"
+            );
+            return Ok(());
+        }
+        outln!(
+            "{:<22} {:<20} {:>8}  CLIENT DISKS",
+            "SERVER",
+            "HOST",
+            "SESSIONS"
+        );
+        for s in &view.servers {
+            outln!(
+                "{:<22} {:<20} {:>8}  {}{}",
+                s.portal,
+                s.name,
+                s.sessions,
+                if s.disks.is_empty() {
+                    "-".to_string()
+                } else {
+                    s.disks.join(" ")
+                },
+                if s.me { "  (this server)" } else { "" }
+            );
+        }
+        Ok(())
+    }
+}
+
 pub fn status(dir: &StateDir, as_json: bool) -> R {
     let v = status_view(dir)?;
     if as_json {

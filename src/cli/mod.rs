@@ -98,6 +98,10 @@ pub enum Command {
     Serve(ServeArgs),
     /// Show each client's session, traffic, disk usage and base version.
     Status(JsonArgs),
+    /// Show the live isboot servers sharing this server's Ceph pool (`[store] shared_state`):
+    /// each one's iSCSI portal, the client disks it holds and its sessions. Servers that do not
+    /// answer within 2 s are not listed (not alive).
+    Fleet(JsonArgs),
     /// Serve one raw image file as LUN 0 of one iSCSI target, until Ctrl-C.
     Export(ExportArgs),
     /// Write the man pages (DIR/man/isboot*.1) and bash completion (DIR/bash-completion/isboot)
@@ -520,6 +524,7 @@ pub fn main() -> ExitCode {
         Command::Wake(a) => commands::wake(&dir, a),
         Command::Serve(a) => serve::run(&dir, &a),
         Command::Status(a) => commands::status(&dir, a.json),
+        Command::Fleet(a) => commands::fleet(&dir, a.json),
         Command::Export(_) | Command::GenerateDocs(_) => Ok(()),
     };
     let res = res.and(out::finish().map_err(CliError::Failed));

@@ -13,19 +13,23 @@ use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 
 /// The shared-state follower thread, stopped when dropped (when `serve` returns).
+/// With it, the fleet thread (presence and choice of the servers on one pool).
 #[cfg(feature = "rbd")]
 struct Follower(
     Arc<std::sync::atomic::AtomicBool>,
-    Option<std::thread::JoinHandle<()>>,
+    Vec<std::thread::JoinHandle<()>>,
 );
 
 #[cfg(feature = "rbd")]
 impl Follower {
-    fn start(dir: StateDir) -> Follower {
+    fn start(dir: StateDir, registry: Arc<StateRegistry>) -> Follower {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         Follower(
             stop.clone(),
-            Some(crate::service::shared::follow(dir, stop)),
+            vec![
+                crate::service::shared::follow(dir, stop.clone()),
+                crate::service::fleet::follow(registry, stop),
+            ],
         )
     }
 }
@@ -34,7 +38,7 @@ impl Follower {
 impl Drop for Follower {
     fn drop(&mut self) {
         self.0.store(true, std::sync::atomic::Ordering::Relaxed);
-        if let Some(t) = self.1.take() {
+        for t in self.1.drain(..) {
             let _ = t.join();
         }
     }
@@ -128,7 +132,7 @@ pub fn run(dir: &StateDir, args: &super::ServeArgs) -> Result<(), CliError> {
             .config
             .store
             .shared_state()
-            .then(|| Follower::start(dir.clone()));
+            .then(|| Follower::start(dir.clone(), registry.clone()));
         tokio::spawn(async move {
             super::shutdown_signal().await;
             let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);

@@ -366,16 +366,20 @@ impl Config {
         })
     }
 
+    /// This server's iSCSI portal on the boot network: `server_ip` and the iSCSI port (what
+    /// root-paths name, and its identity in a fleet). `None` without a `server_ip`.
+    pub fn portal(&self) -> Option<std::net::SocketAddrV4> {
+        Some(std::net::SocketAddrV4::new(
+            self.server_ip?,
+            self.listen_addr().port(),
+        ))
+    }
+
     /// `iscsi:<server>::<port>:0:<target>` as iPXE's `sanboot` takes it (port left out when
     /// it is 3260). `None` without a `server_ip`.
     pub fn root_path(&self, target: &Iqn) -> Option<String> {
-        let ip = self.server_ip?;
-        let port = self.listen_addr().port();
-        Some(if port == ISCSI_PORT {
-            format!("iscsi:{ip}::::{target}")
-        } else {
-            format!("iscsi:{ip}::{port}::{target}")
-        })
+        self.portal()
+            .map(|p| crate::config::fleet::root_path_at(p, target.as_str()))
     }
 }
 

@@ -17,6 +17,7 @@
 //! here; `service::registry` turns a [`State`] into iSCSI targets.
 
 pub mod file;
+pub mod fleet;
 pub mod import;
 pub mod installer;
 pub mod limits;

@@ -25,15 +25,31 @@ impl ClientDirectory for RegistryDirectory {
         let own = st
             .registry
             .client_by_mac(&mac)
-            .is_some_and(|c| st.target_iqn(&c.name) == b.target);
+            .filter(|c| st.target_iqn(&c.name) == b.target);
+        let mut root_path = b.root_path;
+        let mut boot_script = own.and_then(|_| self.0.boot_script_url(&mac));
+        // Several servers on one LAN: the client boots from the server the fleet's choice
+        // names (it holds the disk, or is the least loaded), whichever server answers.
+        let fleet = self.0.fleet();
+        if let Some(m) = own.and_then(|c| fleet.elsewhere(c.name.as_str())) {
+            info!(client = %b.name, server = %m.portal, "fleet: the answer names the server that serves this client");
+            root_path = Some(crate::config::fleet::root_path_at(
+                m.portal,
+                b.target.as_str(),
+            ));
+            boot_script = m
+                .boot_http
+                .as_deref()
+                .map(|a| crate::service::registry::script_url(a, &mac));
+        }
         Some(DhcpClient {
             name: b.name.replace(':', "-"),
             ip: b.ip,
             target_iqn: b.target.to_string(),
             initiator_iqn: Some(b.initiator.to_string()),
-            root_path: b.root_path,
+            root_path,
             san_filename: None,
-            boot_script: own.then(|| self.0.boot_script_url(&mac)).flatten(),
+            boot_script,
             chap: b.chap.map(|c| crate::dhcp::IpxeChap {
                 username: c.user,
                 password: c.secret.expose().to_string(),

@@ -5,6 +5,7 @@ pub mod bases;
 pub mod boot;
 pub mod budget;
 pub mod dhcp;
+pub mod fleet;
 pub mod http;
 pub mod iscsi;
 pub mod menu;

@@ -5,6 +5,7 @@
 //! `drop_sessions`). It also publishes `run/status.json` every second for `isboot status`, and
 //! flushes overlays whose sessions have all ended.
 
+use crate::config::fleet::{FleetView, Presence};
 use crate::config::{
     Bound, ConfigError, Origin, ServerStatus, SessionStatus, Space, State, StateDir, TargetKind,
     TargetSpec, TargetStatus,
@@ -87,6 +88,10 @@ impl Disk {
     fn has_unflushed(&self) -> bool {
         self.overlay().is_some_and(|o| o.has_unflushed())
     }
+
+    fn is_rbd(&self) -> bool {
+        self.overlay().is_none()
+    }
 }
 
 /// Identity of a file's current content: (inode, size, mtime in ns).
@@ -111,6 +116,9 @@ struct Inner {
     /// again every tick (an RBD disk whose lock another server holds is served once it is
     /// free).
     refused: HashMap<String, String>,
+    /// RBD client disks the fleet's choice gives to another server (IQN -> why, as logged):
+    /// looked at again when the fleet changes, not every tick.
+    elsewhere: HashMap<String, String>,
 }
 
 /// How long a closed RBD disk waits for its last session to let go of it before the server
@@ -139,6 +147,15 @@ pub struct StateRegistry {
     /// The Ceph pool RBD disks are opened in, connected at the first one.
     #[cfg(feature = "rbd")]
     pool: Mutex<Option<Arc<crate::store::rbd::RbdStore>>>,
+    /// The live fleet as the last round saw it (empty: a single server, or none answered).
+    fleet: RwLock<Arc<FleetView>>,
+    /// The fleet changed who holds what since the last reload.
+    fleet_moved: std::sync::atomic::AtomicBool,
+    /// A server of a fleet (`shared_state`) opens no client disk on RBD before its first look
+    /// at the fleet: it would take disks another server is about to be given.
+    fleet_pending: std::sync::atomic::AtomicBool,
+    /// Tells the fleet thread this server changed something the others must see now.
+    fleet_wake: Mutex<Option<std::sync::mpsc::Sender<crate::service::fleet::Wake>>>,
 }
 
 fn fnv1a(s: &str) -> u64 {
@@ -166,6 +183,9 @@ impl StateRegistry {
     pub fn open(dir: StateDir) -> Result<StateRegistry, ConfigError> {
         let state = Arc::new(dir.load()?);
         let r = StateRegistry {
+            fleet_pending: std::sync::atomic::AtomicBool::new(
+                cfg!(feature = "rbd") && state.config.store.shared_state(),
+            ),
             dir,
             inner: RwLock::new(Inner {
                 state,
@@ -173,6 +193,7 @@ impl StateRegistry {
                 stamps: (None, None),
                 bases: HashMap::new(),
                 refused: HashMap::new(),
+                elsewhere: HashMap::new(),
             }),
             reload_lock: Mutex::new(()),
             listen: Mutex::new(String::new()),
@@ -184,6 +205,9 @@ impl StateRegistry {
             space_low: std::sync::atomic::AtomicBool::new(false),
             #[cfg(feature = "rbd")]
             pool: Mutex::new(None),
+            fleet: RwLock::new(Arc::new(FleetView::default())),
+            fleet_moved: std::sync::atomic::AtomicBool::new(false),
+            fleet_wake: Mutex::new(None),
         };
         r.reload()?;
         Ok(r)
@@ -254,6 +278,11 @@ impl StateRegistry {
     /// routes are bound (None while they are off: DHCP then names the root-path as before).
     /// Routes bound to a wildcard address are named by the config's `server_ip`.
     pub fn boot_script_url(&self, mac: &crate::mac::MacAddr) -> Option<String> {
+        Some(script_url(&self.boot_addr()?, mac))
+    }
+
+    /// Where clients reach the boot routes (`ip:port`), once they are bound.
+    fn boot_addr(&self) -> Option<String> {
         let bound: std::net::SocketAddr = self
             .boot_http
             .lock()
@@ -261,9 +290,134 @@ impl StateRegistry {
             .as_deref()?
             .parse()
             .ok()?;
-        let addr =
-            crate::config::HttpConfig::boot_url_addr(bound, self.current_state().config.server_ip)?;
-        Some(format!("http://{addr}/boot/{}.ipxe", mac.dashed()))
+        crate::config::HttpConfig::boot_url_addr(bound, self.current_state().config.server_ip)
+            .map(|a| a.to_string())
+    }
+
+    /// This server's iSCSI portal on the boot network: `server_ip` and the port it listens
+    /// on (bound, else configured). `None` without a `server_ip`.
+    pub fn portal(&self) -> Option<std::net::SocketAddrV4> {
+        let st = self.current_state();
+        let port = self
+            .listen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .parse::<std::net::SocketAddr>()
+            .map(|a| a.port())
+            .unwrap_or(st.config.listen_addr().port());
+        Some(std::net::SocketAddrV4::new(st.config.server_ip?, port))
+    }
+
+    /// The fleet as the last round saw it.
+    pub fn fleet(&self) -> Arc<FleetView> {
+        self.fleet.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// A new round's view of the fleet. A change of who holds what (or who is alive) has the
+    /// next tick look again at the disks the fleet gave to others.
+    pub fn set_fleet(&self, view: FleetView) {
+        self.put_fleet(view);
+        if self
+            .fleet_pending
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+        {
+            self.fleet_moved
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    fn put_fleet(&self, view: FleetView) {
+        let mut f = self.fleet.write().unwrap_or_else(|e| e.into_inner());
+        let holders = |v: &FleetView| -> Vec<(std::net::SocketAddrV4, Vec<String>)> {
+            v.members
+                .iter()
+                .map(|m| (m.portal, m.clients.clone()))
+                .collect()
+        };
+        if holders(&f) != holders(&view) {
+            if f.members
+                .iter()
+                .map(|m| m.portal)
+                .ne(view.members.iter().map(|m| m.portal))
+            {
+                tracing::info!(
+                    servers = ?view.members.iter().map(|m| m.portal.to_string()).collect::<Vec<_>>(),
+                    "fleet: the live servers changed"
+                );
+            }
+            self.fleet_moved
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        *f = Arc::new(view);
+    }
+
+    /// Another server's presence, as it announced a change (see [`FleetView::merge`]).
+    pub fn merge_fleet_member(&self, p: Presence) {
+        let mut v = (*self.fleet()).clone();
+        v.merge(p);
+        self.put_fleet(v);
+    }
+
+    /// Where the fleet thread is woken ([`StateRegistry::fleet_changed`]).
+    pub fn set_fleet_wake(&self, tx: std::sync::mpsc::Sender<crate::service::fleet::Wake>) {
+        *self.fleet_wake.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
+    }
+
+    /// This server changed what it tells the fleet (a disk taken or let go, an address
+    /// learned): the others hear it now, not at the next round.
+    fn fleet_changed(&self) {
+        if let Some(tx) = self
+            .fleet_wake
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            let _ = tx.send(crate::service::fleet::Wake::Changed);
+        }
+    }
+
+    /// What this server (at `portal`, host `name`) tells the fleet: the clients whose RBD
+    /// disks it holds, its sessions, the client addresses its DHCP learned.
+    pub fn presence(&self, portal: std::net::SocketAddrV4, name: &str) -> Presence {
+        let (clients, sessions) = {
+            let r = self.read();
+            let clients = r
+                .targets
+                .iter()
+                .filter(|l| l.disk.is_rbd())
+                .filter_map(|l| match &l.spec.kind {
+                    TargetKind::Client(n) => Some(n.to_string()),
+                    _ => None,
+                })
+                .collect();
+            let sessions = r
+                .targets
+                .iter()
+                .map(|l| l.target.stats.sessions().len() as u64)
+                .sum();
+            (clients, sessions)
+        };
+        let learned = self
+            .learned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(mac, (ip, how))| {
+                let how = match how {
+                    AddressOrigin::Lease => "lease",
+                    AddressOrigin::Seen => "seen",
+                };
+                (*mac, *ip, how.to_string())
+            })
+            .collect();
+        Presence {
+            name: name.to_string(),
+            portal,
+            boot_http: self.boot_addr(),
+            clients,
+            sessions,
+            learned,
+        }
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
@@ -277,7 +431,10 @@ impl StateRegistry {
             stamp(&self.dir.config_path()),
             stamp(&self.dir.registry_path()),
         );
-        if self.read().stamps == now && self.read().refused.is_empty() {
+        let moved = self
+            .fleet_moved
+            .swap(false, std::sync::atomic::Ordering::Relaxed);
+        if self.read().stamps == now && self.read().refused.is_empty() && !moved {
             return Ok(false);
         }
         if let Err(e) = self.reload() {
@@ -297,16 +454,22 @@ impl StateRegistry {
         );
         let state = self.dir.load()?;
         let specs = state.targets();
-        let (old, mut bases, mut refused) = {
+        let (old, mut bases, mut refused, mut elsewhere_before) = {
             let r = self.read();
             let old: Vec<(TargetSpec, Arc<TargetConfig>, Disk)> = r
                 .targets
                 .iter()
                 .map(|l| (l.spec.clone(), l.target.clone(), l.disk.clone()))
                 .collect();
-            (old, r.bases.clone(), r.refused.clone())
+            (old, r.bases.clone(), r.refused.clone(), r.elsewhere.clone())
         };
+        let fleet = self.fleet();
+        let pending = self
+            .fleet_pending
+            .load(std::sync::atomic::Ordering::Relaxed);
         let mut retry = HashMap::new();
+        let mut elsewhere = HashMap::new();
+        let mut fleet_news = false;
         let mut next = Vec::with_capacity(specs.len());
         // Old targets that go on unchanged (their sessions live on).
         let mut kept = vec![false; old.len()];
@@ -349,6 +512,33 @@ impl StateRegistry {
                 }
                 continue;
             }
+            // A client's RBD disk in a fleet: opened only by the server the fleet's choice
+            // names (or by the one that served this client's last disk: a reset keeps its
+            // server). The others leave it alone and look again when the fleet changes.
+            if let (TargetKind::Client(name), Some(_)) = (&spec.kind, &spec.rbd) {
+                let was_mine = old.iter().any(|(s, _, _)| s.kind == spec.kind);
+                if pending || (!was_mine && !fleet.is_mine(name.as_str())) {
+                    let line = match fleet.choose(name.as_str()) {
+                        _ if pending => "waiting for the first look at the fleet".to_string(),
+                        Some((m, crate::config::fleet::Why::HoldsDisk)) => {
+                            format!(
+                                "served by the fleet's server {} (it holds the disk)",
+                                m.portal
+                            )
+                        }
+                        Some((m, _)) => {
+                            format!("the fleet gives it to server {} (less loaded)", m.portal)
+                        }
+                        None => String::new(),
+                    };
+                    if elsewhere_before.remove(spec.iqn.as_str()).as_ref() != Some(&line) {
+                        tracing::info!(target = %spec.iqn, "not opening the disk here: {line}");
+                    }
+                    refused.remove(spec.iqn.as_str());
+                    elsewhere.insert(spec.iqn.to_string(), line);
+                    continue;
+                }
+            }
             // Same overlay file under a new name (the IQN prefix changed): reuse the open view.
             let disk = match old.iter().position(|(s, _, _)| same_disk(s)) {
                 Some(i) => {
@@ -359,9 +549,12 @@ impl StateRegistry {
             };
             match disk {
                 Ok(disk) => {
-                    if refused.remove(spec.iqn.as_str()).is_some() {
+                    if refused.remove(spec.iqn.as_str()).is_some()
+                        || elsewhere_before.remove(spec.iqn.as_str()).is_some()
+                    {
                         tracing::info!(target = %spec.iqn, "serving target now");
                     }
+                    fleet_news |= disk.is_rbd();
                     let target = target_for(&spec, &disk, Arc::new(TargetStats::default()));
                     next.push(Live { spec, target, disk });
                 }
@@ -379,6 +572,7 @@ impl StateRegistry {
         let mut ended: Vec<(Arc<TargetConfig>, Option<Disk>)> = Vec::new();
         for (i, (_, t, o)) in old.into_iter().enumerate() {
             if !kept[i] {
+                fleet_news |= !reused[i] && o.is_rbd();
                 ended.push((t, (!reused[i]).then_some(o)));
             }
         }
@@ -396,6 +590,10 @@ impl StateRegistry {
             w.stamps = stamps;
             w.bases = bases;
             w.refused = retry;
+            w.elsewhere = elsewhere;
+        }
+        if fleet_news {
+            self.fleet_changed();
         }
         for (t, o) in ended {
             tracing::info!(target = %t.iqn, "target changed, reset or removed; ending its sessions");
@@ -651,6 +849,8 @@ impl StateRegistry {
         }
         tracing::info!(mac = %mac, %ip, how = ?how, "client address learned: its target accepts logins from it");
         l.insert(mac, (ip, how));
+        drop(l);
+        self.fleet_changed();
     }
 
     /// Where the served target `iqn` accepts logins from, and why (for the login check and
@@ -677,12 +877,25 @@ impl StateRegistry {
     }
 
     /// The address DHCP learned for `mac`, if any.
+    /// Another server of the fleet counts: the client's DHCP answer may have come from it,
+    /// with a root-path naming this server.
     pub fn learned_address(&self, mac: &MacAddr) -> Option<(std::net::Ipv4Addr, AddressOrigin)> {
-        self.learned
+        let own = self
+            .learned
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(mac)
-            .copied()
+            .copied();
+        own.or_else(|| {
+            self.fleet().learned(mac).map(|(ip, how)| {
+                let how = if how == "lease" {
+                    AddressOrigin::Lease
+                } else {
+                    AddressOrigin::Seen
+                };
+                (ip, how)
+            })
+        })
     }
 
     /// Did the DHCP service see a power-on request for `target`'s client within `within`
@@ -841,6 +1054,11 @@ impl StateRegistry {
 
 /// A target serving `disk` as LUN 0 (an RBD disk's data-transfer commands on its asynchronous
 /// path).
+/// The URL of `mac`'s iPXE script on the boot routes at `addr` (`ip:port`).
+pub fn script_url(addr: &str, mac: &MacAddr) -> String {
+    format!("http://{addr}/boot/{}.ipxe", mac.dashed())
+}
+
 fn target_for(spec: &TargetSpec, disk: &Disk, stats: Arc<TargetStats>) -> Arc<TargetConfig> {
     let (product, serial) = match &spec.kind {
         TargetKind::Client(n) => ("client disk", n.to_string()),
@@ -1671,6 +1889,76 @@ mod tests {
         let t = reg.lookup("iqn.2026-11.org.isboot:maint:deb").unwrap();
         assert!(t.allows("iqn.2026-11.org.isboot:initiator:maint:deb"));
         assert!(!t.allows("iqn.2026-11.org.isboot:initiator:pc1"));
+    }
+
+    /// A fleet's DHCP answer names the server the choice names: the one that holds the
+    /// client's disk (or the least loaded), with its root-path and its script URL; a client
+    /// this server is chosen for keeps this server's. An address another server of the fleet
+    /// learned binds the client's target here too.
+    #[test]
+    fn the_dhcp_answer_names_the_fleets_chosen_server() {
+        use crate::config::fleet::{FleetView, Presence};
+        use crate::dhcp::ClientDirectory;
+        let (_t, dir) = setup();
+        let reg = Arc::new(StateRegistry::open(dir.clone()).unwrap());
+        reg.set_listen("0.0.0.0:3260");
+        let dhcp = crate::service::boot::RegistryDirectory(reg.clone());
+        let (pc1, pc2): (MacAddr, MacAddr) = (
+            "52:54:00:00:00:01".parse().unwrap(),
+            "52:54:00:00:00:02".parse().unwrap(),
+        );
+        let me = reg.portal().unwrap();
+        assert_eq!(me.to_string(), "10.9.0.1:3260");
+        let other = Presence {
+            name: "b".into(),
+            portal: "10.9.0.2:3260".parse().unwrap(),
+            boot_http: Some("10.9.0.2:8067".into()),
+            clients: vec!["pc1".into()],
+            sessions: 1,
+            learned: vec![(pc2, "10.9.0.77".parse().unwrap(), "seen".into())],
+        };
+        let mine = reg.presence(me, "a");
+        assert!(
+            mine.clients.is_empty(),
+            "file-store disks are not the fleet's"
+        );
+        let acks = [other.encode(), mine.encode()];
+        reg.set_fleet(FleetView::from_acks(
+            Some(me),
+            acks.iter().map(|a| a.as_slice()),
+        ));
+        let c1 = dhcp.by_mac(pc1).unwrap();
+        assert_eq!(
+            c1.root_path.as_deref(),
+            Some("iscsi:10.9.0.2::::iqn.2026-11.org.isboot:pc1")
+        );
+        assert_eq!(
+            c1.boot_script.as_deref(),
+            Some("http://10.9.0.2:8067/boot/52-54-00-00-00-01.ipxe")
+        );
+        // pc2: nobody holds it; this server carries no disk, the other one: this one.
+        let c2 = dhcp.by_mac(pc2).unwrap();
+        assert_eq!(
+            c2.root_path.as_deref(),
+            Some("iscsi:10.9.0.1::::iqn.2026-11.org.isboot:pc2")
+        );
+        assert_eq!(c2.boot_script, None, "the boot routes are off here");
+        // The other server's DHCP saw pc2 at 10.9.0.77: pc2's target here accepts it.
+        assert_eq!(
+            reg.learned_address(&pc2),
+            Some(("10.9.0.77".parse().unwrap(), AddressOrigin::Seen))
+        );
+        assert!(reg.learned_address(&pc1).is_none());
+        // What this server learns itself comes first and is what it tells the fleet.
+        reg.learn_address(pc2, "10.9.0.78".parse().unwrap(), AddressOrigin::Seen);
+        assert_eq!(
+            reg.learned_address(&pc2).unwrap().0.to_string(),
+            "10.9.0.78"
+        );
+        assert_eq!(
+            reg.presence(me, "a").learned,
+            vec![(pc2, "10.9.0.78".parse().unwrap(), "seen".to_string())]
+        );
     }
 
     /// Two servers on one pool with the same client (its registry copied, as before shared

@@ -751,6 +751,48 @@ unsafe extern "C" {
         buf_len: c_int,
     ) -> c_int;
     fn rados_buffer_free(buf: *mut c_char);
+    fn rados_decode_notify_response(
+        reply_buffer: *mut c_char,
+        reply_buffer_len: usize,
+        acks: *mut *mut NotifyAck,
+        nr_acks: *mut usize,
+        timeouts: *mut *mut NotifyTimeout,
+        nr_timeouts: *mut usize,
+    ) -> c_int;
+    fn rados_free_notify_response(
+        acks: *mut NotifyAck,
+        nr_acks: usize,
+        timeouts: *mut NotifyTimeout,
+    );
+    fn rados_write_op_create(op: WriteOpT, exclusive: c_int, category: *const c_char);
+}
+
+/// `struct notify_ack_t` (rados_types.h).
+#[repr(C)]
+struct NotifyAck {
+    notifier_id: u64,
+    cookie: u64,
+    payload: *mut c_char,
+    payload_len: u64,
+}
+
+/// `struct notify_timeout_t` (rados_types.h).
+#[repr(C)]
+struct NotifyTimeout {
+    notifier_id: u64,
+    cookie: u64,
+}
+
+/// `LIBRADOS_CREATE_IDEMPOTENT`.
+const CREATE_IDEMPOTENT: c_int = 0;
+
+/// What a [`IoCtx::notify_collect`] round got back: each watcher's acknowledgement (its
+/// librados client id and the payload it acknowledged with), and how many watchers did not
+/// answer in time.
+#[derive(Debug, Default)]
+pub struct NotifyReplies {
+    pub acks: Vec<(u64, Vec<u8>)>,
+    pub timeouts: usize,
 }
 
 /// What a [`Watch`] reports.
@@ -762,11 +804,16 @@ pub enum WatchEvent {
     Broken(i32),
 }
 
+/// What a watch reports to: the event and the notify's payload (empty for `Broken`).
+pub type OnWatchEvent = Box<dyn Fn(WatchEvent, &[u8]) + Send + Sync>;
+
 /// What a watch callback gets as its argument: owned by its [`Watch`].
 struct WatchCtx {
     io: IoCtxT,
     oid: CString,
-    on_event: Box<dyn Fn(WatchEvent) + Send + Sync>,
+    /// What every notify is acknowledged with (empty: nothing).
+    ack: Arc<std::sync::Mutex<Vec<u8>>>,
+    on_event: OnWatchEvent,
 }
 
 unsafe extern "C" fn watch_notified(
@@ -774,30 +821,42 @@ unsafe extern "C" fn watch_notified(
     notify_id: u64,
     handle: u64,
     _notifier: u64,
-    _data: *mut c_void,
-    _len: usize,
+    data: *mut c_void,
+    len: usize,
 ) {
     // SAFETY: `arg` is the WatchCtx its Watch registered; the Watch frees it only after
     // rados_unwatch2 and rados_watch_flush, so no callback runs after that.
     let ctx = unsafe { &*(arg as *const WatchCtx) };
-    // SAFETY: the ioctx outlives the watch (the Watch holds its Arc); oid is NUL-terminated.
+    let ack = ctx.ack.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    // SAFETY: the ioctx outlives the watch (the Watch holds its Arc); oid is NUL-terminated;
+    // `ack` outlives the call (librados copies the payload).
     unsafe {
         rados_notify_ack(
             ctx.io,
             ctx.oid.as_ptr(),
             notify_id,
             handle,
-            std::ptr::null(),
-            0,
+            if ack.is_empty() {
+                std::ptr::null()
+            } else {
+                ack.as_ptr().cast()
+            },
+            ack.len().min(c_int::MAX as usize) as c_int,
         )
     };
-    (ctx.on_event)(WatchEvent::Notify);
+    let payload: &[u8] = if data.is_null() || len == 0 {
+        &[]
+    } else {
+        // SAFETY: librados passes the notify's payload, valid for `len` bytes during the call.
+        unsafe { std::slice::from_raw_parts(data as *const u8, len) }
+    };
+    (ctx.on_event)(WatchEvent::Notify, payload);
 }
 
 unsafe extern "C" fn watch_broken(arg: *mut c_void, _cookie: u64, err: c_int) {
     // SAFETY: as in watch_notified.
     let ctx = unsafe { &*(arg as *const WatchCtx) };
-    (ctx.on_event)(WatchEvent::Broken(-err));
+    (ctx.on_event)(WatchEvent::Broken(-err), &[]);
 }
 
 /// A watch on one object; unwatched (and its callbacks drained) when dropped.
@@ -944,9 +1003,22 @@ impl IoCtx {
         oid: &str,
         on_event: Box<dyn Fn(WatchEvent) + Send + Sync>,
     ) -> io::Result<Watch> {
+        self.watch_acking(oid, Default::default(), Box::new(move |e, _| on_event(e)))
+    }
+
+    /// [`IoCtx::watch`] that acknowledges every notify with what `ack` holds at that moment
+    /// (the notifier gets it back from [`IoCtx::notify_collect`]) and hands `on_event` the
+    /// notify's payload.
+    pub fn watch_acking(
+        self: &Arc<Self>,
+        oid: &str,
+        ack: Arc<std::sync::Mutex<Vec<u8>>>,
+        on_event: OnWatchEvent,
+    ) -> io::Result<Watch> {
         let ctx = Box::into_raw(Box::new(WatchCtx {
             io: self.h,
             oid: cstr(oid)?,
+            ack,
             on_event,
         }));
         let mut cookie = 0u64;
@@ -994,6 +1066,93 @@ impl IoCtx {
             // SAFETY: librados allocated it for us (set even on -ETIMEDOUT).
             unsafe { rados_buffer_free(reply) };
         }
+        check(rc)
+    }
+
+    /// Notify the watchers of `oid` with `payload` and collect their acknowledgements for up
+    /// to `timeout_ms` (a watcher that does not answer in time counts in `timeouts`; that is
+    /// not an error here).
+    pub fn notify_collect(
+        &self,
+        oid: &str,
+        payload: &[u8],
+        timeout_ms: u64,
+    ) -> io::Result<NotifyReplies> {
+        let o = cstr(oid)?;
+        let len = c_int::try_from(payload.len())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "notify payload too long"))?;
+        let mut reply: *mut c_char = std::ptr::null_mut();
+        let mut reply_len = 0usize;
+        // SAFETY: valid ioctx; the payload outlives the call; out-pointers valid; the reply
+        // is freed below.
+        let rc = unsafe {
+            rados_notify2(
+                self.h,
+                o.as_ptr(),
+                payload.as_ptr().cast(),
+                len,
+                timeout_ms,
+                &mut reply,
+                &mut reply_len,
+            )
+        };
+        let mut out = NotifyReplies::default();
+        if !reply.is_null() {
+            let mut acks: *mut NotifyAck = std::ptr::null_mut();
+            let mut timeouts: *mut NotifyTimeout = std::ptr::null_mut();
+            let (mut na, mut nt) = (0usize, 0usize);
+            // SAFETY: `reply` is the buffer librados just returned, of `reply_len` bytes; the
+            // decoded arrays are read within their lengths and freed with the call made for them.
+            unsafe {
+                let d = rados_decode_notify_response(
+                    reply,
+                    reply_len,
+                    &mut acks,
+                    &mut na,
+                    &mut timeouts,
+                    &mut nt,
+                );
+                if d == 0 {
+                    for i in 0..na {
+                        let a = &*acks.add(i);
+                        let p = if a.payload.is_null() || a.payload_len == 0 {
+                            Vec::new()
+                        } else {
+                            std::slice::from_raw_parts(
+                                a.payload as *const u8,
+                                a.payload_len as usize,
+                            )
+                            .to_vec()
+                        };
+                        out.acks.push((a.notifier_id, p));
+                    }
+                    out.timeouts = nt;
+                    rados_free_notify_response(acks, na, timeouts);
+                }
+                rados_buffer_free(reply);
+            }
+        }
+        if rc < 0 && rc != -libc::ETIMEDOUT {
+            check(rc)?;
+        }
+        Ok(out)
+    }
+
+    /// Create object `oid` (empty) unless it exists.
+    pub fn create_object(&self, oid: &str) -> io::Result<()> {
+        let o = cstr(oid)?;
+        // SAFETY: a fresh write op, released below.
+        let op = unsafe { rados_create_write_op() };
+        if op.is_null() {
+            return Err(io::Error::from_raw_os_error(libc::ENOMEM));
+        }
+        // SAFETY: valid op and ioctx; `o` is NUL-terminated and outlives the call.
+        let rc = unsafe {
+            rados_write_op_create(op, CREATE_IDEMPOTENT, std::ptr::null());
+            let rc = rados_write_op_operate(op, self.h, o.as_ptr(), std::ptr::null_mut(), 0);
+            rados_release_write_op(op);
+            rc
+        };
         check(rc)
     }
 }
