@@ -1046,3 +1046,77 @@ fn rbd_fleet_spreads_the_disks_and_the_survivor_takes_them_over() {
     a.run(&["image", "remove", &image]).ok();
     remove_shared_state();
 }
+
+/// Another image a client may boot from its menu (`isboot boot --allow-image`) on an RBD
+/// image: its own copy-on-write clone of that image's newest version (not a file), served
+/// with the client's initiator name; other clients cannot log in to it; forbidding it removes
+/// the clone from the pool once the server lets go.
+#[test]
+fn rbd_another_image_on_rbd_is_a_clone_of_its_own() {
+    let data = disk(51);
+    let (lab, image) = rbd_lab_with(&data);
+    let other = unique("oth");
+    let odata = disk(52);
+    let ofile = lab.file("other.img", &odata);
+    lab.run(&["image", "add", &other, ofile.to_str().unwrap()])
+        .ok();
+    let (c, d) = (unique("pc"), unique("pc"));
+    add_rbd_client(&lab, "52:54:00:00:05:01", &image, &c, &[]);
+    add_rbd_client(&lab, "52:54:00:00:05:02", &image, &d, &[]);
+    lab.run(&["boot", &c, "--allow-image", &other]).ok();
+    let reg = lab.registry();
+    let key = format!("{}/isboot-client-{c}.image.{other}.", ceph().pool);
+    let at = reg.find(&key).unwrap_or_else(|| panic!("no clone: {reg}"));
+    let clone = reg[at..at + reg[at..].find('"').unwrap()].to_string();
+    assert!(in_pool(&clone), "{clone} not in the pool");
+    // It is a clone of the other image's snapshot, not a copy.
+    let info = String::from_utf8(rbd_ok(&["info", &clone])).unwrap();
+    assert!(
+        info.contains(&format!(
+            "parent: {}/isboot-base-{other}-v1@base",
+            ceph().pool
+        )),
+        "{info}"
+    );
+
+    let mut srv = Serve::start(&lab.dir);
+    let target = format!("{PREFIX}:{c}:image:{other}");
+    let mine = format!("{PREFIX}:initiator:{c}");
+    let o = isboot::initiator::LoginOptions::new(&mine, Some(&target)).linux_profile();
+    eventually("the other image is served", || {
+        isboot::initiator::Initiator::connect(srv.addr, &o).is_ok()
+    });
+    let mut i = login(srv.addr, &mine, &target);
+    assert_eq!(read(&mut i, 0, 8), odata[..4096].to_vec());
+    write(&mut i, 8, &[0x52; 4096], true);
+    assert_eq!(export(&clone)[8 * 512..8 * 512 + 4096], [0x52; 4096]);
+    assert_eq!(
+        export(&spec(&other))[8 * 512..8 * 512 + 4096],
+        odata[8 * 512..8 * 512 + 4096],
+        "the image itself is never written"
+    );
+    // Another client's initiator name is refused there.
+    let theirs = format!("{PREFIX}:initiator:{d}");
+    let o = isboot::initiator::LoginOptions::new(&theirs, Some(&target));
+    assert!(isboot::initiator::Initiator::connect(srv.addr, &o).is_err());
+    drop(i);
+
+    // Forbidden: the target goes, and its clone leaves the pool.
+    eventually("forbidden once logged out", || {
+        lab.run(&["boot", &c, "--forbid-image", &other]).code == 0
+    });
+    rm_eventually_gone(&clone);
+    srv.stop();
+    for x in [&c, &d] {
+        let disk = disk_spec(&lab, x);
+        lab.run(&["remove-client", x]).ok();
+        rm_eventually(&disk);
+    }
+    lab.run(&["image", "remove", &other]).ok();
+    lab.run(&["image", "remove", &image]).ok();
+}
+
+/// Wait (up to 30 s) until `spec` is no longer in the pool (isboot removed it).
+fn rm_eventually_gone(spec: &str) {
+    eventually(&format!("{spec} removed from the pool"), || !in_pool(spec));
+}

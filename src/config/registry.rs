@@ -177,8 +177,12 @@ pub struct ClientImage {
     pub image: ImageName,
     /// Base version the overlay was made on.
     pub version: u64,
-    /// Overlay file, relative to the state directory.
+    /// Overlay file, relative to the state directory (empty for a clone on Ceph RBD).
     pub overlay: String,
+    /// Its copy-on-write clone `POOL/isboot-client-CLIENT.image.IMAGE.SERIAL`, for an image on
+    /// Ceph RBD.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rbd: Option<String>,
 }
 
 impl Client {
@@ -234,13 +238,17 @@ impl Registry {
                 .and_then(|r| r.split_once('@'))
                 .is_some_and(|(image, _)| image == spec)
         };
-        self.clients.iter().any(|c| c.rbd.as_deref() == Some(spec))
-            || self.images.iter().any(|i| {
-                i.versions.iter().any(version)
-                    || i.maintenance
-                        .as_ref()
-                        .is_some_and(|m| m.rbd.as_deref() == Some(spec))
-            })
+        self.clients.iter().any(|c| {
+            c.rbd.as_deref() == Some(spec)
+                || c.allowed_images
+                    .iter()
+                    .any(|a| a.rbd.as_deref() == Some(spec))
+        }) || self.images.iter().any(|i| {
+            i.versions.iter().any(version)
+                || i.maintenance
+                    .as_ref()
+                    .is_some_and(|m| m.rbd.as_deref() == Some(spec))
+        })
     }
 }
 
@@ -305,6 +313,7 @@ mod tests {
                     image: "deb2".parse().unwrap(),
                     version: 1,
                     overlay: "overlays/pc1.image.deb2.7.ovl".into(),
+                    rbd: None,
                 }],
             }],
         };

@@ -515,7 +515,10 @@ impl StateRegistry {
             // A client's RBD disk in a fleet: opened only by the server the fleet's choice
             // names (or by the one that served this client's last disk: a reset keeps its
             // server). The others leave it alone and look again when the fleet changes.
-            if let (TargetKind::Client(name), Some(_)) = (&spec.kind, &spec.rbd) {
+            // Its other images on RBD go with it (the script that boots them is its server's).
+            if let (TargetKind::Client(name) | TargetKind::ClientImage(name, _), Some(_)) =
+                (&spec.kind, &spec.rbd)
+            {
                 let was_mine = old.iter().any(|(s, _, _)| s.kind == spec.kind);
                 if pending || (!was_mine && !fleet.is_mine(name.as_str())) {
                     let line = match fleet.choose(name.as_str()) {
@@ -768,6 +771,11 @@ impl StateRegistry {
         let mut outcome = PowerOn::Unchanged;
         for a in &c.allowed_images {
             let iqn = st.client_image_iqn(&c.name, &a.image);
+            // A clone on RBD another server serves: that server does it (as for the disk).
+            if a.rbd.is_some() && self.served(iqn.as_str()).is_none() {
+                self.note_pending_power_on(iqn.as_str());
+                continue;
+            }
             let (written, live) = self.in_use(iqn.as_str());
             if live {
                 self.note_pending_power_on(iqn.as_str());

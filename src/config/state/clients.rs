@@ -290,7 +290,7 @@ impl Locked {
         let _ = remove_secret_file(&secret_path(self.state.dir.root(), c.name.as_str()));
         // Its other images' overlays go with it (they are reset at every power-on anyway).
         for a in &c.allowed_images {
-            self.forget(&a.overlay);
+            self.forget_client_image(a);
         }
         if keep_overlay {
             Ok((c.clone(), Some(self.state.dir.path(&c.overlay))))
@@ -326,8 +326,11 @@ impl Locked {
                 }
             }
         }
-        self.save_or_forget(&[&fresh.overlay])?;
-        self.forget(&old.overlay);
+        if let Err(e) = self.save() {
+            self.forget_client_image(&fresh);
+            return Err(e);
+        }
+        self.forget_client_image(&old);
         Ok(fresh)
     }
 

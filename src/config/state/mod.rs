@@ -480,7 +480,7 @@ impl State {
                     base_id: id,
                     base_published: v.published,
                     overlay_path: self.dir.path(&a.overlay),
-                    rbd: None,
+                    rbd: a.rbd.clone(),
                     initiators: c.initiators.clone(),
                     chap: chap.clone(),
                 });
@@ -520,13 +520,13 @@ impl State {
         out
     }
 
-    /// The base version a client's other image is served on: a file version with a good id
-    /// (None: not served; an image on Ceph RBD cannot be allowed).
+    /// The base version a client's other image is served on, with a good id (None: not
+    /// served; a version on Ceph RBD is served from the clone, a file version from the file).
     pub fn client_image_base(&self, a: &ClientImage) -> Option<(&super::Version, BaseId)> {
         self.registry
             .image(&a.image)
             .and_then(|i| i.version(a.version))
-            .filter(|v| v.rbd.is_none())
+            .filter(|v| v.rbd.is_some() == a.rbd.is_some())
             .and_then(|v| Some((v, BaseId::parse(&v.id)?)))
     }
 
@@ -672,6 +672,16 @@ impl Locked {
         }
         #[cfg(feature = "rbd")]
         if let Some(spec) = &c.rbd {
+            rbd::remove_disk(&self.state.config.store, spec);
+        }
+    }
+
+    /// Remove a client's other image once the registry no longer points at it (best effort):
+    /// its overlay file or its clone.
+    fn forget_client_image(&self, a: &ClientImage) {
+        self.forget(&a.overlay);
+        #[cfg(feature = "rbd")]
+        if let Some(spec) = &a.rbd {
             rbd::remove_disk(&self.state.config.store, spec);
         }
     }

@@ -227,27 +227,22 @@ impl Locked {
             .image(image)?
             .newest()
             .ok_or_else(|| ConfigError::UnknownImage(format!("{image} (no versions)")))?;
-        if let Some(spec) = &v.rbd {
-            return Err(ConfigError::BadArgument(format!(
-                "image {image} is on Ceph RBD ({spec}): booting it as another image \
-                 (--allow-image) needs a file image for now (import it with [store] backend = \
-                 \"file\")"
-            )));
-        }
         let version = v.number;
-        let overlay =
-            self.new_overlay("overlays", &format!("{name}.image.{image}"), image, version)?;
+        // An overlay file, or for an image on Ceph RBD a clone of the version's snapshot.
+        let (overlay, rbd) =
+            self.new_client_disk(&format!("{name}.image.{image}"), image, version)?;
         Ok(ClientImage {
             image: image.clone(),
             version,
             overlay,
+            rbd,
         })
     }
 
     /// Remove the overlays of `images` (best effort; the registry does not point at them).
     fn forget_all(&self, images: &[ClientImage]) {
         for a in images {
-            self.forget(&a.overlay);
+            self.forget_client_image(a);
         }
     }
 
