@@ -92,6 +92,24 @@ impl Disk {
     fn is_rbd(&self) -> bool {
         self.overlay().is_none()
     }
+
+    /// Put the disk under a client's quota (an overlay's data blocks, an RBD clone's objects).
+    fn set_quota(&self, bytes: Option<u64>) {
+        match self {
+            Disk::File(o) => o.set_quota(bytes),
+            #[cfg(feature = "rbd")]
+            Disk::Rbd(d) => d.set_quota(bytes),
+        }
+    }
+
+    /// (bytes the quota counts, the quota, the last write needing space was refused).
+    fn quota_use(&self) -> (u64, Option<u64>, bool) {
+        match self {
+            Disk::File(o) => (o.data_bytes(), o.quota(), o.over_quota()),
+            #[cfg(feature = "rbd")]
+            Disk::Rbd(d) => (d.held_bytes(), d.quota(), d.over_quota()),
+        }
+    }
 }
 
 /// Identity of a file's current content: (inode, size, mtime in ns).
@@ -580,11 +598,10 @@ impl StateRegistry {
             }
         }
         bases.retain(|_, w| w.strong_count() > 0);
-        // Every client's overlay under today's quota (a maintenance disk has none).
+        // Every client's disk under today's quota (a maintenance disk has none).
         for l in &next {
-            if let Some(o) = l.disk.overlay() {
-                o.set_quota(l.spec.kind.client().and_then(|n| state.client_quota(n)));
-            }
+            l.disk
+                .set_quota(l.spec.kind.client().and_then(|n| state.client_quota(n)));
         }
         {
             let mut w = self.inner.write().unwrap_or_else(|e| e.into_inner());
@@ -954,6 +971,7 @@ impl StateRegistry {
             .iter()
             .map(|l| {
                 let (kind, name) = l.spec.kind.describe();
+                let (data_bytes, quota_bytes, over_quota) = l.disk.quota_use();
                 TargetStatus {
                     iqn: l.target.iqn.clone(),
                     kind: kind.into(),
@@ -980,9 +998,9 @@ impl StateRegistry {
                             .unwrap_or(0),
                         None => 0,
                     },
-                    overlay_data_bytes: l.disk.overlay().map_or(0, |o| o.data_bytes()),
-                    quota_bytes: l.disk.overlay().and_then(|o| o.quota()),
-                    over_quota: l.disk.overlay().is_some_and(|o| o.over_quota()),
+                    overlay_data_bytes: data_bytes,
+                    quota_bytes,
+                    over_quota,
                     bound: self.bound_of(&st, &l.spec.kind),
                 }
             })
@@ -2043,6 +2061,154 @@ mod tests {
             let _ = store.remove_disk(spec);
         }
         a.lock()
+            .unwrap()
+            .image_remove(&image.parse().unwrap())
+            .unwrap();
+        store.remove_base(&image, 1).unwrap();
+    }
+
+    /// A client's quota holds on its RBD clone too (counted in the clone's own objects, as
+    /// copy-up allocates them): the write that needs one object past it is refused, the status
+    /// shows the clone's held bytes against the quota, and `set-client --quota-mib` reaches
+    /// the running server without a restart.
+    #[cfg(feature = "rbd")]
+    #[test]
+    fn rbd_client_quota_holds_on_the_clone_and_follows_set_client() {
+        let cfg = crate::store::rbd::dev_cluster();
+        let t = tempfile::tempdir().unwrap();
+        let dir = StateDir::new(t.path().join("a"));
+        dir.init(None, None, None).unwrap();
+        crate::service::shared::put_on_pool(&dir, &cfg, false);
+        let n = rand::random::<u32>();
+        let (image, client) = (format!("quo{n:08x}"), format!("pc{n:08x}"));
+        let img = t.path().join("base.raw");
+        std::fs::write(&img, vec![0x5Au8; 16 << 20]).unwrap();
+        let store_cfg = dir.load().unwrap().config.store;
+        dir.image_add_rbd(&image.parse().unwrap(), &img, &store_cfg, &mut |_, _| {})
+            .unwrap();
+        // 4 MiB: one object of the clone.
+        dir.lock()
+            .unwrap()
+            .add_client(AddClient {
+                mac: "52:54:00:00:16:41".parse().unwrap(),
+                image: image.parse().unwrap(),
+                name: Some(client.parse().unwrap()),
+                ip: None,
+                mode: Mode::Persistent,
+                initiators: vec![],
+                chap: None,
+                quota_mib: Some(4),
+            })
+            .unwrap();
+        let reg = StateRegistry::open(dir.clone()).unwrap();
+        let iqn = dir
+            .load()
+            .unwrap()
+            .target_iqn(&client.parse().unwrap())
+            .to_string();
+        let dev = reg
+            .lookup(&iqn)
+            .unwrap()
+            .lus
+            .get(0)
+            .unwrap()
+            .device()
+            .clone();
+        let status = || {
+            let t = reg.status().target(&iqn).cloned().unwrap();
+            (t.overlay_data_bytes, t.quota_bytes, t.over_quota)
+        };
+        assert_eq!(status(), (0, Some(4 << 20), false));
+        dev.write(4096, &[1; 4096], true).unwrap();
+        dev.write(2 << 20, &[1; 4096], true).unwrap();
+        let e = dev.write(4 << 20, &[2; 4096], true).unwrap_err();
+        assert!(
+            matches!(e, crate::store::StoreError::QuotaExceeded { .. }),
+            "{e}"
+        );
+        // Through SCSI: WRITE, WRITE AND VERIFY and COMPARE AND WRITE that would take the
+        // second object get the file store's answer, DATA PROTECT / SPACE ALLOCATION FAILED;
+        // the same commands inside the first object work.
+        let target = reg.lookup(&iqn).unwrap();
+        let nexus = crate::scsi::Nexus {
+            id: u64::from(n),
+            initiator_port: "iqn.2026-11.test:quota,i,0x00023d000001".into(),
+            target_port: format!("{iqn},t,0x0001"),
+        };
+        let run = |cdb: &[u8], data: &[u8]| {
+            let o = target.lus.execute(&nexus, 0, cdb, data);
+            let sense = o.sense.as_deref().map(|s| (s[2] & 0xf, s[12], s[13]));
+            (o.status, sense)
+        };
+        run(&[0; 6], &[]); // TEST UNIT READY: takes the power-on unit attention
+        let rw10 = |op: u8, lba: u32| {
+            let l = lba.to_be_bytes();
+            [op, 0, l[0], l[1], l[2], l[3], 0, 0, 8, 0]
+        };
+        let caw = |lba: u64| {
+            let l = lba.to_be_bytes();
+            let mut c = [0u8; 16];
+            c[0] = 0x89;
+            c[2..10].copy_from_slice(&l);
+            c[13] = 1;
+            c
+        };
+        let no_space = (
+            crate::scsi::status::CHECK_CONDITION,
+            Some((0x7, 0x27, 0x07)),
+        );
+        let good = (crate::scsi::status::GOOD, None);
+        let second = (4u32 << 20) / 512;
+        let mut compare = vec![0x5Au8; 512]; // the base's data there
+        compare.extend([9u8; 512]);
+        assert_eq!(run(&rw10(0x2A, second), &[2; 4096]), no_space, "WRITE(10)");
+        assert_eq!(
+            run(&rw10(0x2E, second), &[2; 4096]),
+            no_space,
+            "WRITE AND VERIFY(10)"
+        );
+        assert_eq!(
+            run(&caw(u64::from(second)), &compare),
+            no_space,
+            "COMPARE AND WRITE"
+        );
+        assert_eq!(run(&rw10(0x2A, 64), &[4; 4096]), good);
+        assert_eq!(run(&rw10(0x2E, 72), &[4; 4096]), good);
+        assert_eq!(run(&caw(100), &compare), good);
+        assert_eq!(read(&target, 100 * 512, 512), vec![9; 512]);
+        assert_eq!(read(&target, 4 << 20, 512), vec![0x5A; 512]);
+        assert_eq!(status(), (4 << 20, Some(4 << 20), true));
+        // Raised on the running server: the next object is taken.
+        std::thread::sleep(Duration::from_millis(20));
+        dir.lock()
+            .unwrap()
+            .set_client_quota(&client, Some(8))
+            .unwrap();
+        assert!(reg.reload_if_changed().unwrap());
+        dev.write(4 << 20, &[2; 4096], true).unwrap();
+        assert_eq!(status(), (8 << 20, Some(8 << 20), false));
+        // No quota for this client (0).
+        std::thread::sleep(Duration::from_millis(20));
+        dir.lock()
+            .unwrap()
+            .set_client_quota(&client, Some(0))
+            .unwrap();
+        assert!(reg.reload_if_changed().unwrap());
+        dev.write(12 << 20, &[3; 4096], true).unwrap();
+        assert_eq!(status(), (12 << 20, None, false));
+
+        drop((dev, target, reg));
+        let spec = dir
+            .load()
+            .unwrap()
+            .registry
+            .find_client(&client)
+            .and_then(|c| c.rbd.clone())
+            .unwrap();
+        dir.lock().unwrap().remove_client(&client, false).unwrap();
+        let store = crate::store::rbd::RbdStore::connect(&cfg).unwrap();
+        let _ = store.remove_disk(&spec);
+        dir.lock()
             .unwrap()
             .image_remove(&image.parse().unwrap())
             .unwrap();

@@ -28,6 +28,21 @@ type CompletionT = *mut c_void;
 /// `rbd_callback_t`.
 type Callback = unsafe extern "C" fn(c: CompletionT, arg: *mut c_void);
 
+/// `rbd_diff_iterate2`'s callback: (offset, length, exists, arg).
+type DiffCb = unsafe extern "C" fn(off: u64, len: usize, exists: c_int, arg: *mut c_void) -> c_int;
+
+/// `rbd_image_info_t` (librbd.h).
+#[repr(C)]
+struct RbdImageInfo {
+    size: u64,
+    obj_size: u64,
+    num_objs: u64,
+    order: c_int,
+    block_name_prefix: [c_char; 24],
+    parent_pool: i64,
+    parent_name: [c_char; 96],
+}
+
 /// `rbd_lock_mode_t`: `RBD_LOCK_MODE_EXCLUSIVE`.
 const RBD_LOCK_MODE_EXCLUSIVE: c_int = 0;
 /// Image features (librbd/features.h).
@@ -83,6 +98,17 @@ unsafe extern "C" {
     ) -> c_int;
     fn rbd_close(image: ImageT) -> c_int;
     fn rbd_get_size(image: ImageT, size: *mut u64) -> c_int;
+    fn rbd_stat(image: ImageT, info: *mut RbdImageInfo, infosize: usize) -> c_int;
+    fn rbd_diff_iterate2(
+        image: ImageT,
+        fromsnapname: *const c_char,
+        ofs: u64,
+        len: u64,
+        include_parent: u8,
+        whole_object: u8,
+        cb: DiffCb,
+        arg: *mut c_void,
+    ) -> c_int;
     fn rbd_read(image: ImageT, ofs: u64, len: usize, buf: *mut c_char) -> isize;
     fn rbd_write(image: ImageT, ofs: u64, len: usize, buf: *const c_char) -> isize;
     fn rbd_write_zeroes(
@@ -365,6 +391,51 @@ impl Image {
         // SAFETY: open image, valid out-pointer.
         check(unsafe { rbd_get_size(self.h, &mut s) })?;
         Ok(s)
+    }
+
+    /// The size of the image's objects, bytes (4 MiB unless made with another order).
+    pub fn object_size(&self) -> io::Result<u64> {
+        // SAFETY: all-zero is a valid rbd_image_info_t (integers and char arrays).
+        let mut info: RbdImageInfo = unsafe { std::mem::zeroed() };
+        // SAFETY: open image; `info` is valid for writes of the size passed.
+        check(unsafe { rbd_stat(self.h, &mut info, std::mem::size_of::<RbdImageInfo>()) })?;
+        Ok(info.obj_size)
+    }
+
+    /// The extents `(offset, length)` of `[0, len)` that the image itself holds data for,
+    /// whole objects each (`rbd_diff_iterate2` against no snapshot, parent excluded): for a
+    /// clone, the objects it allocated by copy-up, not those it still reads from its parent.
+    pub fn own_extents(&self, len: u64) -> io::Result<Vec<(u64, u64)>> {
+        unsafe extern "C" fn collect(
+            off: u64,
+            len: usize,
+            exists: c_int,
+            arg: *mut c_void,
+        ) -> c_int {
+            if exists != 0 {
+                // SAFETY: `arg` is the `&mut Vec` passed below, alive and not otherwise used
+                // for the whole synchronous rbd_diff_iterate2 call that calls this.
+                let out = unsafe { &mut *arg.cast::<Vec<(u64, u64)>>() };
+                out.push((off, len as u64));
+            }
+            0
+        }
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        // SAFETY: open image; no snapshot name (NULL: the image's beginning); the callback only
+        // touches `out` through `arg`, and librbd calls it only during this synchronous call.
+        check(unsafe {
+            rbd_diff_iterate2(
+                self.h,
+                std::ptr::null(),
+                0,
+                len,
+                0,
+                1,
+                collect,
+                (&mut out as *mut Vec<(u64, u64)>).cast(),
+            )
+        })?;
+        Ok(out)
     }
 
     /// Fill `buf` from `offset` (a short read past the end is an error).

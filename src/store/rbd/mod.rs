@@ -30,7 +30,8 @@ use bytes::Bytes;
 use ffi::{Cluster, FEATURE_DEEP_FLATTEN, FEATURE_EXCLUSIVE_LOCK, FEATURE_LAYERING, Image, IoCtx};
 use std::future::Future;
 use std::io;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// The RBD image a writable disk's spec names: a client disk (`POOL/isboot-client-DISK`) or
 /// a version being edited (`POOL/isboot-base-IMAGE-vN`, no snapshot). Anything else (a
@@ -495,6 +496,110 @@ pub struct RbdDevice {
     size: u64,
     read_only: bool,
     name: String,
+    space: Space,
+}
+
+/// What a writable image holds of its own, in whole objects (a clone allocates an object by
+/// copy-up when it is first written), and the quota on it.
+struct Space {
+    /// Bytes of one object (a power of two).
+    obj_size: u64,
+    /// One bit per object: held by the image itself (found at open, or claimed by a write
+    /// since), and how many bits are set.
+    held: Mutex<(Vec<u64>, u64)>,
+    /// Most bytes of objects the image may hold (`u64::MAX`: no quota).
+    quota: AtomicU64,
+    /// The last write that needed a new object was refused for the quota.
+    over: AtomicBool,
+}
+
+impl Space {
+    /// The objects `img` (`size` bytes) holds itself; none for a read-only snapshot.
+    fn of(img: &Image, size: u64, read_only: bool, name: &str) -> Result<Space, StoreError> {
+        let obj_size = img.object_size().map_err(|e| ceph_err(name, e))?;
+        if !obj_size.is_power_of_two() {
+            return Err(ceph_err(
+                name,
+                io::Error::other(format!("object size {obj_size} is not a power of two")),
+            ));
+        }
+        let objects = size.div_ceil(obj_size);
+        let mut bits = vec![0u64; usize::try_from(objects.div_ceil(64)).unwrap_or(0)];
+        let mut count = 0;
+        if !read_only {
+            let extents = img
+                .own_extents(size)
+                .map_err(|e| ceph_err(&format!("counting the objects of {name}"), e))?;
+            for (off, len) in extents {
+                for k in Self::objects(obj_size, off, len) {
+                    if let Some(w) = bits.get_mut((k / 64) as usize) {
+                        count += u64::from(*w & (1 << (k % 64)) == 0);
+                        *w |= 1 << (k % 64);
+                    }
+                }
+            }
+        }
+        Ok(Space {
+            obj_size,
+            held: Mutex::new((bits, count)),
+            quota: AtomicU64::new(u64::MAX),
+            over: AtomicBool::new(false),
+        })
+    }
+
+    /// The objects `[offset, offset + len)` touches.
+    fn objects(obj_size: u64, offset: u64, len: u64) -> std::ops::Range<u64> {
+        if len == 0 {
+            return 0..0;
+        }
+        offset / obj_size..(offset + len - 1) / obj_size + 1
+    }
+
+    /// Claim the objects of `[offset, offset + len)` the image does not hold yet, before a
+    /// write that allocates them is sent: refused with [`StoreError::QuotaExceeded`] (nothing
+    /// sent, nothing claimed) when they would take the image past its quota. A write that
+    /// then fails keeps its claim (librbd may have made the object already): the count errs
+    /// on the side of the quota.
+    fn claim(&self, offset: u64, len: u64, name: &str) -> Result<(), StoreError> {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let (bits, count) = &mut *held;
+        let range = Self::objects(self.obj_size, offset, len);
+        let is_new = |bits: &[u64], k: u64| {
+            bits.get((k / 64) as usize)
+                .is_some_and(|w| w & (1 << (k % 64)) == 0)
+        };
+        let new = range.clone().filter(|&k| is_new(bits, k)).count() as u64;
+        if new == 0 {
+            return Ok(());
+        }
+        let quota = self.quota.load(Ordering::Acquire);
+        if (*count + new).saturating_mul(self.obj_size) > quota {
+            let e = StoreError::QuotaExceeded { quota };
+            if !self.over.swap(true, Ordering::AcqRel) {
+                tracing::warn!(
+                    "{name}: {e}: this client's writes to parts of its disk it has not written \
+                     yet fail with SPACE ALLOCATION FAILED (its file system sees ENOSPC; other \
+                     clients are not affected) until its quota is raised (isboot set-client \
+                     --quota-mib) or it is reset (isboot reset-client); on RBD a discard does \
+                     not give space back"
+                );
+            }
+            return Err(e);
+        }
+        for k in range {
+            if let Some(w) = bits.get_mut((k / 64) as usize) {
+                *w |= 1 << (k % 64);
+            }
+        }
+        *count += new;
+        self.over.store(false, Ordering::Release);
+        Ok(())
+    }
+
+    fn held_bytes(&self) -> u64 {
+        let held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        held.1.saturating_mul(self.obj_size)
+    }
 }
 
 impl RbdDevice {
@@ -503,12 +608,50 @@ impl RbdDevice {
         if size % super::SECTOR != 0 {
             return Err(StoreError::BadImageSize { path: name, size });
         }
+        let space = Space::of(&img, size, read_only, &name)?;
         Ok(RbdDevice {
             img,
             size,
             read_only,
             name,
+            space,
         })
+    }
+
+    /// Limit what the image holds of its own to `bytes` (`None`: no limit), counted in whole
+    /// objects as a clone allocates them. A write that touches an object the image does not
+    /// hold yet fails with [`StoreError::QuotaExceeded`] when that object would pass the
+    /// quota; writes within objects it holds still work. Takes effect at once. A discard does
+    /// not give space back (the object stays the image's, RBD keeps it to hide the parent's
+    /// data).
+    pub fn set_quota(&self, bytes: Option<u64>) {
+        self.space
+            .quota
+            .store(bytes.unwrap_or(u64::MAX), Ordering::Release);
+    }
+
+    /// The quota in bytes, if one is set.
+    pub fn quota(&self) -> Option<u64> {
+        match self.space.quota.load(Ordering::Acquire) {
+            u64::MAX => None,
+            q => Some(q),
+        }
+    }
+
+    /// True when the last write that needed a new object was refused for the quota.
+    pub fn over_quota(&self) -> bool {
+        self.space.over.load(Ordering::Acquire)
+    }
+
+    /// Bytes of the objects the image holds itself (what the quota counts): found at open,
+    /// plus the objects writes took since.
+    pub fn held_bytes(&self) -> u64 {
+        self.space.held_bytes()
+    }
+
+    /// Size of one of the image's objects, bytes: the quota's unit.
+    pub fn object_size(&self) -> u64 {
+        self.space.obj_size
     }
 
     /// The RBD image's name.
@@ -558,7 +701,7 @@ impl RbdDevice {
         data: impl Into<Bytes>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
         let data = data.into();
-        let op = match self.writable(offset, data.len() as u64) {
+        let op = match self.allocating(offset, data.len() as u64) {
             Err(e) => Err(e),
             Ok(()) if data.is_empty() => Ok(None),
             Ok(()) => self
@@ -622,6 +765,7 @@ impl RbdDevice {
                         ),
                     )));
                 }
+                self.space.claim(offset, len, &self.name)?;
                 self.img
                     .aio_writesame(offset, n, pattern)
                     .map_err(StoreError::writing)
@@ -634,6 +778,15 @@ impl RbdDevice {
             return Err(StoreError::ReadOnly);
         }
         self.check_range(offset, len)
+    }
+
+    /// Check a write of data to `[offset, offset + len)` and claim the objects it allocates
+    /// against the quota (WRITE, WRITE SAME, and through them COMPARE AND WRITE and WRITE AND
+    /// VERIFY, on the blocking and the asynchronous path). Zeroing (UNMAP, WRITE SAME of
+    /// zeros) is not charged nor refused.
+    fn allocating(&self, offset: u64, len: u64) -> Result<(), StoreError> {
+        self.writable(offset, len)?;
+        self.space.claim(offset, len, &self.name)
     }
 
     fn usize_len(&self, offset: u64, len: u64) -> Result<usize, StoreError> {
@@ -691,7 +844,7 @@ impl BlockDevice for RbdDevice {
     }
 
     fn write(&self, offset: u64, data: &[u8], _durable: bool) -> Result<(), StoreError> {
-        self.writable(offset, data.len() as u64)?;
+        self.allocating(offset, data.len() as u64)?;
         // Durable once acknowledged (rbd_cache is off): FUA needs nothing more. A full pool or
         // a pool quota (ENOSPC, EDQUOT) is NoSpace, like a full file system under an overlay.
         self.img.write(offset, data).map_err(StoreError::writing)

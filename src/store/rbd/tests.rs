@@ -413,3 +413,98 @@ fn rbd_async_dropped_write_still_lands_and_close_waits_for_a_read_in_flight() {
     drop(dev);
     store.remove_client(&c).unwrap();
 }
+
+/// A client quota on a clone counts the objects the clone holds itself (allocated by copy-up
+/// when first written): a quota of N objects lets writes take N, refuses the write that
+/// would take one more (sync and async, WRITE SAME too) and changes nothing, keeps rewrites
+/// of held objects working, and counts the same after the disk is opened again.
+#[test]
+fn rbd_quota_counts_the_clones_own_objects_and_refuses_the_next_one() {
+    let store = RbdStore::connect(cluster()).unwrap();
+    let image = unique("qimg");
+    let data = base_bytes(32 * MIB);
+    import(&store, &image, 1, &data);
+    let client = unique("q");
+    store.create_client(&client, &image, 1, false).unwrap();
+    let obj = {
+        let d = store.open_client(&client).unwrap();
+        // A fresh clone holds nothing of its own (everything reads from the parent).
+        assert_eq!(
+            (d.held_bytes(), d.quota(), d.over_quota()),
+            (0, None, false)
+        );
+        assert_eq!(d.object_size(), 4 * MIB, "the default object size");
+        d.object_size()
+    };
+    let d = store.open_client(&client).unwrap();
+    d.set_quota(Some(2 * obj));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    // Object 0 by the blocking path, object 3 by the asynchronous one: 2 objects held.
+    d.write(4096, &[0x11; 4096], true).unwrap();
+    rt.block_on(d.write_async(3 * obj + 512, vec![0x33u8; 1024]))
+        .unwrap();
+    assert_eq!(d.held_bytes(), 2 * obj);
+    assert!(!d.over_quota());
+    // A third object: refused on every write path, nothing written.
+    let refused = |r: Result<(), StoreError>| {
+        assert!(
+            matches!(r, Err(StoreError::QuotaExceeded { quota }) if quota == 2 * obj),
+            "{r:?}"
+        );
+    };
+    refused(d.write(5 * obj, &[0x55; 4096], true));
+    refused(rt.block_on(d.write_async(5 * obj, vec![0x55u8; 4096])));
+    refused(rt.block_on(d.write_same_async(6 * obj, 8192, vec![0x66; 512])));
+    // One write across a held object and a new one is refused whole.
+    refused(d.write(obj - 4096, &[0x77; 8192], false));
+    assert!(d.over_quota());
+    assert_eq!(d.held_bytes(), 2 * obj);
+    let at = |o: u64| o as usize;
+    assert_eq!(
+        read(&d, 5 * obj, 4096),
+        data[at(5 * obj)..at(5 * obj) + 4096]
+    );
+    assert_eq!(
+        read(&d, 6 * obj, 8192),
+        data[at(6 * obj)..at(6 * obj) + 8192]
+    );
+    assert_eq!(
+        read(&d, obj - 4096, 8192),
+        data[at(obj) - 4096..at(obj) + 4096]
+    );
+    // Rewrites inside the held objects still work, by every path.
+    d.write(obj - 8192, &[0x12; 4096], true).unwrap();
+    rt.block_on(d.write_async(3 * obj, vec![0x34u8; 4096]))
+        .unwrap();
+    rt.block_on(d.write_same_async(3 * obj + 8192, 4096, vec![0x35; 512]))
+        .unwrap();
+    assert!(
+        d.over_quota(),
+        "only a write that takes a new object clears the flag"
+    );
+    assert_eq!(read(&d, obj - 8192, 4096), vec![0x12; 4096]);
+    assert_eq!(read(&d, 3 * obj + 8192, 4096), vec![0x35; 4096]);
+    // Zeroing is not charged (and gives nothing back).
+    rt.block_on(d.write_zeroes_async(0, 8192)).unwrap();
+    assert_eq!(d.held_bytes(), 2 * obj);
+    // Raised by one object: the next new object is taken, the one after refused.
+    d.set_quota(Some(3 * obj));
+    d.write(5 * obj, &[0x55; 4096], true).unwrap();
+    assert!(!d.over_quota());
+    let r = d.write(6 * obj, &[0x66; 4096], true);
+    assert!(
+        matches!(r, Err(StoreError::QuotaExceeded { quota }) if quota == 3 * obj),
+        "{r:?}"
+    );
+    drop(d);
+
+    // Opened again: librbd lists the same 3 objects as the clone's own.
+    let d = store.open_client(&client).unwrap();
+    assert_eq!(d.held_bytes(), 3 * obj);
+    assert_eq!(read(&d, 5 * obj, 4096), vec![0x55; 4096]);
+    drop(d);
+    store.remove_client(&client).unwrap();
+    store.remove_base(&image, 1).unwrap();
+}
