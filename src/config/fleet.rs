@@ -152,16 +152,6 @@ impl FleetView {
             .map(|(m, _)| m)
             .filter(|m| Some(m.portal) != self.me)
     }
-
-    /// Where another live server learned `mac`'s address (the newest wins: the first found).
-    pub fn learned(&self, mac: &MacAddr) -> Option<(Ipv4Addr, &str)> {
-        self.members
-            .iter()
-            .filter(|m| Some(m.portal) != self.me)
-            .flat_map(|m| m.learned.iter())
-            .find(|(m, _, _)| m == mac)
-            .map(|(_, ip, how)| (*ip, how.as_str()))
-    }
 }
 
 fn sort(members: &mut [Presence]) {
@@ -276,7 +266,7 @@ mod tests {
     }
 
     #[test]
-    fn unreadable_or_duplicate_acks_are_left_out_and_addresses_are_shared() {
+    fn unreadable_or_duplicate_acks_are_left_out_and_a_change_replaces_the_member() {
         let mut a = p("10.0.0.1:3260", &["pc1"]);
         let mac: MacAddr = "52:54:00:00:00:01".parse().unwrap();
         a.learned
@@ -284,25 +274,16 @@ mod tests {
         let enc = a.encode();
         let big = vec![b'x'; MAX_PRESENCE_BYTES + 1];
         let acks: Vec<&[u8]> = vec![b"", b"not json", &big, &enc, &enc];
-        let v = FleetView::from_acks(Some("10.0.0.2:3260".parse().unwrap()), acks);
-        assert_eq!(v.members.len(), 1);
-        assert_eq!(
-            v.learned(&mac),
-            Some(("10.0.0.50".parse().unwrap(), "seen"))
-        );
+        let mut v = FleetView::from_acks(Some("10.0.0.2:3260".parse().unwrap()), acks);
+        assert_eq!(v.members, vec![a.clone()]);
         // A change announced by a server replaces what the round had of it.
-        let mut v = v;
         let mut a2 = a.clone();
         a2.learned[0].1 = "10.0.0.51".parse().unwrap();
-        v.merge(a2);
+        v.merge(a2.clone());
+        assert_eq!(v.members, vec![a2]);
+        // This server's own presence comes from its rounds, not from a merge.
+        v.merge(p("10.0.0.2:3260", &["pc7"]));
         assert_eq!(v.members.len(), 1);
-        assert_eq!(
-            v.learned(&mac),
-            Some(("10.0.0.51".parse().unwrap(), "seen"))
-        );
-        // What this server learned itself is not read back from the fleet.
-        let v = FleetView::from_acks(Some(a.portal), [enc.as_slice()]);
-        assert_eq!(v.learned(&mac), None);
     }
 
     #[test]

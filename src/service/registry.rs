@@ -155,8 +155,10 @@ pub struct StateRegistry {
     boot_http: Mutex<Option<String>>,
     /// Power-on requests seen while the target was in use: target IQN -> when.
     pending_power_on: Mutex<HashMap<String, std::time::Instant>>,
-    /// Addresses DHCP learned clients hold (see [`StateRegistry::learn_address`]).
-    learned: Mutex<HashMap<MacAddr, (std::net::Ipv4Addr, AddressOrigin)>>,
+    /// Addresses clients hold, as this server's DHCP learned them or (in a fleet) as another
+    /// server's did, the newest of either (see [`StateRegistry::learn_address`]); `true`:
+    /// this server's own, which it tells the fleet.
+    learned: Mutex<HashMap<MacAddr, (std::net::Ipv4Addr, AddressOrigin, bool)>>,
     /// The last page-cache sample of the open base images, and when it was taken.
     image_cache: Mutex<Option<(std::time::Instant, Vec<ImageCache>)>>,
     /// Free space on the state file system was below the warning threshold at the last look
@@ -346,6 +348,19 @@ impl StateRegistry {
 
     fn put_fleet(&self, view: FleetView) {
         let mut f = self.fleet.write().unwrap_or_else(|e| e.into_inner());
+        // Client addresses another server learned since the last look: the newest address a
+        // client was seen at wins, whichever server saw it (its boot request may go to any).
+        // A server that just joined only fills in what this one does not know.
+        let mut news = Vec::new();
+        for m in view.members.iter().filter(|m| Some(m.portal) != view.me) {
+            let before = f.members.iter().find(|b| b.portal == m.portal);
+            for e in &m.learned {
+                if before.is_some_and(|b| b.learned.contains(e)) {
+                    continue;
+                }
+                news.push((m.portal, before.is_some(), e.clone()));
+            }
+        }
         let holders = |v: &FleetView| -> Vec<(std::net::SocketAddrV4, Vec<String>)> {
             v.members
                 .iter()
@@ -367,6 +382,20 @@ impl StateRegistry {
                 .store(true, std::sync::atomic::Ordering::Relaxed);
         }
         *f = Arc::new(view);
+        drop(f);
+        for (from, known, (mac, ip, how)) in news {
+            let how = if how == "lease" {
+                AddressOrigin::Lease
+            } else {
+                AddressOrigin::Seen
+            };
+            if !known && self.learned_address(&mac).is_some() {
+                continue;
+            }
+            if self.record_address(mac, ip, how, false) {
+                tracing::info!(mac = %mac, %ip, server = %from, "client address learned by another server of the fleet: its target here accepts logins from it");
+            }
+        }
     }
 
     /// Another server's presence, as it announced a change (see [`FleetView::merge`]).
@@ -420,7 +449,8 @@ impl StateRegistry {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
-            .map(|(mac, (ip, how))| {
+            .filter(|(_, (_, _, own))| *own)
+            .map(|(mac, (ip, how, _))| {
                 let how = match how {
                     AddressOrigin::Lease => "lease",
                     AddressOrigin::Seen => "seen",
@@ -488,11 +518,13 @@ impl StateRegistry {
         let mut retry = HashMap::new();
         let mut elsewhere = HashMap::new();
         let mut fleet_news = false;
+        let mut waiting = 0usize;
         let mut next = Vec::with_capacity(specs.len());
         // Old targets that go on unchanged (their sessions live on).
         let mut kept = vec![false; old.len()];
         // Old overlays still in use by a new target (never open one file twice).
         let mut reused = vec![false; old.len()];
+        let mut opened = self.open_rbd_disks(&specs, &old, &state, &fleet, pending);
         for spec in specs {
             let same_disk = |s: &TargetSpec| {
                 s.overlay_path == spec.overlay_path
@@ -552,7 +584,9 @@ impl StateRegistry {
                         }
                         None => String::new(),
                     };
-                    if elsewhere_before.remove(spec.iqn.as_str()).as_ref() != Some(&line) {
+                    if pending {
+                        waiting += 1;
+                    } else if elsewhere_before.remove(spec.iqn.as_str()).as_ref() != Some(&line) {
                         tracing::info!(target = %spec.iqn, "not opening the disk here: {line}");
                     }
                     refused.remove(spec.iqn.as_str());
@@ -566,7 +600,10 @@ impl StateRegistry {
                     reused[i] = true;
                     Ok(old[i].2.clone())
                 }
-                None => self.open_disk(&spec, &state, &mut bases),
+                None => match opened.remove(spec.iqn.as_str()) {
+                    Some(d) => d,
+                    None => self.open_disk(&spec, &state, &mut bases),
+                },
             };
             match disk {
                 Ok(disk) => {
@@ -589,6 +626,11 @@ impl StateRegistry {
                     retry.insert(spec.iqn.to_string(), line);
                 }
             }
+        }
+        if waiting > 0 {
+            tracing::info!(
+                "fleet: {waiting} client disks on RBD wait for this server's first look at the fleet (shared_state): each one is opened by the server the fleet chooses"
+            );
         }
         let mut ended: Vec<(Arc<TargetConfig>, Option<Disk>)> = Vec::new();
         for (i, (_, t, o)) in old.into_iter().enumerate() {
@@ -653,6 +695,79 @@ impl StateRegistry {
                 "{_rbd} is on Ceph RBD: serving it needs an isboot built with --features rbd"
             )))
         }
+    }
+
+    /// Open the RBD disks a reload will open, all at once (by IQN): taking over a dead
+    /// server's disks means breaking its lock on each, which costs Ceph a map change (about a
+    /// second) apiece; opened one by one, 20 disks took 16 s. The same rules as the reload:
+    /// a disk already open here is not opened again, nor one the fleet gives to another server.
+    #[cfg(feature = "rbd")]
+    fn open_rbd_disks(
+        &self,
+        specs: &[TargetSpec],
+        old: &[(TargetSpec, Arc<TargetConfig>, Disk)],
+        st: &State,
+        fleet: &FleetView,
+        pending: bool,
+    ) -> HashMap<String, Result<Disk, ConfigError>> {
+        let wanted: Vec<&TargetSpec> = specs
+            .iter()
+            .filter(|spec| spec.rbd.is_some())
+            .filter(|spec| {
+                !old.iter().any(|(s, _, _)| {
+                    s.overlay_path == spec.overlay_path
+                        && s.base_id == spec.base_id
+                        && s.rbd == spec.rbd
+                })
+            })
+            .filter(|spec| match &spec.kind {
+                TargetKind::Client(n) | TargetKind::ClientImage(n, _) => {
+                    !pending
+                        && (old.iter().any(|(s, _, _)| s.kind == spec.kind)
+                            || fleet.is_mine(n.as_str()))
+                }
+                TargetKind::Maintenance(_) => true,
+            })
+            .collect();
+        if wanted.len() < 2 {
+            return HashMap::new();
+        }
+        let mut out = HashMap::new();
+        // At most 16 at a time: each open holds a librbd image and a thread meanwhile.
+        for chunk in wanted.chunks(16) {
+            std::thread::scope(|scope| {
+                let running: Vec<_> = chunk
+                    .iter()
+                    .map(|spec| {
+                        scope.spawn(move || {
+                            let mut no_bases = HashMap::new();
+                            (
+                                spec.iqn.to_string(),
+                                self.open_disk(spec, st, &mut no_bases),
+                            )
+                        })
+                    })
+                    .collect();
+                for r in running {
+                    if let Ok((iqn, d)) = r.join() {
+                        out.insert(iqn, d);
+                    }
+                }
+            });
+        }
+        out
+    }
+
+    #[cfg(not(feature = "rbd"))]
+    fn open_rbd_disks(
+        &self,
+        _: &[TargetSpec],
+        _: &[(TargetSpec, Arc<TargetConfig>, Disk)],
+        _: &State,
+        _: &FleetView,
+        _: bool,
+    ) -> HashMap<String, Result<Disk, ConfigError>> {
+        HashMap::new()
     }
 
     /// The RBD pool of `st`'s `[store]`, connected once and shared by every disk.
@@ -857,9 +972,26 @@ impl StateRegistry {
     /// there. In proxy mode nothing proves the request came from the client, so a seen address
     /// never replaces another while the client's target has a live session.
     pub fn learn_address(&self, mac: MacAddr, ip: std::net::Ipv4Addr, how: AddressOrigin) {
+        if self.record_address(mac, ip, how, true) {
+            tracing::info!(mac = %mac, %ip, how = ?how, "client address learned: its target accepts logins from it");
+            self.fleet_changed();
+        }
+    }
+
+    /// [`StateRegistry::learn_address`] for this server's DHCP (`own`) or another fleet
+    /// server's: whether it replaced what was known.
+    fn record_address(
+        &self,
+        mac: MacAddr,
+        ip: std::net::Ipv4Addr,
+        how: AddressOrigin,
+        own: bool,
+    ) -> bool {
         let mut l = self.learned.lock().unwrap_or_else(|e| e.into_inner());
-        if l.get(&mac).is_some_and(|(old, _)| *old == ip) {
-            return;
+        if let Some(e) = l.get_mut(&mac).filter(|e| e.0 == ip) {
+            // Learned here too: this server tells the fleet from now on.
+            e.2 |= own;
+            return false;
         }
         if how == AddressOrigin::Seen && l.contains_key(&mac) {
             let st = self.current_state();
@@ -869,13 +1001,11 @@ impl StateRegistry {
             });
             if live {
                 tracing::warn!(mac = %mac, %ip, "proxy DHCP: a boot request for a client whose disk is in use came from another address; its target stays bound where it was");
-                return;
+                return false;
             }
         }
-        tracing::info!(mac = %mac, %ip, how = ?how, "client address learned: its target accepts logins from it");
-        l.insert(mac, (ip, how));
-        drop(l);
-        self.fleet_changed();
+        l.insert(mac, (ip, how, own));
+        true
     }
 
     /// Where the served target `iqn` accepts logins from, and why (for the login check and
@@ -901,26 +1031,14 @@ impl StateRegistry {
         st.bound(kind, &learned)
     }
 
-    /// The address DHCP learned for `mac`, if any.
-    /// Another server of the fleet counts: the client's DHCP answer may have come from it,
-    /// with a root-path naming this server.
+    /// The address DHCP learned for `mac`, if any: this server's, or another fleet server's
+    /// (the client's DHCP answer may have come from it, naming this server), the newest.
     pub fn learned_address(&self, mac: &MacAddr) -> Option<(std::net::Ipv4Addr, AddressOrigin)> {
-        let own = self
-            .learned
+        self.learned
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(mac)
-            .copied();
-        own.or_else(|| {
-            self.fleet().learned(mac).map(|(ip, how)| {
-                let how = if how == "lease" {
-                    AddressOrigin::Lease
-                } else {
-                    AddressOrigin::Seen
-                };
-                (ip, how)
-            })
-        })
+            .map(|(ip, how, _)| (*ip, *how))
     }
 
     /// Did the DHCP service see a power-on request for `target`'s client within `within`
@@ -1975,7 +2093,7 @@ mod tests {
             Some(("10.9.0.77".parse().unwrap(), AddressOrigin::Seen))
         );
         assert!(reg.learned_address(&pc1).is_none());
-        // What this server learns itself comes first and is what it tells the fleet.
+        // This server's DHCP sees it at .78: that is newer, and what it tells the fleet.
         reg.learn_address(pc2, "10.9.0.78".parse().unwrap(), AddressOrigin::Seen);
         assert_eq!(
             reg.learned_address(&pc2).unwrap().0.to_string(),
@@ -1985,6 +2103,27 @@ mod tests {
             reg.presence(me, "a").learned,
             vec![(pc2, "10.9.0.78".parse().unwrap(), "seen".to_string())]
         );
+        // A look that brings nothing new from the other server changes nothing here.
+        let acks = [other.encode(), reg.presence(me, "a").encode()];
+        reg.set_fleet(FleetView::from_acks(
+            Some(me),
+            acks.iter().map(|a| a.as_slice()),
+        ));
+        assert_eq!(
+            reg.learned_address(&pc2).unwrap().0.to_string(),
+            "10.9.0.78"
+        );
+        // The client's next boot request went to the other server, from .79: newer again
+        // (its address changed; the request may go to any server of the fleet).
+        let mut other2 = other.clone();
+        other2.learned = vec![(pc2, "10.9.0.79".parse().unwrap(), "seen".into())];
+        reg.merge_fleet_member(other2);
+        assert_eq!(
+            reg.learned_address(&pc2).unwrap().0.to_string(),
+            "10.9.0.79"
+        );
+        // Adopted, not this server's own: it does not tell the fleet (no echo).
+        assert!(reg.presence(me, "a").learned.is_empty());
     }
 
     /// Two servers on one pool with the same client (its registry copied, as before shared
