@@ -596,6 +596,26 @@ impl Space {
         Ok(())
     }
 
+    /// Zeroing `[offset, offset + len)` of an image `size` bytes long: an object it covers
+    /// only in part is copied up (the rest of it must still read the parent's data), so it is
+    /// held from now on; counted, never refused (zeroing is not charged, but what it holds
+    /// must not go unseen until the next open). Objects it covers whole allocate nothing.
+    fn zeroed(&self, offset: u64, len: u64, size: u64) {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let (bits, count) = &mut *held;
+        let end = offset.saturating_add(len);
+        for k in Self::objects(self.obj_size, offset, len) {
+            let (start, stop) = (k * self.obj_size, ((k + 1) * self.obj_size).min(size));
+            if offset <= start && end >= stop {
+                continue;
+            }
+            if let Some(w) = bits.get_mut((k / 64) as usize) {
+                *count += u64::from(*w & (1 << (k % 64)) == 0);
+                *w |= 1 << (k % 64);
+            }
+        }
+    }
+
     fn held_bytes(&self) -> u64 {
         let held = self.held.lock().unwrap_or_else(|e| e.into_inner());
         held.1.saturating_mul(self.obj_size)
@@ -737,6 +757,7 @@ impl RbdDevice {
             .writable(offset, len)
             .and_then(|()| self.usize_len(offset, len))
             .and_then(|n| {
+                self.space.zeroed(offset, len, self.size);
                 self.img
                     .aio_write_zeroes(offset, n)
                     .map_err(StoreError::Discarding)
@@ -856,9 +877,10 @@ impl BlockDevice for RbdDevice {
 
     fn discard(&self, offset: u64, len: u64) -> Result<(), StoreError> {
         self.writable(offset, len)?;
-        let len = self.usize_len(offset, len)?;
+        let n = self.usize_len(offset, len)?;
+        self.space.zeroed(offset, len, self.size);
         self.img
-            .write_zeroes(offset, len)
+            .write_zeroes(offset, n)
             .map_err(StoreError::Discarding)
     }
 }

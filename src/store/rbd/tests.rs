@@ -498,11 +498,18 @@ fn rbd_quota_counts_the_clones_own_objects_and_refuses_the_next_one() {
         matches!(r, Err(StoreError::QuotaExceeded { quota }) if quota == 3 * obj),
         "{r:?}"
     );
+    // Zeroing part of an object the clone does not hold copies it up (the rest must still
+    // read the base): held from now on, not refused; zeroing a whole object holds nothing.
+    rt.block_on(d.write_zeroes_async(7 * obj + 4096, 4096))
+        .unwrap();
+    assert_eq!(d.held_bytes(), 4 * obj);
+    d.discard(6 * obj, obj).unwrap();
+    assert_eq!(d.held_bytes(), 4 * obj);
     drop(d);
 
-    // Opened again: librbd lists the same 3 objects as the clone's own.
+    // Opened again: librbd lists the same 4 objects as the clone's own.
     let d = store.open_client(&client).unwrap();
-    assert_eq!(d.held_bytes(), 3 * obj);
+    assert_eq!(d.held_bytes(), 4 * obj);
     assert_eq!(read(&d, 5 * obj, 4096), vec![0x55; 4096]);
     drop(d);
     store.remove_client(&client).unwrap();
