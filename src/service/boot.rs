@@ -28,10 +28,14 @@ impl ClientDirectory for RegistryDirectory {
             .filter(|c| st.target_iqn(&c.name) == b.target);
         let mut root_path = b.root_path;
         let mut boot_script = own.and_then(|_| self.0.boot_script_url(&mac));
-        // Several servers on one LAN: the client boots from the server the fleet's choice
-        // names (it holds the disk, or is the least loaded), whichever server answers.
+        // Several servers on one LAN: a client whose disk is on RBD boots from the server the
+        // fleet's choice names (it holds the disk, or is the least loaded), whichever server
+        // answers. A disk in a state directory is only here.
         let fleet = self.0.fleet();
-        if let Some(m) = own.and_then(|c| fleet.elsewhere(c.name.as_str())) {
+        if let Some(m) = own
+            .filter(|c| c.rbd.is_some())
+            .and_then(|c| fleet.elsewhere(c.name.as_str()))
+        {
             info!(client = %b.name, server = %m.portal, "fleet: the answer names the server that serves this client");
             root_path = Some(crate::config::fleet::root_path_at(
                 m.portal,

@@ -2071,6 +2071,29 @@ mod tests {
             Some(me),
             acks.iter().map(|a| a.as_slice()),
         ));
+        // A disk in this state directory is served here only, whatever the fleet says.
+        assert_eq!(
+            dhcp.by_mac(pc1).unwrap().root_path.as_deref(),
+            Some("iscsi:10.9.0.1::::iqn.2026-11.org.isboot:pc1")
+        );
+        // Clients whose disks are clones on RBD (their clones need no cluster here: DHCP only
+        // reads the registry).
+        let text = std::fs::read_to_string(dir.registry_path()).unwrap();
+        let text = ["pc1", "pc2"].iter().fold(text, |t, n| {
+            t.replace(
+                &format!("name = \"{n}\"\n"),
+                &format!("name = \"{n}\"\nrbd = \"isboot/isboot-client-{n}.9\"\n"),
+            )
+        });
+        std::fs::write(dir.registry_path(), text).unwrap();
+        let _ = reg.reload();
+        assert!(
+            reg.current_state()
+                .registry
+                .clients
+                .iter()
+                .all(|c| c.rbd.is_some())
+        );
         let c1 = dhcp.by_mac(pc1).unwrap();
         assert_eq!(
             c1.root_path.as_deref(),
