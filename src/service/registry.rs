@@ -526,11 +526,7 @@ impl StateRegistry {
         let mut reused = vec![false; old.len()];
         let mut opened = self.open_rbd_disks(&specs, &old, &state, &fleet, pending);
         for spec in specs {
-            let same_disk = |s: &TargetSpec| {
-                s.overlay_path == spec.overlay_path
-                    && s.base_id == spec.base_id
-                    && s.rbd == spec.rbd
-            };
+            let same_disk = |s: &TargetSpec| same_disk(s, &spec);
             if let Some(i) = old
                 .iter()
                 .position(|(s, _, _)| s.iqn == spec.iqn && same_disk(s))
@@ -562,37 +558,30 @@ impl StateRegistry {
                 }
                 continue;
             }
-            // A client's RBD disk in a fleet: opened only by the server the fleet's choice
-            // names (or by the one that served this client's last disk: a reset keeps its
-            // server). The others leave it alone and look again when the fleet changes.
-            // Its other images on RBD go with it (the script that boots them is its server's).
-            if let (TargetKind::Client(name) | TargetKind::ClientImage(name, _), Some(_)) =
-                (&spec.kind, &spec.rbd)
-            {
-                let was_mine = old.iter().any(|(s, _, _)| s.kind == spec.kind);
-                if pending || (!was_mine && !fleet.is_mine(name.as_str())) {
-                    let line = match fleet.choose(name.as_str()) {
-                        _ if pending => "waiting for the first look at the fleet".to_string(),
-                        Some((m, crate::config::fleet::Why::HoldsDisk)) => {
-                            format!(
-                                "served by the fleet's server {} (it holds the disk)",
-                                m.portal
-                            )
-                        }
-                        Some((m, _)) => {
-                            format!("the fleet gives it to server {} (less loaded)", m.portal)
-                        }
-                        None => String::new(),
-                    };
-                    if pending {
-                        waiting += 1;
-                    } else if elsewhere_before.remove(spec.iqn.as_str()).as_ref() != Some(&line) {
-                        tracing::info!(target = %spec.iqn, "not opening the disk here: {line}");
+            // A disk the fleet gives to another server: left alone, looked at again when the
+            // fleet changes.
+            if let Some(name) = left_to_fleet(&spec, &old, &fleet, pending) {
+                let line = match fleet.choose(name.as_str()) {
+                    _ if pending => "waiting for the first look at the fleet".to_string(),
+                    Some((m, crate::config::fleet::Why::HoldsDisk)) => {
+                        format!(
+                            "served by the fleet's server {} (it holds the disk)",
+                            m.portal
+                        )
                     }
-                    refused.remove(spec.iqn.as_str());
-                    elsewhere.insert(spec.iqn.to_string(), line);
-                    continue;
+                    Some((m, _)) => {
+                        format!("the fleet gives it to server {} (less loaded)", m.portal)
+                    }
+                    None => String::new(),
+                };
+                if pending {
+                    waiting += 1;
+                } else if elsewhere_before.remove(spec.iqn.as_str()).as_ref() != Some(&line) {
+                    tracing::info!(target = %spec.iqn, "not opening the disk here: {line}");
                 }
+                refused.remove(spec.iqn.as_str());
+                elsewhere.insert(spec.iqn.to_string(), line);
+                continue;
             }
             // Same overlay file under a new name (the IQN prefix changed): reuse the open view.
             let disk = match old.iter().position(|(s, _, _)| same_disk(s)) {
@@ -713,21 +702,8 @@ impl StateRegistry {
         let wanted: Vec<&TargetSpec> = specs
             .iter()
             .filter(|spec| spec.rbd.is_some())
-            .filter(|spec| {
-                !old.iter().any(|(s, _, _)| {
-                    s.overlay_path == spec.overlay_path
-                        && s.base_id == spec.base_id
-                        && s.rbd == spec.rbd
-                })
-            })
-            .filter(|spec| match &spec.kind {
-                TargetKind::Client(n) | TargetKind::ClientImage(n, _) => {
-                    !pending
-                        && (old.iter().any(|(s, _, _)| s.kind == spec.kind)
-                            || fleet.is_mine(n.as_str()))
-                }
-                TargetKind::Maintenance(_) => true,
-            })
+            .filter(|spec| !old.iter().any(|(s, _, _)| same_disk(s, spec)))
+            .filter(|spec| left_to_fleet(spec, old, fleet, pending).is_none())
             .collect();
         if wanted.len() < 2 {
             return HashMap::new();
@@ -1196,13 +1172,38 @@ impl StateRegistry {
     }
 }
 
-/// A target serving `disk` as LUN 0 (an RBD disk's data-transfer commands on its asynchronous
-/// path).
 /// The URL of `mac`'s iPXE script on the boot routes at `addr` (`ip:port`).
 pub fn script_url(addr: &str, mac: &MacAddr) -> String {
     format!("http://{addr}/boot/{}.ipxe", mac.dashed())
 }
 
+/// Whether two targets serve the same disk: the same overlay on the same base, or the same
+/// clone on RBD.
+fn same_disk(a: &TargetSpec, b: &TargetSpec) -> bool {
+    a.overlay_path == b.overlay_path && a.base_id == b.base_id && a.rbd == b.rbd
+}
+
+/// A client's RBD disk (or its other image on RBD: its script, which boots it, comes from the
+/// client's server) in a fleet is opened only by the server the fleet's choice names, or by
+/// the one that served this client's disk until now (a reset keeps its server), and by no
+/// server before its first look at the fleet: the client's name when `spec` is left to
+/// another server.
+fn left_to_fleet<'a>(
+    spec: &'a TargetSpec,
+    old: &[(TargetSpec, Arc<TargetConfig>, Disk)],
+    fleet: &FleetView,
+    pending: bool,
+) -> Option<&'a crate::config::ClientName> {
+    let (TargetKind::Client(name) | TargetKind::ClientImage(name, _)) = &spec.kind else {
+        return None;
+    };
+    spec.rbd.as_ref()?;
+    let was_mine = old.iter().any(|(s, _, _)| s.kind == spec.kind);
+    (pending || (!was_mine && !fleet.is_mine(name.as_str()))).then_some(name)
+}
+
+/// A target serving `disk` as LUN 0 (an RBD disk's data-transfer commands on its asynchronous
+/// path).
 fn target_for(spec: &TargetSpec, disk: &Disk, stats: Arc<TargetStats>) -> Arc<TargetConfig> {
     let (product, serial) = match &spec.kind {
         TargetKind::Client(n) => ("client disk", n.to_string()),
