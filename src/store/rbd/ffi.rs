@@ -1002,24 +1002,36 @@ impl IoCtx {
         expect: &[u8],
         value: &[u8],
     ) -> io::Result<()> {
-        let (o, x) = (cstr(oid)?, cstr(xattr)?);
+        let x = cstr(xattr)?;
+        self.write_op(oid, |op| {
+            // SAFETY: `op` is valid; every buffer outlives the op (they are referenced, not
+            // copied, until it runs); the name is NUL-terminated.
+            unsafe {
+                rados_write_op_cmpxattr(
+                    op,
+                    x.as_ptr(),
+                    CMPXATTR_OP_EQ,
+                    expect.as_ptr().cast(),
+                    expect.len(),
+                );
+                rados_write_op_write_full(op, data.as_ptr().cast(), data.len());
+                rados_write_op_setxattr(op, x.as_ptr(), value.as_ptr().cast(), value.len());
+            }
+        })
+    }
+
+    /// Run one write op on object `oid`, made by `fill` (which adds its steps), atomically.
+    fn write_op(&self, oid: &str, fill: impl FnOnce(WriteOpT)) -> io::Result<()> {
+        let o = cstr(oid)?;
         // SAFETY: a fresh write op, released below on every path.
         let op = unsafe { rados_create_write_op() };
         if op.is_null() {
             return Err(io::Error::from_raw_os_error(libc::ENOMEM));
         }
-        // SAFETY: `op` is valid; every buffer outlives rados_write_op_operate (they are
-        // referenced, not copied, until the op runs); names are NUL-terminated.
+        fill(op);
+        // SAFETY: `op` is valid and filled; valid ioctx; `o` is NUL-terminated; the op is
+        // released after it ran.
         let rc = unsafe {
-            rados_write_op_cmpxattr(
-                op,
-                x.as_ptr(),
-                CMPXATTR_OP_EQ,
-                expect.as_ptr().cast(),
-                expect.len(),
-            );
-            rados_write_op_write_full(op, data.as_ptr().cast(), data.len());
-            rados_write_op_setxattr(op, x.as_ptr(), value.as_ptr().cast(), value.len());
             let rc = rados_write_op_operate(op, self.h, o.as_ptr(), std::ptr::null_mut(), 0);
             rados_release_write_op(op);
             rc
@@ -1211,19 +1223,9 @@ impl IoCtx {
 
     /// Create object `oid` (empty) unless it exists.
     pub fn create_object(&self, oid: &str) -> io::Result<()> {
-        let o = cstr(oid)?;
-        // SAFETY: a fresh write op, released below.
-        let op = unsafe { rados_create_write_op() };
-        if op.is_null() {
-            return Err(io::Error::from_raw_os_error(libc::ENOMEM));
-        }
-        // SAFETY: valid op and ioctx; `o` is NUL-terminated and outlives the call.
-        let rc = unsafe {
-            rados_write_op_create(op, CREATE_IDEMPOTENT, std::ptr::null());
-            let rc = rados_write_op_operate(op, self.h, o.as_ptr(), std::ptr::null_mut(), 0);
-            rados_release_write_op(op);
-            rc
-        };
-        check(rc)
+        // SAFETY: a valid op; no buffers.
+        self.write_op(oid, |op| unsafe {
+            rados_write_op_create(op, CREATE_IDEMPOTENT, std::ptr::null())
+        })
     }
 }

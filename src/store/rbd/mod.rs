@@ -504,13 +504,33 @@ pub struct RbdDevice {
 struct Space {
     /// Bytes of one object (a power of two).
     obj_size: u64,
-    /// One bit per object: held by the image itself (found at open, or claimed by a write
-    /// since), and how many bits are set.
-    held: Mutex<(Vec<u64>, u64)>,
+    /// The objects held by the image itself (found at open, or claimed by a write since).
+    held: Mutex<Held>,
     /// Most bytes of objects the image may hold (`u64::MAX`: no quota).
     quota: AtomicU64,
     /// The last write that needed a new object was refused for the quota.
     over: AtomicBool,
+}
+
+/// One bit per object, and how many are set.
+struct Held {
+    bits: Vec<u64>,
+    count: u64,
+}
+
+impl Held {
+    fn has(&self, k: u64) -> bool {
+        self.bits
+            .get((k / 64) as usize)
+            .is_none_or(|w| w & (1 << (k % 64)) != 0)
+    }
+
+    fn hold(&mut self, k: u64) {
+        if let Some(w) = self.bits.get_mut((k / 64) as usize) {
+            self.count += u64::from(*w & (1 << (k % 64)) == 0);
+            *w |= 1 << (k % 64);
+        }
+    }
 }
 
 impl Space {
@@ -524,24 +544,21 @@ impl Space {
             ));
         }
         let objects = size.div_ceil(obj_size);
-        let mut bits = vec![0u64; usize::try_from(objects.div_ceil(64)).unwrap_or(0)];
-        let mut count = 0;
+        let mut held = Held {
+            bits: vec![0u64; usize::try_from(objects.div_ceil(64)).unwrap_or(0)],
+            count: 0,
+        };
         if !read_only {
             let extents = img
                 .own_extents(size)
                 .map_err(|e| ceph_err(&format!("counting the objects of {name}"), e))?;
             for (off, len) in extents {
-                for k in Self::objects(obj_size, off, len) {
-                    if let Some(w) = bits.get_mut((k / 64) as usize) {
-                        count += u64::from(*w & (1 << (k % 64)) == 0);
-                        *w |= 1 << (k % 64);
-                    }
-                }
+                Self::objects(obj_size, off, len).for_each(|k| held.hold(k));
             }
         }
         Ok(Space {
             obj_size,
-            held: Mutex::new((bits, count)),
+            held: Mutex::new(held),
             quota: AtomicU64::new(u64::MAX),
             over: AtomicBool::new(false),
         })
@@ -562,18 +579,13 @@ impl Space {
     /// on the side of the quota.
     fn claim(&self, offset: u64, len: u64, name: &str) -> Result<(), StoreError> {
         let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        let (bits, count) = &mut *held;
         let range = Self::objects(self.obj_size, offset, len);
-        let is_new = |bits: &[u64], k: u64| {
-            bits.get((k / 64) as usize)
-                .is_some_and(|w| w & (1 << (k % 64)) == 0)
-        };
-        let new = range.clone().filter(|&k| is_new(bits, k)).count() as u64;
+        let new = range.clone().filter(|&k| !held.has(k)).count() as u64;
         if new == 0 {
             return Ok(());
         }
         let quota = self.quota.load(Ordering::Acquire);
-        if (*count + new).saturating_mul(self.obj_size) > quota {
+        if (held.count + new).saturating_mul(self.obj_size) > quota {
             let e = StoreError::QuotaExceeded { quota };
             if !self.over.swap(true, Ordering::AcqRel) {
                 tracing::warn!(
@@ -586,12 +598,7 @@ impl Space {
             }
             return Err(e);
         }
-        for k in range {
-            if let Some(w) = bits.get_mut((k / 64) as usize) {
-                *w |= 1 << (k % 64);
-            }
-        }
-        *count += new;
+        range.for_each(|k| held.hold(k));
         self.over.store(false, Ordering::Release);
         Ok(())
     }
@@ -602,23 +609,19 @@ impl Space {
     /// must not go unseen until the next open). Objects it covers whole allocate nothing.
     fn zeroed(&self, offset: u64, len: u64, size: u64) {
         let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        let (bits, count) = &mut *held;
         let end = offset.saturating_add(len);
         for k in Self::objects(self.obj_size, offset, len) {
             let (start, stop) = (k * self.obj_size, ((k + 1) * self.obj_size).min(size));
             if offset <= start && end >= stop {
                 continue;
             }
-            if let Some(w) = bits.get_mut((k / 64) as usize) {
-                *count += u64::from(*w & (1 << (k % 64)) == 0);
-                *w |= 1 << (k % 64);
-            }
+            held.hold(k);
         }
     }
 
     fn held_bytes(&self) -> u64 {
         let held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        held.1.saturating_mul(self.obj_size)
+        held.count.saturating_mul(self.obj_size)
     }
 }
 
